@@ -1,0 +1,55 @@
+//! The `#[service]` attribute of `service-registry`. Use it through `service_registry::service`.
+//!
+//! The work is split by stage: [`args`] parses the attribute, [`validate`] checks it against the
+//! annotated item (collecting every mistake), [`expand`] generates the descriptor.
+
+use proc_macro::TokenStream;
+
+mod args;
+mod expand;
+mod validate;
+
+/// Declares a type as a registrable service.
+///
+/// ```
+/// use service_registry::{service, Endpoint};
+///
+/// #[service(
+///     name = "billing.invoice",          // required: 1..=255 of [A-Za-z0-9._-]
+///     weight = 40,                       // 1..=10000, default 10
+///     payload_codec = "protobuf",        // thrift, protobuf, grpc, json, ...
+///     warmup = "30s",                    // ms, s, m, h; combinable ("1m30s")
+///     tag(idc = "${IDC:-hz}", cluster = "blue"), // values may read the environment
+/// )]
+/// pub struct Invoices;
+///
+/// assert_eq!(Invoices::INFO.service_name, "billing.invoice");
+/// assert_eq!(Invoices::INFO.warmup, std::time::Duration::from_secs(30));
+/// assert_eq!(Invoices::INFO.tags[0].value.resolve_with(|_| None).unwrap(), "hz");
+/// ```
+///
+/// The item is emitted unchanged, plus an `impl service_registry::Endpoint` whose `INFO` is the
+/// service's `EndpointBasicInfo`, and an `inventory` submission that lets the `Registrar` find
+/// it. `crate = "path"` changes the `::service_registry` root the generated code refers to.
+///
+/// Every mistake in the attribute is a compile error on the offending token; on error the item
+/// is still emitted so the rest of the crate type-checks.
+#[proc_macro_attribute]
+pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item2 = proc_macro2::TokenStream::from(item);
+    let parsed_item = match syn::parse2::<syn::Item>(item2.clone()) {
+        Ok(parsed) => parsed,
+        Err(err) => return with_error(item2, err),
+    };
+    let result = args::parse(attr.into()).and_then(|args| validate::validate(args, &parsed_item));
+    match result {
+        Ok(model) => expand::expand(&parsed_item, &model).into(),
+        Err(err) => with_error(item2, err),
+    }
+}
+
+/// The original item and the errors, as tokio-macros does.
+fn with_error(item: proc_macro2::TokenStream, err: syn::Error) -> TokenStream {
+    let errors = err.to_compile_error();
+    quote::quote!(#item #errors).into()
+}

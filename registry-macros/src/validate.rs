@@ -1,0 +1,471 @@
+//! Meaning: turns [`RawArgs`] and the annotated item into a [`Model`], collecting every mistake
+//! as a `syn::Error` spanned on the offending token.
+
+use std::collections::HashMap;
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Ident, Item, Lit, LitStr, Path};
+
+use crate::args::{Entry, RawArgs, TagEntry, Value};
+
+const KEYS: &[&str] = &["name", "weight", "payload_codec", "warmup", "tag", "crate"];
+const MAX_NAME_LEN: usize = 255;
+const WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+const DEFAULT_WEIGHT: u32 = 10;
+
+/// A piece of a tag value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    Var { name: String, default: Option<String> },
+}
+
+/// One validated tag.
+pub struct Tag {
+    pub key: String,
+    pub raw: String,
+    pub parts: Vec<Part>,
+}
+
+/// Everything `expand` needs; only valid values reach it.
+pub struct Model {
+    pub ident: Ident,
+    pub name: String,
+    pub weight: u32,
+    pub payload_codec: Option<String>,
+    pub warmup_nanos: u64,
+    pub tags: Vec<Tag>,
+    pub krate: Path,
+}
+
+/// Collects errors so that one build reports them all (as serde_derive's `Ctxt`).
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+        let error = syn::Error::new(span, message);
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+}
+
+fn lit_str(expr: &Expr) -> Option<&LitStr> {
+    match expr {
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s),
+        _ => None,
+    }
+}
+
+/// Checks the item and the arguments; `Err` carries every mistake found.
+pub fn validate(args: RawArgs, item: &Item) -> Result<Model, syn::Error> {
+    let mut errors = Errors::default();
+    let ident = check_item(item, &mut errors);
+
+    let mut seen: HashMap<String, Span> = HashMap::new();
+    let mut name = None;
+    let mut weight = DEFAULT_WEIGHT;
+    let mut payload_codec = None;
+    let mut warmup_nanos = 0;
+    let mut tags: Vec<Tag> = Vec::new();
+    let mut tag_keys: HashMap<String, Span> = HashMap::new();
+    let mut krate: Option<Path> = None;
+
+    for Entry { key, value } in args.entries {
+        let key_name = key.to_string();
+        if !KEYS.contains(&key_name.as_str()) {
+            errors.push(key.span(), unknown_key_message(&key_name));
+            continue;
+        }
+        if key_name != "tag" {
+            if seen.contains_key(&key_name) {
+                errors.push(key.span(), format!("duplicate key `{key_name}`: it is already set earlier in this attribute; keep one"));
+                continue;
+            }
+            seen.insert(key_name.clone(), key.span());
+        }
+        let expr = match (key_name.as_str(), value) {
+            ("tag", Value::Tags(entries)) => {
+                check_tags(entries, &mut tags, &mut tag_keys, &mut errors);
+                continue;
+            }
+            ("tag", _) => {
+                errors.push(key.span(), "`tag` takes a list: `tag(idc = \"hz\", cluster = \"blue\")`");
+                continue;
+            }
+            (_, Value::Expr(expr)) => expr,
+            (_, Value::List(span)) => {
+                errors.push(span, format!("`{key_name}` takes a value, not a list: `{key_name} = ...`"));
+                continue;
+            }
+            // `args` only produces tag lists for `tag`; treat any other list alike.
+            (_, Value::Tags(_)) => {
+                errors.push(key.span(), format!("`{key_name}` takes a value, not a list: `{key_name} = ...`"));
+                continue;
+            }
+            (_, Value::Flag) => {
+                errors.push(key.span(), format!("`{key_name}` needs a value: `{key_name} = ...`"));
+                continue;
+            }
+        };
+        match key_name.as_str() {
+            "name" => name = check_name(&expr, &mut errors),
+            "weight" => weight = check_weight(&expr, &mut errors).unwrap_or(DEFAULT_WEIGHT),
+            "payload_codec" => payload_codec = check_codec(&expr, &mut errors),
+            "warmup" => warmup_nanos = check_warmup(&expr, &mut errors).unwrap_or(0),
+            "crate" => krate = check_crate(&expr, &mut errors),
+            _ => unreachable!("KEYS lists every key handled here"),
+        }
+    }
+    if !seen.contains_key("name") {
+        errors.push(Span::call_site(), "missing `name`: write `#[service(name = \"echo\")]`");
+    }
+
+    match (errors.0, ident, name) {
+        (None, Some(ident), Some(name)) => Ok(Model {
+            ident,
+            name,
+            weight,
+            payload_codec,
+            warmup_nanos,
+            tags,
+            krate: krate.unwrap_or_else(|| syn::parse_quote!(::service_registry)),
+        }),
+        (Some(error), _, _) => Err(error),
+        // Every `None` above pushed an error, so this arm is only reached with errors present.
+        (None, _, _) => Err(syn::Error::new(Span::call_site(), "invalid #[service] attribute")),
+    }
+}
+
+fn check_item(item: &Item, errors: &mut Errors) -> Option<Ident> {
+    let (ident, generics) = match item {
+        Item::Struct(s) => (&s.ident, &s.generics),
+        Item::Enum(e) => (&e.ident, &e.generics),
+        other => {
+            let (span, what) = match other {
+                Item::Fn(f) => (f.sig.fn_token.span, "a function"),
+                Item::Trait(t) => (t.trait_token.span, "a trait"),
+                Item::Impl(i) => (i.impl_token.span, "an impl block"),
+                Item::Union(u) => (u.union_token.span, "a union"),
+                Item::Mod(m) => (m.mod_token.span, "a module"),
+                Item::Type(t) => (t.type_token.span, "a type alias"),
+                other => (other.span(), "this item"),
+            };
+            errors.push(span, format!("#[service] applies to a struct or an enum, not to {what}"));
+            return None;
+        }
+    };
+    if !generics.params.is_empty() {
+        errors.push(
+            generics.params.span(),
+            "#[service] types cannot be generic: a registered service needs one concrete descriptor; annotate a concrete type (e.g. a newtype over `T<Concrete>`)",
+        );
+        return None;
+    }
+    Some(ident.clone())
+}
+
+fn check_name(expr: &Expr, errors: &mut Errors) -> Option<String> {
+    let Some(lit) = lit_str(expr) else {
+        errors.push(expr.span(), "`name` must be a string literal: `name = \"echo\"`");
+        return None;
+    };
+    let name = lit.value();
+    if name.is_empty() {
+        errors.push(lit.span(), "service name is empty; give 1 to 255 characters of A-Z a-z 0-9 . _ -");
+        return None;
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        errors.push(lit.span(), format!("service name has {} characters; at most {MAX_NAME_LEN} are allowed", name.chars().count()));
+        return None;
+    }
+    if let Some((position, bad)) = name
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        let why = if bad == '/' { " (registries use `/` as the path separator)" } else { "" };
+        errors.push(lit.span(), format!("invalid character {bad:?} at position {position} in service name{why}; allowed: A-Z a-z 0-9 . _ -"));
+        return None;
+    }
+    Some(name)
+}
+
+fn check_weight(expr: &Expr, errors: &mut Errors) -> Option<u32> {
+    let message = "`weight` must be an integer from 1 to 10000: `weight = 10`";
+    let Expr::Lit(ExprLit { lit: Lit::Int(int), .. }) = expr else {
+        errors.push(expr.span(), message);
+        return None;
+    };
+    match int.base10_parse::<u64>() {
+        Ok(w) if WEIGHT_RANGE.contains(&w) => u32::try_from(w).ok(),
+        Ok(w) => {
+            errors.push(int.span(), format!("weight {w} is out of range; use 1 to 10000"));
+            None
+        }
+        Err(_) => {
+            errors.push(int.span(), message);
+            None
+        }
+    }
+}
+
+fn check_codec(expr: &Expr, errors: &mut Errors) -> Option<String> {
+    let Some(lit) = lit_str(expr) else {
+        errors.push(expr.span(), "`payload_codec` must be a string literal: `thrift`, `protobuf`, `grpc`, `json` or another codec name");
+        return None;
+    };
+    let codec = lit.value();
+    if codec.is_empty() || !codec.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')) {
+        errors.push(lit.span(), "`payload_codec` must be one word (A-Z a-z 0-9 . _ - +), such as `thrift`, `protobuf`, `grpc` or `json`");
+        return None;
+    }
+    Some(codec)
+}
+
+fn check_warmup(expr: &Expr, errors: &mut Errors) -> Option<u64> {
+    let Some(lit) = lit_str(expr) else {
+        errors.push(expr.span(), "`warmup` must be a duration string such as \"500ms\", \"30s\", \"2m\" or \"1m30s\"");
+        return None;
+    };
+    match parse_duration(&lit.value()) {
+        Ok(nanos) => Some(nanos),
+        Err(why) => {
+            errors.push(lit.span(), format!("invalid duration {:?}: {why}; write e.g. \"500ms\", \"30s\", \"2m\", \"1h\" or \"1m30s\"", lit.value()));
+            None
+        }
+    }
+}
+
+fn check_crate(expr: &Expr, errors: &mut Errors) -> Option<Path> {
+    let Some(lit) = lit_str(expr) else {
+        errors.push(expr.span(), "`crate` must be a string literal holding a path: `crate = \"::my::service_registry\"`");
+        return None;
+    };
+    match lit.parse::<Path>() {
+        Ok(path) => Some(path),
+        Err(_) => {
+            errors.push(lit.span(), format!("`crate = {:?}` is not a path", lit.value()));
+            None
+        }
+    }
+}
+
+fn check_tags(
+    entries: Vec<TagEntry>,
+    tags: &mut Vec<Tag>,
+    keys: &mut HashMap<String, Span>,
+    errors: &mut Errors,
+) {
+    for TagEntry { key, key_span, value } in entries {
+        if key.is_empty() {
+            errors.push(key_span, "tag key is empty");
+            continue;
+        }
+        if keys.contains_key(&key) {
+            errors.push(key_span, format!("duplicate tag key `{key}`: each tag key may appear once across all `tag(...)` lists"));
+            continue;
+        }
+        keys.insert(key.clone(), key_span);
+        let Some(lit) = lit_str(&value) else {
+            errors.push(value.span(), format!("tag `{key}` must have a string value: `{key} = \"...\"` (write numbers in quotes)"));
+            continue;
+        };
+        let raw = lit.value();
+        match parse_template(&raw) {
+            Ok(parts) => tags.push(Tag { key, raw, parts }),
+            Err(why) => errors.push(lit.span(), format!("tag `{key}`: {why}; write `${{VAR}}` or `${{VAR:-default}}`")),
+        }
+    }
+}
+
+fn unknown_key_message(key: &str) -> String {
+    let mut message = format!("unknown key `{key}`; expected one of: {}", KEYS.join(", "));
+    if let Some(close) = KEYS
+        .iter()
+        .map(|k| (edit_distance(key, k), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1))
+        .min()
+        .map(|(_, k)| k)
+    {
+        message.push_str(&format!(" (did you mean `{close}`?)"));
+    }
+    message
+}
+
+/// Edit distance where an insertion, deletion, substitution or swap of neighbours costs 1
+/// (optimal string alignment), so `nmae` is one step from `name`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`, `"1m30s"` into nanoseconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    if text.is_empty() {
+        return Err("it is empty".into());
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!("expected a number at {rest:?}"));
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| "the number is too large".to_string())?;
+        rest = &rest[digits..];
+        let unit_len = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let scale: u64 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(format!("{number} has no unit (ms, s, m or h)")),
+            other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
+        };
+        total = number
+            .checked_mul(scale)
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| "the duration is too large".to_string())?;
+    }
+    Ok(total)
+}
+
+/// Splits a tag value into text and `${VAR}` / `${VAR:-default}` parts.
+pub fn parse_template(text: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        literal.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`${{` at byte {} is never closed with `}}`", text.len() - rest.len() + start))?;
+        let body = &after[..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((name, default)) => (name, Some(default.to_string())),
+            None => (body, None),
+        };
+        let valid_name = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            let shown = if name.is_empty() { "an empty name".to_string() } else { format!("`{name}`") };
+            return Err(format!("`${{{body}}}` has {shown} where a variable name ([A-Za-z_][A-Za-z0-9_]*) is expected"));
+        }
+        if default.as_deref().is_some_and(|d| d.contains("${")) {
+            return Err(format!("`${{{body}}}`: a default cannot contain another `${{`"));
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Text(std::mem::take(&mut literal)));
+        }
+        parts.push(Part::Var { name: name.to_string(), default });
+        rest = &after[end + 1..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(Part::Text(literal));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn model(args: proc_macro2::TokenStream) -> Result<Model, syn::Error> {
+        let item: Item = syn::parse_quote!(struct S;);
+        validate(crate::args::parse(args).unwrap(), &item)
+    }
+
+    fn messages(args: proc_macro2::TokenStream) -> Vec<String> {
+        match model(args) {
+            Ok(_) => vec![],
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(500_000_000));
+        assert_eq!(parse_duration("30s"), Ok(30_000_000_000));
+        assert_eq!(parse_duration("2m"), Ok(120_000_000_000));
+        assert_eq!(parse_duration("1m30s"), Ok(90_000_000_000));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("30x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999h").is_err());
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(parse_template("plain").unwrap(), vec![Part::Text("plain".into())]);
+        assert_eq!(
+            parse_template("${IDC:-hz}-x").unwrap(),
+            vec![Part::Var { name: "IDC".into(), default: Some("hz".into()) }, Part::Text("-x".into())]
+        );
+        assert_eq!(parse_template("$5 ${A}").unwrap().len(), 2);
+        assert!(parse_template("${IDC").is_err());
+        assert!(parse_template("${}").is_err());
+        assert!(parse_template("${1A}").is_err());
+        assert!(parse_template("${A:x}").is_err());
+        assert!(parse_template("${A:-${B}}").is_err());
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let m = model(quote!(name = "a.b-c_d", payload_codec = "protobuf", warmup = "30s", tag(idc = "x"), tag(z = "${Z:-1}"))).ok().unwrap();
+        assert_eq!(m.weight, 10);
+        assert_eq!(m.payload_codec.as_deref(), Some("protobuf"));
+        assert_eq!(m.warmup_nanos, 30_000_000_000);
+        assert_eq!(m.tags.len(), 2);
+    }
+
+    #[test]
+    fn every_mistake_is_reported() {
+        let all = messages(quote!(nmae = "x", weight = 0, weight = 1, warmup = "3x", tag(a = "1", a = "2", b = 3)));
+        assert_eq!(all.len(), 7, "{all:#?}");
+        assert!(all[0].contains("did you mean `name`"));
+        assert!(all.iter().any(|m| m.contains("missing `name`")));
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(messages(quote!(name = "a/b"))[0].contains("'/'"));
+        assert!(messages(quote!(name = ""))[0].contains("empty"));
+        let long = "a".repeat(256);
+        assert!(messages(quote!(name = #long))[0].contains("256"));
+        assert!(messages(quote!(name = 5))[0].contains("string literal"));
+    }
+
+    #[test]
+    fn no_suggestion_for_distant_keys() {
+        assert!(!unknown_key_message("zzzzzz").contains("did you mean"));
+        assert!(unknown_key_message("wieght").contains("`weight`"));
+    }
+}

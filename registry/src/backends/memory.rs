@@ -1,0 +1,252 @@
+//! [`MemoryRegistry`]: an in-process registry with discovery and watch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
+use crate::info::Info;
+use crate::registry::{Registry, RegistryError};
+
+#[derive(Default)]
+struct State {
+    services: HashMap<String, BTreeMap<SocketAddr, Instance>>,
+    watchers: HashMap<String, Vec<mpsc::UnboundedSender<Change>>>,
+}
+
+impl State {
+    fn instances(&self, service: &str) -> Vec<Instance> {
+        self.services
+            .get(service)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn publish(&mut self, service: &str, before: &[Instance]) {
+        let after = self.instances(service);
+        let Some(change) = diff_instances(service, before, &after) else {
+            return;
+        };
+        if let Some(watchers) = self.watchers.get_mut(service) {
+            watchers.retain(|tx| tx.send(change.clone()).is_ok());
+        }
+    }
+}
+
+/// The default registry: in-process, shared by clones, with working watch.
+///
+/// Useful for tests, single-process deployments and the quickstart. Every clone sees the same
+/// state; all operations are safe to call concurrently.
+///
+/// ```
+/// use service_registry::{Discovery, Info, MemoryRegistry, Registry};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let registry = MemoryRegistry::new();
+/// let client_side = registry.clone();
+/// registry.register(&Info::new("echo", "127.0.0.1:9000".parse().unwrap())).await.unwrap();
+/// let found = client_side.resolve("echo").await.unwrap();
+/// assert_eq!(found[0].addr.port(), 9000);
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryRegistry {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemoryRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("MemoryRegistry")
+            .field("services", &state.services.len())
+            .finish()
+    }
+}
+
+impl MemoryRegistry {
+    /// An empty registry.
+    ///
+    /// ```
+    /// let registry = service_registry::MemoryRegistry::new();
+    /// assert!(registry.service_names().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The names of the services that have at least one instance.
+    ///
+    /// ```
+    /// use service_registry::{Info, MemoryRegistry, Registry};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let registry = MemoryRegistry::new();
+    /// registry.register(&Info::new("a", "127.0.0.1:1".parse().unwrap())).await.unwrap();
+    /// assert_eq!(registry.service_names(), vec!["a".to_string()]);
+    /// # }
+    /// ```
+    pub fn service_names(&self) -> Vec<String> {
+        let state = self.lock();
+        let mut names: Vec<_> = state
+            .services
+            .iter()
+            .filter(|(_, instances)| !instances.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The process-wide registry the [`Registrar`](crate::Registrar) uses when none is given.
+    ///
+    /// ```
+    /// use service_registry::MemoryRegistry;
+    /// let a = MemoryRegistry::global();
+    /// let b = MemoryRegistry::global();
+    /// assert!(a.same_as(b));
+    /// ```
+    pub fn global() -> &'static MemoryRegistry {
+        static GLOBAL: OnceLock<MemoryRegistry> = OnceLock::new();
+        GLOBAL.get_or_init(MemoryRegistry::new)
+    }
+
+    /// True when `self` and `other` share their state (one is a clone of the other).
+    ///
+    /// ```
+    /// let a = service_registry::MemoryRegistry::new();
+    /// assert!(a.same_as(&a.clone()));
+    /// assert!(!a.same_as(&service_registry::MemoryRegistry::new()));
+    /// ```
+    pub fn same_as(&self, other: &MemoryRegistry) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated (every update is a
+        // single insert or remove), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn register(&self, info: &Info) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let before = state.instances(&info.service_name);
+        state
+            .services
+            .entry(info.service_name.clone())
+            .or_default()
+            .insert(info.addr, Instance::from(info));
+        state.publish(&info.service_name, &before);
+        Ok(())
+    }
+
+    async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let before = state.instances(&info.service_name);
+        if let Some(instances) = state.services.get_mut(&info.service_name) {
+            instances.remove(&info.addr);
+            if instances.is_empty() {
+                state.services.remove(&info.service_name);
+            }
+        }
+        state.publish(&info.service_name, &before);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Discovery for MemoryRegistry {
+    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        Ok(self.lock().instances(service))
+    }
+
+    async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        let all = state.instances(service);
+        // Snapshot and subscription under one lock: no change can fall between them.
+        let snapshot = Change {
+            service: service.to_string(),
+            added: all.clone(),
+            all,
+            updated: Vec::new(),
+            removed: Vec::new(),
+        };
+        // The receiver is alive, so this send cannot fail.
+        let _ = tx.send(snapshot);
+        state
+            .watchers
+            .entry(service.to_string())
+            .or_default()
+            .push(tx);
+        Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn info(port: u16) -> Info {
+        Info::new("svc", SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[tokio::test]
+    async fn watch_sees_snapshot_add_update_remove() {
+        let registry = MemoryRegistry::new();
+        registry.register(&info(1)).await.unwrap();
+        let mut watch = registry.watch("svc").await.unwrap();
+        let first = watch.next().await.unwrap();
+        assert_eq!(first.all.len(), 1);
+        assert_eq!(first.added.len(), 1);
+
+        registry.register(&info(2)).await.unwrap();
+        let change = watch.next().await.unwrap();
+        assert_eq!(change.added[0].addr.port(), 2);
+        assert_eq!(change.all.len(), 2);
+
+        let mut heavier = info(2);
+        heavier.weight = 99;
+        registry.register(&heavier).await.unwrap();
+        let change = watch.next().await.unwrap();
+        assert_eq!(change.updated[0].weight, 99);
+
+        registry.deregister(&info(1)).await.unwrap();
+        let change = watch.next().await.unwrap();
+        assert_eq!(change.removed[0].addr.port(), 1);
+        assert_eq!(change.all.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn same_registration_twice_is_silent() {
+        let registry = MemoryRegistry::new();
+        let i = info(1);
+        registry.register(&i).await.unwrap();
+        let mut watch = registry.watch("svc").await.unwrap();
+        watch.next().await.unwrap();
+        registry.register(&i).await.unwrap();
+        registry.deregister(&info(5)).await.unwrap();
+        registry.deregister(&i).await.unwrap();
+        assert!(watch.next().await.unwrap().removed.len() == 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_registrations_all_land() {
+        let registry = MemoryRegistry::new();
+        let mut tasks = Vec::new();
+        for port in 1..=200u16 {
+            let r = registry.clone();
+            tasks.push(tokio::spawn(async move { r.register(&info(port)).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(registry.resolve("svc").await.unwrap().len(), 200);
+    }
+}

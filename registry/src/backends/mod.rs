@@ -1,0 +1,3 @@
+//! Registry backends. The in-memory one is always compiled; the others sit behind features.
+
+pub mod memory;

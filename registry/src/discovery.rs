@@ -1,0 +1,176 @@
+//! The client side: [`Discovery`] resolves and watches the instances of a service.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures_core::Stream;
+use thiserror::Error;
+
+use crate::info::Info;
+use crate::registry::BoxError;
+
+/// One instance of a service, as a client sees it.
+///
+/// ```
+/// use service_registry::{Info, Instance};
+///
+/// let info = Info::new("echo", "127.0.0.1:1".parse().unwrap());
+/// let instance = Instance::from(&info);
+/// assert_eq!(instance.addr, info.addr);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The instance weight (never 0: a registry value of 0 reads as the default weight).
+    pub weight: u32,
+    /// The instance's tags.
+    pub tags: BTreeMap<String, String>,
+    /// When the instance started, when the registry records it.
+    pub start_time: Option<SystemTime>,
+    /// The warm-up period (zero when not recorded).
+    pub warmup: Duration,
+    /// The payload codec, when recorded.
+    pub payload_codec: Option<String>,
+}
+
+impl From<&Info> for Instance {
+    fn from(info: &Info) -> Self {
+        Self {
+            addr: info.addr,
+            weight: info.weight,
+            tags: info.tags.clone(),
+            start_time: Some(info.start_time),
+            warmup: info.warmup,
+            payload_codec: info.payload_codec.clone(),
+        }
+    }
+}
+
+/// One step of a watch, modelled on Volo's `Change`: the whole current set plus what changed.
+///
+/// The first item of every watch has `all == added` (the snapshot); later items carry the
+/// differences, and `all` is always the complete set after the change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The watched service.
+    pub service: String,
+    /// Every instance after this change.
+    pub all: Vec<Instance>,
+    /// Instances that appeared.
+    pub added: Vec<Instance>,
+    /// Instances whose data changed (same address).
+    pub updated: Vec<Instance>,
+    /// Instances that went away.
+    pub removed: Vec<Instance>,
+}
+
+/// The stream returned by [`Discovery::watch`].
+pub type WatchStream = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
+
+/// Why discovery failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// The registry could not be reached.
+    #[error("{backend} registry at {endpoint} is unreachable while resolving `{service}`: {source}")]
+    Unavailable {
+        /// The backend.
+        backend: &'static str,
+        /// The endpoint(s) tried.
+        endpoint: String,
+        /// The service being resolved.
+        service: String,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+    /// Any other backend failure.
+    #[error("{backend} discovery of `{service}` failed: {source}")]
+    Backend {
+        /// The backend.
+        backend: &'static str,
+        /// The service being resolved.
+        service: String,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Finds the instances of a service (Volo's `Discover`).
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use service_registry::{Discovery, Info, MemoryRegistry, Registry};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let registry = MemoryRegistry::new();
+/// let mut watch = registry.watch("echo").await.unwrap();
+/// assert!(watch.next().await.unwrap().all.is_empty()); // the snapshot comes first
+///
+/// registry.register(&Info::new("echo", "127.0.0.1:7000".parse().unwrap())).await.unwrap();
+/// let change = watch.next().await.unwrap();
+/// assert_eq!(change.added.len(), 1);
+/// assert_eq!(registry.resolve("echo").await.unwrap().len(), 1);
+/// # }
+/// ```
+#[async_trait]
+pub trait Discovery: Send + Sync + 'static {
+    /// The instances registered now.
+    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError>;
+    /// The current set first, then every change; the stream ends only when the backend is
+    /// dropped. Backends recover from broken watches by themselves (re-list and resume).
+    async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError>;
+}
+
+#[async_trait]
+impl<D: Discovery + ?Sized> Discovery for std::sync::Arc<D> {
+    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        (**self).resolve(service).await
+    }
+    async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
+        (**self).watch(service).await
+    }
+}
+
+/// Computes the [`Change`] from `old` to `new` (keyed by address); `None` when nothing changed.
+///
+/// Backends that re-list after an outage use this so watchers see exactly what differs.
+///
+/// ```
+/// use service_registry::{diff_instances, Info, Instance};
+///
+/// let a = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
+/// let change = diff_instances("s", &[], &[a.clone()]).unwrap();
+/// assert_eq!(change.added, vec![a.clone()]);
+/// assert!(diff_instances("s", &[a.clone()], &[a]).is_none());
+/// ```
+pub fn diff_instances(service: &str, old: &[Instance], new: &[Instance]) -> Option<Change> {
+    let old_by_addr: BTreeMap<_, _> = old.iter().map(|i| (i.addr, i)).collect();
+    let new_by_addr: BTreeMap<_, _> = new.iter().map(|i| (i.addr, i)).collect();
+    let mut change = Change {
+        service: service.to_string(),
+        all: new.to_vec(),
+        added: Vec::new(),
+        updated: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (addr, instance) in &new_by_addr {
+        match old_by_addr.get(addr) {
+            None => change.added.push((*instance).clone()),
+            Some(previous) if previous != instance => change.updated.push((*instance).clone()),
+            Some(_) => {}
+        }
+    }
+    for (addr, instance) in &old_by_addr {
+        if !new_by_addr.contains_key(addr) {
+            change.removed.push((*instance).clone());
+        }
+    }
+    let empty = change.added.is_empty() && change.updated.is_empty() && change.removed.is_empty();
+    (!empty).then_some(change)
+}

@@ -1,0 +1,220 @@
+//! The registrar: registers every `#[service]` once the server is bound, keeps retrying until
+//! the registry has them, and removes them before the server stops.
+
+mod advertise;
+mod builder;
+mod error;
+mod lifecycle;
+mod overrides;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::backoff::Backoff;
+use crate::info::Info;
+use crate::registry::{BoxError, Registry};
+
+pub use advertise::ADVERTISE_ADDR_ENV;
+pub use builder::RegistrarBuilder;
+pub use error::RegistrarError;
+pub use overrides::InfoOverride;
+pub use status::{ServiceStatus, StatusHandle};
+
+use builder::ShutdownFuture;
+use status::StatusBoard;
+
+/// Registers the linked `#[service]` types while a server runs.
+///
+/// Give it a registry, the bound listener's address and the server; [`serve`](Self::serve)
+/// registers every service in the background (retrying forever with backoff, never stopping the
+/// server), and on SIGINT/SIGTERM or the [`shutdown_signal`](RegistrarBuilder::shutdown_signal)
+/// it deregisters every service first, then tells the server to stop, waits for it up to the
+/// grace period, and returns.
+///
+/// ```no_run
+/// use service_registry::{service, Registrar};
+/// use tokio::io::AsyncWriteExt;
+///
+/// #[service(name = "hello", weight = 10, tag(idc = "hz"))]
+/// struct Hello;
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+///     Registrar::builder()
+///         .listen_addr(listener.local_addr()?)
+///         .build()?
+///         .serve(|shutdown| async move {
+///             tokio::pin!(shutdown);
+///             loop {
+///                 tokio::select! {
+///                     _ = &mut shutdown => return Ok::<_, std::io::Error>(()),
+///                     accepted = listener.accept() => {
+///                         let (mut socket, _) = accepted?;
+///                         tokio::spawn(async move { let _ = socket.write_all(b"hello\n").await; });
+///                     }
+///                 }
+///             }
+///         })
+///         .await?;
+///     Ok(())
+/// }
+/// ```
+pub struct Registrar {
+    registry: Arc<dyn Registry>,
+    infos: Vec<Info>,
+    board: StatusBoard,
+    backoff: Backoff,
+    register_timeout: Duration,
+    deregister_timeout: Duration,
+    grace_period: Duration,
+    shutdown: Option<ShutdownFuture>,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar")
+            .field("infos", &self.infos)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Completes when the registrar wants the server to stop (after deregistration).
+///
+/// Pass it to the server's graceful shutdown: axum's `with_graceful_shutdown(shutdown)`,
+/// tonic's `serve_with_incoming_shutdown(incoming, shutdown)`, or a `select!` in an accept loop.
+#[derive(Debug)]
+pub struct ShutdownSignal(oneshot::Receiver<()>);
+
+impl Future for ShutdownSignal {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // A dropped sender also means "stop".
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl Registrar {
+    /// Starts a [`RegistrarBuilder`].
+    ///
+    /// ```
+    /// let builder = service_registry::Registrar::builder();
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> RegistrarBuilder {
+        RegistrarBuilder::default()
+    }
+
+    /// What will be registered, one [`Info`] per service, ordered by service name.
+    ///
+    /// See [`RegistrarBuilder`] for an example.
+    pub fn infos(&self) -> &[Info] {
+        &self.infos
+    }
+
+    /// A handle on every service's registration status.
+    ///
+    /// See [`StatusHandle`] for an example.
+    pub fn status(&self) -> StatusHandle {
+        self.board.handle()
+    }
+
+    /// Runs the server built by `server` and manages the registrations around it.
+    ///
+    /// `server` receives a [`ShutdownSignal`] that completes once every service is deregistered;
+    /// the server should then stop accepting and finish. If the server future ends on its own,
+    /// the services are deregistered and its result returned.
+    ///
+    /// See [`Registrar`] for an example.
+    pub async fn serve<F, Fut, E>(mut self, server: F) -> Result<(), RegistrarError>
+    where
+        F: FnOnce(ShutdownSignal) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: Into<BoxError>,
+    {
+        let (stop_server, stop_signal) = oneshot::channel();
+        let server = server(ShutdownSignal(stop_signal));
+        tokio::pin!(server);
+
+        let registrations: Vec<_> = self
+            .infos
+            .iter()
+            .map(|info| {
+                tokio::spawn(lifecycle::register_until_done(
+                    self.registry.clone(),
+                    info.clone(),
+                    self.board.clone(),
+                    self.backoff.clone(),
+                    self.register_timeout,
+                ))
+            })
+            .collect();
+
+        let shutdown = self.shutdown.take().unwrap_or_else(|| Box::pin(os_signal()));
+        let early_exit = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown => None,
+        };
+
+        for task in &registrations {
+            task.abort();
+        }
+        for task in registrations {
+            // Wait until no register call can still be in flight; a cancelled task is expected.
+            let _ = task.await;
+        }
+        lifecycle::deregister_all(&self.registry, &self.infos, &self.board, self.deregister_timeout)
+            .await;
+
+        let result = match early_exit {
+            Some(result) => {
+                tracing::warn!("the server stopped on its own; its services were deregistered");
+                result
+            }
+            None => {
+                let _ = stop_server.send(());
+                match tokio::time::timeout(self.grace_period, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(grace = ?self.grace_period, "the server did not stop within the grace period; dropping it");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        result.map_err(|err| RegistrarError::Server(err.into()))
+    }
+}
+
+/// SIGINT or SIGTERM (Ctrl-C elsewhere).
+async fn os_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                }
+            }
+            _ => {
+                tracing::error!("cannot install SIGINT/SIGTERM handlers; shut down with a shutdown_signal future instead");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Per-service registration status, observable while the server runs.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::watch;
+
+/// Where one service's registration stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceStatus {
+    /// The first attempt is under way.
+    Registering,
+    /// The registry holds the registration.
+    Registered,
+    /// An attempt failed; another follows after a backoff delay.
+    Retrying {
+        /// How many attempts have failed so far.
+        attempt: u32,
+        /// The last failure, as text.
+        last_error: String,
+    },
+    /// The registration was removed at shutdown.
+    Deregistered,
+}
+
+/// A cheap, cloneable view of every service's [`ServiceStatus`].
+///
+/// ```
+/// use service_registry::{service, MemoryRegistry, Registrar, ServiceStatus};
+///
+/// #[service(name = "status-doc")]
+/// struct Doc;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let registrar = Registrar::builder()
+///     .registry(MemoryRegistry::new())
+///     .listen_addr(listener.local_addr().unwrap())
+///     .only(["status-doc"])
+///     .shutdown_signal(std::future::pending())
+///     .build()
+///     .unwrap();
+/// let status = registrar.status();
+/// assert_eq!(status.get("status-doc"), Some(ServiceStatus::Registering));
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct StatusHandle {
+    rx: watch::Receiver<BTreeMap<String, ServiceStatus>>,
+}
+
+impl StatusHandle {
+    pub(crate) fn new(rx: watch::Receiver<BTreeMap<String, ServiceStatus>>) -> Self {
+        Self { rx }
+    }
+
+    /// The status of one service, if the registrar manages it.
+    ///
+    /// See [`StatusHandle`] for an example.
+    pub fn get(&self, service: &str) -> Option<ServiceStatus> {
+        self.rx.borrow().get(service).cloned()
+    }
+
+    /// Every managed service with its status.
+    ///
+    /// ```
+    /// # use service_registry::{service, MemoryRegistry, Registrar};
+    /// # #[service(name = "snapshot-doc")] struct Doc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let registrar = Registrar::builder().registry(MemoryRegistry::new())
+    /// #     .listen_addr("127.0.0.1:9".parse().unwrap()).only(["snapshot-doc"]).build().unwrap();
+    /// let all = registrar.status().snapshot();
+    /// assert!(all.contains_key("snapshot-doc"));
+    /// # }
+    /// ```
+    pub fn snapshot(&self) -> BTreeMap<String, ServiceStatus> {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits until `done` holds for the whole status map; returns the map that satisfied it.
+    /// Returns `None` if the registrar is gone before that.
+    ///
+    /// ```
+    /// # use service_registry::{service, MemoryRegistry, Registrar, ServiceStatus};
+    /// # #[service(name = "wait-doc")] struct Doc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # let registrar = Registrar::builder().registry(MemoryRegistry::new())
+    /// #     .listen_addr("127.0.0.1:9".parse().unwrap()).only(["wait-doc"])
+    /// #     .shutdown_signal(async { let _ = stopped.await; }).build().unwrap();
+    /// let status = registrar.status();
+    /// let run = tokio::spawn(registrar.serve(|_shutdown| async { std::future::pending::<std::io::Result<()>>().await }));
+    /// status.wait_for(|all| all.values().all(|s| *s == ServiceStatus::Registered)).await;
+    /// # stop.send(()).unwrap(); run.await.unwrap().unwrap();
+    /// # }
+    /// ```
+    pub async fn wait_for(
+        &self,
+        mut done: impl FnMut(&BTreeMap<String, ServiceStatus>) -> bool,
+    ) -> Option<BTreeMap<String, ServiceStatus>> {
+        let mut rx = self.rx.clone();
+        let result = rx.wait_for(|map| done(map)).await;
+        result.ok().map(|map| map.clone())
+    }
+
+    /// Waits for the next status change; `false` when the registrar is gone.
+    ///
+    /// ```
+    /// # use service_registry::{service, MemoryRegistry, Registrar};
+    /// # #[service(name = "changed-doc")] struct Doc;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let registrar = Registrar::builder().registry(MemoryRegistry::new())
+    /// #     .listen_addr("127.0.0.1:9".parse().unwrap()).only(["changed-doc"]).build().unwrap();
+    /// let mut status = registrar.status();
+    /// drop(registrar);
+    /// assert!(!status.changed().await);
+    /// # }
+    /// ```
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
+/// The writing side, owned by the registrar.
+#[derive(Clone, Debug)]
+pub(crate) struct StatusBoard {
+    tx: watch::Sender<BTreeMap<String, ServiceStatus>>,
+}
+
+impl StatusBoard {
+    pub(crate) fn new(services: impl IntoIterator<Item = String>) -> Self {
+        let map = services
+            .into_iter()
+            .map(|name| (name, ServiceStatus::Registering))
+            .collect();
+        Self {
+            tx: watch::channel(map).0,
+        }
+    }
+
+    pub(crate) fn handle(&self) -> StatusHandle {
+        StatusHandle::new(self.tx.subscribe())
+    }
+
+    pub(crate) fn set(&self, service: &str, status: ServiceStatus) {
+        self.tx.send_modify(|map| {
+            map.insert(service.to_string(), status);
+        });
+    }
+}

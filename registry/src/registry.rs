@@ -1,0 +1,101 @@
+//! The [`Registry`] trait every backend implements (Kitex's `registry.Registry`).
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::info::Info;
+
+/// A boxed error from a backend's client library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a registry call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The registry could not be reached; the call may succeed later.
+    #[error("{backend} registry at {endpoint} is unreachable: {source}; check that it is running and reachable (the call is retried)")]
+    Unavailable {
+        /// The backend (`etcd`, `zookeeper`, ...).
+        backend: &'static str,
+        /// The endpoint(s) tried.
+        endpoint: String,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+    /// The registry refused the credentials.
+    #[error("{backend} at {endpoint} rejected the credentials of user `{user}`: {source}; check the user name and password")]
+    Unauthenticated {
+        /// The backend.
+        backend: &'static str,
+        /// The endpoint(s) tried.
+        endpoint: String,
+        /// The user name presented.
+        user: String,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+    /// The registration data cannot be written (for example a service name with `/`).
+    #[error("cannot register service `{service}`: {reason}")]
+    InvalidInfo {
+        /// The service name.
+        service: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The call did not finish in time.
+    #[error("{backend} did not answer within {timeout:?} for service `{service}`; the call is retried")]
+    Timeout {
+        /// The backend.
+        backend: &'static str,
+        /// The service whose call timed out.
+        service: String,
+        /// The limit that was exceeded.
+        timeout: std::time::Duration,
+    },
+    /// Any other backend failure.
+    #[error("{backend} registry call failed: {source}")]
+    Backend {
+        /// The backend.
+        backend: &'static str,
+        /// The client error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// A service registry: makes instances findable and removes them.
+///
+/// Two methods, as in Kitex: a backend owns its connection state (leases, sessions) and keeps
+/// its live registrations alive by itself; the harness ([`crate::Registrar`]) owns retries,
+/// status and shutdown. Both methods must be idempotent: registering the same `Info` twice
+/// overwrites, deregistering something absent succeeds.
+///
+/// ```
+/// use service_registry::{Info, MemoryRegistry, Registry};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let registry = MemoryRegistry::new();
+/// let info = Info::new("echo", "127.0.0.1:7000".parse().unwrap());
+/// registry.register(&info).await.unwrap();
+/// registry.deregister(&info).await.unwrap();
+/// # }
+/// ```
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Makes `info` findable; overwrites an earlier registration of the same service and address.
+    async fn register(&self, info: &Info) -> Result<(), RegistryError>;
+    /// Removes the registration of `info.service_name` at `info.addr`.
+    async fn deregister(&self, info: &Info) -> Result<(), RegistryError>;
+}
+
+#[async_trait]
+impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
+    async fn register(&self, info: &Info) -> Result<(), RegistryError> {
+        (**self).register(info).await
+    }
+    async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
+        (**self).deregister(info).await
+    }
+}
