@@ -88,6 +88,33 @@ pub trait Registry: Send + Sync + 'static {
     async fn register(&self, info: &Info) -> Result<(), RegistryError>;
     /// Removes the registration of `info.service_name` at `info.addr`.
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError>;
+
+    /// The state of the backend's connection, for backends that keep registrations alive by
+    /// themselves (an etcd lease, a ZooKeeper session). While it says
+    /// [`Health::Recovering`], the [`Registrar`](crate::Registrar) shows every registered
+    /// service as `Retrying` with the cause. `None` (the default): nothing to watch.
+    ///
+    /// ```
+    /// use service_registry::{MemoryRegistry, Registry};
+    /// assert!(MemoryRegistry::new().health().is_none());
+    /// ```
+    fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
+        None
+    }
+}
+
+/// The connection state a backend reports through [`Registry::health`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Registrations are live.
+    Healthy,
+    /// The connection, lease or session was lost; the backend is restoring its registrations.
+    Recovering {
+        /// Failed recovery attempts so far (0 while the first one runs).
+        attempt: u32,
+        /// What was lost, or why the last attempt failed.
+        last_error: String,
+    },
 }
 
 #[async_trait]
@@ -97,5 +124,8 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
     }
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
         (**self).deregister(info).await
+    }
+    fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
+        (**self).health()
     }
 }

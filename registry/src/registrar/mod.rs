@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
 use crate::info::Info;
-use crate::registry::{BoxError, Registry};
+use crate::registry::{BoxError, Health, Registry};
 
 pub use advertise::ADVERTISE_ADDR_ENV;
 pub use builder::RegistrarBuilder;
@@ -157,12 +157,17 @@ impl Registrar {
             })
             .collect();
 
+        let health = self.registry.health().map(|rx| tokio::spawn(follow_health(rx, self.board.clone())));
+
         let shutdown = self.shutdown.take().unwrap_or_else(|| Box::pin(os_signal()));
         let early_exit = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
         };
 
+        if let Some(task) = &health {
+            task.abort();
+        }
         for task in &registrations {
             task.abort();
         }
@@ -190,6 +195,23 @@ impl Registrar {
             }
         };
         result.map_err(|err| RegistrarError::Server(err.into()))
+    }
+}
+
+/// Mirrors the backend's health onto the status of every live service.
+async fn follow_health(mut rx: tokio::sync::watch::Receiver<Health>, board: StatusBoard) {
+    loop {
+        let health = rx.borrow_and_update().clone();
+        match &health {
+            Health::Healthy => tracing::info!("registry connection healthy"),
+            Health::Recovering { attempt, last_error } => {
+                tracing::warn!(attempt, error = %last_error, "registry connection lost; the backend is restoring registrations")
+            }
+        }
+        board.apply_health(&health);
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! Per-service registration status, observable while the server runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
+
+use crate::registry::Health;
 
 /// Where one service's registration stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +127,9 @@ impl StatusHandle {
 #[derive(Clone, Debug)]
 pub(crate) struct StatusBoard {
     tx: watch::Sender<BTreeMap<String, ServiceStatus>>,
+    /// Services the registry has accepted and not yet removed: the ones a backend outage
+    /// affects.
+    live: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl StatusBoard {
@@ -134,6 +140,7 @@ impl StatusBoard {
             .collect();
         Self {
             tx: watch::channel(map).0,
+            live: Arc::default(),
         }
     }
 
@@ -141,9 +148,39 @@ impl StatusBoard {
         StatusHandle::new(self.tx.subscribe())
     }
 
+    fn live(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        // Each update is a single insert or remove, so a poisoned set is still consistent.
+        self.live.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
     pub(crate) fn set(&self, service: &str, status: ServiceStatus) {
+        {
+            let mut live = self.live();
+            match status {
+                ServiceStatus::Registered => live.insert(service.to_string()),
+                ServiceStatus::Deregistered => live.remove(service),
+                _ => false,
+            };
+        }
         self.tx.send_modify(|map| {
             map.insert(service.to_string(), status);
+        });
+    }
+
+    /// Shows the backend's health on every live service.
+    pub(crate) fn apply_health(&self, health: &Health) {
+        let live = self.live().clone();
+        let status = match health {
+            Health::Healthy => ServiceStatus::Registered,
+            Health::Recovering { attempt, last_error } => ServiceStatus::Retrying {
+                attempt: *attempt,
+                last_error: last_error.clone(),
+            },
+        };
+        self.tx.send_modify(|map| {
+            for name in &live {
+                map.insert(name.clone(), status.clone());
+            }
         });
     }
 }
