@@ -171,12 +171,28 @@ impl Registrar {
         for task in &registrations {
             task.abort();
         }
-        for task in registrations {
-            // Wait until no register call can still be in flight; a cancelled task is expected.
-            let _ = task.await;
-        }
-        lifecycle::deregister_all(&self.registry, &self.infos, &self.board, self.deregister_timeout)
+        // Keep serving while the registrations are withdrawn: clients still routed here must be
+        // answered until the registry no longer lists this instance.
+        let withdraw = async {
+            for task in registrations {
+                // Wait until no register call can still be in flight; a cancelled task is fine.
+                let _ = task.await;
+            }
+            lifecycle::deregister_all(
+                &self.registry,
+                &self.infos,
+                &self.board,
+                self.deregister_timeout,
+            )
             .await;
+        };
+        let early_exit = match early_exit {
+            Some(result) => {
+                withdraw.await;
+                Some(result)
+            }
+            None => keep_serving(server.as_mut(), withdraw).await,
+        };
 
         let result = match early_exit {
             Some(result) => {
@@ -195,6 +211,18 @@ impl Registrar {
             }
         };
         result.map_err(|err| RegistrarError::Server(err.into()))
+    }
+}
+
+/// Runs `work` while still polling `server`; returns the server's result if it ended meanwhile.
+async fn keep_serving<S: Future>(mut server: Pin<&mut S>, work: impl Future<Output = ()>) -> Option<S::Output> {
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => None,
+        result = &mut server => {
+            work.await;
+            Some(result)
+        }
     }
 }
 

@@ -1,0 +1,311 @@
+//! The registrar against real TCP listeners and the in-memory registry.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use service_registry::{
+    service, Backoff, Discovery, Endpoint, InfoOverride, MemoryRegistry, Registrar, RegistrarError,
+    ServiceEntry, ServiceStatus,
+};
+use tests::registries::{Event, Flaky, Recording};
+use tests::{echo, poll};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+// Links the library so its #[service] types reach this binary's inventory.
+use linked_services as _;
+
+#[service(name = "reg.echo", weight = 20, payload_codec = "json", warmup = "1m30s", tag(idc = "hz"))]
+pub struct EchoService;
+
+#[service(name = "reg.other", tag(cluster = "blue"), tag(zone = "${REG_TEST_UNSET_ZONE:-z1}"))]
+pub enum OtherService {
+    A,
+}
+
+const OURS: [&str; 2] = ["reg.echo", "reg.other"];
+
+async fn bound() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+fn all_registered(status: &std::collections::BTreeMap<String, ServiceStatus>) -> bool {
+    status.values().all(|s| *s == ServiceStatus::Registered)
+}
+
+#[test]
+fn descriptor_is_reachable_from_the_type() {
+    let info = EchoService::INFO;
+    assert_eq!(info.service_name, "reg.echo");
+    assert_eq!(info.weight, 20);
+    assert_eq!(info.payload_codec, Some("json"));
+    assert_eq!(info.warmup, Duration::from_secs(90));
+    assert_eq!(info.type_name, "registrar::EchoService");
+    assert!(info.file.ends_with("registrar.rs"), "{}", info.file);
+    let source = include_str!("registrar.rs");
+    let expected_line = source.lines().position(|l| l == "pub struct EchoService;").unwrap() + 1;
+    assert_eq!(info.line as usize, expected_line, "the line of the type, not of the attribute");
+    assert_eq!(OtherService::INFO.weight, 10, "default weight is Kitex's 10");
+}
+
+#[tokio::test]
+async fn registers_every_linked_service_after_bind_then_deregisters_before_close() {
+    let registry = Recording::default();
+    let listener = bound().await;
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .registry(registry.clone())
+        .listen_addr(addr)
+        .shutdown_signal(async {
+            let _ = stopped.await;
+        })
+        .build()
+        .unwrap();
+    let linked: Vec<&str> = {
+        let mut v: Vec<_> = ServiceEntry::all().map(|e| e.info.service_name).collect();
+        v.sort();
+        v
+    };
+    assert!(linked.contains(&"linked.alpha") && linked.contains(&"linked.beta"), "library services must be linked: {linked:?}");
+    let status = registrar.status();
+    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+
+    let done = status.wait_for(all_registered).await.unwrap();
+    assert_eq!(done.keys().map(String::as_str).collect::<Vec<_>>(), linked);
+    for name in &linked {
+        let found = registry.inner.resolve(name).await.unwrap();
+        assert_eq!(found.len(), 1, "{name}");
+        assert_eq!(found[0].addr, addr);
+    }
+    let alpha = &registry.inner.resolve("linked.alpha").await.unwrap()[0];
+    assert_eq!(alpha.weight, 7);
+    assert_eq!(alpha.tags["origin"], "library");
+
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+
+    let events = registry.events();
+    let registers: Vec<_> = events.iter().filter(|e| matches!(e, Event::Register { .. })).collect();
+    assert_eq!(registers.len(), linked.len());
+    assert!(
+        events.iter().all(|e| matches!(e, Event::Register { server_answered: true, .. } | Event::Deregister { server_answered: true, .. })),
+        "the server must answer during every register and deregister call: {events:?}"
+    );
+    let last_register = events.iter().rposition(|e| matches!(e, Event::Register { .. })).unwrap();
+    let first_deregister = events.iter().position(|e| matches!(e, Event::Deregister { .. })).unwrap();
+    assert!(last_register < first_deregister);
+    for name in &linked {
+        assert!(registry.inner.resolve(name).await.unwrap().is_empty(), "{name} still registered");
+    }
+    assert!(echo::call(addr, "x").await.is_err(), "the listener must be closed once serve returns");
+    let final_status = status.snapshot();
+    assert!(final_status.values().all(|s| *s == ServiceStatus::Deregistered), "{final_status:?}");
+}
+
+#[tokio::test]
+async fn infos_carry_attribute_runtime_data_and_overrides() {
+    let listener = bound().await;
+    let addr = listener.local_addr().unwrap();
+    let elsewhere = "127.0.0.9:9999".parse().unwrap();
+    let registrar = Registrar::builder()
+        .registry(MemoryRegistry::new())
+        .listen_addr(addr)
+        .only(OURS)
+        .override_all(InfoOverride::new().tag("cluster", "green").tag("env", "prod"))
+        .override_service("reg.echo", InfoOverride::new().weight(55).payload_codec("thrift").warmup(Duration::from_secs(2)))
+        .override_service("reg.other", InfoOverride::new().addr(elsewhere))
+        .build()
+        .unwrap();
+    let infos = registrar.infos();
+    assert_eq!(infos.len(), 2);
+    let echo_info = &infos[0];
+    assert_eq!(echo_info.service_name, "reg.echo");
+    assert_eq!(echo_info.addr, addr);
+    assert_eq!(echo_info.weight, 55);
+    assert_eq!(echo_info.payload_codec.as_deref(), Some("thrift"));
+    assert_eq!(echo_info.warmup, Duration::from_secs(2));
+    assert_eq!(echo_info.tags["idc"], "hz");
+    assert_eq!(echo_info.tags["cluster"], "green");
+    assert!(!echo_info.skip_listen_addr);
+    let age = std::time::SystemTime::now().duration_since(echo_info.start_time).unwrap();
+    assert!(age < Duration::from_secs(60));
+
+    let other = &infos[1];
+    assert_eq!(other.addr, elsewhere);
+    assert!(other.skip_listen_addr);
+    assert_eq!(other.tags["cluster"], "green", "global override replaces the declared tag");
+    assert_eq!(other.tags["zone"], "z1", "unset variable takes its default");
+    assert_eq!(other.tags["env"], "prod");
+    assert_eq!(other.payload_codec, None);
+}
+
+#[tokio::test]
+async fn bad_options_are_refused_before_serving() {
+    let addr = bound().await.local_addr().unwrap();
+    let err = Registrar::builder().registry(MemoryRegistry::new()).listen_addr(addr).only(["nope"]).build().unwrap_err();
+    assert!(matches!(err, RegistrarError::UnknownService { ref name, .. } if name == "nope"), "{err}");
+    let err = Registrar::builder().registry(MemoryRegistry::new()).build().unwrap_err();
+    assert!(matches!(err, RegistrarError::MissingListenAddr), "{err}");
+    let err = Registrar::builder().registry(MemoryRegistry::new()).listen_addr("127.0.0.1:0".parse().unwrap()).build().unwrap_err();
+    assert!(matches!(err, RegistrarError::UnboundListenAddr(_)), "{err}");
+    let err = Registrar::builder()
+        .registry(MemoryRegistry::new())
+        .listen_addr(addr)
+        .only(OURS)
+        .override_service("reg.echo", InfoOverride::new().weight(0))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, RegistrarError::InvalidWeight { weight: 0, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn failing_registry_is_retried_until_registered_while_the_server_answers() {
+    let registry = Flaky::new(6);
+    let listener = bound().await;
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .registry(registry.clone())
+        .listen_addr(addr)
+        .only(["reg.echo"])
+        .backoff(Backoff::new(Duration::from_millis(20), Duration::from_millis(200)))
+        .shutdown_signal(async {
+            let _ = stopped.await;
+        })
+        .build()
+        .unwrap();
+    let status = registrar.status();
+    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+
+    // While registration keeps failing, the status says so and the server answers.
+    let retrying = status
+        .wait_for(|s| matches!(s.get("reg.echo"), Some(ServiceStatus::Retrying { attempt, .. }) if *attempt >= 2))
+        .await
+        .unwrap();
+    let Some(ServiceStatus::Retrying { last_error, .. }) = retrying.get("reg.echo") else { unreachable!() };
+    assert!(last_error.contains("injected failure"), "{last_error}");
+    assert_eq!(echo::call(addr, "still up").await.unwrap(), "still up");
+
+    poll::until(Duration::from_secs(10), "registration after retries", || async {
+        (status.get("reg.echo") == Some(ServiceStatus::Registered)).then_some(())
+    })
+    .await;
+    assert_eq!(registry.calls(), 7, "6 failures, then one success, then no more calls");
+    assert_eq!(registry.inner.resolve("reg.echo").await.unwrap().len(), 1);
+    assert_eq!(echo::call(addr, "after").await.unwrap(), "after");
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    assert!(registry.inner.resolve("reg.echo").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_while_still_retrying_stops_retrying() {
+    let registry = Flaky::new(u32::MAX);
+    let listener = bound().await;
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .registry(registry.clone())
+        .listen_addr(addr)
+        .only(["reg.echo"])
+        .backoff(Backoff::new(Duration::from_millis(5), Duration::from_millis(20)))
+        .shutdown_signal(async {
+            let _ = stopped.await;
+        })
+        .build()
+        .unwrap();
+    let status = registrar.status();
+    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+    status.wait_for(|s| matches!(s.get("reg.echo"), Some(ServiceStatus::Retrying { .. }))).await.unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run).await.expect("serve must return promptly").unwrap().unwrap();
+    // serve awaits the aborted registration tasks before it returns, so the count is final.
+    let calls = registry.calls();
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(registry.calls(), calls, "no register call after serve returned");
+}
+
+#[tokio::test]
+async fn watch_sees_the_service_come_and_go() {
+    let registry = MemoryRegistry::new();
+    let mut watch = registry.watch("reg.other").await.unwrap();
+    assert!(watch.next().await.unwrap().all.is_empty());
+
+    let listener = bound().await;
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .registry(registry.clone())
+        .listen_addr(addr)
+        .only(OURS)
+        .shutdown_signal(async {
+            let _ = stopped.await;
+        })
+        .build()
+        .unwrap();
+    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+
+    let added = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap();
+    assert_eq!(added.added.len(), 1);
+    assert_eq!(added.added[0].addr, addr);
+    assert_eq!(added.added[0].tags["cluster"], "blue");
+    let instance = &added.added[0];
+    assert_eq!(echo::call(instance.addr, "found").await.unwrap(), "found");
+
+    stop.send(()).unwrap();
+    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap();
+    assert_eq!(removed.removed.len(), 1);
+    assert!(removed.all.is_empty());
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn server_that_stops_on_its_own_is_deregistered_and_its_error_returned() {
+    let registry = MemoryRegistry::new();
+    let listener = bound().await;
+    let addr = listener.local_addr().unwrap();
+    let (fail, failed) = oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .registry(registry.clone())
+        .listen_addr(addr)
+        .only(["reg.echo"])
+        .shutdown_signal(std::future::pending())
+        .build()
+        .unwrap();
+    let status = registrar.status();
+    let run = tokio::spawn(registrar.serve(|_shutdown| async move {
+        let _keep = listener;
+        let _ = failed.await;
+        Err(std::io::Error::other("disk on fire"))
+    }));
+    status.wait_for(all_registered).await.unwrap();
+    fail.send(()).unwrap();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(matches!(err, RegistrarError::Server(_)), "{err}");
+    assert!(err.to_string().contains("disk on fire"));
+    assert!(registry.resolve("reg.echo").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn server_ignoring_shutdown_is_dropped_after_the_grace_period() {
+    let listener = bound().await;
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .registry(MemoryRegistry::new())
+        .listen_addr(addr)
+        .only(["reg.echo"])
+        .grace_period(Duration::from_millis(200))
+        .shutdown_signal(async {
+            let _ = stopped.await;
+        })
+        .build()
+        .unwrap();
+    let run = tokio::spawn(registrar.serve(|_ignored| echo::serve(listener, std::future::pending())));
+    poll::until(Duration::from_secs(5), "server up", || async { echo::call(addr, "a").await.ok() }).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run).await.expect("grace period bounds shutdown").unwrap().unwrap();
+}
