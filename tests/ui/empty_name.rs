@@ -1,0 +1,6 @@
+use service_registry::service;
+
+#[service(name = "")]
+pub struct Echo;
+
+fn main() {}

@@ -1,0 +1,6 @@
+use service_registry::service;
+
+#[service(weight = 5)]
+pub struct Echo;
+
+fn main() {}
