@@ -63,7 +63,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
     });
     registrar
-        .serve(|shutdown| axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future())
+        .serve(|shutdown| {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .into_future()
+        })
         .await?;
     println!("deregistered and stopped");
     Ok(())

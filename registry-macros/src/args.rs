@@ -48,13 +48,20 @@ impl Parse for TagEntry {
             (lit.value(), lit.span())
         } else {
             let ident = Ident::parse_any(input).map_err(|e| {
-                syn::Error::new(e.span(), "expected a tag key: `tag(idc = \"hz\")` or `tag(\"k8s.zone\" = \"a\")`")
+                syn::Error::new(
+                    e.span(),
+                    "expected a tag key: `tag(idc = \"hz\")` or `tag(\"k8s.zone\" = \"a\")`",
+                )
             })?;
             (ident.unraw().to_string(), ident.span())
         };
         input.parse::<Token![=]>()?;
         let value: Expr = input.parse()?;
-        Ok(TagEntry { key, key_span, value })
+        Ok(TagEntry {
+            key,
+            key_span,
+            value,
+        })
     }
 }
 
@@ -102,7 +109,15 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        let args = parse(quote!(name = "a", weight = 1, tag(idc = "x", "a.b" = "y"), crate = "c", flag, list(1))).unwrap();
+        let args = parse(quote!(
+            name = "a",
+            weight = 1,
+            tag(idc = "x", "a.b" = "y"),
+            crate = "c",
+            flag,
+            list(1)
+        ))
+        .unwrap();
         let keys: Vec<String> = args.entries.iter().map(|e| e.key.to_string()).collect();
         assert_eq!(keys, ["name", "weight", "tag", "crate", "flag", "list"]);
         match &args.entries[2].value {

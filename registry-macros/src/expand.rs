@@ -33,7 +33,15 @@ fn tag(krate: &syn::Path, tag: &Tag) -> TokenStream {
 
 /// The item unchanged, an `Endpoint` impl holding the descriptor, and one `inventory::submit!`.
 pub fn expand(item: &Item, model: &Model) -> TokenStream {
-    let Model { ident, name, weight, payload_codec, warmup_nanos, tags, krate } = model;
+    let Model {
+        ident,
+        name,
+        weight,
+        payload_codec,
+        warmup_nanos,
+        tags,
+        krate,
+    } = model;
     let codec = option(payload_codec);
     let tags = tags.iter().map(|t| tag(krate, t));
     let type_name = ident.to_string();
@@ -70,8 +78,16 @@ mod tests {
 
     #[test]
     fn expansion_is_data_only() {
-        let item: Item = syn::parse_quote!(pub struct Echo;);
-        let args = crate::args::parse(quote!(name = "echo", weight = 20, tag(idc = "${IDC:-hz}"), crate = "::sr")).unwrap();
+        let item: Item = syn::parse_quote!(
+            pub struct Echo;
+        );
+        let args = crate::args::parse(quote!(
+            name = "echo",
+            weight = 20,
+            tag(idc = "${IDC:-hz}"),
+            crate = "::sr"
+        ))
+        .unwrap();
         let model = crate::validate::validate(args, &item).ok().unwrap();
         let out = expand(&item, &model).to_string();
         for expected in [

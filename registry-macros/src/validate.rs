@@ -18,7 +18,10 @@ const DEFAULT_WEIGHT: u32 = 10;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Part {
     Text(String),
-    Var { name: String, default: Option<String> },
+    Var {
+        name: String,
+        default: Option<String>,
+    },
 }
 
 /// One validated tag.
@@ -55,7 +58,9 @@ impl Errors {
 
 fn lit_str(expr: &Expr) -> Option<&LitStr> {
     match expr {
-        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s),
         _ => None,
     }
 }
@@ -93,21 +98,33 @@ pub fn validate(args: RawArgs, item: &Item) -> Result<Model, syn::Error> {
                 continue;
             }
             ("tag", _) => {
-                errors.push(key.span(), "`tag` takes a list: `tag(idc = \"hz\", cluster = \"blue\")`");
+                errors.push(
+                    key.span(),
+                    "`tag` takes a list: `tag(idc = \"hz\", cluster = \"blue\")`",
+                );
                 continue;
             }
             (_, Value::Expr(expr)) => expr,
             (_, Value::List(span)) => {
-                errors.push(span, format!("`{key_name}` takes a value, not a list: `{key_name} = ...`"));
+                errors.push(
+                    span,
+                    format!("`{key_name}` takes a value, not a list: `{key_name} = ...`"),
+                );
                 continue;
             }
             // `args` only produces tag lists for `tag`; treat any other list alike.
             (_, Value::Tags(_)) => {
-                errors.push(key.span(), format!("`{key_name}` takes a value, not a list: `{key_name} = ...`"));
+                errors.push(
+                    key.span(),
+                    format!("`{key_name}` takes a value, not a list: `{key_name} = ...`"),
+                );
                 continue;
             }
             (_, Value::Flag) => {
-                errors.push(key.span(), format!("`{key_name}` needs a value: `{key_name} = ...`"));
+                errors.push(
+                    key.span(),
+                    format!("`{key_name}` needs a value: `{key_name} = ...`"),
+                );
                 continue;
             }
         };
@@ -121,7 +138,10 @@ pub fn validate(args: RawArgs, item: &Item) -> Result<Model, syn::Error> {
         }
     }
     if !seen.contains_key("name") {
-        errors.push(Span::call_site(), "missing `name`: write `#[service(name = \"echo\")]`");
+        errors.push(
+            Span::call_site(),
+            "missing `name`: write `#[service(name = \"echo\")]`",
+        );
     }
 
     match (errors.0, ident, name) {
@@ -136,7 +156,10 @@ pub fn validate(args: RawArgs, item: &Item) -> Result<Model, syn::Error> {
         }),
         (Some(error), _, _) => Err(error),
         // Every `None` above pushed an error, so this arm is only reached with errors present.
-        (None, _, _) => Err(syn::Error::new(Span::call_site(), "invalid #[service] attribute")),
+        (None, _, _) => Err(syn::Error::new(
+            Span::call_site(),
+            "invalid #[service] attribute",
+        )),
     }
 }
 
@@ -154,7 +177,10 @@ fn check_item(item: &Item, errors: &mut Errors) -> Option<Ident> {
                 Item::Type(t) => (t.type_token.span, "a type alias"),
                 other => (other.span(), "this item"),
             };
-            errors.push(span, format!("#[service] applies to a struct or an enum, not to {what}"));
+            errors.push(
+                span,
+                format!("#[service] applies to a struct or an enum, not to {what}"),
+            );
             return None;
         }
     };
@@ -170,16 +196,28 @@ fn check_item(item: &Item, errors: &mut Errors) -> Option<Ident> {
 
 fn check_name(expr: &Expr, errors: &mut Errors) -> Option<String> {
     let Some(lit) = lit_str(expr) else {
-        errors.push(expr.span(), "`name` must be a string literal: `name = \"echo\"`");
+        errors.push(
+            expr.span(),
+            "`name` must be a string literal: `name = \"echo\"`",
+        );
         return None;
     };
     let name = lit.value();
     if name.is_empty() {
-        errors.push(lit.span(), "service name is empty; give 1 to 255 characters of A-Z a-z 0-9 . _ -");
+        errors.push(
+            lit.span(),
+            "service name is empty; give 1 to 255 characters of A-Z a-z 0-9 . _ -",
+        );
         return None;
     }
     if name.chars().count() > MAX_NAME_LEN {
-        errors.push(lit.span(), format!("service name has {} characters; at most {MAX_NAME_LEN} are allowed", name.chars().count()));
+        errors.push(
+            lit.span(),
+            format!(
+                "service name has {} characters; at most {MAX_NAME_LEN} are allowed",
+                name.chars().count()
+            ),
+        );
         return None;
     }
     if let Some((position, bad)) = name
@@ -187,7 +225,11 @@ fn check_name(expr: &Expr, errors: &mut Errors) -> Option<String> {
         .enumerate()
         .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        let why = if bad == '/' { " (registries use `/` as the path separator)" } else { "" };
+        let why = if bad == '/' {
+            " (registries use `/` as the path separator)"
+        } else {
+            ""
+        };
         errors.push(lit.span(), format!("invalid character {bad:?} at position {position} in service name{why}; allowed: A-Z a-z 0-9 . _ -"));
         return None;
     }
@@ -196,14 +238,20 @@ fn check_name(expr: &Expr, errors: &mut Errors) -> Option<String> {
 
 fn check_weight(expr: &Expr, errors: &mut Errors) -> Option<u32> {
     let message = "`weight` must be an integer from 1 to 10000: `weight = 10`";
-    let Expr::Lit(ExprLit { lit: Lit::Int(int), .. }) = expr else {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Int(int), ..
+    }) = expr
+    else {
         errors.push(expr.span(), message);
         return None;
     };
     match int.base10_parse::<u64>() {
         Ok(w) if WEIGHT_RANGE.contains(&w) => u32::try_from(w).ok(),
         Ok(w) => {
-            errors.push(int.span(), format!("weight {w} is out of range; use 1 to 10000"));
+            errors.push(
+                int.span(),
+                format!("weight {w} is out of range; use 1 to 10000"),
+            );
             None
         }
         Err(_) => {
@@ -219,7 +267,11 @@ fn check_codec(expr: &Expr, errors: &mut Errors) -> Option<String> {
         return None;
     };
     let codec = lit.value();
-    if codec.is_empty() || !codec.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')) {
+    if codec.is_empty()
+        || !codec
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+    {
         errors.push(lit.span(), "`payload_codec` must be one word (A-Z a-z 0-9 . _ - +), such as `thrift`, `protobuf`, `grpc` or `json`");
         return None;
     }
@@ -228,7 +280,10 @@ fn check_codec(expr: &Expr, errors: &mut Errors) -> Option<String> {
 
 fn check_warmup(expr: &Expr, errors: &mut Errors) -> Option<u64> {
     let Some(lit) = lit_str(expr) else {
-        errors.push(expr.span(), "`warmup` must be a duration string such as \"500ms\", \"30s\", \"2m\" or \"1m30s\"");
+        errors.push(
+            expr.span(),
+            "`warmup` must be a duration string such as \"500ms\", \"30s\", \"2m\" or \"1m30s\"",
+        );
         return None;
     };
     match parse_duration(&lit.value()) {
@@ -242,13 +297,19 @@ fn check_warmup(expr: &Expr, errors: &mut Errors) -> Option<u64> {
 
 fn check_crate(expr: &Expr, errors: &mut Errors) -> Option<Path> {
     let Some(lit) = lit_str(expr) else {
-        errors.push(expr.span(), "`crate` must be a string literal holding a path: `crate = \"::my::service_registry\"`");
+        errors.push(
+            expr.span(),
+            "`crate` must be a string literal holding a path: `crate = \"::my::service_registry\"`",
+        );
         return None;
     };
     match lit.parse::<Path>() {
         Ok(path) => Some(path),
         Err(_) => {
-            errors.push(lit.span(), format!("`crate = {:?}` is not a path", lit.value()));
+            errors.push(
+                lit.span(),
+                format!("`crate = {:?}` is not a path", lit.value()),
+            );
             None
         }
     }
@@ -260,7 +321,12 @@ fn check_tags(
     keys: &mut HashMap<String, Span>,
     errors: &mut Errors,
 ) {
-    for TagEntry { key, key_span, value } in entries {
+    for TagEntry {
+        key,
+        key_span,
+        value,
+    } in entries
+    {
         if key.is_empty() {
             errors.push(key_span, "tag key is empty");
             continue;
@@ -277,7 +343,10 @@ fn check_tags(
         let raw = lit.value();
         match parse_template(&raw) {
             Ok(parts) => tags.push(Tag { key, raw, parts }),
-            Err(why) => errors.push(lit.span(), format!("tag `{key}`: {why}; write `${{VAR}}` or `${{VAR:-default}}`")),
+            Err(why) => errors.push(
+                lit.span(),
+                format!("tag `{key}`: {why}; write `${{VAR}}` or `${{VAR:-default}}`"),
+            ),
         }
     }
 }
@@ -305,13 +374,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[i - 2][j - 2] + 1);
             }
@@ -333,9 +404,14 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         if digits == 0 {
             return Err(format!("expected a number at {rest:?}"));
         }
-        let number: u64 = rest[..digits].parse().map_err(|_| "the number is too large".to_string())?;
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "the number is too large".to_string())?;
         rest = &rest[digits..];
-        let unit_len = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale: u64 = match unit {
@@ -362,27 +438,42 @@ pub fn parse_template(text: &str) -> Result<Vec<Part>, String> {
     while let Some(start) = rest.find("${") {
         literal.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("`${{` at byte {} is never closed with `}}`", text.len() - rest.len() + start))?;
+        let end = after.find('}').ok_or_else(|| {
+            format!(
+                "`${{` at byte {} is never closed with `}}`",
+                text.len() - rest.len() + start
+            )
+        })?;
         let body = &after[..end];
         let (name, default) = match body.split_once(":-") {
             Some((name, default)) => (name, Some(default.to_string())),
             None => (body, None),
         };
-        let valid_name = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
-            let shown = if name.is_empty() { "an empty name".to_string() } else { format!("`{name}`") };
+            let shown = if name.is_empty() {
+                "an empty name".to_string()
+            } else {
+                format!("`{name}`")
+            };
             return Err(format!("`${{{body}}}` has {shown} where a variable name ([A-Za-z_][A-Za-z0-9_]*) is expected"));
         }
         if default.as_deref().is_some_and(|d| d.contains("${")) {
-            return Err(format!("`${{{body}}}`: a default cannot contain another `${{`"));
+            return Err(format!(
+                "`${{{body}}}`: a default cannot contain another `${{`"
+            ));
         }
         if !literal.is_empty() {
             parts.push(Part::Text(std::mem::take(&mut literal)));
         }
-        parts.push(Part::Var { name: name.to_string(), default });
+        parts.push(Part::Var {
+            name: name.to_string(),
+            default,
+        });
         rest = &after[end + 1..];
     }
     literal.push_str(rest);
@@ -398,7 +489,9 @@ mod tests {
     use quote::quote;
 
     fn model(args: proc_macro2::TokenStream) -> Result<Model, syn::Error> {
-        let item: Item = syn::parse_quote!(struct S;);
+        let item: Item = syn::parse_quote!(
+            struct S;
+        );
         validate(crate::args::parse(args).unwrap(), &item)
     }
 
@@ -424,10 +517,19 @@ mod tests {
 
     #[test]
     fn templates() {
-        assert_eq!(parse_template("plain").unwrap(), vec![Part::Text("plain".into())]);
+        assert_eq!(
+            parse_template("plain").unwrap(),
+            vec![Part::Text("plain".into())]
+        );
         assert_eq!(
             parse_template("${IDC:-hz}-x").unwrap(),
-            vec![Part::Var { name: "IDC".into(), default: Some("hz".into()) }, Part::Text("-x".into())]
+            vec![
+                Part::Var {
+                    name: "IDC".into(),
+                    default: Some("hz".into())
+                },
+                Part::Text("-x".into())
+            ]
         );
         assert_eq!(parse_template("$5 ${A}").unwrap().len(), 2);
         assert!(parse_template("${IDC").is_err());
@@ -439,7 +541,15 @@ mod tests {
 
     #[test]
     fn defaults_and_values() {
-        let m = model(quote!(name = "a.b-c_d", payload_codec = "protobuf", warmup = "30s", tag(idc = "x"), tag(z = "${Z:-1}"))).ok().unwrap();
+        let m = model(quote!(
+            name = "a.b-c_d",
+            payload_codec = "protobuf",
+            warmup = "30s",
+            tag(idc = "x"),
+            tag(z = "${Z:-1}")
+        ))
+        .ok()
+        .unwrap();
         assert_eq!(m.weight, 10);
         assert_eq!(m.payload_codec.as_deref(), Some("protobuf"));
         assert_eq!(m.warmup_nanos, 30_000_000_000);
@@ -448,7 +558,13 @@ mod tests {
 
     #[test]
     fn every_mistake_is_reported() {
-        let all = messages(quote!(nmae = "x", weight = 0, weight = 1, warmup = "3x", tag(a = "1", a = "2", b = 3)));
+        let all = messages(quote!(
+            nmae = "x",
+            weight = 0,
+            weight = 1,
+            warmup = "3x",
+            tag(a = "1", a = "2", b = 3)
+        ));
         assert_eq!(all.len(), 7, "{all:#?}");
         assert!(all[0].contains("did you mean `name`"));
         assert!(all.iter().any(|m| m.contains("missing `name`")));

@@ -76,7 +76,9 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
 #[non_exhaustive]
 pub enum DiscoveryError {
     /// The registry could not be reached.
-    #[error("{backend} registry at {endpoint} is unreachable while resolving `{service}`: {source}")]
+    #[error(
+        "{backend} registry at {endpoint} is unreachable while resolving `{service}`: {source}"
+    )]
     Unavailable {
         /// The backend.
         backend: &'static str,

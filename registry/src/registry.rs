@@ -45,7 +45,9 @@ pub enum RegistryError {
         reason: String,
     },
     /// The call did not finish in time.
-    #[error("{backend} did not answer within {timeout:?} for service `{service}`; the call is retried")]
+    #[error(
+        "{backend} did not answer within {timeout:?} for service `{service}`; the call is retried"
+    )]
     Timeout {
         /// The backend.
         backend: &'static str,

@@ -148,9 +148,15 @@ mod tests {
         raw: "a-${X}-${Y:-dy}",
         parts: &[
             TagPart::Text("a-"),
-            TagPart::Var { name: "X", default: None },
+            TagPart::Var {
+                name: "X",
+                default: None,
+            },
             TagPart::Text("-"),
-            TagPart::Var { name: "Y", default: Some("dy") },
+            TagPart::Var {
+                name: "Y",
+                default: Some("dy"),
+            },
         ],
     };
 

@@ -10,9 +10,15 @@ use service_registry::{Info, MemoryRegistry, Registry, RegistryError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// `register` for a service; `server_answered` says whether its address echoed at that moment.
-    Register { service: String, server_answered: bool },
+    Register {
+        service: String,
+        server_answered: bool,
+    },
     /// `deregister` for a service, with the same probe.
-    Deregister { service: String, server_answered: bool },
+    Deregister {
+        service: String,
+        server_answered: bool,
+    },
 }
 
 /// Records every call and probes the server at `info.addr` (loopback) during each call.
@@ -30,19 +36,28 @@ impl Recording {
 }
 
 async fn answers(info: &Info) -> bool {
-    crate::echo::call(info.addr, "probe").await.map(|r| r == "probe").unwrap_or(false)
+    crate::echo::call(info.addr, "probe")
+        .await
+        .map(|r| r == "probe")
+        .unwrap_or(false)
 }
 
 #[async_trait]
 impl Registry for Recording {
     async fn register(&self, info: &Info) -> Result<(), RegistryError> {
         let server_answered = answers(info).await;
-        self.events.lock().unwrap().push(Event::Register { service: info.service_name.clone(), server_answered });
+        self.events.lock().unwrap().push(Event::Register {
+            service: info.service_name.clone(),
+            server_answered,
+        });
         self.inner.register(info).await
     }
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
         let server_answered = answers(info).await;
-        self.events.lock().unwrap().push(Event::Deregister { service: info.service_name.clone(), server_answered });
+        self.events.lock().unwrap().push(Event::Deregister {
+            service: info.service_name.clone(),
+            server_answered,
+        });
         self.inner.deregister(info).await
     }
 }
@@ -58,7 +73,11 @@ pub struct Flaky {
 impl Flaky {
     /// A registry whose first `failures` register calls fail.
     pub fn new(failures: u32) -> Self {
-        Self { inner: MemoryRegistry::new(), failures, calls: Arc::default() }
+        Self {
+            inner: MemoryRegistry::new(),
+            failures,
+            calls: Arc::default(),
+        }
     }
 
     /// How many register calls were made.

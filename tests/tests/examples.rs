@@ -8,18 +8,33 @@ fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let path = profile_dir.join("examples").join(name);
-    assert!(path.exists(), "{} is missing: `cargo test --workspace` builds the examples", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test --workspace` builds the examples",
+        path.display()
+    );
     path
 }
 
 #[test]
 fn quickstart_prints_the_reply_and_exits_zero() {
-    let out = Command::new(example("quickstart")).env_remove("IDC").output().unwrap();
+    let out = Command::new(example("quickstart"))
+        .env_remove("IDC")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("echo replied: hello, registry"), "{stdout}");
     assert!(stdout.contains(r#"tags {"idc": "hz"}"#), "{stdout}");
-    assert!(stdout.contains("after shutdown the registry lists 0 services"), "{stdout}");
+    assert!(
+        stdout.contains("after shutdown the registry lists 0 services"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -37,13 +52,19 @@ fn axum_server_registers_serves_and_stops_cleanly() {
     // The first line appears once registered; reading blocks until then (the child is killed
     // by the assertion below if it never comes).
     let first = lines.next().unwrap().unwrap();
-    let addr = first.strip_prefix("registered web.hello at ").unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("unexpected first line: {first}")
-    });
+    let addr = first
+        .strip_prefix("registered web.hello at ")
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("unexpected first line: {first}")
+        });
     let http_get = |path: &str| {
         let mut stream = TcpStream::connect(addr).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response

@@ -15,10 +15,20 @@ use tokio::sync::oneshot;
 // Links the library so its #[service] types reach this binary's inventory.
 use linked_services as _;
 
-#[service(name = "reg.echo", weight = 20, payload_codec = "json", warmup = "1m30s", tag(idc = "hz"))]
+#[service(
+    name = "reg.echo",
+    weight = 20,
+    payload_codec = "json",
+    warmup = "1m30s",
+    tag(idc = "hz")
+)]
 pub struct EchoService;
 
-#[service(name = "reg.other", tag(cluster = "blue"), tag(zone = "${REG_TEST_UNSET_ZONE:-z1}"))]
+#[service(
+    name = "reg.other",
+    tag(cluster = "blue"),
+    tag(zone = "${REG_TEST_UNSET_ZONE:-z1}")
+)]
 pub enum OtherService {
     A,
 }
@@ -43,9 +53,20 @@ fn descriptor_is_reachable_from_the_type() {
     assert_eq!(info.type_name, "registrar::EchoService");
     assert!(info.file.ends_with("registrar.rs"), "{}", info.file);
     let source = include_str!("registrar.rs");
-    let expected_line = source.lines().position(|l| l == "pub struct EchoService;").unwrap() + 1;
-    assert_eq!(info.line as usize, expected_line, "the line of the type, not of the attribute");
-    assert_eq!(OtherService::INFO.weight, 10, "default weight is Kitex's 10");
+    let expected_line = source
+        .lines()
+        .position(|l| l == "pub struct EchoService;")
+        .unwrap()
+        + 1;
+    assert_eq!(
+        info.line as usize, expected_line,
+        "the line of the type, not of the attribute"
+    );
+    assert_eq!(
+        OtherService::INFO.weight,
+        10,
+        "default weight is Kitex's 10"
+    );
 }
 
 #[tokio::test]
@@ -67,7 +88,10 @@ async fn registers_every_linked_service_after_bind_then_deregisters_before_close
         v.sort();
         v
     };
-    assert!(linked.contains(&"linked.alpha") && linked.contains(&"linked.beta"), "library services must be linked: {linked:?}");
+    assert!(
+        linked.contains(&"linked.alpha") && linked.contains(&"linked.beta"),
+        "library services must be linked: {linked:?}"
+    );
     let status = registrar.status();
     let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
 
@@ -86,21 +110,50 @@ async fn registers_every_linked_service_after_bind_then_deregisters_before_close
     run.await.unwrap().unwrap();
 
     let events = registry.events();
-    let registers: Vec<_> = events.iter().filter(|e| matches!(e, Event::Register { .. })).collect();
+    let registers: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Register { .. }))
+        .collect();
     assert_eq!(registers.len(), linked.len());
     assert!(
-        events.iter().all(|e| matches!(e, Event::Register { server_answered: true, .. } | Event::Deregister { server_answered: true, .. })),
+        events.iter().all(|e| matches!(
+            e,
+            Event::Register {
+                server_answered: true,
+                ..
+            } | Event::Deregister {
+                server_answered: true,
+                ..
+            }
+        )),
         "the server must answer during every register and deregister call: {events:?}"
     );
-    let last_register = events.iter().rposition(|e| matches!(e, Event::Register { .. })).unwrap();
-    let first_deregister = events.iter().position(|e| matches!(e, Event::Deregister { .. })).unwrap();
+    let last_register = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Register { .. }))
+        .unwrap();
+    let first_deregister = events
+        .iter()
+        .position(|e| matches!(e, Event::Deregister { .. }))
+        .unwrap();
     assert!(last_register < first_deregister);
     for name in &linked {
-        assert!(registry.inner.resolve(name).await.unwrap().is_empty(), "{name} still registered");
+        assert!(
+            registry.inner.resolve(name).await.unwrap().is_empty(),
+            "{name} still registered"
+        );
     }
-    assert!(echo::call(addr, "x").await.is_err(), "the listener must be closed once serve returns");
+    assert!(
+        echo::call(addr, "x").await.is_err(),
+        "the listener must be closed once serve returns"
+    );
     let final_status = status.snapshot();
-    assert!(final_status.values().all(|s| *s == ServiceStatus::Deregistered), "{final_status:?}");
+    assert!(
+        final_status
+            .values()
+            .all(|s| *s == ServiceStatus::Deregistered),
+        "{final_status:?}"
+    );
 }
 
 #[tokio::test]
@@ -112,8 +165,18 @@ async fn infos_carry_attribute_runtime_data_and_overrides() {
         .registry(MemoryRegistry::new())
         .listen_addr(addr)
         .only(OURS)
-        .override_all(InfoOverride::new().tag("cluster", "green").tag("env", "prod"))
-        .override_service("reg.echo", InfoOverride::new().weight(55).payload_codec("thrift").warmup(Duration::from_secs(2)))
+        .override_all(
+            InfoOverride::new()
+                .tag("cluster", "green")
+                .tag("env", "prod"),
+        )
+        .override_service(
+            "reg.echo",
+            InfoOverride::new()
+                .weight(55)
+                .payload_codec("thrift")
+                .warmup(Duration::from_secs(2)),
+        )
         .override_service("reg.other", InfoOverride::new().addr(elsewhere))
         .build()
         .unwrap();
@@ -128,13 +191,18 @@ async fn infos_carry_attribute_runtime_data_and_overrides() {
     assert_eq!(echo_info.tags["idc"], "hz");
     assert_eq!(echo_info.tags["cluster"], "green");
     assert!(!echo_info.skip_listen_addr);
-    let age = std::time::SystemTime::now().duration_since(echo_info.start_time).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(echo_info.start_time)
+        .unwrap();
     assert!(age < Duration::from_secs(60));
 
     let other = &infos[1];
     assert_eq!(other.addr, elsewhere);
     assert!(other.skip_listen_addr);
-    assert_eq!(other.tags["cluster"], "green", "global override replaces the declared tag");
+    assert_eq!(
+        other.tags["cluster"], "green",
+        "global override replaces the declared tag"
+    );
     assert_eq!(other.tags["zone"], "z1", "unset variable takes its default");
     assert_eq!(other.tags["env"], "prod");
     assert_eq!(other.payload_codec, None);
@@ -143,11 +211,26 @@ async fn infos_carry_attribute_runtime_data_and_overrides() {
 #[tokio::test]
 async fn bad_options_are_refused_before_serving() {
     let addr = bound().await.local_addr().unwrap();
-    let err = Registrar::builder().registry(MemoryRegistry::new()).listen_addr(addr).only(["nope"]).build().unwrap_err();
-    assert!(matches!(err, RegistrarError::UnknownService { ref name, .. } if name == "nope"), "{err}");
-    let err = Registrar::builder().registry(MemoryRegistry::new()).build().unwrap_err();
+    let err = Registrar::builder()
+        .registry(MemoryRegistry::new())
+        .listen_addr(addr)
+        .only(["nope"])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistrarError::UnknownService { ref name, .. } if name == "nope"),
+        "{err}"
+    );
+    let err = Registrar::builder()
+        .registry(MemoryRegistry::new())
+        .build()
+        .unwrap_err();
     assert!(matches!(err, RegistrarError::MissingListenAddr), "{err}");
-    let err = Registrar::builder().registry(MemoryRegistry::new()).listen_addr("127.0.0.1:0".parse().unwrap()).build().unwrap_err();
+    let err = Registrar::builder()
+        .registry(MemoryRegistry::new())
+        .listen_addr("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap_err();
     assert!(matches!(err, RegistrarError::UnboundListenAddr(_)), "{err}");
     let err = Registrar::builder()
         .registry(MemoryRegistry::new())
@@ -156,7 +239,10 @@ async fn bad_options_are_refused_before_serving() {
         .override_service("reg.echo", InfoOverride::new().weight(0))
         .build()
         .unwrap_err();
-    assert!(matches!(err, RegistrarError::InvalidWeight { weight: 0, .. }), "{err}");
+    assert!(
+        matches!(err, RegistrarError::InvalidWeight { weight: 0, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -169,7 +255,10 @@ async fn failing_registry_is_retried_until_registered_while_the_server_answers()
         .registry(registry.clone())
         .listen_addr(addr)
         .only(["reg.echo"])
-        .backoff(Backoff::new(Duration::from_millis(20), Duration::from_millis(200)))
+        .backoff(Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ))
         .shutdown_signal(async {
             let _ = stopped.await;
         })
@@ -183,15 +272,23 @@ async fn failing_registry_is_retried_until_registered_while_the_server_answers()
         .wait_for(|s| matches!(s.get("reg.echo"), Some(ServiceStatus::Retrying { attempt, .. }) if *attempt >= 2))
         .await
         .unwrap();
-    let Some(ServiceStatus::Retrying { last_error, .. }) = retrying.get("reg.echo") else { unreachable!() };
+    let Some(ServiceStatus::Retrying { last_error, .. }) = retrying.get("reg.echo") else {
+        unreachable!()
+    };
     assert!(last_error.contains("injected failure"), "{last_error}");
     assert_eq!(echo::call(addr, "still up").await.unwrap(), "still up");
 
-    poll::until(Duration::from_secs(10), "registration after retries", || async {
-        (status.get("reg.echo") == Some(ServiceStatus::Registered)).then_some(())
-    })
+    poll::until(
+        Duration::from_secs(10),
+        "registration after retries",
+        || async { (status.get("reg.echo") == Some(ServiceStatus::Registered)).then_some(()) },
+    )
     .await;
-    assert_eq!(registry.calls(), 7, "6 failures, then one success, then no more calls");
+    assert_eq!(
+        registry.calls(),
+        7,
+        "6 failures, then one success, then no more calls"
+    );
     assert_eq!(registry.inner.resolve("reg.echo").await.unwrap().len(), 1);
     assert_eq!(echo::call(addr, "after").await.unwrap(), "after");
     stop.send(()).unwrap();
@@ -209,7 +306,10 @@ async fn shutdown_while_still_retrying_stops_retrying() {
         .registry(registry.clone())
         .listen_addr(addr)
         .only(["reg.echo"])
-        .backoff(Backoff::new(Duration::from_millis(5), Duration::from_millis(20)))
+        .backoff(Backoff::new(
+            Duration::from_millis(5),
+            Duration::from_millis(20),
+        ))
         .shutdown_signal(async {
             let _ = stopped.await;
         })
@@ -217,15 +317,26 @@ async fn shutdown_while_still_retrying_stops_retrying() {
         .unwrap();
     let status = registrar.status();
     let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
-    status.wait_for(|s| matches!(s.get("reg.echo"), Some(ServiceStatus::Retrying { .. }))).await.unwrap();
+    status
+        .wait_for(|s| matches!(s.get("reg.echo"), Some(ServiceStatus::Retrying { .. })))
+        .await
+        .unwrap();
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run).await.expect("serve must return promptly").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("serve must return promptly")
+        .unwrap()
+        .unwrap();
     // serve awaits the aborted registration tasks before it returns, so the count is final.
     let calls = registry.calls();
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(registry.calls(), calls, "no register call after serve returned");
+    assert_eq!(
+        registry.calls(),
+        calls,
+        "no register call after serve returned"
+    );
 }
 
 #[tokio::test]
@@ -248,7 +359,10 @@ async fn watch_sees_the_service_come_and_go() {
         .unwrap();
     let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
 
-    let added = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap();
+    let added = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(added.added.len(), 1);
     assert_eq!(added.added[0].addr, addr);
     assert_eq!(added.added[0].tags["cluster"], "blue");
@@ -256,7 +370,10 @@ async fn watch_sees_the_service_come_and_go() {
     assert_eq!(echo::call(instance.addr, "found").await.unwrap(), "found");
 
     stop.send(()).unwrap();
-    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap();
+    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(removed.removed.len(), 1);
     assert!(removed.all.is_empty());
     run.await.unwrap().unwrap();
@@ -304,8 +421,16 @@ async fn server_ignoring_shutdown_is_dropped_after_the_grace_period() {
         })
         .build()
         .unwrap();
-    let run = tokio::spawn(registrar.serve(|_ignored| echo::serve(listener, std::future::pending())));
-    poll::until(Duration::from_secs(5), "server up", || async { echo::call(addr, "a").await.ok() }).await;
+    let run =
+        tokio::spawn(registrar.serve(|_ignored| echo::serve(listener, std::future::pending())));
+    poll::until(Duration::from_secs(5), "server up", || async {
+        echo::call(addr, "a").await.ok()
+    })
+    .await;
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run).await.expect("grace period bounds shutdown").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("grace period bounds shutdown")
+        .unwrap()
+        .unwrap();
 }

@@ -2,7 +2,11 @@
 
 use service_registry::{service, MemoryRegistry, Registrar, RegistrarError};
 
-#[service(name = "env.svc", tag(idc = "${TAG_ENV_TEST_IDC}"), tag(rack = "r-${TAG_ENV_TEST_RACK:-0}"))]
+#[service(
+    name = "env.svc",
+    tag(idc = "${TAG_ENV_TEST_IDC}"),
+    tag(rack = "r-${TAG_ENV_TEST_RACK:-0}")
+)]
 pub struct EnvService;
 
 fn build() -> Result<Registrar, RegistrarError> {
@@ -17,10 +21,18 @@ fn build() -> Result<Registrar, RegistrarError> {
 fn variables_resolve_at_registration_and_missing_ones_are_named() {
     std::env::remove_var("TAG_ENV_TEST_IDC");
     let err = build().unwrap_err();
-    let RegistrarError::MissingTagVariable { service, tag, variable } = &err else {
+    let RegistrarError::MissingTagVariable {
+        service,
+        tag,
+        variable,
+    } = &err
+    else {
         panic!("expected MissingTagVariable, got {err}");
     };
-    assert_eq!((service.as_str(), tag.as_str(), variable.as_str()), ("env.svc", "idc", "TAG_ENV_TEST_IDC"));
+    assert_eq!(
+        (service.as_str(), tag.as_str(), variable.as_str()),
+        ("env.svc", "idc", "TAG_ENV_TEST_IDC")
+    );
     assert!(err.to_string().contains("TAG_ENV_TEST_IDC"));
 
     std::env::set_var("TAG_ENV_TEST_IDC", "sh");
@@ -35,6 +47,9 @@ fn variables_resolve_at_registration_and_missing_ones_are_named() {
     let registrar = build().unwrap();
     assert_eq!(registrar.infos()[0].addr, "[fd00::5]:7".parse().unwrap());
     std::env::set_var("SERVICE_REGISTRY_ADVERTISE_ADDR", "not an address");
-    assert!(matches!(build().unwrap_err(), RegistrarError::InvalidAdvertiseAddr { .. }));
+    assert!(matches!(
+        build().unwrap_err(),
+        RegistrarError::InvalidAdvertiseAddr { .. }
+    ));
     std::env::remove_var("SERVICE_REGISTRY_ADVERTISE_ADDR");
 }

@@ -17,7 +17,9 @@ pub(crate) fn parse_advertise(value: &str, port: u16) -> Option<SocketAddr> {
         .strip_prefix('[')
         .and_then(|v| v.strip_suffix(']'))
         .unwrap_or(value);
-    bare.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port))
+    bare.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
 }
 
 /// True for addresses other hosts can plausibly reach: not loopback, unspecified, link-local
@@ -63,10 +65,12 @@ pub(crate) fn advertised_addr(
     env_value: Option<String>,
 ) -> Result<SocketAddr, RegistrarError> {
     if let Some(value) = env_value {
-        return parse_advertise(&value, listen.port()).ok_or(RegistrarError::InvalidAdvertiseAddr {
-            value,
-            source_name: ADVERTISE_ADDR_ENV,
-        });
+        return parse_advertise(&value, listen.port()).ok_or(
+            RegistrarError::InvalidAdvertiseAddr {
+                value,
+                source_name: ADVERTISE_ADDR_ENV,
+            },
+        );
     }
     if let Some(addr) = explicit {
         return Ok(addr);
@@ -87,22 +91,51 @@ mod tests {
 
     #[test]
     fn parses_all_written_forms() {
-        assert_eq!(parse_advertise("10.0.0.7:81", 1), Some("10.0.0.7:81".parse().unwrap()));
-        assert_eq!(parse_advertise("10.0.0.7", 80), Some("10.0.0.7:80".parse().unwrap()));
-        assert_eq!(parse_advertise("[fd00::1]:81", 1), Some("[fd00::1]:81".parse().unwrap()));
-        assert_eq!(parse_advertise("[fd00::1]", 80), Some("[fd00::1]:80".parse().unwrap()));
-        assert_eq!(parse_advertise("fd00::1", 80), Some("[fd00::1]:80".parse().unwrap()));
+        assert_eq!(
+            parse_advertise("10.0.0.7:81", 1),
+            Some("10.0.0.7:81".parse().unwrap())
+        );
+        assert_eq!(
+            parse_advertise("10.0.0.7", 80),
+            Some("10.0.0.7:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_advertise("[fd00::1]:81", 1),
+            Some("[fd00::1]:81".parse().unwrap())
+        );
+        assert_eq!(
+            parse_advertise("[fd00::1]", 80),
+            Some("[fd00::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_advertise("fd00::1", 80),
+            Some("[fd00::1]:80".parse().unwrap())
+        );
         assert_eq!(parse_advertise("host.example:80", 80), None);
     }
 
     #[test]
     fn picks_first_routable_of_same_family() {
-        let ips: Vec<IpAddr> = ["127.0.0.1", "::1", "169.254.1.1", "fe80::1", "fd00::7", "10.1.2.3", "192.168.1.1"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert_eq!(pick_routable("0.0.0.0".parse().unwrap(), &ips), "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(pick_routable("::".parse().unwrap(), &ips), "fd00::7".parse::<IpAddr>().unwrap());
+        let ips: Vec<IpAddr> = [
+            "127.0.0.1",
+            "::1",
+            "169.254.1.1",
+            "fe80::1",
+            "fd00::7",
+            "10.1.2.3",
+            "192.168.1.1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(
+            pick_routable("0.0.0.0".parse().unwrap(), &ips),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            pick_routable("::".parse().unwrap(), &ips),
+            "fd00::7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -115,10 +148,13 @@ mod tests {
     #[test]
     fn env_wins_over_builder_and_bad_env_is_an_error() {
         let listen: SocketAddr = "0.0.0.0:9000".parse().unwrap();
-        let explicit = Some("10.9.9.9:1".parse().unwrap());
-        let got = advertised_addr(listen, explicit, Some("[fd00::2]".into())).unwrap();
+        let explicit: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        let got = advertised_addr(listen, Some(explicit), Some("[fd00::2]".into())).unwrap();
         assert_eq!(got, "[fd00::2]:9000".parse().unwrap());
-        assert_eq!(advertised_addr(listen, explicit, None).unwrap(), explicit.unwrap());
+        assert_eq!(
+            advertised_addr(listen, Some(explicit), None).unwrap(),
+            explicit
+        );
         assert!(advertised_addr(listen, None, Some("nope".into())).is_err());
     }
 
@@ -130,7 +166,10 @@ mod tests {
         assert_eq!(got.port(), 4321);
         assert!(got.is_ipv4());
         let ips = interface_ips().unwrap();
-        assert!(ips.contains(&got.ip()) || got.ip().is_loopback(), "{got} not in {ips:?}");
+        assert!(
+            ips.contains(&got.ip()) || got.ip().is_loopback(),
+            "{got} not in {ips:?}"
+        );
         if ips.iter().any(|ip| ip.is_ipv4() && routable(ip)) {
             assert!(routable(&got.ip()), "{got} should be routable: {ips:?}");
         }

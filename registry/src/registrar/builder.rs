@@ -192,7 +192,10 @@ impl RegistrarBuilder {
         if listen.port() == 0 {
             return Err(RegistrarError::UnboundListenAddr(listen));
         }
-        let entries = select(ServiceEntry::all().map(|e| e.info).collect(), self.only.as_deref())?;
+        let entries = select(
+            ServiceEntry::all().map(|e| e.info).collect(),
+            self.only.as_deref(),
+        )?;
         for name in self.overrides.keys() {
             if !entries.iter().any(|e| e.service_name == name) {
                 return Err(unknown(name, &entries));
@@ -282,13 +285,12 @@ fn base_info(
     addr: SocketAddr,
     start_time: SystemTime,
 ) -> Result<Info, RegistrarError> {
-    let tags = resolve_tags(entry.tags).map_err(|(tag, missing)| {
-        RegistrarError::MissingTagVariable {
+    let tags =
+        resolve_tags(entry.tags).map_err(|(tag, missing)| RegistrarError::MissingTagVariable {
             service: entry.service_name.to_string(),
             tag: tag.to_string(),
             variable: missing.variable,
-        }
-    })?;
+        })?;
     Ok(Info {
         service_name: entry.service_name.to_string(),
         addr,
@@ -335,7 +337,10 @@ mod tests {
 
     #[test]
     fn duplicates_outside_the_subset_are_ignored() {
-        let got = select(vec![entry("a", 1), entry("a", 2), entry("b", 3)], Some(&["b".to_string()]));
+        let got = select(
+            vec![entry("a", 1), entry("a", 2), entry("b", 3)],
+            Some(&["b".to_string()]),
+        );
         assert_eq!(got.unwrap().len(), 1);
     }
 }

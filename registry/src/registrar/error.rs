@@ -55,13 +55,19 @@ pub enum RegistrarError {
         weight: u32,
     },
     /// `listen_addr` was not given.
-    #[error("no listen address: call `.listen_addr(listener.local_addr()?)` after binding the listener")]
+    #[error(
+        "no listen address: call `.listen_addr(listener.local_addr()?)` after binding the listener"
+    )]
     MissingListenAddr,
     /// The listen address has port 0, so the listener was not bound yet.
-    #[error("listen address {0} has port 0; bind the listener first and pass `listener.local_addr()?`")]
+    #[error(
+        "listen address {0} has port 0; bind the listener first and pass `listener.local_addr()?`"
+    )]
     UnboundListenAddr(std::net::SocketAddr),
     /// The advertised address could not be parsed.
-    #[error("{source_name} = `{value}` is not an address; write `ip:port`, `[ipv6]:port` or a bare IP")]
+    #[error(
+        "{source_name} = `{value}` is not an address; write `ip:port`, `[ipv6]:port` or a bare IP"
+    )]
     InvalidAdvertiseAddr {
         /// The text given.
         value: String,

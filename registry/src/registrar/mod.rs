@@ -157,9 +157,15 @@ impl Registrar {
             })
             .collect();
 
-        let health = self.registry.health().map(|rx| tokio::spawn(follow_health(rx, self.board.clone())));
+        let health = self
+            .registry
+            .health()
+            .map(|rx| tokio::spawn(follow_health(rx, self.board.clone())));
 
-        let shutdown = self.shutdown.take().unwrap_or_else(|| Box::pin(os_signal()));
+        let shutdown = self
+            .shutdown
+            .take()
+            .unwrap_or_else(|| Box::pin(os_signal()));
         let early_exit = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
@@ -215,7 +221,10 @@ impl Registrar {
 }
 
 /// Runs `work` while still polling `server`; returns the server's result if it ended meanwhile.
-async fn keep_serving<S: Future>(mut server: Pin<&mut S>, work: impl Future<Output = ()>) -> Option<S::Output> {
+async fn keep_serving<S: Future>(
+    mut server: Pin<&mut S>,
+    work: impl Future<Output = ()>,
+) -> Option<S::Output> {
     tokio::pin!(work);
     tokio::select! {
         () = &mut work => None,
@@ -232,7 +241,10 @@ async fn follow_health(mut rx: tokio::sync::watch::Receiver<Health>, board: Stat
         let health = rx.borrow_and_update().clone();
         match &health {
             Health::Healthy => tracing::info!("registry connection healthy"),
-            Health::Recovering { attempt, last_error } => {
+            Health::Recovering {
+                attempt,
+                last_error,
+            } => {
                 tracing::warn!(attempt, error = %last_error, "registry connection lost; the backend is restoring registrations")
             }
         }
@@ -248,7 +260,10 @@ async fn os_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => tracing::info!("SIGINT received; shutting down"),

@@ -150,7 +150,9 @@ impl StatusBoard {
 
     fn live(&self) -> MutexGuard<'_, BTreeSet<String>> {
         // Each update is a single insert or remove, so a poisoned set is still consistent.
-        self.live.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.live
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     pub(crate) fn set(&self, service: &str, status: ServiceStatus) {
@@ -172,7 +174,10 @@ impl StatusBoard {
         let live = self.live().clone();
         let status = match health {
             Health::Healthy => ServiceStatus::Registered,
-            Health::Recovering { attempt, last_error } => ServiceStatus::Retrying {
+            Health::Recovering {
+                attempt,
+                last_error,
+            } => ServiceStatus::Retrying {
                 attempt: *attempt,
                 last_error: last_error.clone(),
             },
