@@ -1,3 +1,6 @@
 //! Registry backends. The in-memory one is always compiled; the others sit behind features.
 
 pub mod memory;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;

@@ -239,16 +239,22 @@ async fn keep_serving<S: Future>(
 async fn follow_health(mut rx: tokio::sync::watch::Receiver<Health>, board: StatusBoard) {
     loop {
         let health = rx.borrow_and_update().clone();
+        let affected = board.apply_health(&health);
         match &health {
-            Health::Healthy => tracing::info!("registry connection healthy"),
+            Health::Healthy if affected > 0 => {
+                tracing::info!(services = affected, "registry connection healthy again")
+            }
             Health::Recovering {
                 attempt,
                 last_error,
-            } => {
-                tracing::warn!(attempt, error = %last_error, "registry connection lost; the backend is restoring registrations")
-            }
+            } if affected > 0 => tracing::warn!(
+                services = affected,
+                attempt,
+                error = %last_error,
+                "registry connection lost; the backend is restoring registrations"
+            ),
+            _ => {}
         }
-        board.apply_health(&health);
         if rx.changed().await.is_err() {
             return;
         }

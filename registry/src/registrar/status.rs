@@ -169,8 +169,8 @@ impl StatusBoard {
         });
     }
 
-    /// Shows the backend's health on every live service.
-    pub(crate) fn apply_health(&self, health: &Health) {
+    /// Shows the backend's health on every live service; returns how many it touched.
+    pub(crate) fn apply_health(&self, health: &Health) -> usize {
         let live = self.live().clone();
         let status = match health {
             Health::Healthy => ServiceStatus::Registered,
@@ -187,5 +187,6 @@ impl StatusBoard {
                 map.insert(name.clone(), status.clone());
             }
         });
+        live.len()
     }
 }

@@ -1,0 +1,253 @@
+//! [`EtcdConfig`]: where etcd is and how to talk to it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+
+use super::wire::DEFAULT_PREFIX;
+use crate::backoff::Backoff;
+
+/// The environment variable that sets the lease TTL in seconds; it wins over the builder.
+pub const LEASE_TTL_ENV: &str = "REGISTRY_LEASE_TTL";
+
+/// Why an [`EtcdConfig`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdConfigError {
+    /// No endpoint was given.
+    #[error("no etcd endpoints: give at least one, e.g. `http://127.0.0.1:2379`")]
+    NoEndpoints,
+    /// The lease TTL is too short to keep alive.
+    #[error("lease TTL {0}s is too short; use at least 2 seconds")]
+    TtlTooShort(i64),
+    /// `REGISTRY_LEASE_TTL` is not a number of seconds.
+    #[error("{LEASE_TTL_ENV} = `{0}` is not a whole number of seconds")]
+    BadTtlEnv(String),
+    /// A TLS file could not be read.
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry's background task needs a Tokio runtime.
+    #[error("EtcdRegistry must be built inside a Tokio runtime (its lease task is spawned there)")]
+    NoRuntime,
+}
+
+/// Connection settings shared by [`EtcdRegistry`](super::EtcdRegistry) and
+/// [`EtcdDiscovery`](super::EtcdDiscovery).
+///
+/// ```
+/// use std::time::Duration;
+/// use service_registry::etcd::EtcdConfig;
+///
+/// let config = EtcdConfig::new(["http://127.0.0.1:2379", "http://127.0.0.1:22379"])
+///     .prefix("hertz/registry-etcd")
+///     .lease_ttl(Duration::from_secs(10))
+///     .connect_timeout(Duration::from_secs(2))
+///     .user("svc", "secret");
+/// assert_eq!(config.endpoints().len(), 2);
+/// ```
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) prefix: String,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_txn_ops: usize,
+}
+
+impl EtcdConfig {
+    /// Settings for these endpoints (`http://host:port`, or `https://` with [`tls`](Self::tls)),
+    /// with Kitex's prefix `kitex/registry-etcd`, a 15 s lease, and 128 operations per
+    /// transaction (etcd's default `--max-txn-ops`).
+    pub fn new<I, S>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            lease_ttl: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            user: None,
+            tls: None,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+            max_txn_ops: 128,
+        }
+    }
+
+    /// Settings from `ETCD_ENDPOINTS` (comma-separated), default `http://127.0.0.1:2379`.
+    ///
+    /// ```
+    /// let config = service_registry::etcd::EtcdConfig::from_env();
+    /// assert!(!config.endpoints().is_empty());
+    /// ```
+    pub fn from_env() -> Self {
+        let endpoints =
+            std::env::var("ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".to_string());
+        Self::new(
+            endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The endpoints.
+    ///
+    /// See [`EtcdConfig`] for an example.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The key prefix (default `kitex/registry-etcd`; Hertz uses `hertz/registry-etcd`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().trim_end_matches('/').to_string();
+        self
+    }
+
+    /// The lease TTL (default 15 s; `REGISTRY_LEASE_TTL` seconds wins when set). A crashed
+    /// process's registrations disappear this long after its last keep-alive.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long connecting to an endpoint may take (default 3 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one request may take (default 5 s).
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"])
+    ///     .request_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = c;
+    /// ```
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Authenticate as `user` with `password`.
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Use TLS: `ca_pem` verifies the server; `client` is an optional (certificate, key) pair,
+    /// all PEM. Endpoints must be `https://`.
+    ///
+    /// ```
+    /// let config = service_registry::etcd::EtcdConfig::new(["https://127.0.0.1:2379"])
+    ///     .tls(b"-----BEGIN CERTIFICATE-----...".to_vec(), None);
+    /// # let _ = config;
+    /// ```
+    pub fn tls(mut self, ca_pem: Vec<u8>, client: Option<(Vec<u8>, Vec<u8>)>) -> Self {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = client {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        self.tls = Some(tls);
+        self
+    }
+
+    /// [`tls`](Self::tls) from PEM files.
+    ///
+    /// ```
+    /// let err = service_registry::etcd::EtcdConfig::new(["https://127.0.0.1:2379"])
+    ///     .tls_files("/nonexistent/ca.pem", None::<(&str, &str)>)
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("/nonexistent/ca.pem"));
+    /// ```
+    pub fn tls_files(
+        self,
+        ca: impl AsRef<Path>,
+        client: Option<(impl AsRef<Path>, impl AsRef<Path>)>,
+    ) -> Result<Self, EtcdConfigError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| EtcdConfigError::TlsFile {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let ca = read(ca.as_ref())?;
+        let client = match client {
+            Some((cert, key)) => Some((read(cert.as_ref())?, read(key.as_ref())?)),
+            None => None,
+        };
+        Ok(self.tls(ca, client))
+    }
+
+    /// The retry schedule for lost leases and connections (default 100 ms doubling to 2 s).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The most operations one transaction may carry (default 128, etcd's `--max-txn-ops`).
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).max_txn_ops(64);
+    /// # let _ = c;
+    /// ```
+    pub fn max_txn_ops(mut self, ops: usize) -> Self {
+        self.max_txn_ops = ops.max(1);
+        self
+    }
+
+    /// The TTL in whole seconds, `REGISTRY_LEASE_TTL` first.
+    pub(crate) fn effective_ttl(&self) -> Result<i64, EtcdConfigError> {
+        let ttl = match std::env::var(LEASE_TTL_ENV) {
+            Ok(value) => value
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| EtcdConfigError::BadTtlEnv(value))?,
+            Err(_) => self.lease_ttl.as_secs() as i64,
+        };
+        if ttl < 2 {
+            return Err(EtcdConfigError::TtlTooShort(ttl));
+        }
+        Ok(ttl)
+    }
+
+    pub(crate) fn endpoint_list(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &self.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
+        options
+    }
+
+    pub(crate) fn check(&self) -> Result<(), EtcdConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(EtcdConfigError::NoEndpoints);
+        }
+        self.effective_ttl().map(|_| ())
+    }
+}

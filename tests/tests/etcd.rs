@@ -1,0 +1,516 @@
+//! The etcd backend against real etcd servers started by the fixture.
+#![cfg(feature = "etcd")]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::GetOptions;
+use futures_util::StreamExt;
+use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry};
+use service_registry::{
+    service, Discovery, Info, Registrar, Registry, RegistryError, ServiceStatus, StatusHandle,
+};
+use tests::fixtures::etcd::{Etcd, EtcdOptions, TlsFiles};
+use tests::{echo, poll};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+#[service(name = "etcd.echo", weight = 30, tag(idc = "hz"))]
+pub struct EtcdEcho;
+
+#[service(name = "etcd.other", warmup = "2s")]
+pub struct EtcdOther;
+
+const OURS: [&str; 2] = ["etcd.echo", "etcd.other"];
+const PREFIX: &str = "kitex/registry-etcd";
+
+fn config(etcd: &Etcd) -> EtcdConfig {
+    EtcdConfig::new(etcd.endpoints()).lease_ttl(Duration::from_secs(3))
+}
+
+/// Keys under `prefix`, by key. Retries transient errors (a leader election) for up to 5 s.
+async fn stored(etcd: &Etcd, prefix: &str) -> BTreeMap<String, String> {
+    let response = poll::until(
+        Duration::from_secs(5),
+        "a successful read from etcd",
+        || async {
+            let mut client = etcd.client().await;
+            client
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A registrar serving echo on a loopback listener, with its stop switch and status.
+struct Running {
+    addr: SocketAddr,
+    status: StatusHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), service_registry::RegistrarError>>,
+}
+
+impl Running {
+    async fn start(registry: impl Registry) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let registrar = Registrar::builder()
+            .registry(registry)
+            .listen_addr(addr)
+            .only(OURS)
+            .shutdown_signal(async {
+                let _ = stopped.await;
+            })
+            .build()
+            .unwrap();
+        let status = registrar.status();
+        let task = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+        Self {
+            addr,
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn registered(&self, limit: Duration) {
+        let wait = self
+            .status
+            .wait_for(|s| s.values().all(|s| *s == ServiceStatus::Registered));
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+            panic!(
+                "not registered within {limit:?}: {:?}",
+                self.status.snapshot()
+            )
+        });
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn key(service: &str, addr: SocketAddr) -> String {
+    format!("{PREFIX}/{service}/{addr}")
+}
+
+#[tokio::test]
+async fn register_resolve_watch_and_graceful_stop() {
+    let etcd = Etcd::start().await;
+    let discovery = EtcdDiscovery::new(config(&etcd));
+    let mut watch = discovery.watch("etcd.echo").await.unwrap();
+    assert!(watch.next().await.unwrap().all.is_empty());
+
+    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
+    let running = Running::start(registry.clone()).await;
+    running.registered(Duration::from_secs(10)).await;
+
+    let found = discovery.resolve("etcd.echo").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].addr, running.addr);
+    assert_eq!(found[0].weight, 30);
+    assert_eq!(found[0].tags["idc"], "hz");
+    let other = discovery.resolve("etcd.other").await.unwrap();
+    assert_eq!(other[0].warmup, Duration::from_secs(2));
+    assert!(other[0].start_time.is_some());
+
+    let added = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(added.added.len(), 1);
+    assert_eq!(
+        echo::call(added.added[0].addr, "via etcd").await.unwrap(),
+        "via etcd"
+    );
+
+    running.stop().await;
+    // Graceful stop deletes at once: no waiting for the lease.
+    let left = stored(&etcd, PREFIX).await;
+    assert!(left.is_empty(), "keys left after graceful stop: {left:?}");
+    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.removed.len(), 1);
+    assert!(removed.all.is_empty());
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn writes_exactly_what_kitex_writes_and_reads_what_kitex_writes() {
+    let etcd = Etcd::start().await;
+    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
+    let mut info = Info::new("kitex.echo", "127.0.0.1:8888".parse().unwrap());
+    info.tags.insert("idc".into(), "xxx".into());
+    info.start_time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    registry.register(&info).await.unwrap();
+    let mut v6 = info.clone();
+    v6.addr = "[::1]:8889".parse().unwrap();
+    registry.register(&v6).await.unwrap();
+
+    let all = stored(&etcd, "kitex/registry-etcd/kitex.echo/").await;
+    assert_eq!(
+        all.get("kitex/registry-etcd/kitex.echo/127.0.0.1:8888")
+            .map(String::as_str),
+        Some(
+            r#"{"network":"tcp","address":"127.0.0.1:8888","weight":10,"tags":{"idc":"xxx"},"start_time_ms":1700000000123}"#
+        )
+    );
+    assert!(
+        all.contains_key("kitex/registry-etcd/kitex.echo/[::1]:8889"),
+        "{all:?}"
+    );
+    // Our key carries our lease.
+    let mut client = etcd.client().await;
+    let kv = client
+        .get("kitex/registry-etcd/kitex.echo/127.0.0.1:8888", None)
+        .await
+        .unwrap();
+    assert_ne!(kv.kvs()[0].lease(), 0, "registrations must hang on a lease");
+
+    // Values as Kitex's Go registry writes them, plus garbage that must be skipped.
+    let go_written = [
+        (
+            "kitex/registry-etcd/go.svc/127.0.0.1:1",
+            r#"{"network":"tcp","address":"127.0.0.1:1","weight":10,"tags":{"idc":"xxx"}}"#,
+        ),
+        (
+            "kitex/registry-etcd/go.svc/127.0.0.1:2",
+            r#"{"network":"tcp","address":"127.0.0.1:2","weight":0,"tags":null}"#,
+        ),
+        (
+            "kitex/registry-etcd/go.svc/127.0.0.1:3",
+            r#"{"network":"tcp","address":"127.0.0.1:3","weight":5,"extra":{"a":1}}"#,
+        ),
+        ("kitex/registry-etcd/go.svc/127.0.0.1:4", "{not json"),
+        (
+            "kitex/registry-etcd/go.svc/127.0.0.1:5",
+            r#"{"network":"tcp","address":"nope","weight":5}"#,
+        ),
+        (
+            "kitex/registry-etcd/go.svc/nested/127.0.0.1:6",
+            r#"{"network":"tcp","address":"127.0.0.1:6","weight":5}"#,
+        ),
+    ];
+    for (k, v) in go_written {
+        client.put(k, v, None).await.unwrap();
+    }
+    let discovery = EtcdDiscovery::new(config(&etcd));
+    let mut found = discovery.resolve("go.svc").await.unwrap();
+    found.sort_by_key(|i| i.addr);
+    let summary: Vec<(u16, u32, usize)> = found
+        .iter()
+        .map(|i| (i.addr.port(), i.weight, i.tags.len()))
+        .collect();
+    assert_eq!(summary, [(1, 10, 1), (2, 10, 0), (3, 5, 0)]);
+
+    // A watcher survives a malformed update: the key reads as gone, the rest stays.
+    let mut watch = discovery.watch("go.svc").await.unwrap();
+    assert_eq!(watch.next().await.unwrap().all.len(), 3);
+    client
+        .put("kitex/registry-etcd/go.svc/127.0.0.1:3", "garbage", None)
+        .await
+        .unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.removed.len(), 1);
+    assert_eq!(change.all.len(), 2);
+    registry.close().await;
+    assert!(
+        stored(&etcd, "kitex/registry-etcd/kitex.echo/")
+            .await
+            .is_empty(),
+        "close deletes our keys"
+    );
+}
+
+#[tokio::test]
+async fn restart_with_same_and_wiped_data_restores_every_registration() {
+    let mut etcd = Etcd::start().await;
+    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
+    let running = Running::start(registry.clone()).await;
+    running.registered(Duration::from_secs(10)).await;
+    let expected: Vec<String> = OURS.iter().map(|s| key(s, running.addr)).collect();
+
+    for wipe in [false, true] {
+        etcd.stop();
+        // The outage lasts 10 s; the service must answer throughout and report the outage.
+        let outage_end = Instant::now() + Duration::from_secs(10);
+        let mut calls = 0;
+        while Instant::now() < outage_end {
+            assert_eq!(
+                echo::call(running.addr, "up?").await.unwrap(),
+                "up?",
+                "service stopped answering during the outage"
+            );
+            calls += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(calls >= 20);
+        let status = running.status.snapshot();
+        assert!(
+            status
+                .values()
+                .all(|s| matches!(s, ServiceStatus::Retrying { .. })),
+            "status must show the outage: {status:?}"
+        );
+        if wipe {
+            etcd.wipe();
+        }
+        etcd.restart().await;
+        let answering = Instant::now();
+        let back = poll::until(
+            Duration::from_secs(3),
+            "registrations back within 3 s of etcd answering",
+            || async {
+                let keys = stored(&etcd, PREFIX).await;
+                expected
+                    .iter()
+                    .all(|k| keys.contains_key(k))
+                    .then(|| answering.elapsed())
+            },
+        )
+        .await;
+        println!("wipe={wipe}: registrations back {back:?} after etcd answered");
+        running.registered(Duration::from_secs(3)).await;
+        assert_eq!(echo::call(running.addr, "after").await.unwrap(), "after");
+    }
+    running.stop().await;
+    assert!(stored(&etcd, PREFIX).await.is_empty());
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn registration_waits_out_an_etcd_that_is_down_at_startup() {
+    let mut etcd = Etcd::start().await;
+    etcd.stop();
+    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
+    let running = Running::start(registry.clone()).await;
+    running
+        .status
+        .wait_for(|s| {
+            s.values()
+                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        echo::call(running.addr, "serving").await.unwrap(),
+        "serving"
+    );
+    etcd.restart().await;
+    running.registered(Duration::from_secs(5)).await;
+    running.stop().await;
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn cluster_leader_loss_keeps_registrations() {
+    let mut etcd = Etcd::start_cluster().await;
+    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
+    let running = Running::start(registry.clone()).await;
+    running.registered(Duration::from_secs(10)).await;
+    let leader = etcd.leader().await;
+    etcd.members[leader].kill();
+    let killed = Instant::now();
+    // Observe past two lease TTLs (3 s each): the keys must be there the whole time.
+    while killed.elapsed() < Duration::from_secs(7) {
+        let keys = stored(&etcd, PREFIX).await;
+        assert_eq!(
+            keys.len(),
+            2,
+            "registrations lost {:?} after the leader died: {keys:?}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = running.status.snapshot();
+    assert!(
+        status.values().all(|s| *s == ServiceStatus::Registered),
+        "{status:?}"
+    );
+    running.stop().await;
+    assert!(stored(&etcd, PREFIX).await.is_empty());
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_clear_error_and_the_service_keeps_serving() {
+    let etcd = Etcd::start().await;
+    etcd.enable_auth("right-password").await;
+
+    let bad = EtcdRegistry::new(config(&etcd).user("root", "wrong-password")).unwrap();
+    let running = Running::start(bad.clone()).await;
+    let status = running
+        .status
+        .wait_for(|s| {
+            s.values()
+                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
+        })
+        .await
+        .unwrap();
+    let ServiceStatus::Retrying { last_error, .. } = &status["etcd.echo"] else {
+        unreachable!()
+    };
+    assert!(
+        last_error.contains("rejected the credentials of user `root`"),
+        "{last_error}"
+    );
+    assert!(
+        last_error.contains(&etcd.endpoint()),
+        "the error must name the endpoint: {last_error}"
+    );
+    assert_eq!(echo::call(running.addr, "still").await.unwrap(), "still");
+
+    let direct = bad
+        .register(&Info::new("x", "127.0.0.1:1".parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(direct, RegistryError::Unauthenticated { ref user, .. } if user == "root"),
+        "{direct}"
+    );
+    running.stop().await;
+    bad.close().await;
+
+    let good = EtcdRegistry::new(config(&etcd).user("root", "right-password")).unwrap();
+    let running = Running::start(good.clone()).await;
+    running.registered(Duration::from_secs(10)).await;
+    running.stop().await;
+    good.close().await;
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    let files = TlsFiles::generate();
+    let etcd = Etcd::start_with(EtcdOptions {
+        tls: Some(&files),
+        members: 1,
+    })
+    .await;
+    let config = config(&etcd)
+        .tls_files(&files.ca, Some((&files.client_cert, &files.client_key)))
+        .unwrap();
+    let registry = EtcdRegistry::new(config.clone()).unwrap();
+    let running = Running::start(registry.clone()).await;
+    running.registered(Duration::from_secs(10)).await;
+    let found = EtcdDiscovery::new(config.clone())
+        .resolve("etcd.echo")
+        .await
+        .unwrap();
+    assert_eq!(found[0].addr, running.addr);
+
+    // Without a client certificate the server refuses, and the error says so.
+    let no_cert = EtcdConfig::new(etcd.endpoints()).tls(std::fs::read(&files.ca).unwrap(), None);
+    let err = EtcdDiscovery::new(no_cert.request_timeout(Duration::from_secs(2)))
+        .resolve("etcd.echo")
+        .await;
+    assert!(err.is_err(), "a client without certificate must be refused");
+    running.stop().await;
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn sigkilled_process_disappears_within_ttl_plus_one_second() {
+    let etcd = Etcd::start().await;
+    let example = {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join("etcd")
+    };
+    assert!(
+        example.exists(),
+        "{} missing: `cargo test --workspace --all-features` builds it",
+        example.display()
+    );
+    let ttl = 3;
+    let mut child = tokio::process::Command::new(&example)
+        .env("ETCD_ENDPOINTS", etcd.endpoint())
+        .env("REGISTRY_LEASE_TTL", ttl.to_string())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut registered = Vec::new();
+    while registered.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let rest = line
+            .strip_prefix("registered ")
+            .unwrap_or_else(|| panic!("unexpected line {line}"));
+        let (service, addr) = rest.split_once(" at ").unwrap();
+        registered.push(key(service, addr.parse().unwrap()));
+    }
+    let keys = stored(&etcd, PREFIX).await;
+    assert!(
+        registered.iter().all(|k| keys.contains_key(k)),
+        "{registered:?} vs {keys:?}"
+    );
+
+    child.start_kill().unwrap();
+    let killed = Instant::now();
+    child.wait().await.unwrap();
+    let gone = poll::until(
+        Duration::from_secs(ttl + 1),
+        "keys of the killed process to expire",
+        || async {
+            stored(&etcd, PREFIX)
+                .await
+                .is_empty()
+                .then(|| killed.elapsed())
+        },
+    )
+    .await;
+    println!("SIGKILLed registrations gone after {gone:?} (TTL {ttl} s)");
+}
+
+#[tokio::test]
+async fn direct_registry_calls_are_idempotent_and_validated() {
+    let etcd = Etcd::start().await;
+    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
+    let info = Info::new("idem", "127.0.0.1:5".parse().unwrap());
+    registry.register(&info).await.unwrap();
+    registry.register(&info).await.unwrap();
+    registry.deregister(&info).await.unwrap();
+    registry.deregister(&info).await.unwrap();
+    assert!(stored(&etcd, PREFIX).await.is_empty());
+    let bad = Info::new("a/b", "127.0.0.1:5".parse().unwrap());
+    assert!(matches!(
+        registry.register(&bad).await,
+        Err(RegistryError::InvalidInfo { .. })
+    ));
+    registry.close().await;
+    assert!(
+        registry.register(&info).await.is_err(),
+        "a closed registry refuses work"
+    );
+    let _ = SystemTime::now();
+}
