@@ -59,7 +59,7 @@ pub(crate) fn encode(info: &Info) -> String {
             .duration_since(UNIX_EPOCH)
             .ok()
             .map(|d| d.as_millis() as u64),
-        warmup_ms: (!info.warmup.is_zero()).then(|| info.warmup.as_millis() as u64),
+        warmup_ms: (!info.warmup.is_zero()).then_some(info.warmup.as_millis() as u64),
     };
     // Serializing plain strings and integers cannot fail.
     serde_json::to_string(&value).unwrap_or_default()
