@@ -220,30 +220,42 @@ impl EtcdDiscovery {
             if response.canceled() {
                 return format!("etcd cancelled the watch: {}", response.cancel_reason());
             }
-            let before: Vec<Instance> = known.values().cloned().collect();
+            let mut change = Change {
+                service: service.to_string(),
+                all: Vec::new(),
+                added: Vec::new(),
+                updated: Vec::new(),
+                removed: Vec::new(),
+            };
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 *revision = (*revision).max(kv.mod_revision());
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
-                match event.event_type() {
-                    EventType::Put => match decode(prefix, kv) {
-                        Some(instance) => {
-                            known.insert(key, instance);
-                        }
-                        None => {
-                            known.remove(&key);
-                        }
-                    },
-                    EventType::Delete => {
-                        known.remove(&key);
+                let decoded = match event.event_type() {
+                    EventType::Put => decode(prefix, kv),
+                    EventType::Delete => None,
+                };
+                match (decoded, known.remove(&key)) {
+                    (Some(new), None) => {
+                        change.added.push(new.clone());
+                        known.insert(key, new);
                     }
+                    (Some(new), Some(old)) => {
+                        if new != old {
+                            change.updated.push(new.clone());
+                        }
+                        known.insert(key, new);
+                    }
+                    (None, Some(old)) => change.removed.push(old),
+                    (None, None) => {}
                 }
             }
-            let after: Vec<Instance> = known.values().cloned().collect();
-            if let Some(change) = diff_instances(service, &before, &after) {
-                if tx.send(change).is_err() {
-                    return "the watcher went away".into();
-                }
+            if change.added.is_empty() && change.updated.is_empty() && change.removed.is_empty() {
+                continue;
+            }
+            change.all = known.values().cloned().collect();
+            if tx.send(change).is_err() {
+                return "the watcher went away".into();
             }
         }
     }
