@@ -431,44 +431,12 @@ async fn tls_with_client_certificates() {
 #[tokio::test]
 async fn sigkilled_process_disappears_within_ttl_plus_one_second() {
     let etcd = Etcd::start().await;
-    let example = {
-        let exe = std::env::current_exe().unwrap();
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples")
-            .join("etcd")
-    };
-    assert!(
-        example.exists(),
-        "{} missing: `cargo test --workspace --all-features` builds it",
-        example.display()
-    );
     let ttl = 3;
-    let mut child = tokio::process::Command::new(&example)
-        .env("ETCD_ENDPOINTS", etcd.endpoint())
-        .env("REGISTRY_LEASE_TTL", ttl.to_string())
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    let mut registered = Vec::new();
-    while registered.len() < 2 {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let rest = line
-            .strip_prefix("registered ")
-            .unwrap_or_else(|| panic!("unexpected line {line}"));
-        let (service, addr) = rest.split_once(" at ").unwrap();
-        registered.push(key(service, addr.parse().unwrap()));
-    }
+    let (mut child, registered) = spawn_example(&etcd, ttl).await;
+    let registered: Vec<String> = registered
+        .iter()
+        .map(|(service, addr)| key(service, *addr))
+        .collect();
     let keys = stored(&etcd, PREFIX).await;
     assert!(
         registered.iter().all(|k| keys.contains_key(k)),
@@ -490,6 +458,10 @@ async fn sigkilled_process_disappears_within_ttl_plus_one_second() {
     )
     .await;
     println!("SIGKILLed registrations gone after {gone:?} (TTL {ttl} s)");
+    assert!(
+        gone <= Duration::from_secs(ttl + 1),
+        "gone after {gone:?}, later than TTL + 1 s"
+    );
 }
 
 #[tokio::test]
@@ -513,4 +485,125 @@ async fn direct_registry_calls_are_idempotent_and_validated() {
         "a closed registry refuses work"
     );
     let _ = SystemTime::now();
+}
+
+/// The next stdout line of a child, within 10 s.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+/// Spawns the `etcd` example against `etcd` and returns it with the keys it printed.
+async fn spawn_example(
+    etcd: &Etcd,
+    ttl: u64,
+) -> (tokio::process::Child, Vec<(String, SocketAddr)>) {
+    let example = {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join("etcd")
+    };
+    assert!(
+        example.exists(),
+        "{} missing: `cargo test --workspace --all-features` builds it",
+        example.display()
+    );
+    let mut child = tokio::process::Command::new(&example)
+        .env("ETCD_ENDPOINTS", etcd.endpoint())
+        .env("REGISTRY_LEASE_TTL", ttl.to_string())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut registered = Vec::new();
+    while registered.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let rest = line
+            .strip_prefix("registered ")
+            .unwrap_or_else(|| panic!("unexpected line {line}"));
+        let (service, addr) = rest.split_once(" at ").unwrap();
+        registered.push((service.to_string(), addr.parse().unwrap()));
+    }
+    // Keep reading in the background so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, registered)
+}
+
+#[tokio::test]
+async fn example_exits_zero_on_sigterm_and_client_example_follows_it() {
+    let etcd = Etcd::start().await;
+    let (mut server, registered) = spawn_example(&etcd, 15).await;
+    let keys = stored(&etcd, PREFIX).await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let (_, addr) = registered
+        .iter()
+        .find(|(s, _)| s == "example.echo")
+        .unwrap();
+
+    // The client example resolves, watches and calls; it sees the snapshot and the removal.
+    let client_bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("etcd_client");
+    let mut client = tokio::process::Command::new(&client_bin)
+        .arg("example.echo")
+        .env("ETCD_ENDPOINTS", etcd.endpoint())
+        .env("MAX_CHANGES", "2")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut client_lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client.stdout.take().unwrap()));
+    assert_eq!(next_line(&mut client_lines).await, "resolved 1 instances");
+    assert_eq!(next_line(&mut client_lines).await, "change +1 ~0 -0 now 1");
+    assert_eq!(
+        next_line(&mut client_lines).await,
+        format!("called {addr}: example.echo says hello")
+    );
+
+    let pid = server.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exit.success(),
+        "the example must exit 0 on SIGTERM: {exit:?}"
+    );
+    assert!(
+        stored(&etcd, PREFIX).await.is_empty(),
+        "keys must be gone once the example has exited"
+    );
+
+    assert_eq!(next_line(&mut client_lines).await, "change +0 ~0 -1 now 0");
+    let exit = tokio::time::timeout(Duration::from_secs(10), client.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
 }
