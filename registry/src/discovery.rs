@@ -54,6 +54,14 @@ impl From<&Info> for Instance {
 ///
 /// The first item of every watch has `all == added` (the snapshot); later items carry the
 /// differences, and `all` is always the complete set after the change.
+///
+/// ```
+/// use service_registry::{diff_instances, Info, Instance};
+/// let a = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
+/// let change = diff_instances("s", &[a.clone()], &[]).unwrap();
+/// assert_eq!(change.removed, vec![a]);
+/// assert!(change.all.is_empty());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The watched service.
@@ -72,6 +80,12 @@ pub struct Change {
 pub type WatchStream = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
 
 /// Why discovery failed.
+///
+/// ```
+/// use service_registry::DiscoveryError;
+/// let err = DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: "boom".into() };
+/// assert!(err.to_string().contains("echo"));
+/// ```
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum DiscoveryError {

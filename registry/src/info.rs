@@ -8,6 +8,10 @@ use std::time::{Duration, SystemTime};
 use crate::tags::StaticTag;
 
 /// The default instance weight, as in Kitex (`discovery.DefaultWeight`).
+///
+/// ```
+/// assert_eq!(service_registry::DEFAULT_WEIGHT, 10);
+/// ```
 pub const DEFAULT_WEIGHT: u32 = 10;
 
 /// Everything `#[service(...)]` declares about a service, as compile-time data.

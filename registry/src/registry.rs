@@ -9,6 +9,12 @@ use crate::info::Info;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a registry call failed.
+///
+/// ```
+/// use service_registry::RegistryError;
+/// let err = RegistryError::InvalidInfo { service: "a/b".into(), reason: "contains `/`".into() };
+/// assert_eq!(err.to_string(), "cannot register service `a/b`: contains `/`");
+/// ```
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RegistryError {
@@ -106,6 +112,12 @@ pub trait Registry: Send + Sync + 'static {
 }
 
 /// The connection state a backend reports through [`Registry::health`].
+///
+/// ```
+/// use service_registry::Health;
+/// let h = Health::Recovering { attempt: 1, last_error: "connection refused".into() };
+/// assert_ne!(h, Health::Healthy);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
     /// Registrations are live.

@@ -9,6 +9,12 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// One piece of a tag value template.
+///
+/// ```
+/// use service_registry::TagPart;
+/// let part = TagPart::Var { name: "IDC", default: Some("hz") };
+/// assert_ne!(part, TagPart::Text("hz"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TagPart {
     /// Literal text, used as is.

@@ -80,6 +80,11 @@ impl Default for RegistrarBuilder {
 impl RegistrarBuilder {
     /// The registry to register into (Kitex's `WithRegistry`). Default:
     /// [`MemoryRegistry::global`].
+    ///
+    /// ```
+    /// let b = service_registry::Registrar::builder().registry(service_registry::MemoryRegistry::new());
+    /// # let _ = b;
+    /// ```
     pub fn registry(mut self, registry: impl Registry) -> Self {
         self.registry = Some(Arc::new(registry));
         self
@@ -100,6 +105,13 @@ impl RegistrarBuilder {
     }
 
     /// The bound listener's address (`listener.local_addr()?`). Required.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let b = service_registry::Registrar::builder().listen_addr(listener.local_addr()?);
+    /// # let _ = b; Ok(()) }
+    /// ```
     pub fn listen_addr(mut self, addr: SocketAddr) -> Self {
         self.listen_addr = Some(addr);
         self
@@ -118,6 +130,11 @@ impl RegistrarBuilder {
     }
 
     /// Registers only these services (by name) instead of every linked one.
+    ///
+    /// ```
+    /// let b = service_registry::Registrar::builder().only(["echo", "billing.invoice"]);
+    /// # let _ = b;
+    /// ```
     pub fn only<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -128,18 +145,37 @@ impl RegistrarBuilder {
     }
 
     /// An override applied to every service.
+    ///
+    /// ```
+    /// use service_registry::{InfoOverride, Registrar};
+    /// let b = Registrar::builder().override_all(InfoOverride::new().tag("env", "prod"));
+    /// # let _ = b;
+    /// ```
     pub fn override_all(mut self, o: InfoOverride) -> Self {
         self.override_all = o;
         self
     }
 
     /// An override for one service, applied after [`override_all`](Self::override_all).
+    ///
+    /// ```
+    /// use service_registry::{InfoOverride, Registrar};
+    /// let b = Registrar::builder().override_service("echo", InfoOverride::new().weight(50));
+    /// # let _ = b;
+    /// ```
     pub fn override_service(mut self, service: impl Into<String>, o: InfoOverride) -> Self {
         self.overrides.insert(service.into(), o);
         self
     }
 
     /// The retry schedule for failed registrations (default 200 ms doubling to 30 s, jittered).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use service_registry::{Backoff, Registrar};
+    /// let b = Registrar::builder().backoff(Backoff::new(Duration::from_millis(50), Duration::from_secs(5)));
+    /// # let _ = b;
+    /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -180,6 +216,12 @@ impl RegistrarBuilder {
     }
 
     /// Shut down when this future completes, instead of on SIGINT/SIGTERM.
+    ///
+    /// ```
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let b = service_registry::Registrar::builder().shutdown_signal(async { let _ = stopped.await; });
+    /// # let _ = (b, stop);
+    /// ```
     pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
         self.shutdown = Some(Box::pin(signal));
         self
@@ -187,6 +229,12 @@ impl RegistrarBuilder {
 
     /// Collects the services, resolves the address and tags, and checks everything that can be
     /// checked before serving.
+    ///
+    /// ```
+    /// use service_registry::{Registrar, RegistrarError};
+    /// let err = Registrar::builder().build().unwrap_err();
+    /// assert!(matches!(err, RegistrarError::MissingListenAddr));
+    /// ```
     pub fn build(self) -> Result<Registrar, RegistrarError> {
         let listen = self.listen_addr.ok_or(RegistrarError::MissingListenAddr)?;
         if listen.port() == 0 {

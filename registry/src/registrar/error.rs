@@ -6,6 +6,12 @@ use crate::registry::BoxError;
 
 /// Why [`Registrar`](crate::Registrar) could not be built or its server failed.
 ///
+/// ```
+/// use service_registry::{Registrar, RegistrarError};
+/// let err = Registrar::builder().listen_addr("127.0.0.1:0".parse().unwrap()).build().unwrap_err();
+/// assert!(matches!(err, RegistrarError::UnboundListenAddr(_)));
+/// ```
+///
 /// Registry failures are not here: the registrar retries them forever and reports them through
 /// [`StatusHandle`](crate::StatusHandle).
 #[derive(Debug, Error)]

@@ -88,6 +88,27 @@ impl std::fmt::Debug for Registrar {
 
 /// Completes when the registrar wants the server to stop (after deregistration).
 ///
+/// ```
+/// # use service_registry::{service, MemoryRegistry, Registrar};
+/// # #[service(name = "signal-doc")] struct Doc;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let registrar = Registrar::builder()
+///     .registry(MemoryRegistry::new())
+///     .listen_addr("127.0.0.1:9".parse().unwrap())
+///     .only(["signal-doc"])
+///     .shutdown_signal(async {}) // shut down at once
+///     .build()
+///     .unwrap();
+/// registrar
+///     .serve(|shutdown: service_registry::ShutdownSignal| async move {
+///         shutdown.await; // completes once the service is deregistered
+///         Ok::<_, std::io::Error>(())
+///     })
+///     .await
+///     .unwrap();
+/// # }
+/// ```
+///
 /// Pass it to the server's graceful shutdown: axum's `with_graceful_shutdown(shutdown)`,
 /// tonic's `serve_with_incoming_shutdown(incoming, shutdown)`, or a `select!` in an accept loop.
 #[derive(Debug)]

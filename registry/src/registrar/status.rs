@@ -8,6 +8,12 @@ use tokio::sync::watch;
 use crate::registry::Health;
 
 /// Where one service's registration stands.
+///
+/// ```
+/// use service_registry::ServiceStatus;
+/// let s = ServiceStatus::Retrying { attempt: 2, last_error: "etcd unreachable".into() };
+/// assert!(matches!(s, ServiceStatus::Retrying { attempt: 2, .. }));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceStatus {
     /// The first attempt is under way.

@@ -69,6 +69,11 @@ impl EtcdConfig {
     /// Settings for these endpoints (`http://host:port`, or `https://` with [`tls`](Self::tls)),
     /// with Kitex's prefix `kitex/registry-etcd`, a 15 s lease, and 128 operations per
     /// transaction (etcd's default `--max-txn-ops`).
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]);
+    /// assert_eq!(c.endpoints(), ["http://127.0.0.1:2379"]);
+    /// ```
     pub fn new<I, S>(endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -114,6 +119,10 @@ impl EtcdConfig {
     }
 
     /// The key prefix (default `kitex/registry-etcd`; Hertz uses `hertz/registry-etcd`).
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).prefix("hertz/registry-etcd");
+    /// # let _ = c;
+    /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().trim_end_matches('/').to_string();
         self
@@ -121,12 +130,24 @@ impl EtcdConfig {
 
     /// The lease TTL (default 15 s; `REGISTRY_LEASE_TTL` seconds wins when set). A crashed
     /// process's registrations disappear this long after its last keep-alive.
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"])
+    ///     .lease_ttl(std::time::Duration::from_secs(10));
+    /// # let _ = c;
+    /// ```
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
     }
 
     /// How long connecting to an endpoint may take (default 3 s).
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"])
+    ///     .connect_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = c;
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -145,6 +166,11 @@ impl EtcdConfig {
     }
 
     /// Authenticate as `user` with `password`.
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).user("svc", "secret");
+    /// # let _ = c;
+    /// ```
     pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = Some((user.into(), password.into()));
         self
@@ -195,6 +221,13 @@ impl EtcdConfig {
     }
 
     /// The retry schedule for lost leases and connections (default 100 ms doubling to 2 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"])
+    ///     .backoff(service_registry::Backoff::new(Duration::from_millis(50), Duration::from_secs(1)));
+    /// # let _ = c;
+    /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

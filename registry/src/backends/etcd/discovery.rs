@@ -85,6 +85,12 @@ fn decode(service_prefix: &str, kv: &KeyValue) -> Option<Instance> {
 
 impl EtcdDiscovery {
     /// Discovery over these settings; connects on first use.
+    ///
+    /// ```
+    /// use service_registry::etcd::{EtcdConfig, EtcdDiscovery};
+    /// let discovery = EtcdDiscovery::new(EtcdConfig::new(["http://127.0.0.1:2379"]));
+    /// # let _ = discovery;
+    /// ```
     pub fn new(config: EtcdConfig) -> Self {
         Self {
             config,

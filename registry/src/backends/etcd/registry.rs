@@ -61,6 +61,13 @@ impl std::fmt::Debug for EtcdRegistry {
 impl EtcdRegistry {
     /// Starts the lease task. Returns at once: etcd need not be up yet (registrations are
     /// retried until it is). Must be called inside a Tokio runtime.
+    ///
+    /// ```
+    /// use service_registry::etcd::{EtcdConfig, EtcdConfigError, EtcdRegistry};
+    /// // Outside a runtime there is nowhere to run the lease task.
+    /// let err = EtcdRegistry::new(EtcdConfig::new(["http://127.0.0.1:2379"])).unwrap_err();
+    /// assert!(matches!(err, EtcdConfigError::NoRuntime));
+    /// ```
     pub fn new(config: EtcdConfig) -> Result<Self, EtcdConfigError> {
         config.check()?;
         let ttl = config.effective_ttl()?;
