@@ -249,6 +249,11 @@ async fn restart_with_same_and_wiped_data_restores_every_registration() {
     let running = Running::start(registry.clone()).await;
     running.registered(Duration::from_secs(10)).await;
     let expected: Vec<String> = OURS.iter().map(|s| key(s, running.addr)).collect();
+    // A watcher opened before the outages must still follow the service after them, even
+    // though the wiped etcd starts its revisions over.
+    let discovery = EtcdDiscovery::new(config(&etcd));
+    let mut watch = discovery.watch("etcd.echo").await.unwrap();
+    assert_eq!(watch.next().await.unwrap().all.len(), 1);
 
     for wipe in [false, true] {
         etcd.stop();
@@ -295,6 +300,27 @@ async fn restart_with_same_and_wiped_data_restores_every_registration() {
     }
     running.stop().await;
     assert!(stored(&etcd, PREFIX).await.is_empty());
+    // The watcher must follow writes made after both restarts (the wiped etcd started its
+    // revisions over): a Go-style put of a new instance shows up as added.
+    let mut client = etcd.client().await;
+    client
+        .put(
+            key("etcd.echo", "127.0.0.1:1".parse().unwrap()),
+            r#"{"network":"tcp","address":"127.0.0.1:1","weight":10,"tags":null}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let change = watch.next().await.expect("the watch must not end");
+            if change.added.iter().any(|i| i.addr.port() == 1) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the watcher saw a put made after the restarts within 10 s");
     registry.close().await;
 }
 

@@ -71,4 +71,8 @@ async fn five_hundred_services_register_and_deregister() {
     task.await.unwrap().unwrap();
     assert_eq!(count(&mut client).await, 0);
     registry.close().await;
+    assert!(
+        client.leases().await.unwrap().leases().is_empty(),
+        "close revokes the lease"
+    );
 }
