@@ -434,3 +434,30 @@ async fn server_ignoring_shutdown_is_dropped_after_the_grace_period() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn unspecified_listen_address_is_advertised_as_this_hosts_address() {
+    // Binds every interface but only dials loopback; the advertised address is compared with
+    // the interface list, never dialled.
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let registrar = Registrar::builder()
+        .registry(MemoryRegistry::new())
+        .listen_addr(listener.local_addr().unwrap())
+        .only(["reg.echo"])
+        .build()
+        .unwrap();
+    let advertised = registrar.infos()[0].addr;
+    assert_eq!(advertised.port(), port);
+    assert!(advertised.is_ipv4());
+    assert!(!advertised.ip().is_unspecified());
+    let interfaces: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .unwrap()
+        .iter()
+        .map(|i| i.ip())
+        .collect();
+    assert!(
+        interfaces.contains(&advertised.ip()),
+        "{advertised} is not an address of this host: {interfaces:?}"
+    );
+}

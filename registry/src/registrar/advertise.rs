@@ -173,5 +173,15 @@ mod tests {
         if ips.iter().any(|ip| ip.is_ipv4() && routable(ip)) {
             assert!(routable(&got.ip()), "{got} should be routable: {ips:?}");
         }
+
+        let got6 = advertised_addr("[::]:4321".parse().unwrap(), None, None).unwrap();
+        assert!(got6.is_ipv6(), "{got6}");
+        assert!(
+            ips.contains(&got6.ip()) || got6.ip().is_loopback(),
+            "{got6} not in {ips:?}"
+        );
+        if ips.iter().any(|ip| ip.is_ipv6() && routable(ip)) {
+            assert!(routable(&got6.ip()), "{got6} should be routable: {ips:?}");
+        }
     }
 }
