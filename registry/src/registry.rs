@@ -73,6 +73,53 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    /// A copy for a second waiter: the same variant and fields, the source kept as text
+    /// (sources are boxed trait objects, so the error is not `Clone`).
+    #[cfg(any(feature = "etcd", feature = "zookeeper"))]
+    pub(crate) fn duplicate(&self) -> RegistryError {
+        match self {
+            RegistryError::Unavailable {
+                backend,
+                endpoint,
+                source,
+            } => RegistryError::Unavailable {
+                backend,
+                endpoint: endpoint.clone(),
+                source: source.to_string().into(),
+            },
+            RegistryError::Unauthenticated {
+                backend,
+                endpoint,
+                user,
+                source,
+            } => RegistryError::Unauthenticated {
+                backend,
+                endpoint: endpoint.clone(),
+                user: user.clone(),
+                source: source.to_string().into(),
+            },
+            RegistryError::InvalidInfo { service, reason } => RegistryError::InvalidInfo {
+                service: service.clone(),
+                reason: reason.clone(),
+            },
+            RegistryError::Timeout {
+                backend,
+                service,
+                timeout,
+            } => RegistryError::Timeout {
+                backend,
+                service: service.clone(),
+                timeout: *timeout,
+            },
+            RegistryError::Backend { backend, source } => RegistryError::Backend {
+                backend,
+                source: source.to_string().into(),
+            },
+        }
+    }
+}
+
 /// A service registry: makes instances findable and removes them.
 ///
 /// Two methods, as in Kitex: a backend owns its connection state (leases, sessions) and keeps

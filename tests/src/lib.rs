@@ -1,7 +1,9 @@
 //! Shared pieces of the integration tests: a TCP echo server, test registries, deadline polling,
 //! and (behind features) fixtures that start real etcd / ZooKeeper servers.
 
+pub mod child;
 pub mod echo;
 pub mod fixtures;
 pub mod poll;
 pub mod registries;
+pub mod running;

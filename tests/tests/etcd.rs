@@ -8,13 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use etcd_client::GetOptions;
 use futures_util::StreamExt;
 use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry};
-use service_registry::{
-    service, Discovery, Info, Registrar, Registry, RegistryError, ServiceStatus, StatusHandle,
-};
+use service_registry::{service, Discovery, Info, Registry, RegistryError, ServiceStatus};
+use tests::child::{example_path, next_line, spawn_example, terminate};
 use tests::fixtures::etcd::{Etcd, EtcdOptions, TlsFiles};
+use tests::running::Running;
 use tests::{echo, poll};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 #[service(name = "etcd.echo", weight = 30, tag(idc = "hz"))]
 pub struct EtcdEcho;
@@ -55,56 +53,6 @@ async fn stored(etcd: &Etcd, prefix: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A registrar serving echo on a loopback listener, with its stop switch and status.
-struct Running {
-    addr: SocketAddr,
-    status: StatusHandle,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), service_registry::RegistrarError>>,
-}
-
-impl Running {
-    async fn start(registry: impl Registry) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let registrar = Registrar::builder()
-            .registry(registry)
-            .listen_addr(addr)
-            .only(OURS)
-            .shutdown_signal(async {
-                let _ = stopped.await;
-            })
-            .build()
-            .unwrap();
-        let status = registrar.status();
-        let task = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
-        Self {
-            addr,
-            status,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn registered(&self, limit: Duration) {
-        let wait = self
-            .status
-            .wait_for(|s| s.values().all(|s| *s == ServiceStatus::Registered));
-        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
-            panic!(
-                "not registered within {limit:?}: {:?}",
-                self.status.snapshot()
-            )
-        });
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 fn key(service: &str, addr: SocketAddr) -> String {
     format!("{PREFIX}/{service}/{addr}")
 }
@@ -117,7 +65,7 @@ async fn register_resolve_watch_and_graceful_stop() {
     assert!(watch.next().await.unwrap().all.is_empty());
 
     let registry = EtcdRegistry::new(config(&etcd)).unwrap();
-    let running = Running::start(registry.clone()).await;
+    let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
 
     let found = discovery.resolve("etcd.echo").await.unwrap();
@@ -246,7 +194,7 @@ async fn writes_exactly_what_kitex_writes_and_reads_what_kitex_writes() {
 async fn restart_with_same_and_wiped_data_restores_every_registration() {
     let mut etcd = Etcd::start().await;
     let registry = EtcdRegistry::new(config(&etcd)).unwrap();
-    let running = Running::start(registry.clone()).await;
+    let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
     let expected: Vec<String> = OURS.iter().map(|s| key(s, running.addr)).collect();
     // A watcher opened before the outages must still follow the service after them, even
@@ -329,7 +277,7 @@ async fn registration_waits_out_an_etcd_that_is_down_at_startup() {
     let mut etcd = Etcd::start().await;
     etcd.stop();
     let registry = EtcdRegistry::new(config(&etcd)).unwrap();
-    let running = Running::start(registry.clone()).await;
+    let running = Running::start(registry.clone(), &OURS).await;
     running
         .status
         .wait_for(|s| {
@@ -352,7 +300,7 @@ async fn registration_waits_out_an_etcd_that_is_down_at_startup() {
 async fn cluster_leader_loss_keeps_registrations() {
     let mut etcd = Etcd::start_cluster().await;
     let registry = EtcdRegistry::new(config(&etcd)).unwrap();
-    let running = Running::start(registry.clone()).await;
+    let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
     let leader = etcd.leader().await;
     etcd.members[leader].kill();
@@ -384,7 +332,7 @@ async fn wrong_password_is_a_clear_error_and_the_service_keeps_serving() {
     etcd.enable_auth("right-password").await;
 
     let bad = EtcdRegistry::new(config(&etcd).user("root", "wrong-password")).unwrap();
-    let running = Running::start(bad.clone()).await;
+    let running = Running::start(bad.clone(), &OURS).await;
     let status = running
         .status
         .wait_for(|s| {
@@ -418,7 +366,7 @@ async fn wrong_password_is_a_clear_error_and_the_service_keeps_serving() {
     bad.close().await;
 
     let good = EtcdRegistry::new(config(&etcd).user("root", "right-password")).unwrap();
-    let running = Running::start(good.clone()).await;
+    let running = Running::start(good.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
     running.stop().await;
     good.close().await;
@@ -436,7 +384,7 @@ async fn tls_with_client_certificates() {
         .tls_files(&files.ca, Some((&files.client_cert, &files.client_key)))
         .unwrap();
     let registry = EtcdRegistry::new(config.clone()).unwrap();
-    let running = Running::start(registry.clone()).await;
+    let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
     let found = EtcdDiscovery::new(config.clone())
         .resolve("etcd.echo")
@@ -458,7 +406,14 @@ async fn tls_with_client_certificates() {
 async fn sigkilled_process_disappears_within_ttl_plus_one_second() {
     let etcd = Etcd::start().await;
     let ttl = 3;
-    let (mut child, registered) = spawn_example(&etcd, ttl).await;
+    let (mut child, registered) = spawn_example(
+        "etcd",
+        &[
+            ("ETCD_ENDPOINTS", etcd.endpoint()),
+            ("REGISTRY_LEASE_TTL", ttl.to_string()),
+        ],
+    )
+    .await;
     let registered: Vec<String> = registered
         .iter()
         .map(|(service, addr)| key(service, *addr))
@@ -513,66 +468,17 @@ async fn direct_registry_calls_are_idempotent_and_validated() {
     let _ = SystemTime::now();
 }
 
-/// The next stdout line of a child, within 10 s.
-async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
-    tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-}
-
-/// Spawns the `etcd` example against `etcd` and returns it with the keys it printed.
-async fn spawn_example(
-    etcd: &Etcd,
-    ttl: u64,
-) -> (tokio::process::Child, Vec<(String, SocketAddr)>) {
-    let example = {
-        let exe = std::env::current_exe().unwrap();
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples")
-            .join("etcd")
-    };
-    assert!(
-        example.exists(),
-        "{} missing: `cargo test --workspace --all-features` builds it",
-        example.display()
-    );
-    let mut child = tokio::process::Command::new(&example)
-        .env("ETCD_ENDPOINTS", etcd.endpoint())
-        .env("REGISTRY_LEASE_TTL", ttl.to_string())
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let mut registered = Vec::new();
-    while registered.len() < 2 {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let rest = line
-            .strip_prefix("registered ")
-            .unwrap_or_else(|| panic!("unexpected line {line}"));
-        let (service, addr) = rest.split_once(" at ").unwrap();
-        registered.push((service.to_string(), addr.parse().unwrap()));
-    }
-    // Keep reading in the background so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, registered)
-}
-
 #[tokio::test]
 async fn example_exits_zero_on_sigterm_and_client_example_follows_it() {
     let etcd = Etcd::start().await;
-    let (mut server, registered) = spawn_example(&etcd, 15).await;
+    let (mut server, registered) = spawn_example(
+        "etcd",
+        &[
+            ("ETCD_ENDPOINTS", etcd.endpoint()),
+            ("REGISTRY_LEASE_TTL", "15".into()),
+        ],
+    )
+    .await;
     let keys = stored(&etcd, PREFIX).await;
     assert_eq!(keys.len(), 2, "{keys:?}");
     let (_, addr) = registered
@@ -581,15 +487,7 @@ async fn example_exits_zero_on_sigterm_and_client_example_follows_it() {
         .unwrap();
 
     // The client example resolves, watches and calls; it sees the snapshot and the removal.
-    let client_bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("etcd_client");
-    let mut client = tokio::process::Command::new(&client_bin)
+    let mut client = tokio::process::Command::new(example_path("etcd_client"))
         .arg("example.echo")
         .env("ETCD_ENDPOINTS", etcd.endpoint())
         .env("MAX_CHANGES", "2")
@@ -606,13 +504,7 @@ async fn example_exits_zero_on_sigterm_and_client_example_follows_it() {
         format!("called {addr}: example.echo says hello")
     );
 
-    let pid = server.id().unwrap();
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    terminate(&server);
     let exit = tokio::time::timeout(Duration::from_secs(10), server.wait())
         .await
         .unwrap()

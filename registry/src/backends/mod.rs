@@ -4,3 +4,6 @@ pub mod memory;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;

@@ -271,7 +271,12 @@ impl Session {
             }
             for _ in chunk {
                 if let Some(done) = waiters.next() {
-                    let _ = done.send(result.as_ref().map(|_| ()).map_err(clone_error));
+                    let _ = done.send(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(RegistryError::duplicate),
+                    );
                 }
             }
         }
@@ -316,7 +321,7 @@ impl Session {
                 command = self.commands.recv() => match command {
                     None => return true,
                     Some(Command::Put { done, .. }) => {
-                        let _ = done.send(Err(clone_error(cause)));
+                        let _ = done.send(Err(cause.duplicate()));
                     }
                     Some(Command::Delete { key, done }) => {
                         // Not put again on the next lease; the old lease's expiry or
@@ -353,36 +358,6 @@ fn chunks(ops: &[(String, Option<String>)], max: usize) -> Vec<&[(String, Option
         out.push(&ops[start..]);
     }
     out
-}
-
-/// `RegistryError` holds boxed sources, so it is not `Clone`; keep the variant and the text.
-fn clone_error(err: &RegistryError) -> RegistryError {
-    match err {
-        RegistryError::Unavailable {
-            backend,
-            endpoint,
-            source,
-        } => RegistryError::Unavailable {
-            backend,
-            endpoint: endpoint.clone(),
-            source: source.to_string().into(),
-        },
-        RegistryError::Unauthenticated {
-            backend,
-            endpoint,
-            user,
-            source,
-        } => RegistryError::Unauthenticated {
-            backend,
-            endpoint: endpoint.clone(),
-            user: user.clone(),
-            source: source.to_string().into(),
-        },
-        other => RegistryError::Backend {
-            backend: "etcd",
-            source: other.to_string().into(),
-        },
-    }
 }
 
 #[cfg(test)]

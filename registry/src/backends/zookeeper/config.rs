@@ -1,0 +1,145 @@
+//! [`ZookeeperConfig`]: where ZooKeeper is and how to talk to it.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+
+/// Connection settings shared by [`ZookeeperRegistry`](super::ZookeeperRegistry) and
+/// [`ZookeeperDiscovery`](super::ZookeeperDiscovery).
+///
+/// ```
+/// use std::time::Duration;
+/// use service_registry::zookeeper::ZookeeperConfig;
+///
+/// let config = ZookeeperConfig::new("127.0.0.1:2181,127.0.0.1:2182/chroot")
+///     .session_timeout(Duration::from_secs(6))
+///     .digest_auth("svc", "secret");
+/// assert_eq!(config.connect_string(), "127.0.0.1:2181,127.0.0.1:2182/chroot");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ZookeeperConfig {
+    pub(crate) connect: String,
+    pub(crate) root: String,
+    pub(crate) session_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) auth: Option<(String, String)>,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_multi_ops: usize,
+}
+
+impl ZookeeperConfig {
+    /// Settings for a connect string (`host:port[,host:port...][/chroot]`), with no root prefix
+    /// (Kitex's layout), a 10 s session, and multi-ops of up to 128 creates.
+    pub fn new(connect: impl Into<String>) -> Self {
+        Self {
+            connect: connect.into(),
+            root: String::new(),
+            session_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            auth: None,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+            max_multi_ops: 128,
+        }
+    }
+
+    /// Settings from `ZOOKEEPER_ENDPOINTS` (default `127.0.0.1:2181`) and, when set,
+    /// `ZOOKEEPER_SESSION_TIMEOUT` (whole seconds).
+    ///
+    /// ```
+    /// let config = service_registry::zookeeper::ZookeeperConfig::from_env();
+    /// assert!(!config.connect_string().is_empty());
+    /// ```
+    pub fn from_env() -> Self {
+        let config = Self::new(
+            std::env::var("ZOOKEEPER_ENDPOINTS").unwrap_or_else(|_| "127.0.0.1:2181".into()),
+        );
+        match std::env::var("ZOOKEEPER_SESSION_TIMEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(seconds) => config.session_timeout(Duration::from_secs(seconds)),
+            None => config,
+        }
+    }
+
+    /// The connect string.
+    ///
+    /// See [`ZookeeperConfig`] for an example.
+    pub fn connect_string(&self) -> &str {
+        &self.connect
+    }
+
+    /// A root prefix for every path (default none, as Kitex).
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181").root("/services");
+    /// # let _ = c;
+    /// ```
+    pub fn root(mut self, root: impl Into<String>) -> Self {
+        let root = root.into();
+        let trimmed = root.trim_end_matches('/');
+        self.root = if trimmed.is_empty() || trimmed.starts_with('/') {
+            trimmed.to_string()
+        } else {
+            format!("/{trimmed}")
+        };
+        self
+    }
+
+    /// The session timeout (default 10 s): a crashed process's nodes vanish this long after its
+    /// last heartbeat.
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181")
+    ///     .session_timeout(std::time::Duration::from_secs(4));
+    /// # let _ = c;
+    /// ```
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 3 s).
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181")
+    ///     .connect_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = c;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Digest authentication as `user:password`. Nodes are then created with an ACL that gives
+    /// this identity every permission and everyone else read access, so others cannot delete or
+    /// overwrite them while Kitex clients without credentials can still resolve them.
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181").digest_auth("svc", "pw");
+    /// # let _ = c;
+    /// ```
+    pub fn digest_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Some((user.into(), password.into()));
+        self
+    }
+
+    /// The retry schedule for lost sessions (default 100 ms doubling to 2 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181")
+    ///     .backoff(service_registry::Backoff::new(Duration::from_millis(50), Duration::from_secs(1)));
+    /// # let _ = c;
+    /// ```
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.auth.as_ref().map(|(user, _)| user.as_str())
+    }
+}

@@ -1,0 +1,59 @@
+//! Turning `zookeeper_client` errors into the crate's error types.
+
+use std::future::Future;
+use std::time::Duration;
+
+use zookeeper_client::Error as ZkError;
+
+use super::config::ZookeeperConfig;
+use crate::registry::RegistryError;
+
+const BACKEND: &str = "zookeeper";
+
+/// Maps a client error to a [`RegistryError`] naming the servers (and the user, for auth).
+pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> RegistryError {
+    let endpoint = config.connect.clone();
+    match err {
+        ZkError::AuthFailed | ZkError::NoAuth => RegistryError::Unauthenticated {
+            backend: BACKEND,
+            endpoint,
+            user: config.user().unwrap_or("(none: no digest auth configured)").to_string(),
+            source: format!("{err}: the node's ACL does not admit this identity (wrong password, or another user owns it)").into(),
+        },
+        ZkError::ConnectionLoss
+        | ZkError::SessionExpired
+        | ZkError::Timeout
+        | ZkError::NoHosts
+        | ZkError::ClientClosed
+        | ZkError::SessionMoved => RegistryError::Unavailable {
+            backend: BACKEND,
+            endpoint,
+            source: Box::new(err),
+        },
+        other => RegistryError::Backend {
+            backend: BACKEND,
+            source: Box::new(other),
+        },
+    }
+}
+
+/// Runs one call under `limit`; a timeout reads as "unavailable".
+pub(crate) async fn bounded<T>(
+    config: &ZookeeperConfig,
+    limit: Duration,
+    call: impl Future<Output = Result<T, ZkError>>,
+) -> Result<T, RegistryError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(|err| registry_error(config, err)),
+        Err(_) => Err(timed_out(config, limit)),
+    }
+}
+
+/// The error for a call that got no answer within `limit`.
+pub(crate) fn timed_out(config: &ZookeeperConfig, limit: Duration) -> RegistryError {
+    RegistryError::Unavailable {
+        backend: BACKEND,
+        endpoint: config.connect.clone(),
+        source: format!("no answer within {limit:?}").into(),
+    }
+}

@@ -1,0 +1,14 @@
+//! The ZooKeeper backend (feature `zookeeper`), wire-compatible with Kitex's
+//! `registry-zookeeper`: ephemeral nodes `/{service}/{host}:{port}` holding
+//! `{"Weight":..,"Tags":{..}}`.
+
+mod config;
+mod discovery;
+mod error;
+mod registry;
+mod session;
+mod wire;
+
+pub use config::ZookeeperConfig;
+pub use discovery::ZookeeperDiscovery;
+pub use registry::{ZookeeperConfigError, ZookeeperRegistry};

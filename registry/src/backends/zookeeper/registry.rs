@@ -1,0 +1,183 @@
+//! [`ZookeeperRegistry`]: the `Registry` over one ZooKeeper session.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot, watch};
+use zookeeper_client::SessionInfo;
+
+use super::config::ZookeeperConfig;
+use super::session::{Command, Session};
+use super::wire;
+use crate::info::Info;
+use crate::registry::{Health, Registry, RegistryError};
+
+struct Inner {
+    config: ZookeeperConfig,
+    commands: mpsc::UnboundedSender<Command>,
+    health: watch::Receiver<Health>,
+    current: Arc<Mutex<Option<SessionInfo>>>,
+}
+
+/// Registers services in ZooKeeper the way Kitex's `registry-zookeeper` does: an ephemeral
+/// node `/{service}/{host}:{port}` holding `{"Weight":..,"Tags":{..}}` under persistent parents.
+///
+/// One session serves every registration. When it expires or is lost, a background task opens a
+/// new one and creates every live node again, with backoff, forever (a node left by the old
+/// session is replaced, not mistaken for ours); meanwhile [`Registry::health`] reports
+/// `Recovering`. With [`digest_auth`](ZookeeperConfig::digest_auth) nodes are protected by an
+/// ACL: this identity may do anything, everyone else may only read.
+///
+/// Cheap to clone. [`close`](Self::close) deletes every node and closes the session; dropping the
+/// last clone closes the session too (its ephemeral nodes go at once).
+///
+/// ```no_run
+/// use service_registry::zookeeper::{ZookeeperConfig, ZookeeperRegistry};
+/// use service_registry::Registrar;
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env())?;
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+/// Registrar::builder()
+///     .registry(registry.clone())
+///     .listen_addr(listener.local_addr()?)
+///     .build()?
+///     .serve(|shutdown| async move { shutdown.await; drop(listener); Ok::<_, std::io::Error>(()) })
+///     .await?;
+/// registry.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ZookeeperRegistry {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ZookeeperRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZookeeperRegistry")
+            .field("connect", &self.inner.config.connect)
+            .field("root", &self.inner.config.root)
+            .finish()
+    }
+}
+
+/// Why a [`ZookeeperRegistry`] could not be created.
+///
+/// ```
+/// use service_registry::zookeeper::{ZookeeperConfig, ZookeeperConfigError, ZookeeperRegistry};
+/// let err = ZookeeperRegistry::new(ZookeeperConfig::new("127.0.0.1:2181")).unwrap_err();
+/// assert!(matches!(err, ZookeeperConfigError::NoRuntime));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ZookeeperConfigError {
+    /// The session task needs a Tokio runtime.
+    #[error("ZookeeperRegistry must be created inside a Tokio runtime (its session task is spawned there)")]
+    NoRuntime,
+    /// The connect string is empty.
+    #[error("the ZooKeeper connect string is empty; give `host:port[,host:port][/chroot]`")]
+    NoServers,
+}
+
+impl ZookeeperRegistry {
+    /// Starts the session task. Returns at once: ZooKeeper need not be up yet (registrations
+    /// are retried until it is). Must be called inside a Tokio runtime.
+    ///
+    /// See [`ZookeeperConfigError`] for an example.
+    pub fn new(config: ZookeeperConfig) -> Result<Self, ZookeeperConfigError> {
+        if config.connect.trim().is_empty() {
+            return Err(ZookeeperConfigError::NoServers);
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ZookeeperConfigError::NoRuntime)?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (health_tx, health) = watch::channel(Health::Recovering {
+            attempt: 0,
+            last_error: "connecting to ZooKeeper".to_string(),
+        });
+        let current = Arc::new(Mutex::new(None));
+        runtime.spawn(Session::new(config.clone(), health_tx, rx, current.clone()).run());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                commands,
+                health,
+                current,
+            }),
+        })
+    }
+
+    /// The current session's id and password (`None` while there is none), for handing over to
+    /// another client or for tests that force the session to expire.
+    ///
+    /// ```no_run
+    /// # use service_registry::zookeeper::{ZookeeperConfig, ZookeeperRegistry};
+    /// # #[tokio::main] async fn main() {
+    /// let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env()).unwrap();
+    /// if let Some(session) = registry.session() { println!("session {}", session.id()); }
+    /// # }
+    /// ```
+    pub fn session(&self) -> Option<SessionInfo> {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Deletes every node, closes the session and stops the session task. Later calls fail.
+    ///
+    /// See [`ZookeeperRegistry`] for an example.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.inner.commands.send(Command::Close { done }).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    async fn call(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), RegistryError>>) -> Command,
+    ) -> Result<(), RegistryError> {
+        let closed = || RegistryError::Backend {
+            backend: "zookeeper",
+            source: "the ZooKeeper registry was closed".into(),
+        };
+        let (done, wait) = oneshot::channel();
+        self.inner
+            .commands
+            .send(command(done))
+            .map_err(|_| closed())?;
+        wait.await.map_err(|_| closed())?
+    }
+}
+
+fn check(info: &Info) -> Result<(), RegistryError> {
+    if info.service_name.is_empty() || info.service_name.contains('/') {
+        return Err(RegistryError::InvalidInfo {
+            service: info.service_name.clone(),
+            reason: "a ZooKeeper service name must be non-empty and must not contain `/`".into(),
+        });
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Registry for ZookeeperRegistry {
+    async fn register(&self, info: &Info) -> Result<(), RegistryError> {
+        check(info)?;
+        let path = wire::path(&self.inner.config.root, info);
+        let data = wire::encode(info);
+        self.call(|done| Command::Put { path, data, done }).await
+    }
+
+    async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
+        check(info)?;
+        let path = wire::path(&self.inner.config.root, info);
+        self.call(|done| Command::Delete { path, done }).await
+    }
+
+    fn health(&self) -> Option<watch::Receiver<Health>> {
+        Some(self.inner.health.clone())
+    }
+}

@@ -1,0 +1,376 @@
+//! The ZooKeeper backend against a real ZooKeeper started by the fixture.
+#![cfg(feature = "zookeeper")]
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery, ZookeeperRegistry};
+use service_registry::{service, Discovery, Info, Registry, RegistryError, ServiceStatus};
+use tests::child::{spawn_example, terminate};
+use tests::fixtures::zookeeper::ZooKeeper;
+use tests::running::Running;
+use tests::{echo, poll};
+use zookeeper_client::{Acls, Client, CreateMode};
+
+#[service(name = "zk.echo", weight = 30, tag(idc = "hz"))]
+pub struct ZkEcho;
+
+#[service(name = "zk.other")]
+pub struct ZkOther;
+
+const OURS: [&str; 2] = ["zk.echo", "zk.other"];
+
+fn config(zk: &ZooKeeper) -> ZookeeperConfig {
+    ZookeeperConfig::new(zk.connect_string()).session_timeout(Duration::from_secs(4))
+}
+
+/// The children of `/{service}` (empty when the parent does not exist).
+async fn children(client: &Client, service: &str) -> Vec<String> {
+    match client.list_children(&format!("/{service}")).await {
+        Ok(mut children) => {
+            children.sort();
+            children
+        }
+        Err(zookeeper_client::Error::NoNode) => Vec::new(),
+        Err(err) => panic!("list /{service}: {err}"),
+    }
+}
+
+#[tokio::test]
+async fn register_resolve_watch_and_graceful_stop() {
+    let zk = ZooKeeper::start().await;
+    let discovery = ZookeeperDiscovery::new(config(&zk));
+    let mut watch = discovery.watch("zk.echo").await.unwrap();
+    assert!(watch.next().await.unwrap().all.is_empty());
+
+    let registry = ZookeeperRegistry::new(config(&zk)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+
+    let found = discovery.resolve("zk.echo").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (
+            found[0].addr,
+            found[0].weight,
+            found[0].tags["idc"].as_str()
+        ),
+        (running.addr, 30, "hz")
+    );
+    assert!(
+        found[0].start_time.is_some(),
+        "start time comes from the node's ctime"
+    );
+    let added = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(added.added.len(), 1);
+    assert_eq!(
+        echo::call(added.added[0].addr, "via zk").await.unwrap(),
+        "via zk"
+    );
+
+    // A raw client sees exactly Kitex's path and data, on an ephemeral node.
+    let raw = zk.client(None).await;
+    let name = running.addr.to_string();
+    assert_eq!(children(&raw, "zk.echo").await, vec![name.clone()]);
+    let (data, stat) = raw.get_data(&format!("/zk.echo/{name}")).await.unwrap();
+    assert_eq!(data, br#"{"Weight":30,"Tags":{"idc":"hz"}}"#);
+    assert_ne!(
+        stat.ephemeral_owner, 0,
+        "the instance node must be ephemeral"
+    );
+    let (_, parent) = raw.get_data("/zk.echo").await.unwrap();
+    assert_eq!(
+        parent.ephemeral_owner, 0,
+        "the service node must be persistent"
+    );
+
+    running.stop().await;
+    assert!(
+        children(&raw, "zk.echo").await.is_empty(),
+        "graceful stop deletes the node at once"
+    );
+    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.removed.len(), 1);
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn reads_what_kitex_writes_and_skips_garbage() {
+    let zk = ZooKeeper::start().await;
+    let raw = zk.client(None).await;
+    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    raw.create("/go.svc", b"", &persistent).await.unwrap();
+    for (name, data) in [
+        ("127.0.0.1:1", &br#"{"Weight":10,"Tags":{"idc":"xxx"}}"#[..]),
+        ("127.0.0.1:2", br#"{"Weight":0,"Tags":null}"#),
+        ("fd00::1:3", br#"{"Weight":5,"Tags":{},"Extra":true}"#),
+        ("127.0.0.1:4", b"{broken"),
+        ("no-port", br#"{"Weight":5}"#),
+    ] {
+        raw.create(&format!("/go.svc/{name}"), data, &persistent)
+            .await
+            .unwrap();
+    }
+    let discovery = ZookeeperDiscovery::new(config(&zk));
+    let mut found = discovery.resolve("go.svc").await.unwrap();
+    found.sort_by_key(|i| i.addr.port());
+    let summary: Vec<(u16, u32, usize)> = found
+        .iter()
+        .map(|i| (i.addr.port(), i.weight, i.tags.len()))
+        .collect();
+    assert_eq!(summary, [(1, 10, 1), (2, 10, 0), (3, 5, 0)]);
+    assert!(discovery.resolve("absent.svc").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sigkilled_process_disappears_within_session_timeout_plus_one_second() {
+    let zk = ZooKeeper::start().await;
+    let timeout = 4;
+    let (mut child, registered) = spawn_example(
+        "zookeeper",
+        &[
+            ("ZOOKEEPER_ENDPOINTS", zk.connect_string()),
+            ("ZOOKEEPER_SESSION_TIMEOUT", timeout.to_string()),
+        ],
+    )
+    .await;
+    let raw = zk.client(None).await;
+    for (service, addr) in &registered {
+        assert_eq!(children(&raw, service).await, vec![addr.to_string()]);
+    }
+    child.start_kill().unwrap();
+    let killed = Instant::now();
+    child.wait().await.unwrap();
+    let gone = poll::until(
+        Duration::from_secs(timeout + 1),
+        "nodes of the killed process to vanish",
+        || async {
+            let mut all_gone = true;
+            for (service, _) in &registered {
+                all_gone &= children(&raw, service).await.is_empty();
+            }
+            all_gone.then(|| killed.elapsed())
+        },
+    )
+    .await;
+    println!("SIGKILLed nodes gone after {gone:?} (session timeout {timeout} s)");
+    assert!(gone <= Duration::from_secs(timeout + 1));
+}
+
+#[tokio::test]
+async fn example_exits_zero_on_sigterm_and_removes_its_nodes() {
+    let zk = ZooKeeper::start().await;
+    let (mut child, registered) =
+        spawn_example("zookeeper", &[("ZOOKEEPER_ENDPOINTS", zk.connect_string())]).await;
+    let raw = zk.client(None).await;
+    assert_eq!(children(&raw, &registered[0].0).await.len(), 1);
+    terminate(&child);
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    for (service, _) in &registered {
+        assert!(
+            children(&raw, service).await.is_empty(),
+            "{service} still has nodes after exit"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forced_session_expiry_recreates_the_nodes_within_two_seconds() {
+    let zk = ZooKeeper::start().await;
+    let registry = ZookeeperRegistry::new(config(&zk)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+    let session = registry.session().expect("a live session");
+    let old_id = session.id();
+
+    // Another client takes over the session and closes it: the server expires it.
+    let thief = Client::connector()
+        .with_session(session)
+        .connect(&zk.connect_string())
+        .await
+        .unwrap();
+    drop(thief);
+    let raw = zk.client(None).await;
+    let expired = Instant::now();
+    let back = poll::until(Duration::from_secs(10), "a new session", || async {
+        registry
+            .session()
+            .filter(|s| s.id() != old_id)
+            .map(|_| expired.elapsed())
+    })
+    .await;
+    let recreated = poll::until(
+        Duration::from_secs(2),
+        "nodes recreated within 2 s",
+        || async {
+            let owner_ok = match raw.get_data(&format!("/zk.echo/{}", running.addr)).await {
+                Ok((_, stat)) => registry
+                    .session()
+                    .is_some_and(|s| s.id().0 == stat.ephemeral_owner),
+                Err(_) => false,
+            };
+            let other = !children(&raw, "zk.other").await.is_empty();
+            (owner_ok && other).then(|| expired.elapsed())
+        },
+    )
+    .await;
+    println!("session expired: new session after {back:?}, nodes recreated after {recreated:?}");
+    running.registered(Duration::from_secs(2)).await;
+    running.stop().await;
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn zookeeper_restart_brings_the_nodes_back_while_the_service_answers() {
+    let mut zk = ZooKeeper::start().await;
+    let registry = ZookeeperRegistry::new(config(&zk)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+
+    zk.stop();
+    // Down past the session timeout, so the session cannot survive.
+    let outage_end = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < outage_end {
+        assert_eq!(echo::call(running.addr, "up?").await.unwrap(), "up?");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = running.status.snapshot();
+    assert!(
+        status
+            .values()
+            .all(|s| matches!(s, ServiceStatus::Retrying { .. })),
+        "{status:?}"
+    );
+    zk.restart().await;
+    let answering = Instant::now();
+    let raw = zk.client(None).await;
+    let back = poll::until(
+        Duration::from_secs(15),
+        "nodes back after the restart",
+        || async {
+            let echo_back = children(&raw, "zk.echo").await == vec![running.addr.to_string()];
+            let other_back = children(&raw, "zk.other").await == vec![running.addr.to_string()];
+            (echo_back && other_back).then(|| answering.elapsed())
+        },
+    )
+    .await;
+    println!("nodes back {back:?} after ZooKeeper answered");
+    running.registered(Duration::from_secs(5)).await;
+    running.stop().await;
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn digest_acl_protects_nodes_and_a_wrong_password_is_a_clear_error() {
+    let zk = ZooKeeper::start().await;
+    let owner = ZookeeperRegistry::new(config(&zk).digest_auth("alice", "right")).unwrap();
+    let mut info = Info::new("zk.secure", "127.0.0.1:7001".parse().unwrap());
+    info.tags.insert("idc".into(), "hz".into());
+    owner.register(&info).await.unwrap();
+    let path = "/zk.secure/127.0.0.1:7001";
+
+    // Anyone may read (Kitex clients without credentials still resolve)...
+    let anonymous = zk.client(None).await;
+    assert_eq!(
+        anonymous.get_data(path).await.unwrap().0,
+        br#"{"Weight":10,"Tags":{"idc":"hz"}}"#
+    );
+    let found = ZookeeperDiscovery::new(config(&zk))
+        .resolve("zk.secure")
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    // ...but nobody else may delete or overwrite.
+    let mallory = zk.client(Some("mallory:other")).await;
+    assert!(matches!(
+        mallory.delete(path, None).await,
+        Err(zookeeper_client::Error::NoAuth)
+    ));
+    assert!(matches!(
+        mallory.set_data(path, b"x", None).await,
+        Err(zookeeper_client::Error::NoAuth)
+    ));
+    assert!(matches!(
+        anonymous.delete(path, None).await,
+        Err(zookeeper_client::Error::NoAuth)
+    ));
+
+    // The right user with a wrong password gets an error naming the user and the servers.
+    let wrong = ZookeeperRegistry::new(config(&zk).digest_auth("alice", "wrong")).unwrap();
+    let other = Info::new("zk.secure", "127.0.0.1:7002".parse().unwrap());
+    let err = wrong.register(&other).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Unauthenticated { ref user, .. } if user == "alice"),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("alice") && text.contains(&zk.connect_string()),
+        "{text}"
+    );
+    wrong.close().await;
+
+    owner.deregister(&info).await.unwrap();
+    assert!(anonymous
+        .list_children("/zk.secure")
+        .await
+        .unwrap()
+        .is_empty());
+    owner.close().await;
+}
+
+#[tokio::test]
+async fn many_registrations_and_idempotent_calls() {
+    let zk = ZooKeeper::start().await;
+    let registry = ZookeeperRegistry::new(config(&zk)).unwrap();
+    let infos: Vec<Info> = (0..300)
+        .map(|i| {
+            Info::new(
+                format!("zk.many{}", i % 30),
+                format!("127.0.0.1:{}", 20000 + i).parse().unwrap(),
+            )
+        })
+        .collect();
+    let calls: Vec<_> = infos
+        .iter()
+        .map(|info| {
+            let registry = registry.clone();
+            let info = info.clone();
+            tokio::spawn(async move { registry.register(&info).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let raw = zk.client(None).await;
+    let mut total = 0;
+    for i in 0..30 {
+        total += children(&raw, &format!("zk.many{i}")).await.len();
+    }
+    assert_eq!(total, 300);
+    registry.register(&infos[0]).await.unwrap();
+    registry.deregister(&infos[0]).await.unwrap();
+    registry.deregister(&infos[0]).await.unwrap();
+    assert!(matches!(
+        registry
+            .register(&Info::new("a/b", "127.0.0.1:1".parse().unwrap()))
+            .await,
+        Err(RegistryError::InvalidInfo { .. })
+    ));
+    registry.close().await;
+    let mut left = 0;
+    for i in 0..30 {
+        left += children(&raw, &format!("zk.many{i}")).await.len();
+    }
+    assert_eq!(left, 0, "close deletes every node");
+}
