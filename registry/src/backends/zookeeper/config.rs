@@ -30,7 +30,8 @@ pub struct ZookeeperConfig {
 
 impl ZookeeperConfig {
     /// Settings for a connect string (`host:port[,host:port...][/chroot]`), with no root prefix
-    /// (Kitex's layout), a 10 s session, and multi-ops of up to 128 creates.
+    /// (Kitex's layout), a 10 s session, and multi-ops of up to 1000 creates (well inside
+    /// ZooKeeper's default 1 MiB `jute.maxbuffer` for Kitex-sized nodes).
     pub fn new(connect: impl Into<String>) -> Self {
         Self {
             connect: connect.into(),
@@ -40,7 +41,7 @@ impl ZookeeperConfig {
             request_timeout: Duration::from_secs(5),
             auth: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
-            max_multi_ops: 128,
+            max_multi_ops: 1000,
         }
     }
 

@@ -180,31 +180,48 @@ impl Session {
             .filter_map(|(path, _)| parent(path).map(str::to_string))
             .filter(|p| !self.parents.contains(p))
             .collect();
-        for dir in needed {
-            match bounded(&self.config, limit, client.mkdir(&dir, &parent_options)).await {
+        // Parents and multi-ops are pipelined: sent together, answered in order.
+        let mkdirs = needed
+            .iter()
+            .map(|dir| bounded(&self.config, limit, client.mkdir(dir, &parent_options)));
+        for (dir, result) in needed
+            .iter()
+            .zip(futures_util::future::join_all(mkdirs).await)
+        {
+            match result {
                 Ok(()) => {
-                    self.parents.insert(dir);
+                    self.parents.insert(dir.clone());
                 }
                 Err(err) => return entries.iter().map(|_| Err(err.duplicate())).collect(),
             }
         }
         let options = CreateMode::Ephemeral.with_acls(acls(&self.config));
-        let mut results = Vec::with_capacity(entries.len());
-        for chunk in entries.chunks(self.config.max_multi_ops.max(1)) {
-            let mut writer = client.new_multi_writer();
-            let mut added = true;
-            for (path, data) in chunk {
-                added &= writer.add_create(path, data, &options).is_ok();
-            }
-            let committed = added
-                && matches!(
+        let chunks: Vec<&[(String, Vec<u8>)]> =
+            entries.chunks(self.config.max_multi_ops.max(1)).collect();
+        let commits = chunks.iter().map(|chunk| {
+            let options = &options;
+            async move {
+                let mut writer = client.new_multi_writer();
+                for (path, data) in chunk.iter() {
+                    if writer.add_create(path, data, options).is_err() {
+                        return false;
+                    }
+                }
+                matches!(
                     tokio::time::timeout(limit, writer.commit()).await,
                     Ok(Ok(_))
-                );
+                )
+            }
+        });
+        let committed = futures_util::future::join_all(commits).await;
+        let mut results = Vec::with_capacity(entries.len());
+        for (chunk, committed) in chunks.into_iter().zip(committed) {
             if committed {
                 results.extend(chunk.iter().map(|_| Ok(())));
                 continue;
             }
+            // Some node exists already (ours from this session, or left by an earlier one):
+            // create one by one, replacing what must be replaced.
             for (path, data) in chunk {
                 results.push(self.create_one(client, path, data, &options).await);
             }
@@ -294,6 +311,9 @@ impl Session {
     /// Applies `first` and every command already queued: consecutive puts go out together.
     async fn apply_batch(&mut self, client: &Client, first: Command) -> Option<Step> {
         let mut batch = vec![first];
+        // Registrations usually arrive together (the registrar starts them all at once): let
+        // the other senders run once before taking what is queued.
+        tokio::task::yield_now().await;
         while let Ok(command) = self.commands.try_recv() {
             batch.push(command);
         }
