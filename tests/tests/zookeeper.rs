@@ -187,28 +187,44 @@ async fn example_exits_zero_on_sigterm_and_removes_its_nodes() {
 #[tokio::test]
 async fn forced_session_expiry_recreates_the_nodes_within_two_seconds() {
     let zk = ZooKeeper::start().await;
-    let registry = ZookeeperRegistry::new(config(&zk)).unwrap();
+    // The client learns that its session was taken over at its next ping (a third of the session
+    // timeout), so the timeout here is 3 s.
+    let registry =
+        ZookeeperRegistry::new(config(&zk).session_timeout(Duration::from_secs(3))).unwrap();
     let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
     let session = registry.session().expect("a live session");
     let old_id = session.id();
 
-    // Another client takes over the session and closes it: the server expires it.
-    let thief = Client::connector()
-        .with_session(session)
-        .connect(&zk.connect_string())
-        .await
-        .unwrap();
-    drop(thief);
+    // Another client takes over the session and closes it: the server expires it. Our client
+    // may win the session back first (then the thief's close is refused as "session moved"), so
+    // the takeover is repeated until the session really ends.
+    let servers = zk.connect_string();
     let raw = zk.client(None).await;
-    let expired = Instant::now();
-    let back = poll::until(Duration::from_secs(10), "a new session", || async {
-        registry
-            .session()
-            .filter(|s| s.id() != old_id)
-            .map(|_| expired.elapsed())
-    })
-    .await;
+    let mut expired = None;
+    for _ in 0..10 {
+        let connect = Client::connector()
+            .with_session(session.clone())
+            .with_session_timeout(Duration::from_secs(3))
+            .connect(&servers);
+        let Ok(Ok(thief)) = tokio::time::timeout(Duration::from_secs(3), connect).await else {
+            continue;
+        };
+        drop(thief);
+        let closed = Instant::now();
+        while closed.elapsed() < Duration::from_secs(2) {
+            if registry.session().is_none_or(|s| s.id() != old_id) {
+                expired = Some(closed);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if expired.is_some() {
+            break;
+        }
+    }
+    let expired = expired.expect("the session was taken over and closed");
+    let back = expired.elapsed();
     let recreated = poll::until(
         Duration::from_secs(2),
         "nodes recreated within 2 s",
