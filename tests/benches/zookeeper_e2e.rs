@@ -10,6 +10,7 @@
 //! - ours: `ZookeeperRegistry`, all `register` calls at once, as the registrar makes them;
 //! - the Kitex way: one `Create` round trip after another;
 //! - the floor: one raw multi-op holding all N creates.
+//!
 //! Then the same for ours and the Kitex way when the service nodes do not exist yet.
 
 use std::time::{Duration, Instant};
