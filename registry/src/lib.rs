@@ -49,6 +49,7 @@
 
 mod backends;
 mod backoff;
+pub mod balance;
 mod discovery;
 mod info;
 mod registrar;

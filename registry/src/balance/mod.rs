@@ -1,0 +1,18 @@
+//! Client-side load balancing over a live instance set: weighted random, smooth weighted
+//! round-robin and consistent hashing, with warm-up and tag filters; adapters for `tower`
+//! (feature `tower`).
+
+mod balancer;
+mod consistent_hash;
+mod filter;
+mod round_robin;
+#[cfg(feature = "tower")]
+mod tower;
+mod warmup;
+mod weighted_random;
+
+#[cfg(feature = "tower")]
+pub use self::tower::{discover, ServiceDiscover};
+pub use balancer::{Balancer, Strategy};
+pub use filter::TagFilter;
+pub use warmup::{effective_weight, DEFAULT_MIN_FRACTION};
