@@ -1,0 +1,139 @@
+//! Pick cost of each balancer for 10 / 100 / 1000 instances, next to `tower::balance::p2c` on
+//! the same instance set, and pick throughput with 4 threads while the set changes 100 times a
+//! second.
+//!
+//! ```text
+//! cargo bench -p service-registry --bench balance
+//! ```
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use service_registry::balance::{Balancer, Strategy};
+use service_registry::{Info, Instance};
+use tower::Service;
+
+fn instances(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|i| {
+            let mut info = Info::new(
+                "bench",
+                format!("10.0.{}.{}:80", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap(),
+            );
+            info.weight = 10 + (i % 7) as u32 * 10;
+            info.tags
+                .insert("idc".into(), if i % 2 == 0 { "hz" } else { "sh" }.into());
+            Instance::from(&info)
+        })
+        .collect()
+}
+
+const STRATEGIES: [(&str, Strategy); 3] = [
+    ("weighted_random", Strategy::WeightedRandom),
+    ("smooth_round_robin", Strategy::SmoothRoundRobin),
+    ("consistent_hash", Strategy::ConsistentHash),
+];
+
+fn pick_latency(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for n in [10, 100, 1000] {
+        let set = instances(n);
+        for (name, strategy) in STRATEGIES {
+            let balancer = Balancer::new(strategy);
+            balancer.update(&set);
+            let mut rng = fastrand::Rng::with_seed(1);
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
+            });
+        }
+        // tower's power-of-two-choices over the same addresses: poll_ready picks, call sends.
+        let services: Vec<_> = set
+            .iter()
+            .map(|i| {
+                let addr = i.addr;
+                tower::load::Constant::new(
+                    tower::service_fn(move |_: ()| async move { Ok::<_, Infallible>(addr) }),
+                    1,
+                )
+            })
+            .collect();
+        let mut p2c =
+            tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        group.bench_with_input(BenchmarkId::new("tower_p2c", n), &n, |b, _| {
+            b.iter(|| {
+                assert!(matches!(p2c.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+                std::hint::black_box(p2c.call(()))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// 4 threads picking while another thread replaces the instance set every 10 ms.
+fn contended_throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick_4_threads_100_updates_per_s");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(10);
+    const PICKS: u64 = 20_000;
+    for (name, strategy) in STRATEGIES {
+        let set = instances(100);
+        let balancer = Balancer::new(strategy);
+        balancer.update(&set);
+        group.throughput(criterion::Throughput::Elements(4 * PICKS));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let stop = Arc::new(AtomicBool::new(false));
+                let updater = {
+                    let (balancer, stop, set) = (balancer.clone(), stop.clone(), set.clone());
+                    std::thread::spawn(move || {
+                        let mut flip = false;
+                        while !stop.load(Ordering::Relaxed) {
+                            // Alternate between the full set and the set without its last instance.
+                            balancer.update(if flip { &set } else { &set[..set.len() - 1] });
+                            flip = !flip;
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    })
+                };
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let workers: Vec<_> = (0..4)
+                        .map(|t| {
+                            let balancer = balancer.clone();
+                            std::thread::spawn(move || {
+                                let mut rng = fastrand::Rng::with_seed(t);
+                                for _ in 0..PICKS {
+                                    std::hint::black_box(balancer.pick_with(&mut rng));
+                                }
+                            })
+                        })
+                        .collect();
+                    for w in workers {
+                        w.join().unwrap();
+                    }
+                }
+                let elapsed = started.elapsed();
+                stop.store(true, Ordering::Relaxed);
+                updater.join().unwrap();
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick_latency, contended_throughput);
+criterion_main!(benches);
