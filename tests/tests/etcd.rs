@@ -525,3 +525,29 @@ async fn example_exits_zero_on_sigterm_and_client_example_follows_it() {
         .unwrap();
     assert!(exit.success());
 }
+
+#[tokio::test]
+async fn tonic_greeter_example_runs_on_etcd() {
+    let etcd = Etcd::start().await;
+    let out = tokio::process::Command::new(example_path("tonic_greeter"))
+        .env("ETCD_ENDPOINTS", etcd.endpoint())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("registry: etcd at {}", etcd.endpoint())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("graceful stop of c:") && stdout.contains(", 0 errors\n"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+}

@@ -74,3 +74,29 @@ fn axum_server_registers_serves_and_stops_cleanly() {
     assert_eq!(lines.next().unwrap().unwrap(), "deregistered and stopped");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn tonic_greeter_spreads_by_weight_and_survives_stop_and_kill() {
+    let out = Command::new(example("tonic_greeter"))
+        .env_remove("ETCD_ENDPOINTS")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("registry: in memory"), "{stdout}");
+    assert!(
+        stdout.contains("discovered 3 greeter instances"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("graceful stop of c:") && stdout.contains(", 0 errors\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("kill of b:"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+}
