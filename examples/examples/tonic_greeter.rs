@@ -130,7 +130,12 @@ impl Client {
             let instance = (0..8)
                 .filter_map(|_| self.balancer.pick())
                 .find(|i| !unreachable.contains(&i.addr))
-                .or_else(|| self.balancer.instances().into_iter().find(|i| !unreachable.contains(&i.addr)))
+                .or_else(|| {
+                    self.balancer
+                        .instances()
+                        .into_iter()
+                        .find(|i| !unreachable.contains(&i.addr))
+                })
                 .ok_or("no reachable greeter instance")?;
             let mut client = self.channel(instance.addr)?;
             match client
@@ -246,7 +251,33 @@ async fn main() -> Result<(), Box<dyn Error>> {
         );
     }
 
-    // 2. c stops gracefully while 4 callers keep calling: no call may fail.
+    // 2. tonic's own balancer (power of two choices) over the same discovery, through
+    // service_registry::balance::balance_channel: every call succeeds.
+    let channel =
+        service_registry::balance::balance_channel(discovery.as_ref(), "greeter", |instance| {
+            Endpoint::from_shared(format!("http://{}", instance.addr)).ok()
+        })
+        .await?;
+    let mut tonic_client = GreeterClient::new(channel);
+    let mut answered_by = BTreeMap::<String, usize>::new();
+    let mut tonic_ok = true;
+    for i in 0..300 {
+        match tonic_client
+            .say_hello(HelloRequest {
+                name: format!("p2c {i}"),
+            })
+            .await
+        {
+            Ok(reply) => *answered_by.entry(reply.into_inner().server).or_default() += 1,
+            Err(status) => {
+                tonic_ok = false;
+                eprintln!("balance_channel call failed: {status}");
+            }
+        }
+    }
+    println!("balance_channel: 300 calls, answered by {answered_by:?}, all ok: {tonic_ok}");
+
+    // 3. c stops gracefully while 4 callers keep calling: no call may fail.
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(call_until(client.clone(), 4, stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -261,7 +292,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("graceful stop of {}: {calls} calls, {errors} errors", c.id);
     let graceful_ok = errors == 0;
 
-    // 3. b is killed (no deregistration) while 4 callers keep calling: at most the calls in
+    // 4. b is killed (no deregistration) while 4 callers keep calling: at most the calls in
     // flight at the kill may fail.
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(call_until(client.clone(), 4, stop.clone()));
@@ -284,13 +315,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
         server.task.await??;
     }
-    if spread_ok && graceful_ok && kill_ok {
+    if spread_ok && graceful_ok && kill_ok && tonic_ok {
         println!("ok");
         Ok(())
     } else {
-        Err(format!(
-            "expectations failed: spread {spread_ok}, graceful stop {graceful_ok}, kill {kill_ok}"
-        )
-        .into())
+        Err(format!("expectations failed: spread {spread_ok}, balance_channel {tonic_ok}, graceful stop {graceful_ok}, kill {kill_ok}").into())
     }
 }

@@ -1,16 +1,20 @@
 //! Client-side load balancing over a live instance set: weighted random, smooth weighted
 //! round-robin and consistent hashing, with warm-up and tag filters; adapters for `tower`
-//! (feature `tower`).
+//! (feature `tower`) and tonic's `Channel::balance_channel` (feature `tonic`).
 
 mod balancer;
 mod consistent_hash;
 mod filter;
 mod round_robin;
+#[cfg(feature = "tonic")]
+mod tonic;
 #[cfg(feature = "tower")]
 mod tower;
 mod warmup;
 mod weighted_random;
 
+#[cfg(feature = "tonic")]
+pub use self::tonic::balance_channel;
 #[cfg(feature = "tower")]
 pub use self::tower::{discover, ServiceDiscover};
 pub use balancer::{Balancer, Strategy};
