@@ -551,3 +551,35 @@ async fn tonic_greeter_example_runs_on_etcd() {
     );
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
 }
+
+#[tokio::test]
+async fn balancer_drops_a_deregistered_instance_long_before_its_lease_would_expire() {
+    use service_registry::balance::{Balancer, Strategy};
+    let etcd = Etcd::start().await;
+    let registry =
+        EtcdRegistry::new(EtcdConfig::new(etcd.endpoints()).lease_ttl(Duration::from_secs(15)))
+            .unwrap();
+    let a = Info::new("lb.svc", "127.0.0.1:7101".parse().unwrap());
+    let b = Info::new("lb.svc", "127.0.0.1:7102".parse().unwrap());
+    registry.register(&a).await.unwrap();
+    registry.register(&b).await.unwrap();
+    let balancer = Balancer::new(Strategy::SmoothRoundRobin)
+        .watch(
+            &EtcdDiscovery::new(EtcdConfig::new(etcd.endpoints())),
+            "lb.svc",
+        )
+        .await
+        .unwrap();
+    assert_eq!(balancer.instances().len(), 2);
+    registry.deregister(&a).await.unwrap();
+    let removed = Instant::now();
+    let took = poll::until(
+        Duration::from_secs(1),
+        "the balancer to drop the instance",
+        || async { (balancer.instances().len() == 1).then(|| removed.elapsed()) },
+    )
+    .await;
+    println!("balancer dropped the deregistered instance after {took:?} (lease TTL 15 s)");
+    assert!((0..20).all(|_| balancer.pick().unwrap().addr == b.addr));
+    registry.close().await;
+}

@@ -98,6 +98,9 @@ fn tonic_greeter_spreads_by_weight_and_survives_stop_and_kill() {
         "{stdout}"
     );
     assert!(stdout.contains("kill of b:"), "{stdout}");
-    assert!(stdout.contains("balance_channel: 300 calls") && stdout.contains("all ok: true"), "{stdout}");
+    assert!(
+        stdout.contains("balance_channel: 300 calls") && stdout.contains("all ok: true"),
+        "{stdout}"
+    );
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
 }
