@@ -132,7 +132,7 @@ async fn writes_exactly_what_kitex_writes_and_reads_what_kitex_writes() {
         .unwrap();
     assert_ne!(kv.kvs()[0].lease(), 0, "registrations must hang on a lease");
 
-    // Values as Kitex's Go registry writes them, plus garbage that must be skipped.
+    // Values as Kitex's Go registry writes them, plus garbage that must be left out.
     let go_written = [
         (
             "kitex/registry-etcd/go.svc/127.0.0.1:1",

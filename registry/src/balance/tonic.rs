@@ -51,7 +51,7 @@ where
             }
             for new in change.added.iter().chain(&change.updated) {
                 let Some(ep) = endpoint(new) else {
-                    tracing::warn!(service, addr = %new.addr, "no endpoint for this instance; skipped");
+                    tracing::warn!(service, addr = %new.addr, "no endpoint for this instance; left out");
                     continue;
                 };
                 if tx.send(Change::Insert(new.addr, ep)).await.is_err() {

@@ -19,7 +19,7 @@ use crate::registry::RegistryError;
 /// `resolve` is one range read of `{prefix}/{service}/`. `watch` lists, then watches from the
 /// listed revision + 1, so no change falls between; when the watch breaks (etcd restarted,
 /// compaction, network), it lists again, reports the difference, and resumes. Keys or values it
-/// cannot read are skipped and logged; the rest still count.
+/// cannot read are left out and logged; the rest still count.
 ///
 /// ```no_run
 /// use futures_util::StreamExt;
@@ -71,13 +71,13 @@ fn discovery_error(service: &str, err: RegistryError) -> DiscoveryError {
 fn decode(service_prefix: &str, kv: &KeyValue) -> Option<Instance> {
     let key = String::from_utf8_lossy(kv.key());
     if !key.starts_with(service_prefix) || key[service_prefix.len()..].contains('/') {
-        tracing::debug!(%key, "skipping a key that is not an instance of this service");
+        tracing::debug!(%key, "ignoring a key that is not an instance of this service");
         return None;
     }
     match wire::decode(kv.value()) {
         Ok(instance) => Some(instance),
         Err(err) => {
-            tracing::warn!(%key, error = %err, "skipping an unreadable registry value");
+            tracing::warn!(%key, error = %err, "ignoring an unreadable registry value");
             None
         }
     }

@@ -65,7 +65,7 @@ pub(crate) fn encode(info: &Info) -> String {
     serde_json::to_string(&value).unwrap_or_default()
 }
 
-/// Why a stored value was skipped.
+/// Why a stored value was left out.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
     #[error("value is not Kitex instance JSON: {0}")]

@@ -17,7 +17,7 @@ use crate::discovery::{diff_instances, Change, Discovery, DiscoveryError, Instan
 use crate::registry::RegistryError;
 
 /// Finds instances that Kitex (Go) or [`ZookeeperRegistry`](super::ZookeeperRegistry)
-/// registered. Nodes it cannot read are skipped and logged; the rest still count.
+/// registered. Nodes it cannot read are left out and logged; the rest still count.
 ///
 /// ```no_run
 /// use futures_util::StreamExt;
@@ -116,7 +116,7 @@ impl ZookeeperDiscovery {
             Ok(Ok((data, stat))) => match wire::decode(name, &data, stat.ctime) {
                 Ok(instance) => Ok(Some(instance)),
                 Err(err) => {
-                    tracing::warn!(path, error = %err, "skipping an unreadable registry node");
+                    tracing::warn!(path, error = %err, "ignoring an unreadable registry node");
                     Ok(None)
                 }
             },

@@ -42,7 +42,7 @@ pub(crate) fn encode(info: &Info) -> Vec<u8> {
     serde_json::to_vec(&entity).unwrap_or_default()
 }
 
-/// Why a child node was skipped.
+/// Why a child node was left out.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
     #[error("node name `{0}` is not host:port")]
