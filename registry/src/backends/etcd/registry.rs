@@ -3,18 +3,18 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 use super::config::{EtcdConfig, EtcdConfigError};
-use super::session::{Command, Session};
+use super::session::Session;
 use super::wire;
+use crate::backends::session::{check_service_name, SessionHandle};
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 
 struct Inner {
     config: EtcdConfig,
-    commands: mpsc::UnboundedSender<Command>,
-    health: watch::Receiver<Health>,
+    session: SessionHandle,
 }
 
 /// Registers services in etcd the way Kitex's `registry-etcd` does, on one lease per process.
@@ -71,20 +71,13 @@ impl EtcdRegistry {
     pub fn new(config: EtcdConfig) -> Result<Self, EtcdConfigError> {
         config.check()?;
         let ttl = config.effective_ttl()?;
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| EtcdConfigError::NoRuntime)?;
-        let (commands, rx) = mpsc::unbounded_channel();
-        let (health_tx, health) = watch::channel(Health::Recovering {
-            attempt: 0,
-            last_error: "connecting to etcd".to_string(),
-        });
-        runtime.spawn(Session::new(config.clone(), ttl, health_tx, rx).run());
+        let task_config = config.clone();
+        let session = SessionHandle::spawn("etcd", move |health, commands| {
+            Session::new(task_config, ttl, health, commands).run()
+        })
+        .ok_or(EtcdConfigError::NoRuntime)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                commands,
-                health,
-            }),
+            inner: Arc::new(Inner { config, session }),
         })
     }
 
@@ -105,55 +98,28 @@ impl EtcdRegistry {
     ///
     /// See [`EtcdRegistry`] for an example.
     pub async fn close(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.inner.commands.send(Command::Close { done }).is_ok() {
-            let _ = wait.await;
-        }
+        self.inner.session.close().await;
     }
-
-    async fn call(
-        &self,
-        command: impl FnOnce(oneshot::Sender<Result<(), RegistryError>>) -> Command,
-    ) -> Result<(), RegistryError> {
-        let closed = || RegistryError::Backend {
-            backend: "etcd",
-            source: "the etcd registry was closed".into(),
-        };
-        let (done, wait) = oneshot::channel();
-        self.inner
-            .commands
-            .send(command(done))
-            .map_err(|_| closed())?;
-        wait.await.map_err(|_| closed())?
-    }
-}
-
-fn check(info: &Info) -> Result<(), RegistryError> {
-    if info.service_name.is_empty() || info.service_name.contains('/') {
-        return Err(RegistryError::InvalidInfo {
-            service: info.service_name.clone(),
-            reason: "an etcd service name must be non-empty and must not contain `/`".into(),
-        });
-    }
-    Ok(())
 }
 
 #[async_trait]
 impl Registry for EtcdRegistry {
     async fn register(&self, info: &Info) -> Result<(), RegistryError> {
-        check(info)?;
+        check_service_name(info, "etcd")?;
         let key = wire::key(&self.inner.config.prefix, info);
-        let value = wire::encode(info);
-        self.call(|done| Command::Put { key, value, done }).await
+        self.inner
+            .session
+            .put(key, wire::encode(info).into_bytes())
+            .await
     }
 
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
-        check(info)?;
+        check_service_name(info, "etcd")?;
         let key = wire::key(&self.inner.config.prefix, info);
-        self.call(|done| Command::Delete { key, done }).await
+        self.inner.session.delete(key).await
     }
 
     fn health(&self) -> Option<watch::Receiver<Health>> {
-        Some(self.inner.health.clone())
+        Some(self.inner.session.health())
     }
 }

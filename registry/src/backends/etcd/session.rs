@@ -8,27 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::config::EtcdConfig;
 use super::error::bounded;
+use crate::backends::session::{wait_offline, Command};
 use crate::registry::{Health, RegistryError};
-
-/// What a handle asks the session to do.
-pub(crate) enum Command {
-    Put {
-        key: String,
-        value: String,
-        done: oneshot::Sender<Result<(), RegistryError>>,
-    },
-    Delete {
-        key: String,
-        done: oneshot::Sender<Result<(), RegistryError>>,
-    },
-    /// Delete every key, revoke the lease, stop.
-    Close { done: oneshot::Sender<()> },
-}
 
 /// A granted lease being kept alive.
 struct Lease {
@@ -43,7 +29,7 @@ pub(crate) struct Session {
     config: EtcdConfig,
     ttl: i64,
     /// Every registration this process holds: key → value. Put again on every new lease.
-    live: BTreeMap<String, String>,
+    live: BTreeMap<String, Vec<u8>>,
     health: watch::Sender<Health>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// The lease of a lost session, revoked once a new one holds every key.
@@ -112,7 +98,7 @@ impl Session {
                         attempt: failures,
                         last_error: err.to_string(),
                     });
-                    if self.wait_offline(delay, &err).await {
+                    if wait_offline(&mut self.commands, &mut self.live, delay, &err).await {
                         return;
                     }
                 }
@@ -140,7 +126,7 @@ impl Session {
             stream,
             last_ack: Instant::now(),
         };
-        let entries: Vec<(String, Option<String>)> = self
+        let entries: Vec<(String, Option<Vec<u8>>)> = self
             .live
             .iter()
             .map(|(k, v)| (k.clone(), Some(v.clone())))
@@ -164,14 +150,14 @@ impl Session {
     async fn write(
         &self,
         lease: &mut Lease,
-        ops: &[(String, Option<String>)],
+        ops: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), RegistryError> {
         let ops: Vec<TxnOp> = ops
             .iter()
             .map(|(key, value)| match value {
                 Some(value) => TxnOp::put(
                     key.as_str(),
-                    value.as_str(),
+                    value.as_slice(),
                     Some(PutOptions::new().with_lease(lease.id)),
                 ),
                 None => TxnOp::delete(key.as_str(), None),
@@ -227,7 +213,7 @@ impl Session {
             batch.push(command);
         }
         let mut close = None;
-        let mut ops: Vec<(String, Option<String>)> = Vec::new();
+        let mut ops: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut waiters = Vec::new();
         for command in batch {
             match command {
@@ -290,7 +276,7 @@ impl Session {
 
     /// Deletes every key and revokes the lease (best effort, bounded).
     async fn close(&mut self, lease: &mut Lease) {
-        let keys: Vec<(String, Option<String>)> =
+        let keys: Vec<(String, Option<Vec<u8>>)> =
             self.live.keys().map(|k| (k.clone(), None)).collect();
         for chunk in chunks(&keys, self.config.max_txn_ops) {
             if let Err(err) = self.write(lease, chunk).await {
@@ -309,40 +295,11 @@ impl Session {
         }
         tracing::info!(lease = lease.id, "etcd registry closed");
     }
-
-    /// While no lease is held: answer commands for `delay` (puts fail with `cause`, deletes only
-    /// forget the key). Returns true when the registry was closed.
-    async fn wait_offline(&mut self, delay: Duration, cause: &RegistryError) -> bool {
-        let deadline = tokio::time::sleep(delay);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = &mut deadline => return false,
-                command = self.commands.recv() => match command {
-                    None => return true,
-                    Some(Command::Put { done, .. }) => {
-                        let _ = done.send(Err(cause.duplicate()));
-                    }
-                    Some(Command::Delete { key, done }) => {
-                        // Not put again on the next lease; the old lease's expiry or
-                        // revocation removes any copy etcd still holds.
-                        self.live.remove(&key);
-                        let _ = done.send(Ok(()));
-                    }
-                    Some(Command::Close { done }) => {
-                        self.live.clear();
-                        let _ = done.send(());
-                        return true;
-                    }
-                },
-            }
-        }
-    }
 }
 
 /// Splits `ops` into transactions of at most `max` operations without repeating a key inside
 /// one (etcd rejects a transaction that names a key twice).
-fn chunks(ops: &[(String, Option<String>)], max: usize) -> Vec<&[(String, Option<String>)]> {
+fn chunks<V>(ops: &[(String, Option<V>)], max: usize) -> Vec<&[(String, Option<V>)]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut keys = BTreeSet::new();
@@ -376,6 +333,6 @@ mod tests {
         let repeated = ops(&["a", "b", "a", "c"]);
         let sizes: Vec<usize> = chunks(&repeated, 128).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [2, 2]);
-        assert!(chunks(&[], 128).is_empty());
+        assert!(chunks::<String>(&[], 128).is_empty());
     }
 }

@@ -3,19 +3,19 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use zookeeper_client::SessionInfo;
 
 use super::config::ZookeeperConfig;
-use super::session::{Command, Session};
+use super::session::Session;
 use super::wire;
+use crate::backends::session::{check_service_name, SessionHandle};
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 
 struct Inner {
     config: ZookeeperConfig,
-    commands: mpsc::UnboundedSender<Command>,
-    health: watch::Receiver<Health>,
+    session: SessionHandle,
     current: Arc<Mutex<Option<SessionInfo>>>,
 }
 
@@ -88,20 +88,16 @@ impl ZookeeperRegistry {
         if config.connect.trim().is_empty() {
             return Err(ZookeeperConfigError::NoServers);
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| ZookeeperConfigError::NoRuntime)?;
-        let (commands, rx) = mpsc::unbounded_channel();
-        let (health_tx, health) = watch::channel(Health::Recovering {
-            attempt: 0,
-            last_error: "connecting to ZooKeeper".to_string(),
-        });
         let current = Arc::new(Mutex::new(None));
-        runtime.spawn(Session::new(config.clone(), health_tx, rx, current.clone()).run());
+        let (task_config, task_current) = (config.clone(), current.clone());
+        let session = SessionHandle::spawn("zookeeper", move |health, commands| {
+            Session::new(task_config, health, commands, task_current).run()
+        })
+        .ok_or(ZookeeperConfigError::NoRuntime)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                commands,
-                health,
+                session,
                 current,
             }),
         })
@@ -129,55 +125,25 @@ impl ZookeeperRegistry {
     ///
     /// See [`ZookeeperRegistry`] for an example.
     pub async fn close(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.inner.commands.send(Command::Close { done }).is_ok() {
-            let _ = wait.await;
-        }
+        self.inner.session.close().await;
     }
-
-    async fn call(
-        &self,
-        command: impl FnOnce(oneshot::Sender<Result<(), RegistryError>>) -> Command,
-    ) -> Result<(), RegistryError> {
-        let closed = || RegistryError::Backend {
-            backend: "zookeeper",
-            source: "the ZooKeeper registry was closed".into(),
-        };
-        let (done, wait) = oneshot::channel();
-        self.inner
-            .commands
-            .send(command(done))
-            .map_err(|_| closed())?;
-        wait.await.map_err(|_| closed())?
-    }
-}
-
-fn check(info: &Info) -> Result<(), RegistryError> {
-    if info.service_name.is_empty() || info.service_name.contains('/') {
-        return Err(RegistryError::InvalidInfo {
-            service: info.service_name.clone(),
-            reason: "a ZooKeeper service name must be non-empty and must not contain `/`".into(),
-        });
-    }
-    Ok(())
 }
 
 #[async_trait]
 impl Registry for ZookeeperRegistry {
     async fn register(&self, info: &Info) -> Result<(), RegistryError> {
-        check(info)?;
+        check_service_name(info, "ZooKeeper")?;
         let path = wire::path(&self.inner.config.root, info);
-        let data = wire::encode(info);
-        self.call(|done| Command::Put { path, data, done }).await
+        self.inner.session.put(path, wire::encode(info)).await
     }
 
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
-        check(info)?;
+        check_service_name(info, "ZooKeeper")?;
         let path = wire::path(&self.inner.config.root, info);
-        self.call(|done| Command::Delete { path, done }).await
+        self.inner.session.delete(path).await
     }
 
     fn health(&self) -> Option<watch::Receiver<Health>> {
-        Some(self.inner.health.clone())
+        Some(self.inner.session.health())
     }
 }

@@ -6,9 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use zookeeper_client::{
     Acl, Acls, Client, CreateMode, CreateOptions, Error as ZkError, Permission, SessionInfo,
     SessionState,
@@ -16,30 +15,11 @@ use zookeeper_client::{
 
 use super::config::ZookeeperConfig;
 use super::error::{bounded, registry_error, timed_out};
+use crate::backends::session::{wait_offline, Command, Reply};
 use crate::registry::{Health, RegistryError};
-
-/// Where the result of one command goes.
-pub(crate) type Reply = oneshot::Sender<Result<(), RegistryError>>;
 
 /// A put waiting for the next multi-op: path, data, reply.
 type PendingPut = (String, Vec<u8>, Reply);
-
-/// What a handle asks the session to do.
-pub(crate) enum Command {
-    Put {
-        path: String,
-        data: Vec<u8>,
-        done: Reply,
-    },
-    Delete {
-        path: String,
-        done: Reply,
-    },
-    /// Delete every node, close the session, stop.
-    Close {
-        done: oneshot::Sender<()>,
-    },
-}
 
 /// The creator gets every permission, everyone else may read.
 static PROTECTED: [Acl; 2] = [
@@ -142,7 +122,7 @@ impl Session {
                         attempt: failures,
                         last_error: err.to_string(),
                     });
-                    if self.wait_offline(delay, &err).await {
+                    if wait_offline(&mut self.commands, &mut self.live, delay, &err).await {
                         return;
                     }
                 }
@@ -319,13 +299,13 @@ impl Session {
         }
         let mut puts: Vec<PendingPut> = Vec::new();
         for command in batch {
-            if let Command::Put { path, data, done } = command {
-                puts.push((path, data, done));
+            if let Command::Put { key, value, done } = command {
+                puts.push((key, value, done));
                 continue;
             }
             self.flush_puts(client, &mut puts).await;
             match command {
-                Command::Delete { path, done } => {
+                Command::Delete { key: path, done } => {
                     self.live.remove(&path);
                     let limit = self.config.request_timeout;
                     let result = match tokio::time::timeout(limit, client.delete(&path, None)).await
@@ -392,32 +372,5 @@ impl Session {
         self.set_current(None);
         tracing::info!(session = %client.session_id(), "ZooKeeper registry closed");
         // Dropping the last client sends CloseSession, which removes any ephemeral node left.
-    }
-
-    /// While no session is held: answer commands for `delay` (puts fail with `cause`, deletes
-    /// only forget the node, which goes with the lost session). Returns true once closed.
-    async fn wait_offline(&mut self, delay: Duration, cause: &RegistryError) -> bool {
-        let deadline = tokio::time::sleep(delay);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = &mut deadline => return false,
-                command = self.commands.recv() => match command {
-                    None => return true,
-                    Some(Command::Put { done, .. }) => {
-                        let _ = done.send(Err(cause.duplicate()));
-                    }
-                    Some(Command::Delete { path, done }) => {
-                        self.live.remove(&path);
-                        let _ = done.send(Ok(()));
-                    }
-                    Some(Command::Close { done }) => {
-                        self.live.clear();
-                        let _ = done.send(());
-                        return true;
-                    }
-                },
-            }
-        }
     }
 }
