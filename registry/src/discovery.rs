@@ -117,6 +117,32 @@ pub enum DiscoveryError {
     },
 }
 
+impl DiscoveryError {
+    /// The discovery-side reading of a backend call's [`RegistryError`](crate::RegistryError).
+    #[cfg(any(feature = "etcd", feature = "zookeeper"))]
+    pub(crate) fn from_registry(
+        backend: &'static str,
+        service: &str,
+        err: crate::RegistryError,
+    ) -> Self {
+        match err {
+            crate::RegistryError::Unavailable {
+                endpoint, source, ..
+            } => DiscoveryError::Unavailable {
+                backend,
+                endpoint,
+                service: service.to_string(),
+                source,
+            },
+            other => DiscoveryError::Backend {
+                backend,
+                service: service.to_string(),
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
 /// Finds the instances of a service (Volo's `Discover`).
 ///
 /// ```

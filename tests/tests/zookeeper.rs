@@ -252,6 +252,10 @@ async fn zookeeper_restart_brings_the_nodes_back_while_the_service_answers() {
     let registry = ZookeeperRegistry::new(config(&zk)).unwrap();
     let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
+    // A watcher opened before the outage must follow the service after it.
+    let discovery = ZookeeperDiscovery::new(config(&zk));
+    let mut watch = discovery.watch("zk.echo").await.unwrap();
+    assert_eq!(watch.next().await.unwrap().all.len(), 1);
 
     zk.stop();
     // Down past the session timeout, so the session cannot survive.
@@ -283,6 +287,18 @@ async fn zookeeper_restart_brings_the_nodes_back_while_the_service_answers() {
     println!("nodes back {back:?} after ZooKeeper answered");
     running.registered(Duration::from_secs(5)).await;
     running.stop().await;
+    // The removal after the restart reaches the watcher (changes seen during the outage and
+    // recovery may come first).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let change = watch.next().await.expect("the watch must not end");
+            if change.all.is_empty() && !change.removed.is_empty() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the watcher saw the removal after the restart");
     registry.close().await;
 }
 
@@ -389,4 +405,32 @@ async fn many_registrations_and_idempotent_calls() {
         left += children(&raw, &format!("zk.many{i}")).await.len();
     }
     assert_eq!(left, 0, "close deletes every node");
+}
+
+#[tokio::test]
+async fn connect_string_chroot_and_root_prefix_are_honoured() {
+    let zk = ZooKeeper::start().await;
+    let raw = zk.client(None).await;
+    raw.create(
+        "/apps",
+        b"",
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
+    let chrooted = ZookeeperConfig::new(format!("{}/apps", zk.connect_string())).root("/kitex");
+    let registry = ZookeeperRegistry::new(chrooted.clone()).unwrap();
+    let info = Info::new("zk.rooted", "127.0.0.1:7201".parse().unwrap());
+    registry.register(&info).await.unwrap();
+    let (data, _) = raw
+        .get_data("/apps/kitex/zk.rooted/127.0.0.1:7201")
+        .await
+        .unwrap();
+    assert_eq!(data, br#"{"Weight":10,"Tags":{}}"#);
+    let found = ZookeeperDiscovery::new(chrooted)
+        .resolve("zk.rooted")
+        .await
+        .unwrap();
+    assert_eq!(found[0].addr, info.addr);
+    registry.close().await;
 }

@@ -50,21 +50,7 @@ impl std::fmt::Debug for EtcdDiscovery {
 }
 
 fn discovery_error(service: &str, err: RegistryError) -> DiscoveryError {
-    match err {
-        RegistryError::Unavailable {
-            endpoint, source, ..
-        } => DiscoveryError::Unavailable {
-            backend: "etcd",
-            endpoint,
-            service: service.to_string(),
-            source,
-        },
-        other => DiscoveryError::Backend {
-            backend: "etcd",
-            service: service.to_string(),
-            source: Box::new(other),
-        },
-    }
+    DiscoveryError::from_registry("etcd", service, err)
 }
 
 /// Decodes one key-value under `service_prefix`; `None` (logged) when it is not readable.

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -116,6 +118,15 @@ impl Session {
             Client::connect(&config.endpoints, Some(config.connect_options())),
         )
         .await?;
+        // A broken stream or connection does not mean the lease is gone: if etcd still holds
+        // it, keep it (its keys never disappear); otherwise grant a new one and put every key
+        // on it.
+        if let Some(stale) = self.stale_lease {
+            if let Some(lease) = self.resume(client.clone(), stale).await? {
+                self.stale_lease = None;
+                return Ok(lease);
+            }
+        }
         let grant = bounded(&config, limit, client.lease_grant(self.ttl, None)).await?;
         let id = grant.id();
         let (keeper, stream) = bounded(&config, limit, client.lease_keep_alive(id)).await?;
@@ -144,6 +155,49 @@ impl Session {
             );
         }
         Ok(lease)
+    }
+
+    /// Takes the lease `id` back if etcd still holds it: keeps it alive again, deletes its keys
+    /// that were deregistered meanwhile, and puts every live key (idempotent). `None` when the
+    /// lease has expired or is unknown (etcd restarted without its data).
+    async fn resume(
+        &mut self,
+        mut client: Client,
+        id: i64,
+    ) -> Result<Option<Lease>, RegistryError> {
+        let limit = self.limit();
+        let options = LeaseTimeToLiveOptions::new().with_keys();
+        let alive = bounded(
+            &self.config,
+            limit,
+            client.lease_time_to_live(id, Some(options)),
+        )
+        .await?;
+        if alive.ttl() <= 0 {
+            return Ok(None);
+        }
+        let orphans: Vec<(String, Option<Vec<u8>>)> = alive
+            .keys()
+            .iter()
+            .filter_map(|k| String::from_utf8(k.clone()).ok())
+            .filter(|k| !self.live.contains_key(k))
+            .map(|k| (k, None))
+            .collect();
+        let (keeper, stream) = bounded(&self.config, limit, client.lease_keep_alive(id)).await?;
+        let mut lease = Lease {
+            client,
+            id,
+            keeper,
+            stream,
+            last_ack: Instant::now(),
+        };
+        let mut entries = orphans;
+        entries.extend(self.live.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+        for chunk in chunks(&entries, self.config.max_txn_ops) {
+            self.write(&mut lease, chunk).await?;
+        }
+        tracing::info!(lease = id, "etcd lease still alive; resumed it");
+        Ok(Some(lease))
     }
 
     /// One transaction of puts (`Some`) and deletes (`None`), puts on `lease`.

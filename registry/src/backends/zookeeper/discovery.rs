@@ -47,21 +47,7 @@ impl std::fmt::Debug for ZookeeperDiscovery {
 }
 
 fn discovery_error(service: &str, err: RegistryError) -> DiscoveryError {
-    match err {
-        RegistryError::Unavailable {
-            endpoint, source, ..
-        } => DiscoveryError::Unavailable {
-            backend: "zookeeper",
-            endpoint,
-            service: service.to_string(),
-            source,
-        },
-        other => DiscoveryError::Backend {
-            backend: "zookeeper",
-            service: service.to_string(),
-            source: Box::new(other),
-        },
-    }
+    DiscoveryError::from_registry("zookeeper", service, err)
 }
 
 impl ZookeeperDiscovery {
