@@ -14,6 +14,16 @@ use crate::tags::StaticTag;
 /// ```
 pub const DEFAULT_WEIGHT: u32 = 10;
 
+/// A weight as a registry stores it (Go `int`), read the way Kitex does: anything below 1
+/// means [`DEFAULT_WEIGHT`].
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+pub(crate) fn weight_or_default(stored: i64) -> u32 {
+    u32::try_from(stored)
+        .ok()
+        .filter(|w| *w > 0)
+        .unwrap_or(DEFAULT_WEIGHT)
+}
+
 /// Everything `#[service(...)]` declares about a service, as compile-time data.
 ///
 /// The attribute emits one of these per annotated type, reachable as `<T as Endpoint>::INFO`.

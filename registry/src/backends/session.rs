@@ -86,6 +86,30 @@ impl SessionHandle {
     }
 }
 
+/// Runs one backend call under `limit`: its own error goes through `map`, no answer in time
+/// reads as "unavailable" at `endpoint`.
+pub(crate) async fn bounded_call<T, E>(
+    backend: &'static str,
+    endpoint: &str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, E>>,
+    map: impl FnOnce(E) -> RegistryError,
+) -> Result<T, RegistryError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(map),
+        Err(_) => Err(timed_out(backend, endpoint, limit)),
+    }
+}
+
+/// The error for a call that got no answer within `limit`.
+pub(crate) fn timed_out(backend: &'static str, endpoint: &str, limit: Duration) -> RegistryError {
+    RegistryError::Unavailable {
+        backend,
+        endpoint: endpoint.to_string(),
+        source: format!("no answer within {limit:?}").into(),
+    }
+}
+
 /// Refuses service names that cannot be one path segment.
 pub(crate) fn check_service_name(info: &Info, backend: &str) -> Result<(), RegistryError> {
     if info.service_name.is_empty() || info.service_name.contains('/') {

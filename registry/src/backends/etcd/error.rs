@@ -6,6 +6,7 @@ use std::time::Duration;
 use etcd_client::Error as EtcdError;
 
 use super::config::EtcdConfig;
+use crate::backends::session::bounded_call;
 use crate::registry::RegistryError;
 
 const BACKEND: &str = "etcd";
@@ -76,12 +77,8 @@ pub(crate) async fn bounded<T>(
     limit: Duration,
     call: impl Future<Output = Result<T, EtcdError>>,
 ) -> Result<T, RegistryError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(|err| registry_error(config, err)),
-        Err(_) => Err(RegistryError::Unavailable {
-            backend: BACKEND,
-            endpoint: config.endpoint_list(),
-            source: format!("no answer within {limit:?}").into(),
-        }),
-    }
+    bounded_call(BACKEND, &config.endpoint_list(), limit, call, |err| {
+        registry_error(config, err)
+    })
+    .await
 }

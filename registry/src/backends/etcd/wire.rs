@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::Instance;
-use crate::info::{Info, DEFAULT_WEIGHT};
+use crate::info::{weight_or_default, Info};
 
 /// Kitex's default key prefix.
 pub const DEFAULT_PREFIX: &str = "kitex/registry-etcd";
@@ -81,10 +81,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Instance, DecodeError> {
         .address
         .parse()
         .map_err(|_| DecodeError::Address(value.address.clone()))?;
-    let weight = u32::try_from(value.weight)
-        .ok()
-        .filter(|w| *w > 0)
-        .unwrap_or(DEFAULT_WEIGHT);
+    let weight = weight_or_default(value.weight);
     Ok(Instance {
         addr,
         weight,
@@ -100,6 +97,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Instance, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::info::DEFAULT_WEIGHT;
 
     fn info() -> Info {
         let mut info = Info::new("echo", "10.0.0.7:8888".parse().unwrap());

@@ -6,6 +6,7 @@ use std::time::Duration;
 use zookeeper_client::Error as ZkError;
 
 use super::config::ZookeeperConfig;
+use crate::backends::session::bounded_call;
 use crate::registry::RegistryError;
 
 const BACKEND: &str = "zookeeper";
@@ -37,23 +38,19 @@ pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> Registry
     }
 }
 
-/// Runs one call under `limit`; a timeout reads as "unavailable".
+/// Runs one ZooKeeper call under `limit`; a timeout reads as "unavailable".
 pub(crate) async fn bounded<T>(
     config: &ZookeeperConfig,
     limit: Duration,
     call: impl Future<Output = Result<T, ZkError>>,
 ) -> Result<T, RegistryError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(|err| registry_error(config, err)),
-        Err(_) => Err(timed_out(config, limit)),
-    }
+    bounded_call(BACKEND, &config.connect, limit, call, |err| {
+        registry_error(config, err)
+    })
+    .await
 }
 
 /// The error for a call that got no answer within `limit`.
 pub(crate) fn timed_out(config: &ZookeeperConfig, limit: Duration) -> RegistryError {
-    RegistryError::Unavailable {
-        backend: BACKEND,
-        endpoint: config.connect.clone(),
-        source: format!("no answer within {limit:?}").into(),
-    }
+    crate::backends::session::timed_out(BACKEND, &config.connect, limit)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::Instance;
-use crate::info::{Info, DEFAULT_WEIGHT};
+use crate::info::{weight_or_default, Info};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Entity {
@@ -67,10 +67,7 @@ fn parse_name(name: &str) -> Option<SocketAddr> {
 pub(crate) fn decode(name: &str, data: &[u8], ctime_ms: i64) -> Result<Instance, DecodeError> {
     let addr = parse_name(name).ok_or_else(|| DecodeError::Name(name.to_string()))?;
     let entity: Entity = serde_json::from_slice(data)?;
-    let weight = u32::try_from(entity.weight)
-        .ok()
-        .filter(|w| *w > 0)
-        .unwrap_or(DEFAULT_WEIGHT);
+    let weight = weight_or_default(entity.weight);
     Ok(Instance {
         addr,
         weight,
@@ -87,6 +84,7 @@ pub(crate) fn decode(name: &str, data: &[u8], ctime_ms: i64) -> Result<Instance,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::info::DEFAULT_WEIGHT;
 
     fn info() -> Info {
         let mut info = Info::new("echo", "10.0.0.7:8888".parse().unwrap());
