@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# etcd-client's build imports google/protobuf/*.proto, which protoc alone does not ship.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need+=(zookeeper)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -176,6 +176,12 @@ pub enum Health {
         /// What was lost, or why the last attempt failed.
         last_error: String,
     },
+    /// The backend stopped keeping registrations alive for good (its background task panicked
+    /// or was cancelled); only a new registry (in practice, a restart) brings them back.
+    Failed {
+        /// What happened.
+        error: String,
+    },
 }
 
 #[async_trait]

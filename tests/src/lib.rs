@@ -2,8 +2,10 @@
 //! and (behind features) fixtures that start real etcd / ZooKeeper servers.
 
 pub mod child;
+pub mod conformance;
 pub mod echo;
 pub mod fixtures;
 pub mod poll;
+pub mod proxy;
 pub mod registries;
 pub mod running;

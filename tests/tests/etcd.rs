@@ -245,6 +245,23 @@ async fn restart_with_same_and_wiped_data_restores_every_registration() {
         println!("wipe={wipe}: registrations back {back:?} after etcd answered");
         running.registered(Duration::from_secs(3)).await;
         assert_eq!(echo::call(running.addr, "after").await.unwrap(), "after");
+        // etcd restores leases (and their keys) from its data on restart, so keys being there
+        // proves nothing by itself: they must still be there two TTLs later, on a lease that
+        // etcd reports alive, which only the registry's keep-alive achieves.
+        let hold = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < hold {
+            let mut client = etcd.client().await;
+            for k in &expected {
+                let got = client.get(k.as_str(), None).await.unwrap();
+                let kv = got
+                    .kvs()
+                    .first()
+                    .unwrap_or_else(|| panic!("wipe={wipe}: {k} gone"));
+                let lease = client.lease_time_to_live(kv.lease(), None).await.unwrap();
+                assert!(lease.ttl() > 0, "wipe={wipe}: {k} on a dead lease");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     running.stop().await;
     assert!(stored(&etcd, PREFIX).await.is_empty());
@@ -378,6 +395,7 @@ async fn tls_with_client_certificates() {
     let etcd = Etcd::start_with(EtcdOptions {
         tls: Some(&files),
         members: 1,
+        ..Default::default()
     })
     .await;
     let config = config(&etcd)

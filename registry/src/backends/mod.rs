@@ -1,8 +1,15 @@
 //! Registry backends. The in-memory one is always compiled; the others sit behind features.
 
 pub mod memory;
+
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
-pub(crate) mod session;
+pub(crate) mod call;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+pub(crate) mod handle;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+pub(crate) mod live;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+pub(crate) mod names;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;

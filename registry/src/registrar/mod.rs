@@ -265,6 +265,9 @@ async fn follow_health(mut rx: tokio::sync::watch::Receiver<Health>, board: Stat
             Health::Healthy if affected > 0 => {
                 tracing::info!(services = affected, "registry connection healthy again")
             }
+            Health::Failed { error } => {
+                tracing::error!(services = affected, %error, "the registry failed for good")
+            }
             Health::Recovering {
                 attempt,
                 last_error,
@@ -276,7 +279,17 @@ async fn follow_health(mut rx: tokio::sync::watch::Receiver<Health>, board: Stat
             ),
             _ => {}
         }
+        if matches!(health, Health::Failed { .. }) {
+            return;
+        }
         if rx.changed().await.is_err() {
+            // Every sender is gone while the registrar still runs: the backend's task ended
+            // without being closed, so nothing keeps the registrations alive any more.
+            let error =
+                "the registry's background task ended; registrations are no longer kept alive"
+                    .to_string();
+            tracing::error!("{error}");
+            board.apply_health(&Health::Failed { error });
             return;
         }
     }

@@ -29,6 +29,13 @@ pub enum ServiceStatus {
     },
     /// The registration was removed at shutdown.
     Deregistered,
+    /// The registry's backend stopped keeping registrations alive for good (its background task
+    /// panicked, was cancelled, or ended without being closed): nothing is retried; restart the
+    /// process (or build a new registry) to register again.
+    Failed {
+        /// What happened.
+        error: String,
+    },
 }
 
 /// A cheap, cloneable view of every service's [`ServiceStatus`].
@@ -175,9 +182,9 @@ impl StatusBoard {
         });
     }
 
-    /// Shows the backend's health on every live service; returns how many it touched.
+    /// Shows the backend's health on every live service (a failure on every service not yet
+    /// deregistered); returns how many it touched.
     pub(crate) fn apply_health(&self, health: &Health) -> usize {
-        let live = self.live().clone();
         let status = match health {
             Health::Healthy => ServiceStatus::Registered,
             Health::Recovering {
@@ -187,7 +194,22 @@ impl StatusBoard {
                 attempt: *attempt,
                 last_error: last_error.clone(),
             },
+            Health::Failed { error } => {
+                let mut touched = 0;
+                self.tx.send_modify(|map| {
+                    for status in map.values_mut() {
+                        if *status != ServiceStatus::Deregistered {
+                            *status = ServiceStatus::Failed {
+                                error: error.clone(),
+                            };
+                            touched += 1;
+                        }
+                    }
+                });
+                return touched;
+            }
         };
+        let live = self.live().clone();
         self.tx.send_modify(|map| {
             for name in &live {
                 map.insert(name.clone(), status.clone());

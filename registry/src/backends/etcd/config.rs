@@ -63,6 +63,7 @@ pub struct EtcdConfig {
     pub(crate) tls: Option<TlsOptions>,
     pub(crate) backoff: Backoff,
     pub(crate) max_txn_ops: usize,
+    pub(crate) close_timeout: Duration,
 }
 
 impl EtcdConfig {
@@ -89,6 +90,7 @@ impl EtcdConfig {
             tls: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             max_txn_ops: 128,
+            close_timeout: Duration::from_secs(2),
         }
     }
 
@@ -234,6 +236,7 @@ impl EtcdConfig {
     }
 
     /// The most operations one transaction may carry (default 128, etcd's `--max-txn-ops`).
+    /// When etcd's limit is lower, the registry learns it from the first refusal and keeps to it.
     ///
     /// ```
     /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).max_txn_ops(64);
@@ -241,6 +244,19 @@ impl EtcdConfig {
     /// ```
     pub fn max_txn_ops(mut self, ops: usize) -> Self {
         self.max_txn_ops = ops.max(1);
+        self
+    }
+
+    /// How long [`close`](super::EtcdRegistry::close) may take in all (default 2 s). Whatever
+    /// it could not delete in time expires with the lease.
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"])
+    ///     .close_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = c;
+    /// ```
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
         self
     }
 
@@ -269,7 +285,11 @@ impl EtcdConfig {
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
         if let Some((user, password)) = &self.user {
-            options = options.with_user(user.clone(), password.clone());
+            // Tokens expire (`--auth-token-ttl`, 300 s by default): authenticate again when
+            // etcd says so, and retry the call.
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &self.tls {
             options = options.with_tls(tls.clone());

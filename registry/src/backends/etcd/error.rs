@@ -6,23 +6,72 @@ use std::time::Duration;
 use etcd_client::Error as EtcdError;
 
 use super::config::EtcdConfig;
-use crate::backends::session::bounded_call;
+use crate::backends::call::bounded_call;
 use crate::registry::RegistryError;
 
 const BACKEND: &str = "etcd";
 
-/// True when etcd rejected the credentials (as opposed to being unreachable).
+/// What etcd says when a token expired (simple tokens live `--auth-token-ttl`, 300 s by
+/// default). That is not a wrong password: the client authenticates again and retries.
+const INVALID_TOKEN: &str = "invalid auth token";
+/// What etcd says when a transaction has more operations than `--max-txn-ops` allows.
+const TOO_MANY_OPS: &str = "too many operations in txn request";
+/// What etcd says when the lease a put names has expired or was revoked.
+const LEASE_NOT_FOUND: &str = "requested lease not found";
+
+fn message(err: &EtcdError) -> Option<&str> {
+    match err {
+        EtcdError::GRpcStatus(status) => Some(status.message()),
+        _ => None,
+    }
+}
+
+/// True when etcd rejected the credentials (as opposed to being unreachable, or a token that
+/// merely expired).
 fn is_auth_failure(err: &EtcdError) -> bool {
     match err {
         EtcdError::GRpcStatus(status) => {
+            if status.message().contains(INVALID_TOKEN) {
+                return false;
+            }
             matches!(
                 status.code(),
                 tonic_code::Unauthenticated | tonic_code::PermissionDenied
             ) || status.message().contains("authentication failed")
-                || status.message().contains("invalid auth token")
                 || status.message().contains("user name is empty")
         }
         _ => false,
+    }
+}
+
+/// How a failed transaction is handled.
+pub(crate) enum TxnFailure {
+    /// The connection, the credentials or the lease is gone: nothing more can be written.
+    Fatal(RegistryError),
+    /// More operations than etcd's `--max-txn-ops`: split and remember the smaller size.
+    TooManyOps(RegistryError),
+    /// etcd refused something in it (a value too large, ...): isolate the operation.
+    Refused(RegistryError),
+}
+
+/// Sorts a transaction's error into what to do about it.
+pub(crate) fn txn_failure(config: &EtcdConfig, err: EtcdError) -> TxnFailure {
+    let text = message(&err).unwrap_or_default().to_string();
+    if text.contains(TOO_MANY_OPS) {
+        return TxnFailure::TooManyOps(registry_error(config, err));
+    }
+    if text.contains(LEASE_NOT_FOUND) {
+        return TxnFailure::Fatal(RegistryError::Unavailable {
+            backend: BACKEND,
+            endpoint: config.endpoint_list(),
+            source: format!("the lease expired or was revoked ({text})").into(),
+        });
+    }
+    match registry_error(config, err) {
+        err @ (RegistryError::Unavailable { .. } | RegistryError::Unauthenticated { .. }) => {
+            TxnFailure::Fatal(err)
+        }
+        other => TxnFailure::Refused(other),
     }
 }
 
@@ -40,6 +89,14 @@ pub(crate) fn registry_error(config: &EtcdConfig, err: EtcdError) -> RegistryErr
                 .as_ref()
                 .map(|(user, _)| user.clone())
                 .unwrap_or_else(|| "(none: no user configured)".to_string()),
+            source: Box::new(err),
+        };
+    }
+    if message(&err).is_some_and(|m| m.contains(INVALID_TOKEN)) {
+        // Still expired after the client's own refresh: a race with the TTL; retried.
+        return RegistryError::Unavailable {
+            backend: BACKEND,
+            endpoint,
             source: Box::new(err),
         };
     }

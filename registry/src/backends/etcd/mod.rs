@@ -7,8 +7,8 @@
 mod config;
 mod discovery;
 mod error;
+mod lease;
 mod registry;
-mod session;
 mod wire;
 
 pub use config::{EtcdConfig, EtcdConfigError, LEASE_TTL_ENV};

@@ -6,9 +6,10 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::config::{EtcdConfig, EtcdConfigError};
-use super::session::Session;
+use super::lease::Session;
 use super::wire;
-use crate::backends::session::{check_service_name, SessionHandle};
+use crate::backends::handle::SessionHandle;
+use crate::backends::names::check_service_name;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 
@@ -72,10 +73,11 @@ impl EtcdRegistry {
         config.check()?;
         let ttl = config.effective_ttl()?;
         let task_config = config.clone();
-        let session = SessionHandle::spawn("etcd", move |health, commands| {
-            Session::new(task_config, ttl, health, commands).run()
-        })
-        .ok_or(EtcdConfigError::NoRuntime)?;
+        let session =
+            SessionHandle::spawn("etcd", config.close_timeout, move |health, commands| {
+                Session::new(task_config, ttl, health, commands).run()
+            })
+            .ok_or(EtcdConfigError::NoRuntime)?;
         Ok(Self {
             inner: Arc::new(Inner { config, session }),
         })

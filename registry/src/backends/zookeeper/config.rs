@@ -26,6 +26,7 @@ pub struct ZookeeperConfig {
     pub(crate) auth: Option<(String, String)>,
     pub(crate) backoff: Backoff,
     pub(crate) max_multi_ops: usize,
+    pub(crate) close_timeout: Duration,
 }
 
 impl ZookeeperConfig {
@@ -42,6 +43,7 @@ impl ZookeeperConfig {
             auth: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             max_multi_ops: 1000,
+            close_timeout: Duration::from_secs(2),
         }
     }
 
@@ -137,6 +139,43 @@ impl ZookeeperConfig {
     /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// How long one request may take (default 5 s).
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181")
+    ///     .request_timeout(std::time::Duration::from_secs(2));
+    /// # let _ = c;
+    /// ```
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The most creates one multi-op may carry (default 1000).
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181").max_multi_ops(200);
+    /// # let _ = c;
+    /// ```
+    pub fn max_multi_ops(mut self, ops: usize) -> Self {
+        self.max_multi_ops = ops.max(1);
+        self
+    }
+
+    /// How long [`close`](super::ZookeeperRegistry::close) may take in all (default 2 s).
+    /// While ZooKeeper is unreachable close returns at once: the session's expiry removes the
+    /// nodes.
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181")
+    ///     .close_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = c;
+    /// ```
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
         self
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use zookeeper_client::Error as ZkError;
 
 use super::config::ZookeeperConfig;
-use crate::backends::session::bounded_call;
+use crate::backends::call::bounded_call;
 use crate::registry::RegistryError;
 
 const BACKEND: &str = "zookeeper";
@@ -15,13 +15,30 @@ const BACKEND: &str = "zookeeper";
 pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> RegistryError {
     let endpoint = config.connect.clone();
     match err {
-        ZkError::AuthFailed | ZkError::NoAuth => RegistryError::Unauthenticated {
+        ZkError::AuthFailed => RegistryError::Unauthenticated {
             backend: BACKEND,
             endpoint,
-            user: config.user().unwrap_or("(none: no digest auth configured)").to_string(),
-            source: format!("{err}: the node's ACL does not admit this identity (wrong password, or another user owns it)").into(),
+            user: config
+                .user()
+                .unwrap_or("(none: no digest auth configured)")
+                .to_string(),
+            source: format!("{err}: ZooKeeper refused the digest credentials").into(),
         },
+        // The credentials were accepted (a wrong password fails the session with AuthFailed):
+        // the node belongs to another identity. Not a password problem.
+        ZkError::NoAuth => RegistryError::Backend {
+            backend: BACKEND,
+            source: format!(
+                "{err}: the node's ACL does not admit user `{}` (another identity created it)",
+                config.user().unwrap_or("(none: no digest auth configured)")
+            )
+            .into(),
+        },
+        // `Custom` carries I/O failures of the connection (reset, broken pipe) and
+        // `Throttled` is the server shedding load: both pass.
         ZkError::ConnectionLoss
+        | ZkError::Custom(_)
+        | ZkError::Throttled
         | ZkError::SessionExpired
         | ZkError::Timeout
         | ZkError::NoHosts
@@ -52,5 +69,5 @@ pub(crate) async fn bounded<T>(
 
 /// The error for a call that got no answer within `limit`.
 pub(crate) fn timed_out(config: &ZookeeperConfig, limit: Duration) -> RegistryError {
-    crate::backends::session::timed_out(BACKEND, &config.connect, limit)
+    crate::backends::call::timed_out(BACKEND, &config.connect, limit)
 }

@@ -9,7 +9,8 @@ use zookeeper_client::SessionInfo;
 use super::config::ZookeeperConfig;
 use super::session::Session;
 use super::wire;
-use crate::backends::session::{check_service_name, SessionHandle};
+use crate::backends::handle::SessionHandle;
+use crate::backends::names::check_service_name;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 
@@ -90,9 +91,11 @@ impl ZookeeperRegistry {
         }
         let current = Arc::new(Mutex::new(None));
         let (task_config, task_current) = (config.clone(), current.clone());
-        let session = SessionHandle::spawn("zookeeper", move |health, commands| {
-            Session::new(task_config, health, commands, task_current).run()
-        })
+        let session = SessionHandle::spawn(
+            "zookeeper",
+            config.close_timeout,
+            move |health, commands| Session::new(task_config, health, commands, task_current).run(),
+        )
         .ok_or(ZookeeperConfigError::NoRuntime)?;
         Ok(Self {
             inner: Arc::new(Inner {

@@ -1,0 +1,603 @@
+//! The lease session: one lease for the whole process, its keep-alive, batched writes, and
+//! recovery (the lease resumed, or a new lease + every live key put again) whenever the lease or
+//! connection is lost.
+//!
+//! One task owns the live set and writes; [`EtcdRegistry`](super::EtcdRegistry) handles talk to
+//! it through a channel, so concurrent registrations coalesce into as few transactions as etcd
+//! allows. The keep-alive runs in a task of its own: it never waits behind a write.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::config::EtcdConfig;
+use super::error::{bounded, txn_failure, TxnFailure};
+use crate::backends::handle::{Command, Reply};
+use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::registry::{Health, RegistryError};
+
+/// One write: a put (`Some`) or a delete (`None`).
+type Op = (String, Option<Vec<u8>>);
+
+/// The keep-alive of one lease, in its own task; aborted when dropped.
+struct KeepAlive {
+    lost: oneshot::Receiver<String>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KeepAlive {
+    /// Sends a keep-alive every TTL/3 and reads the answers; reports the first sign of loss.
+    fn start(mut keeper: LeaseKeeper, mut stream: LeaseKeepAliveStream, ttl: Duration) -> Self {
+        let (report, lost) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let period = (ttl / 3).max(Duration::from_millis(500));
+            let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_ack = Instant::now();
+            let cause = loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if last_ack.elapsed() >= ttl {
+                            break format!("no keep-alive answer for {ttl:?}; the lease has expired");
+                        }
+                        if let Err(err) = keeper.keep_alive().await {
+                            break format!("keep-alive request failed: {err}");
+                        }
+                    }
+                    message = stream.message() => match message {
+                        Ok(Some(response)) if response.ttl() > 0 => last_ack = Instant::now(),
+                        Ok(Some(_)) => break "etcd reports the lease expired or unknown".into(),
+                        Ok(None) => break "the keep-alive stream ended".into(),
+                        Err(err) => break format!("the keep-alive stream failed: {err}"),
+                    },
+                }
+            };
+            let _ = report.send(cause);
+        });
+        Self { lost, task }
+    }
+}
+
+/// A lease being kept alive.
+struct Lease {
+    client: Client,
+    id: i64,
+    keep_alive: KeepAlive,
+    since: Instant,
+}
+
+pub(crate) struct Session {
+    config: EtcdConfig,
+    ttl: i64,
+    /// Every registration this process holds, and the removals not yet confirmed.
+    live: LiveSet,
+    health: watch::Sender<Health>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// The lease of a lost session, resumed if etcd still holds it, else revoked once a new
+    /// one holds every key.
+    stale_lease: Option<i64>,
+    /// The most operations etcd accepts in one transaction, as far as we know.
+    max_ops: usize,
+    /// Puts taken from the queue while (re)connecting, answered once the live set is written.
+    pending_puts: Vec<(String, Reply)>,
+    /// Puts etcd refused on their own merits in the last write of the live set.
+    refusals: std::collections::BTreeMap<String, RegistryError>,
+    /// A close taken from the queue while (re)connecting.
+    closing: Option<oneshot::Sender<()>>,
+}
+
+enum Step {
+    Lost(String),
+    Stop(Option<oneshot::Sender<()>>),
+}
+
+/// What a new connection came to.
+enum Established {
+    Lease(Box<Lease>),
+    Closed(Option<oneshot::Sender<()>>),
+}
+
+impl Session {
+    pub(crate) fn new(
+        config: EtcdConfig,
+        ttl: i64,
+        health: watch::Sender<Health>,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let max_ops = config.max_txn_ops;
+        Self {
+            config,
+            ttl,
+            live: LiveSet::default(),
+            health,
+            commands,
+            stale_lease: None,
+            max_ops,
+            pending_puts: Vec::new(),
+            refusals: Default::default(),
+            closing: None,
+        }
+    }
+
+    fn limit(&self) -> Duration {
+        self.config.request_timeout
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl as u64)
+    }
+
+    fn unavailable(&self, cause: &str) -> RegistryError {
+        RegistryError::Unavailable {
+            backend: "etcd",
+            endpoint: self.config.endpoint_list(),
+            source: cause.to_string().into(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut backoff = self.config.backoff.clone();
+        let mut failures = 0u32;
+        loop {
+            let (cause, delay) = match self.establish().await {
+                Ok(Established::Closed(done)) => return finish(done),
+                Ok(Established::Lease(lease)) => {
+                    let mut lease = *lease;
+                    failures = 0;
+                    let _ = self.health.send(Health::Healthy);
+                    tracing::info!(
+                        lease = lease.id,
+                        keys = self.live.len(),
+                        "etcd lease granted; registrations live"
+                    );
+                    match self.serve(&mut lease).await {
+                        Step::Stop(done) => return finish(done),
+                        Step::Lost(cause) => {
+                            tracing::warn!(lease = lease.id, %cause, "etcd lease lost; recovering");
+                            self.stale_lease = Some(lease.id);
+                            let _ = self.health.send(Health::Recovering {
+                                attempt: 0,
+                                last_error: cause.clone(),
+                            });
+                            // A lease that lived a full TTL was a real session: recover at once.
+                            // One lost at once (something revokes it, a proxy cuts the stream)
+                            // waits its turn, so keys are not rewritten in a tight loop.
+                            if lease.since.elapsed() >= self.ttl() {
+                                backoff.reset();
+                                continue;
+                            }
+                            (self.unavailable(&cause), backoff.next_delay())
+                        }
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(attempt = failures, error = %err, retry_in = ?delay, "cannot establish an etcd lease");
+                    let _ = self.health.send(Health::Recovering {
+                        attempt: failures,
+                        last_error: err.to_string(),
+                    });
+                    (err, delay)
+                }
+            };
+            if let Some(done) =
+                wait_offline(&mut self.commands, &mut self.live, delay, &cause).await
+            {
+                // Closed while etcd is away: nothing to reach; the lease expires on its own.
+                self.live.clear();
+                return finish(done);
+            }
+        }
+    }
+
+    /// Connects and resumes the stale lease or grants a new one; then writes the live set on
+    /// it, with every command queued meanwhile applied first.
+    async fn establish(&mut self) -> Result<Established, RegistryError> {
+        let limit = self.limit() + self.config.connect_timeout;
+        let config = self.config.clone();
+        let client = bounded(
+            &config,
+            limit,
+            Client::connect(&config.endpoints, Some(config.connect_options())),
+        )
+        .await?;
+        let result = self.take_lease(client.clone()).await;
+        let outcome = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(RegistryError::duplicate);
+        for (key, waiter) in std::mem::take(&mut self.pending_puts) {
+            let result = match (&outcome, self.refusals.get(&key)) {
+                (Err(err), _) | (Ok(()), Some(err)) => Err(err.duplicate()),
+                (Ok(()), None) => Ok(()),
+            };
+            let _ = waiter.send(result);
+        }
+        self.refusals.clear();
+        if let Err(err) = &outcome {
+            self.live.deletes_failed(err);
+        }
+        if let Some(done) = self.closing.take() {
+            match result {
+                Ok(mut lease) => self.close(&mut lease).await,
+                Err(_) => self.close_without_lease(client).await,
+            }
+            return Ok(Established::Closed(Some(done)));
+        }
+        result.map(|lease| Established::Lease(Box::new(lease)))
+    }
+
+    /// Applies the queued commands to the live set: called right before the live set is
+    /// written, so that a deregistration sent while (re)connecting is never written back.
+    fn absorb(&mut self) {
+        if self.closing.is_some() {
+            return;
+        }
+        let absorbed = absorb_queued(&mut self.commands, &mut self.live);
+        self.pending_puts.extend(absorbed.puts);
+        self.closing = absorbed.close;
+    }
+
+    async fn take_lease(&mut self, client: Client) -> Result<Lease, RegistryError> {
+        // A broken stream or connection does not mean the lease is gone: if etcd still holds
+        // it, keep it (its keys never disappear); otherwise grant a new one.
+        if let Some(stale) = self.stale_lease {
+            if let Some(lease) = self.resume(client.clone(), stale).await? {
+                self.stale_lease = None;
+                return Ok(lease);
+            }
+        }
+        let mut client = client;
+        let config = self.config.clone();
+        let limit = self.limit();
+        let grant = bounded(&config, limit, client.lease_grant(self.ttl, None)).await?;
+        let lease = self.keep(client, grant.id()).await?;
+        // Keys deregistered while etcd was away may still hang on the old lease: revoking it
+        // removes them. Put first, so the live keys never disappear.
+        self.absorb();
+        let writes = self.live.writes();
+        self.write_live(&lease, writes).await?;
+        if let Some(stale) = self.stale_lease.take() {
+            let mut client = lease.client.clone();
+            match bounded(&config, limit, client.lease_revoke(stale)).await {
+                Ok(_) => self.live.owner_gone(),
+                // Unknown lease: it expired, and its keys with it.
+                Err(err) if err.to_string().contains("lease not found") => self.live.owner_gone(),
+                Err(err) => {
+                    tracing::debug!(lease = stale, error = %err, "could not revoke the previous lease; it expires on its own");
+                }
+            }
+        }
+        Ok(lease)
+    }
+
+    /// Starts keeping lease `id` alive on `client`.
+    async fn keep(&self, mut client: Client, id: i64) -> Result<Lease, RegistryError> {
+        let (keeper, stream) =
+            bounded(&self.config, self.limit(), client.lease_keep_alive(id)).await?;
+        Ok(Lease {
+            client,
+            id,
+            keep_alive: KeepAlive::start(keeper, stream, self.ttl()),
+            since: Instant::now(),
+        })
+    }
+
+    /// Takes the lease `id` back if etcd still holds it: keeps it alive again, deletes its keys
+    /// that were deregistered meanwhile, and puts every live key (idempotent). `None` when the
+    /// lease has expired or is unknown (etcd restarted without its data).
+    async fn resume(
+        &mut self,
+        mut client: Client,
+        id: i64,
+    ) -> Result<Option<Lease>, RegistryError> {
+        let options = LeaseTimeToLiveOptions::new().with_keys();
+        let alive = bounded(
+            &self.config,
+            self.limit(),
+            client.lease_time_to_live(id, Some(options)),
+        )
+        .await?;
+        if alive.ttl() <= 0 {
+            return Ok(None);
+        }
+        let lease = self.keep(client, id).await?;
+        let orphans: BTreeSet<String> = alive
+            .keys()
+            .iter()
+            .filter_map(|k| String::from_utf8(k.clone()).ok())
+            .filter(|k| !self.live.contains(k))
+            .collect();
+        for key in orphans {
+            self.live.delete(key, None);
+        }
+        self.absorb();
+        let writes = self.live.writes();
+        self.write_live(&lease, writes).await?;
+        tracing::info!(lease = id, "etcd lease still alive; resumed it");
+        Ok(Some(lease))
+    }
+
+    /// Writes `ops` from the live set on `lease`; a put etcd refuses on its own merits is
+    /// dropped from the live set (logged), a refused delete stays pending.
+    async fn write_live(&mut self, lease: &Lease, ops: Vec<Op>) -> Result<(), RegistryError> {
+        let results = self.write_all(lease, &ops).await?;
+        for ((key, value), result) in ops.iter().zip(results) {
+            match (value, result) {
+                (None, Ok(())) => self.live.deleted(key),
+                (None, Err(err)) => self.live.delete_failed(key, &err),
+                (Some(_), Ok(())) => {}
+                (Some(value), Err(err)) => {
+                    tracing::error!(key, error = %err, "etcd refuses this registration; it is dropped");
+                    self.live.refused(key, value);
+                    self.refusals.insert(key.clone(), err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `ops` in order, in transactions of at most `max_ops` operations without a key
+    /// twice. A transaction etcd finds too large shrinks `max_ops` for good; one it refuses
+    /// otherwise is split until the refused operation stands alone. Returns one result per
+    /// operation; `Err` when the connection, credentials or lease are gone.
+    async fn write_all(
+        &mut self,
+        lease: &Lease,
+        ops: &[Op],
+    ) -> Result<Vec<Result<(), RegistryError>>, RegistryError> {
+        let mut results: Vec<Result<(), RegistryError>> = ops.iter().map(|_| Ok(())).collect();
+        let mut queue: VecDeque<Range<usize>> = chunks(ops, 0..ops.len(), self.max_ops).into();
+        while let Some(range) = queue.pop_front() {
+            let failure = match self.txn(lease, &ops[range.clone()]).await {
+                Ok(()) => continue,
+                Err(failure) => failure,
+            };
+            match failure {
+                TxnFailure::Fatal(err) => return Err(err),
+                TxnFailure::TooManyOps(err) if range.len() > 1 => {
+                    let smaller = (range.len() / 2).max(1);
+                    if smaller < self.max_ops {
+                        tracing::warn!(from = self.max_ops, to = smaller, "etcd refuses transactions this large (--max-txn-ops); using smaller ones from now on");
+                        self.max_ops = smaller;
+                    }
+                    for part in chunks(ops, range, self.max_ops).into_iter().rev() {
+                        queue.push_front(part);
+                    }
+                    let _ = err;
+                }
+                TxnFailure::TooManyOps(err) | TxnFailure::Refused(err) if range.len() == 1 => {
+                    results[range.start] = Err(err);
+                }
+                TxnFailure::TooManyOps(_) | TxnFailure::Refused(_) => {
+                    let middle = range.start + range.len() / 2;
+                    queue.push_front(middle..range.end);
+                    queue.push_front(range.start..middle);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// One transaction of `ops`, puts on `lease`.
+    async fn txn(&self, lease: &Lease, ops: &[Op]) -> Result<(), TxnFailure> {
+        let ops: Vec<TxnOp> = ops
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => TxnOp::put(
+                    key.as_str(),
+                    value.as_slice(),
+                    Some(PutOptions::new().with_lease(lease.id)),
+                ),
+                None => TxnOp::delete(key.as_str(), None),
+            })
+            .collect();
+        let mut client = lease.client.clone();
+        let limit = self.limit();
+        match tokio::time::timeout(limit, client.txn(Txn::new().and_then(ops))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(txn_failure(&self.config, err)),
+            Err(_) => Err(TxnFailure::Fatal(crate::backends::call::timed_out(
+                "etcd",
+                &self.config.endpoint_list(),
+                limit,
+            ))),
+        }
+    }
+
+    /// Serves commands until the lease is lost or the registry closes; retries pending deletes.
+    async fn serve(&mut self, lease: &mut Lease) -> Step {
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                cause = &mut lease.keep_alive.lost => {
+                    return Step::Lost(cause.unwrap_or_else(|_| "the keep-alive task ended".into()));
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        self.close(lease).await;
+                        return Step::Stop(None);
+                    };
+                    if let Some(step) = self.apply_batch(lease, command).await {
+                        return step;
+                    }
+                }
+                _ = retry.tick(), if self.live.has_doomed() => {
+                    let deletes = self.live.doomed_keys().into_iter().map(|k| (k, None)).collect();
+                    if let Err(err) = self.write_live(lease, deletes).await {
+                        return Step::Lost(err.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `first` and every command already queued behind it, in order.
+    async fn apply_batch(&mut self, lease: &mut Lease, first: Command) -> Option<Step> {
+        let mut batch = vec![first];
+        while let Ok(command) = self.commands.try_recv() {
+            batch.push(command);
+        }
+        let mut close = None;
+        let mut ops: Vec<Op> = Vec::new();
+        let mut put_waiters: Vec<Option<Reply>> = Vec::new();
+        for command in batch {
+            match command {
+                Command::Put { key, value, done } => {
+                    self.live.put(key.clone(), value.clone());
+                    ops.push((key, Some(value)));
+                    put_waiters.push(Some(done));
+                }
+                Command::Delete { key, done } => {
+                    self.live.delete(key.clone(), Some(done));
+                    ops.push((key, None));
+                    put_waiters.push(None);
+                }
+                Command::Close { done } => {
+                    close = Some(done);
+                    break;
+                }
+            }
+        }
+        let written = self.write_all(lease, &ops).await;
+        let lost = match written {
+            Ok(results) => {
+                for (((key, value), result), waiter) in ops.iter().zip(results).zip(put_waiters) {
+                    match (value, waiter) {
+                        (Some(value), Some(waiter)) => {
+                            if let Err(err) = &result {
+                                tracing::warn!(key, error = %err, "etcd refused a registration");
+                                self.live.refused(key, value);
+                            }
+                            let _ = waiter.send(result);
+                        }
+                        (None, _) => match result {
+                            Ok(()) => self.live.deleted(key),
+                            Err(err) => self.live.delete_failed(key, &err),
+                        },
+                        (Some(_), None) => {}
+                    }
+                }
+                None
+            }
+            Err(err) => {
+                // Everything stays in the live set and is written on the next lease.
+                for waiter in put_waiters.into_iter().flatten() {
+                    let _ = waiter.send(Err(err.duplicate()));
+                }
+                self.live.deletes_failed(&err);
+                Some(err.to_string())
+            }
+        };
+        if let Some(done) = close {
+            self.close(lease).await;
+            return Some(Step::Stop(Some(done)));
+        }
+        lost.map(Step::Lost)
+    }
+
+    /// Revokes the lease (which deletes every key on it at once) and deletes what is pending,
+    /// all within the close timeout; whatever is left expires with the lease.
+    async fn close(&mut self, lease: &mut Lease) {
+        let limit = self.config.close_timeout;
+        let config = self.config.clone();
+        let mut client = lease.client.clone();
+        let doomed: Vec<Op> = self
+            .live
+            .doomed_keys()
+            .into_iter()
+            .map(|k| (k, None))
+            .collect();
+        let id = lease.id;
+        let work = async {
+            if !doomed.is_empty() {
+                let _ = self.write_all(lease, &doomed).await;
+            }
+            bounded(&config, limit, client.lease_revoke(id)).await
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(Ok(_)) => tracing::info!(lease = id, "etcd registry closed; lease revoked"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "could not revoke the lease at close; it expires after its TTL")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?limit,
+                    "close ran out of time; the lease expires after its TTL"
+                )
+            }
+        }
+        self.live.clear();
+    }
+
+    /// Closing on a fresh connection before any lease was taken: revoke the stale lease.
+    async fn close_without_lease(&mut self, mut client: Client) {
+        if let Some(stale) = self.stale_lease.take() {
+            let limit = self.config.close_timeout;
+            let _ = bounded(&self.config, limit, client.lease_revoke(stale)).await;
+        }
+        self.live.clear();
+    }
+}
+
+fn finish(done: Option<oneshot::Sender<()>>) {
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+/// Splits `range` of `ops` into transactions of at most `max` operations without repeating a
+/// key inside one (etcd rejects a transaction that names a key twice).
+fn chunks(ops: &[Op], range: Range<usize>, max: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = range.start;
+    let mut keys = BTreeSet::new();
+    for i in range.clone() {
+        let key = ops[i].0.as_str();
+        if i - start == max || !keys.insert(key) {
+            out.push(start..i);
+            start = i;
+            keys.clear();
+            keys.insert(key);
+        }
+    }
+    if start < range.end {
+        out.push(start..range.end);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(keys: &[&str]) -> Vec<Op> {
+        keys.iter().map(|k| (k.to_string(), None)).collect()
+    }
+
+    #[test]
+    fn chunks_respect_the_limit_and_unique_keys() {
+        let all = ops(&["a", "b", "c", "d", "e"]);
+        assert_eq!(chunks(&all, 0..5, 2), [0..2, 2..4, 4..5]);
+        assert_eq!(chunks(&all, 1..4, 2), [1..3, 3..4]);
+        let repeated = ops(&["a", "b", "a", "c"]);
+        assert_eq!(chunks(&repeated, 0..4, 128), [0..2, 2..4]);
+        assert!(chunks(&[], 0..0, 128).is_empty());
+    }
+}

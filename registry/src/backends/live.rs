@@ -1,0 +1,272 @@
+//! The live set a session task owns: what must exist while the lease or session lives, and what
+//! was deregistered but is not yet confirmed gone.
+//!
+//! Commands apply to this set in the order they arrive, whether or not the registry is reachable;
+//! whatever is written to the server is written from it. So a deregistration that arrives while
+//! the connection is being rebuilt is applied before anything is written again, and a delete
+//! that failed is retried until it succeeds or the lease/session that owns the key is gone.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::handle::{Command, Reply};
+use crate::registry::RegistryError;
+
+/// Keys to keep, and keys to remove with whoever waits for their removal.
+#[derive(Default)]
+pub(crate) struct LiveSet {
+    keys: BTreeMap<String, Vec<u8>>,
+    doomed: BTreeMap<String, Vec<Reply>>,
+}
+
+impl LiveSet {
+    /// `key` must hold `value` from now on; a pending removal of it is superseded (its waiters
+    /// are told it is done: the removal happened, then the key was registered again).
+    pub(crate) fn put(&mut self, key: String, value: Vec<u8>) {
+        if let Some(waiters) = self.doomed.remove(&key) {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+        self.keys.insert(key, value);
+    }
+
+    /// `key` must go; `waiter` (if any) hears when it is gone or the first attempt fails.
+    pub(crate) fn delete(&mut self, key: String, waiter: Option<Reply>) {
+        self.keys.remove(&key);
+        let waiters = self.doomed.entry(key).or_default();
+        waiters.extend(waiter);
+    }
+
+    /// A put the server refused on its own merits (not a connection problem): it would be
+    /// refused again, so it is no longer kept.
+    pub(crate) fn refused(&mut self, key: &str, value: &[u8]) {
+        if self.keys.get(key).is_some_and(|v| v == value) {
+            self.keys.remove(key);
+        }
+    }
+
+    /// The server confirmed that `key` is gone.
+    pub(crate) fn deleted(&mut self, key: &str) {
+        if let Some(waiters) = self.doomed.remove(key) {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+    }
+
+    /// The removal of `key` failed this time: its waiters hear why; it is retried later.
+    pub(crate) fn delete_failed(&mut self, key: &str, err: &RegistryError) {
+        if let Some(waiters) = self.doomed.get_mut(key) {
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(Err(err.duplicate()));
+            }
+        }
+    }
+
+    /// Every pending removal failed this time (the connection is gone).
+    pub(crate) fn deletes_failed(&mut self, err: &RegistryError) {
+        for waiters in self.doomed.values_mut() {
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(Err(err.duplicate()));
+            }
+        }
+    }
+
+    /// Every pending removal is accepted for now (the registry is unreachable): waiters hear
+    /// success, and the removals stay pending until done or their owner is gone.
+    pub(crate) fn owner_pending(&mut self) {
+        for waiters in self.doomed.values_mut() {
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+    }
+
+    /// The lease or session that held every doomed key is gone, and the keys with it.
+    pub(crate) fn owner_gone(&mut self) {
+        for (_, waiters) in std::mem::take(&mut self.doomed) {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+    }
+
+    /// Whether `key` is to be kept.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// What `key` must hold, if it is kept.
+    pub(crate) fn value(&self, key: &str) -> Option<&[u8]> {
+        self.keys.get(key).map(Vec::as_slice)
+    }
+
+    /// How many keys are kept.
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether removals are pending.
+    pub(crate) fn has_doomed(&self) -> bool {
+        !self.doomed.is_empty()
+    }
+
+    /// Everything to write on a new lease or session: pending removals first, then every key.
+    pub(crate) fn writes(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.doomed
+            .keys()
+            .map(|k| (k.clone(), None))
+            .chain(self.keys.iter().map(|(k, v)| (k.clone(), Some(v.clone()))))
+            .collect()
+    }
+
+    /// The pending removals.
+    pub(crate) fn doomed_keys(&self) -> Vec<String> {
+        self.doomed.keys().cloned().collect()
+    }
+
+    /// Every kept key.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &String> {
+        self.keys.keys()
+    }
+
+    /// Forgets everything (the registry is closed).
+    pub(crate) fn clear(&mut self) {
+        self.keys.clear();
+        self.owner_gone();
+    }
+}
+
+/// What [`absorb_queued`] found besides puts and deletes.
+pub(crate) struct Absorbed {
+    /// Puts applied to the live set (key, reply), answered once they are written.
+    pub(crate) puts: Vec<(String, Reply)>,
+    /// A close request, if one was queued (nothing after it was taken).
+    pub(crate) close: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Applies every queued command to `live` without writing anything: called right before a new
+/// lease or session writes the live set, so that what it writes is what was asked last.
+pub(crate) fn absorb_queued(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    live: &mut LiveSet,
+) -> Absorbed {
+    let mut absorbed = Absorbed {
+        puts: Vec::new(),
+        close: None,
+    };
+    while let Ok(command) = commands.try_recv() {
+        match command {
+            Command::Put { key, value, done } => {
+                live.put(key.clone(), value);
+                absorbed.puts.push((key, done));
+            }
+            Command::Delete { key, done } => live.delete(key, Some(done)),
+            Command::Close { done } => {
+                absorbed.close = Some(done);
+                break;
+            }
+        }
+    }
+    absorbed
+}
+
+/// While no lease or session is held: answers commands for `delay`. Puts and deletes apply to
+/// `live` at once. A put is answered with `cause` (it is written once the registry is back; the
+/// registrar shows `Retrying`); a delete succeeds (the key is deleted once the registry is
+/// back, or goes with its lease or session). Nobody is held up by an outage. Returns the
+/// close request's reply once the registry is closed (or all handles are gone: `Some(None)`).
+pub(crate) async fn wait_offline(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    live: &mut LiveSet,
+    delay: Duration,
+    cause: &RegistryError,
+) -> Option<Option<tokio::sync::oneshot::Sender<()>>> {
+    let deadline = tokio::time::sleep(delay);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return None,
+            command = commands.recv() => match command {
+                None => return Some(None),
+                Some(Command::Put { key, value, done }) => {
+                    live.put(key, value);
+                    let _ = done.send(Err(cause.duplicate()));
+                }
+                Some(Command::Delete { key, done }) => {
+                    live.delete(key, None);
+                    let _ = done.send(Ok(()));
+                }
+                Some(Command::Close { done }) => return Some(Some(done)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    #[test]
+    fn a_put_supersedes_a_pending_delete_and_answers_its_waiter() {
+        let mut live = LiveSet::default();
+        let (tx, mut rx) = oneshot::channel();
+        live.put("k".into(), b"1".to_vec());
+        live.delete("k".into(), Some(tx));
+        assert!(!live.contains("k"));
+        assert_eq!(live.writes(), vec![("k".to_string(), None)]);
+        live.put("k".into(), b"2".to_vec());
+        assert!(rx.try_recv().unwrap().is_ok());
+        assert_eq!(live.writes(), vec![("k".to_string(), Some(b"2".to_vec()))]);
+    }
+
+    #[test]
+    fn a_failed_delete_stays_pending_until_confirmed() {
+        let mut live = LiveSet::default();
+        let (tx, mut rx) = oneshot::channel();
+        live.delete("k".into(), Some(tx));
+        let err = RegistryError::Backend {
+            backend: "test",
+            source: "refused".into(),
+        };
+        live.delete_failed("k", &err);
+        assert!(rx.try_recv().unwrap().is_err());
+        assert!(live.has_doomed());
+        live.deleted("k");
+        assert!(!live.has_doomed());
+    }
+
+    #[tokio::test]
+    async fn queued_commands_apply_in_order_before_a_write() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut live = LiveSet::default();
+        live.put("a".into(), b"1".to_vec());
+        let (d1, _w1) = oneshot::channel();
+        let (d2, _w2) = oneshot::channel();
+        tx.send(Command::Delete {
+            key: "a".into(),
+            done: d1,
+        })
+        .unwrap();
+        tx.send(Command::Put {
+            key: "b".into(),
+            value: b"2".to_vec(),
+            done: d2,
+        })
+        .unwrap();
+        let absorbed = absorb_queued(&mut rx, &mut live);
+        assert_eq!(absorbed.puts.len(), 1);
+        assert!(absorbed.close.is_none());
+        assert_eq!(
+            live.writes(),
+            vec![
+                ("a".to_string(), None),
+                ("b".to_string(), Some(b"2".to_vec()))
+            ]
+        );
+    }
+}
