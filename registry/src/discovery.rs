@@ -76,6 +76,28 @@ pub struct Change {
     pub removed: Vec<Instance>,
 }
 
+impl Change {
+    /// The first item of every watch: `all` is the current set, and every instance in it counts
+    /// as added.
+    ///
+    /// ```
+    /// use service_registry::{Change, Info, Instance};
+    /// let a = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
+    /// let first = Change::snapshot("s", vec![a.clone()]);
+    /// assert_eq!(first.all, first.added);
+    /// assert!(first.updated.is_empty() && first.removed.is_empty());
+    /// ```
+    pub fn snapshot(service: &str, all: Vec<Instance>) -> Self {
+        Self {
+            service: service.to_string(),
+            added: all.clone(),
+            all,
+            updated: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
 /// The stream returned by [`Discovery::watch`].
 pub type WatchStream = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
 
@@ -103,6 +125,19 @@ pub enum DiscoveryError {
         /// The client error.
         #[source]
         source: BoxError,
+    },
+    /// The registry server lacks something this client needs to follow a service (ZooKeeper
+    /// older than 3.6 has no persistent watches).
+    #[error("{backend} registry at {endpoint} cannot watch `{service}`: {reason}")]
+    Unsupported {
+        /// The backend.
+        backend: &'static str,
+        /// The endpoint(s) tried.
+        endpoint: String,
+        /// The service being watched.
+        service: String,
+        /// What is missing, and what to do about it.
+        reason: String,
     },
     /// Any other backend failure.
     #[error("{backend} discovery of `{service}` failed: {source}")]
@@ -164,8 +199,14 @@ impl DiscoveryError {
 pub trait Discovery: Send + Sync + 'static {
     /// The instances registered now.
     async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError>;
-    /// The current set first, then every change; the stream ends only when the backend is
-    /// dropped. Backends recover from broken watches by themselves (re-list and resume).
+    /// The current set first (a [`Change::snapshot`]), then the changes; the stream ends only
+    /// when the backend is dropped. Backends recover from broken watches by themselves (re-list
+    /// and resume).
+    ///
+    /// A watch holds the latest state, not a history: a reader that falls behind gets one
+    /// [`Change`] from what it last saw to the current set, so a watcher that never reads costs
+    /// memory in proportion to the instance set, however often it changes. Dropping the stream
+    /// ends whatever follows the service for it (a backend task, its server-side watch).
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError>;
 }
 

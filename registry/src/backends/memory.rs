@@ -5,17 +5,34 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
+use super::watch::{self, Publisher};
+use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::info::Info;
 use crate::registry::{Registry, RegistryError};
 
-#[derive(Default)]
+/// Channels are swept when there are at least this many.
+const MIN_SWEEP: usize = 16;
+
 struct State {
     services: HashMap<String, BTreeMap<SocketAddr, Instance>>,
-    watchers: HashMap<String, Vec<mpsc::UnboundedSender<Change>>>,
+    /// One latest-state channel per watched service, shared by all its watchers: a watcher
+    /// costs a receiver, however many changes it has not read.
+    watchers: HashMap<String, Publisher>,
+    /// When `watchers` reaches this size, channels whose watchers are all gone are dropped, and
+    /// the next sweep waits for twice the survivors: dropped watchers never pile up, at an
+    /// amortized constant cost per watch.
+    sweep_at: usize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            services: HashMap::new(),
+            watchers: HashMap::new(),
+            sweep_at: MIN_SWEEP,
+        }
+    }
 }
 
 impl State {
@@ -26,14 +43,25 @@ impl State {
             .unwrap_or_default()
     }
 
-    fn publish(&mut self, service: &str, before: &[Instance]) {
-        let after = self.instances(service);
-        let Some(change) = diff_instances(service, before, &after) else {
+    /// Hands the current set of `service` to its watchers, or drops its channel when they are
+    /// all gone.
+    fn publish(&mut self, service: &str) {
+        let Some(publisher) = self.watchers.get(service) else {
             return;
         };
-        if let Some(watchers) = self.watchers.get_mut(service) {
-            watchers.retain(|tx| tx.send(change.clone()).is_ok());
+        if publisher.is_closed() {
+            self.watchers.remove(service);
+        } else {
+            publisher.publish(self.instances(service));
         }
+    }
+
+    fn sweep(&mut self) {
+        if self.watchers.len() < self.sweep_at {
+            return;
+        }
+        self.watchers.retain(|_, publisher| !publisher.is_closed());
+        self.sweep_at = (self.watchers.len() * 2).max(MIN_SWEEP);
     }
 }
 
@@ -124,6 +152,25 @@ impl MemoryRegistry {
         Arc::ptr_eq(&self.state, &other.state)
     }
 
+    /// How many watch channels the registry holds (one per watched service, whatever the
+    /// number of its watchers); channels whose watchers are all gone are dropped as it goes.
+    /// For tests.
+    ///
+    /// ```
+    /// use service_registry::{Discovery, MemoryRegistry};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let registry = MemoryRegistry::new();
+    /// let a = registry.watch("echo").await.unwrap();
+    /// let b = registry.watch("echo").await.unwrap();
+    /// assert_eq!(registry.watch_channels(), 1);
+    /// # drop((a, b));
+    /// # }
+    /// ```
+    #[doc(hidden)]
+    pub fn watch_channels(&self) -> usize {
+        self.lock().watchers.len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated (every update is a
         // single insert or remove), so a poisoned lock is still consistent.
@@ -137,26 +184,24 @@ impl MemoryRegistry {
 impl Registry for MemoryRegistry {
     async fn register(&self, info: &Info) -> Result<(), RegistryError> {
         let mut state = self.lock();
-        let before = state.instances(&info.service_name);
         state
             .services
             .entry(info.service_name.clone())
             .or_default()
             .insert(info.addr, Instance::from(info));
-        state.publish(&info.service_name, &before);
+        state.publish(&info.service_name);
         Ok(())
     }
 
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
         let mut state = self.lock();
-        let before = state.instances(&info.service_name);
         if let Some(instances) = state.services.get_mut(&info.service_name) {
             instances.remove(&info.addr);
             if instances.is_empty() {
                 state.services.remove(&info.service_name);
             }
         }
-        state.publish(&info.service_name, &before);
+        state.publish(&info.service_name);
         Ok(())
     }
 }
@@ -168,25 +213,17 @@ impl Discovery for MemoryRegistry {
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.lock();
+        state.sweep();
         let all = state.instances(service);
         // Snapshot and subscription under one lock: no change can fall between them.
-        let snapshot = Change {
-            service: service.to_string(),
-            added: all.clone(),
-            all,
-            updated: Vec::new(),
-            removed: Vec::new(),
-        };
-        // The receiver is alive, so this send cannot fail.
-        let _ = tx.send(snapshot);
-        state
-            .watchers
-            .entry(service.to_string())
-            .or_default()
-            .push(tx);
-        Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+        if let Some(publisher) = state.watchers.get(service) {
+            publisher.publish(all);
+            return Ok(publisher.subscribe());
+        }
+        let (publisher, stream) = watch::channel(service, all);
+        state.watchers.insert(service.to_string(), publisher);
+        Ok(stream)
     }
 }
 
@@ -236,6 +273,39 @@ mod tests {
         registry.deregister(&info(5)).await.unwrap();
         registry.deregister(&i).await.unwrap();
         assert!(watch.next().await.unwrap().removed.len() == 1);
+    }
+
+    #[tokio::test]
+    async fn watchers_of_one_service_share_a_channel_that_goes_with_them() {
+        let registry = MemoryRegistry::new();
+        let mut a = registry.watch("svc").await.unwrap();
+        let mut b = registry.watch("svc").await.unwrap();
+        assert_eq!(registry.watch_channels(), 1);
+        for watch in [&mut a, &mut b] {
+            assert!(watch.next().await.unwrap().all.is_empty());
+        }
+        registry.register(&info(1)).await.unwrap();
+        for watch in [&mut a, &mut b] {
+            assert_eq!(watch.next().await.unwrap().added.len(), 1);
+        }
+        drop(a);
+        registry.deregister(&info(1)).await.unwrap();
+        assert_eq!(b.next().await.unwrap().removed.len(), 1);
+        drop(b);
+        // The next change of the service drops its channel.
+        registry.register(&info(1)).await.unwrap();
+        assert_eq!(registry.watch_channels(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_late_watcher_starts_from_the_current_set() {
+        let registry = MemoryRegistry::new();
+        let _early = registry.watch("svc").await.unwrap();
+        registry.register(&info(1)).await.unwrap();
+        let mut late = registry.watch("svc").await.unwrap();
+        let first = late.next().await.unwrap();
+        assert_eq!(first.added.len(), 1);
+        assert_eq!(first.all, first.added);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Registry backends. The in-memory one is always compiled; the others sit behind features.
 
 pub mod memory;
+pub(crate) mod watch;
 
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod call;

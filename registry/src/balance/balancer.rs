@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
+use tokio::sync::watch;
 
 use super::consistent_hash::ConsistentHash;
 use super::filter::TagFilter;
@@ -45,6 +46,8 @@ struct Inner {
     filter: TagFilter,
     min_fraction: f64,
     snapshot: ArcSwap<Snapshot>,
+    /// Never sent on: dropped with the last clone of the balancer, which ends its watch tasks.
+    owner: watch::Sender<()>,
 }
 
 impl Inner {
@@ -109,6 +112,7 @@ impl Balancer {
                 instances: Vec::new(),
                 picker: Picker::Random(WeightedRandom::new(Vec::new())),
             }),
+            owner: watch::channel(()).0,
         };
         let balancer = Self {
             inner: Arc::new(inner),
@@ -134,6 +138,7 @@ impl Balancer {
                 instances: Vec::new(),
                 picker: Picker::Random(WeightedRandom::new(Vec::new())),
             }),
+            owner: watch::channel(()).0,
         };
         change(&mut inner);
         let balancer = Self {
@@ -231,7 +236,8 @@ impl Balancer {
     }
 
     /// Follows `service` through `discovery`: the current set is in place when this returns,
-    /// and every later change is applied as it arrives (until the balancer is dropped).
+    /// and every later change is applied as it arrives. The task that applies them ends, and
+    /// with it the watch, as soon as the last clone of the balancer is dropped.
     ///
     /// See [`Balancer`] for an example.
     pub async fn watch<D: Discovery + ?Sized>(
@@ -244,9 +250,16 @@ impl Balancer {
             self.update(&first.all);
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let mut owner = self.inner.owner.subscribe();
         let service = service.to_string();
         tokio::spawn(async move {
-            while let Some(change) = changes.next().await {
+            loop {
+                let change = tokio::select! {
+                    // Nothing is ever sent: this completes when the balancer is gone.
+                    _ = owner.changed() => return,
+                    change = changes.next() => change,
+                };
+                let Some(change) = change else { return };
                 let Some(inner) = weak.upgrade() else { return };
                 tracing::debug!(service, instances = change.all.len(), "balancer updated");
                 inner.snapshot.store(Arc::new(inner.build(&change.all)));
@@ -386,5 +399,39 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!((0..20).all(|_| balancer.pick().unwrap().addr == b.addr));
+    }
+
+    /// Alive tasks on the current runtime.
+    fn alive() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    #[tokio::test]
+    async fn the_watch_task_ends_when_the_last_clone_is_dropped() {
+        use crate::MemoryRegistry;
+        let registry = MemoryRegistry::new();
+        let baseline = alive();
+        let balancer = Balancer::new(Strategy::WeightedRandom)
+            .watch(&registry, "svc")
+            .await
+            .unwrap();
+        assert_eq!(alive(), baseline + 1, "one task follows the watch");
+        let clone = balancer.clone();
+        drop(balancer);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(alive(), baseline + 1, "a clone still owns the task");
+        drop(clone);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while alive() != baseline {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watch task outlived its balancer by 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

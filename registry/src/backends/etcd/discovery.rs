@@ -1,25 +1,41 @@
-//! [`EtcdDiscovery`]: resolve with one range read; watch from the listed revision.
-
-use std::collections::BTreeMap;
-use std::sync::Arc;
+//! [`EtcdDiscovery`]: resolve with paged range reads at one revision; watch from the listed
+//! revision.
 
 use async_trait::async_trait;
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
-use tokio::sync::{mpsc, Mutex};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use etcd_client::{
+    Client, ConnectOptions, Error as EtcdError, EventType, GetOptions, GetResponse, KeyValue,
+    WatchOptions, WatchStream as EtcdWatchStream,
+};
 
 use super::config::EtcdConfig;
 use super::error::bounded;
 use super::wire;
-use crate::discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
+use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source};
+use crate::backoff::Backoff;
+use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::registry::RegistryError;
+
+/// Keys per range read. Kitex values are a few hundred bytes, so a page is far under the
+/// response limit; a page that still exceeds it (large foreign values) is read again smaller.
+const PAGE: i64 = 256;
+/// The largest response discovery decodes (tonic's default is 4 MiB). etcd refuses requests
+/// over `--max-request-bytes` (1.5 MiB by default), so any single value fits; only pages of
+/// several large values need splitting.
+const MAX_RESPONSE: usize = 16 << 20;
+/// How often a listing starts over when etcd compacts the revision it is reading at.
+const LIST_ATTEMPTS: u32 = 3;
 
 /// Finds instances that Kitex (Go) or [`EtcdRegistry`](super::EtcdRegistry) registered.
 ///
-/// `resolve` is one range read of `{prefix}/{service}/`. `watch` lists, then watches from the
-/// listed revision + 1, so no change falls between; when the watch breaks (etcd restarted,
-/// compaction, network), it lists again, reports the difference, and resumes. Keys or values it
-/// cannot read are left out and logged; the rest still count.
+/// `resolve` reads `{prefix}/{service}/` in pages, all at the revision of the first, so a
+/// service of any size is one consistent view and a few huge values cannot push a response
+/// over the limit. `watch` lists, then watches from the listed revision + 1, so no change falls
+/// between; when the watch breaks (etcd restarted, compaction, network, the member lost its
+/// leader), it lists again, reports the difference, and resumes. Keys or values it cannot read
+/// (not UTF-8, no port, not Kitex JSON, too large) are left out and logged; the rest still
+/// count. Several keys holding one address are one instance.
+///
+/// Concurrent calls share one connection and one connect in flight.
 ///
 /// ```no_run
 /// use futures_util::StreamExt;
@@ -38,7 +54,7 @@ use crate::registry::RegistryError;
 #[derive(Clone)]
 pub struct EtcdDiscovery {
     config: EtcdConfig,
-    client: Arc<Mutex<Option<Client>>>,
+    client: SharedClient<Client>,
 }
 
 impl std::fmt::Debug for EtcdDiscovery {
@@ -53,20 +69,96 @@ fn discovery_error(service: &str, err: RegistryError) -> DiscoveryError {
     DiscoveryError::from_registry("etcd", service, err)
 }
 
-/// Decodes one key-value under `service_prefix`; `None` (logged) when it is not readable.
-fn decode(service_prefix: &str, kv: &KeyValue) -> Option<Instance> {
-    let key = String::from_utf8_lossy(kv.key());
-    if !key.starts_with(service_prefix) || key[service_prefix.len()..].contains('/') {
-        tracing::debug!(%key, "ignoring a key that is not an instance of this service");
+/// Decodes one key-value under `service_prefix`: its key and instance, or `None` (logged) when
+/// it is not a readable instance of this service.
+fn decode(service_prefix: &str, kv: &KeyValue) -> Option<(String, Instance)> {
+    let Ok(key) = std::str::from_utf8(kv.key()) else {
+        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring a key that is not UTF-8");
+        return None;
+    };
+    let Some(name) = key.strip_prefix(service_prefix) else {
+        tracing::debug!(key, "ignoring a key outside this service");
+        return None;
+    };
+    if name.contains('/') {
+        tracing::debug!(
+            key,
+            "ignoring a key that is not an instance of this service"
+        );
+        return None;
+    }
+    if !has_port(name) {
+        tracing::warn!(key, "ignoring a key that is not host:port");
         return None;
     }
     match wire::decode(kv.value()) {
-        Ok(instance) => Some(instance),
+        Ok(instance) => Some((key.to_string(), instance)),
         Err(err) => {
-            tracing::warn!(%key, error = %err, "ignoring an unreadable registry value");
+            tracing::warn!(key, error = %err, "ignoring an unreadable registry value");
             None
         }
     }
+}
+
+/// `host:port`, as Kitex writes the last key segment (the host may be a name; the value's
+/// address is what counts).
+fn has_port(name: &str) -> bool {
+    name.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// The first key after every key that starts with `prefix`.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only 0xff bytes: to the end of the keyspace.
+    vec![0]
+}
+
+/// The key right after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// A range read that etcd answered, or a reason to read differently.
+enum Page {
+    Read(GetResponse),
+    /// The response is over [`MAX_RESPONSE`].
+    TooLarge,
+    /// The revision being read was compacted meanwhile.
+    Compacted,
+}
+
+fn page(result: Result<GetResponse, EtcdError>) -> Result<Page, EtcdError> {
+    match result {
+        Ok(response) => Ok(Page::Read(response)),
+        Err(EtcdError::GRpcStatus(status)) if status.code() == tonic::Code::OutOfRange => {
+            if status.message().contains("message length too large") {
+                Ok(Page::TooLarge)
+            } else if status.message().contains("compacted") {
+                Ok(Page::Compacted)
+            } else {
+                Err(EtcdError::GRpcStatus(status))
+            }
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// A live etcd watch on one service.
+pub(crate) struct Cursor {
+    stream: EtcdWatchStream,
+    /// The revision seen last.
+    revision: i64,
+    /// The client's epoch, forgotten when the stream fails.
+    epoch: u64,
 }
 
 impl EtcdDiscovery {
@@ -80,176 +172,236 @@ impl EtcdDiscovery {
     pub fn new(config: EtcdConfig) -> Self {
         Self {
             config,
-            client: Arc::default(),
+            client: SharedClient::default(),
         }
     }
 
-    async fn client(&self) -> Result<Client, RegistryError> {
-        let mut cached = self.client.lock().await;
-        if let Some(client) = cached.as_ref() {
-            return Ok(client.clone());
-        }
-        let limit = self.config.connect_timeout + self.config.request_timeout;
-        let client = bounded(
-            &self.config,
-            limit,
-            Client::connect(&self.config.endpoints, Some(self.config.connect_options())),
-        )
-        .await?;
-        *cached = Some(client.clone());
-        Ok(client)
+    /// Options for discovery's client: the registry's, and a watch on a member that lost its
+    /// leader fails (and is opened again, through any member) instead of going quiet.
+    fn connect_options(&self) -> ConnectOptions {
+        self.config.connect_options().with_require_leader(true)
+    }
+
+    /// The shared client and its epoch; concurrent callers share one connect.
+    async fn client(&self) -> Result<(Client, u64), RegistryError> {
+        let config = self.config.clone();
+        let options = self.connect_options();
+        self.client
+            .get(
+                |_| true,
+                move || async move {
+                    let limit = config.connect_timeout + config.request_timeout;
+                    bounded(
+                        &config,
+                        limit,
+                        Client::connect(&config.endpoints, Some(options)),
+                    )
+                    .await
+                },
+            )
+            .await
     }
 
     /// Lists the service: instances by key, and the revision of the read.
-    async fn list(
+    async fn list(&self, service: &str) -> Result<(Entries, i64), RegistryError> {
+        let (client, epoch) = self.client().await?;
+        let listed = self.list_with(&client, service).await;
+        if let Err(RegistryError::Unavailable { .. }) = &listed {
+            // Reconnect next time: the connection may be dead.
+            self.client.forget(epoch);
+        }
+        listed
+    }
+
+    async fn list_with(
         &self,
+        client: &Client,
         service: &str,
-    ) -> Result<(BTreeMap<String, Instance>, i64), RegistryError> {
+    ) -> Result<(Entries, i64), RegistryError> {
+        let mut attempt = 1;
+        loop {
+            match self.read_pages(client, service).await? {
+                Some(listed) => return Ok(listed),
+                None if attempt < LIST_ATTEMPTS => {
+                    tracing::debug!(service, "revision compacted while listing; starting over");
+                    attempt += 1;
+                }
+                None => {
+                    return Err(RegistryError::Unavailable {
+                        backend: "etcd",
+                        endpoint: self.config.endpoint_list(),
+                        source: format!(
+                        "etcd compacted the revision being listed {LIST_ATTEMPTS} times in a row"
+                    )
+                        .into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Reads every page at the revision of the first; `None` when that revision was compacted
+    /// before the last page.
+    async fn read_pages(
+        &self,
+        client: &Client,
+        service: &str,
+    ) -> Result<Option<(Entries, i64)>, RegistryError> {
         let prefix = wire::service_prefix(&self.config.prefix, service);
-        let mut client = self.client().await?;
-        let read = bounded(
+        let end = range_end(prefix.as_bytes());
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
+        let mut entries = Entries::new();
+        let mut start = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut limit = PAGE;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let read = bounded(&self.config, self.config.request_timeout, async {
+                page(kv.get(start.clone(), Some(options)).await)
+            })
+            .await?;
+            let response = match read {
+                Page::Read(response) => response,
+                Page::Compacted => return Ok(None),
+                Page::TooLarge if limit > 1 => {
+                    limit = (limit / 8).max(1);
+                    continue;
+                }
+                Page::TooLarge => {
+                    // One value alone is over the limit: step over it, reading only its key.
+                    let options = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(1)
+                        .with_keys_only()
+                        .with_revision(revision);
+                    let read = bounded(&self.config, self.config.request_timeout, async {
+                        page(kv.get(start.clone(), Some(options)).await)
+                    })
+                    .await?;
+                    let Page::Read(response) = read else {
+                        return Ok(None);
+                    };
+                    if let Some(kv) = response.kvs().first() {
+                        tracing::warn!(
+                            key = %String::from_utf8_lossy(kv.key()),
+                            limit = MAX_RESPONSE,
+                            "ignoring a registry value larger than discovery reads"
+                        );
+                    }
+                    response
+                }
+            };
+            if revision == 0 {
+                revision = response.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in response.kvs() {
+                if let Some((key, instance)) = decode(&prefix, kv) {
+                    entries.insert(key, instance);
+                }
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => start = successor(last.key()),
+                _ => return Ok(Some((entries, revision))),
+            }
+            limit = (limit * 2).min(PAGE);
+        }
+    }
+}
+
+#[async_trait]
+impl Source for EtcdDiscovery {
+    type Cursor = Cursor;
+
+    async fn open(&self, service: &str) -> Result<(Cursor, Entries), DiscoveryError> {
+        let error = |err| discovery_error(service, err);
+        let (client, epoch) = self.client().await.map_err(error)?;
+        let (entries, revision) = match self.list_with(&client, service).await {
+            Ok(listed) => listed,
+            Err(err) => {
+                if let RegistryError::Unavailable { .. } = err {
+                    self.client.forget(epoch);
+                }
+                return Err(error(err));
+            }
+        };
+        let prefix = wire::service_prefix(&self.config.prefix, service);
+        let options = WatchOptions::new()
+            .with_range(range_end(prefix.as_bytes()))
+            .with_start_revision(revision + 1);
+        let mut watch_client = client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE);
+        let stream = bounded(
             &self.config,
             self.config.request_timeout,
-            client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+            watch_client.watch(prefix.as_str(), Some(options)),
         )
-        .await;
-        let response = match read {
-            Ok(response) => response,
-            Err(err) => {
-                // Reconnect next time: the cached client may hold a dead token or channel.
-                *self.client.lock().await = None;
-                return Err(err);
-            }
+        .await
+        .inspect_err(|_| self.client.forget(epoch))
+        .map_err(error)?;
+        let cursor = Cursor {
+            stream,
+            revision,
+            epoch,
         };
-        let revision = response.header().map(|h| h.revision()).unwrap_or(0);
-        let instances = response
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                decode(&prefix, kv).map(|i| (String::from_utf8_lossy(kv.key()).into_owned(), i))
-            })
-            .collect();
-        Ok((instances, revision))
+        Ok((cursor, entries))
     }
 
-    /// Follows the service: watch from `revision + 1`; on any break, list again and resume.
-    async fn follow(
-        self,
-        service: String,
-        mut known: BTreeMap<String, Instance>,
-        mut revision: i64,
-        tx: mpsc::UnboundedSender<Change>,
-    ) {
-        let prefix = wire::service_prefix(&self.config.prefix, &service);
-        let mut backoff = self.config.backoff.clone();
-        loop {
-            let cause = tokio::select! {
-                () = tx.closed() => return,
-                cause = self.watch_from(&prefix, &service, &mut known, &mut revision, &tx) => cause,
-            };
-            tracing::warn!(service, %cause, "etcd watch broken; listing again");
-            loop {
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                match self.list(&service).await {
-                    Ok((listed, listed_revision)) => {
-                        let before: Vec<Instance> = known.values().cloned().collect();
-                        let after: Vec<Instance> = listed.values().cloned().collect();
-                        known = listed;
-                        revision = listed_revision;
-                        if let Some(change) = diff_instances(&service, &before, &after) {
-                            if tx.send(change).is_err() {
-                                return;
-                            }
-                        }
-                        backoff.reset();
-                        break;
-                    }
-                    Err(err) => tracing::debug!(service, error = %err, "listing failed; retrying"),
-                }
-            }
-        }
-    }
-
-    /// Watches until the watch breaks; returns why.
-    async fn watch_from(
+    async fn next(
         &self,
-        prefix: &str,
         service: &str,
-        known: &mut BTreeMap<String, Instance>,
-        revision: &mut i64,
-        tx: &mpsc::UnboundedSender<Change>,
-    ) -> String {
-        let mut client = match self.client().await {
-            Ok(client) => client,
-            Err(err) => return err.to_string(),
-        };
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(*revision + 1);
-        let mut stream = match client.watch(prefix, Some(options)).await {
-            Ok(stream) => stream,
+        cursor: &mut Cursor,
+        entries: &mut Entries,
+    ) -> Result<(), String> {
+        let response = match cursor.stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Err("the watch stream ended".into()),
             Err(err) => {
-                *self.client.lock().await = None;
-                return format!("cannot start watch: {err}");
+                self.client.forget(cursor.epoch);
+                return Err(format!("the watch stream failed: {err}"));
             }
         };
-        loop {
-            let response = match stream.message().await {
-                Ok(Some(response)) => response,
-                Ok(None) => return "the watch stream ended".into(),
-                Err(err) => {
-                    *self.client.lock().await = None;
-                    return format!("the watch stream failed: {err}");
-                }
+        if response.compact_revision() > 0 {
+            return Err(format!(
+                "revision {} was compacted (now {})",
+                cursor.revision + 1,
+                response.compact_revision()
+            ));
+        }
+        if response.canceled() {
+            return Err(format!(
+                "etcd cancelled the watch: {}",
+                response.cancel_reason()
+            ));
+        }
+        let prefix = wire::service_prefix(&self.config.prefix, service);
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            cursor.revision = cursor.revision.max(kv.mod_revision());
+            let decoded = match event.event_type() {
+                EventType::Put => decode(&prefix, kv),
+                EventType::Delete => None,
             };
-            if response.compact_revision() > 0 {
-                return format!("revision {} was compacted", *revision + 1);
-            }
-            if response.canceled() {
-                return format!("etcd cancelled the watch: {}", response.cancel_reason());
-            }
-            let mut change = Change {
-                service: service.to_string(),
-                all: Vec::new(),
-                added: Vec::new(),
-                updated: Vec::new(),
-                removed: Vec::new(),
-            };
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                *revision = (*revision).max(kv.mod_revision());
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let decoded = match event.event_type() {
-                    EventType::Put => decode(prefix, kv),
-                    EventType::Delete => None,
-                };
-                match (decoded, known.remove(&key)) {
-                    (Some(new), None) => {
-                        change.added.push(new.clone());
-                        known.insert(key, new);
-                    }
-                    (Some(new), Some(old)) => {
-                        if new != old {
-                            change.updated.push(new.clone());
-                        }
-                        known.insert(key, new);
-                    }
-                    (None, Some(old)) => change.removed.push(old),
-                    (None, None) => {}
+            match decoded {
+                Some((key, instance)) => {
+                    entries.insert(key, instance);
                 }
-            }
-            if change.added.is_empty() && change.updated.is_empty() && change.removed.is_empty() {
-                continue;
-            }
-            change.all = known.values().cloned().collect();
-            if tx.send(change).is_err() {
-                return "the watcher went away".into();
+                // Deleted, or now unreadable: the key reads as gone.
+                None => {
+                    if let Ok(key) = std::str::from_utf8(kv.key()) {
+                        entries.remove(key);
+                    }
+                }
             }
         }
+        Ok(())
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.config.backoff.clone()
     }
 }
 
@@ -258,29 +410,44 @@ impl Discovery for EtcdDiscovery {
     async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
         self.list(service)
             .await
-            .map(|(instances, _)| instances.into_values().collect())
+            .map(|(entries, _)| by_addr(&entries))
             .map_err(|err| discovery_error(service, err))
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
-        let (known, revision) = self
-            .list(service)
-            .await
-            .map_err(|err| discovery_error(service, err))?;
-        let all: Vec<Instance> = known.values().cloned().collect();
-        let (tx, rx) = mpsc::unbounded_channel();
-        // The receiver is alive, so this send cannot fail.
-        let _ = tx.send(Change {
-            service: service.to_string(),
-            added: all.clone(),
-            all,
-            updated: Vec::new(),
-            removed: Vec::new(),
-        });
-        tokio::spawn(
-            self.clone()
-                .follow(service.to_string(), known, revision, tx),
+        watch::watch(self, service).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_end_covers_exactly_the_prefix() {
+        assert_eq!(
+            range_end(b"kitex/registry-etcd/echo/"),
+            b"kitex/registry-etcd/echo0"
         );
-        Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+        assert_eq!(range_end(b"a\xff"), b"b");
+        assert_eq!(range_end(b"\xff\xff"), b"\0");
+        assert_eq!(successor(b"k/1"), b"k/1\0");
+    }
+
+    #[test]
+    fn instance_keys_end_in_host_and_port() {
+        for good in ["127.0.0.1:80", "[fd00::1]:8080", "host-a:9", "fd00::1:8080"] {
+            assert!(has_port(good), "{good}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "host:",
+            ":80",
+            "127.0.0.1:http",
+            "127.0.0.1:70000",
+            "",
+        ] {
+            assert!(!has_port(bad), "{bad}");
+        }
     }
 }

@@ -1,23 +1,30 @@
 //! [`ZookeeperDiscovery`]: resolve = list children + read data; watch = a persistent recursive
 //! watch, with a full re-list after every reconnect.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use tokio::sync::{mpsc, Mutex};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use zookeeper_client::{AddWatchMode, Client, Error as ZkError, EventType, SessionState};
+use zookeeper_client::{
+    AddWatchMode, Client, Error as ZkError, EventType, PersistentWatcher, SessionState, Stat,
+};
 
 use super::config::ZookeeperConfig;
-use super::error::{registry_error, timed_out};
+use super::error::bounded;
 use super::session::connect;
 use super::wire;
-use crate::discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
+use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source};
+use crate::backoff::Backoff;
+use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::registry::RegistryError;
 
+const BACKEND: &str = "zookeeper";
+
 /// Finds instances that Kitex (Go) or [`ZookeeperRegistry`](super::ZookeeperRegistry)
-/// registered. Nodes it cannot read are left out and logged; the rest still count.
+/// registered. Children it cannot read (malformed, or an ACL that does not admit this client)
+/// are left out and logged; the rest still count. Several children holding one address are one
+/// instance.
+///
+/// `watch` needs persistent recursive watches, which ZooKeeper has since 3.6; against an older
+/// server it fails with [`DiscoveryError::Unsupported`] (`resolve` works with any version).
+/// Concurrent calls share one session and one connect in flight.
 ///
 /// ```no_run
 /// use futures_util::StreamExt;
@@ -35,7 +42,7 @@ use crate::registry::RegistryError;
 #[derive(Clone)]
 pub struct ZookeeperDiscovery {
     config: ZookeeperConfig,
-    client: Arc<Mutex<Option<Client>>>,
+    client: SharedClient<Client>,
 }
 
 impl std::fmt::Debug for ZookeeperDiscovery {
@@ -47,7 +54,52 @@ impl std::fmt::Debug for ZookeeperDiscovery {
 }
 
 fn discovery_error(service: &str, err: RegistryError) -> DiscoveryError {
-    DiscoveryError::from_registry("zookeeper", service, err)
+    DiscoveryError::from_registry(BACKEND, service, err)
+}
+
+/// What reading one child gave.
+enum Read {
+    Found(Vec<u8>, Stat),
+    /// Deleted meanwhile.
+    Gone,
+    /// The child's ACL does not let this client read it.
+    Denied,
+}
+
+/// Why a persistent watch could not be added.
+enum AddWatch {
+    Added(PersistentWatcher),
+    /// The server predates persistent watches (ZooKeeper < 3.6).
+    Unimplemented,
+}
+
+/// Sorts the answer to adding a persistent watch: a server older than 3.6 answers
+/// `Unimplemented` (and closes the connection), which no retry can fix.
+fn added(result: Result<PersistentWatcher, ZkError>) -> Result<AddWatch, ZkError> {
+    match result {
+        Ok(watcher) => Ok(AddWatch::Added(watcher)),
+        Err(ZkError::Unimplemented) => Ok(AddWatch::Unimplemented),
+        Err(err) => Err(err),
+    }
+}
+
+/// The error for a server without persistent watches.
+fn unsupported(config: &ZookeeperConfig, service: &str) -> DiscoveryError {
+    DiscoveryError::Unsupported {
+        backend: BACKEND,
+        endpoint: config.connect.clone(),
+        service: service.to_string(),
+        reason: "the server does not implement persistent recursive watches (added in \
+                 ZooKeeper 3.6); upgrade it, or poll with `resolve`"
+            .to_string(),
+    }
+}
+
+/// A live persistent watch on one service, in one session.
+pub(crate) struct Cursor {
+    client: Client,
+    watcher: PersistentWatcher,
+    dir: String,
 }
 
 impl ZookeeperDiscovery {
@@ -61,32 +113,21 @@ impl ZookeeperDiscovery {
     pub fn new(config: ZookeeperConfig) -> Self {
         Self {
             config,
-            client: Arc::default(),
+            client: SharedClient::default(),
         }
     }
 
-    /// The cached client, or a new session when there is none or it has ended.
+    /// The shared session, or a new one when there is none or it has ended; concurrent callers
+    /// share one connect.
     async fn client(&self) -> Result<Client, RegistryError> {
-        let mut cached = self.client.lock().await;
-        if let Some(client) = cached.as_ref() {
-            if !client.state().is_terminated() {
-                return Ok(client.clone());
-            }
-        }
-        let client = connect(&self.config).await?;
-        *cached = Some(client.clone());
-        Ok(client)
-    }
-
-    async fn call<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, ZkError>>,
-    ) -> Result<T, RegistryError> {
-        let limit = self.config.request_timeout;
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => result.map_err(|err| registry_error(&self.config, err)),
-            Err(_) => Err(timed_out(&self.config, limit)),
-        }
+        let config = self.config.clone();
+        self.client
+            .get(
+                |client: &Client| !client.state().is_terminated(),
+                move || async move { connect(&config).await },
+            )
+            .await
+            .map(|(client, _)| client)
     }
 
     /// Reads one child; `None` (logged) when it is gone or unreadable.
@@ -97,39 +138,47 @@ impl ZookeeperDiscovery {
         name: &str,
     ) -> Result<Option<Instance>, RegistryError> {
         let path = format!("{dir}/{name}");
-        let limit = self.config.request_timeout;
-        match tokio::time::timeout(limit, client.get_data(&path)).await {
-            Ok(Ok((data, stat))) => match wire::decode(name, &data, stat.ctime) {
+        let read = bounded(&self.config, self.config.request_timeout, async {
+            match client.get_data(&path).await {
+                Ok((data, stat)) => Ok(Read::Found(data, stat)),
+                Err(ZkError::NoNode) => Ok(Read::Gone),
+                Err(ZkError::NoAuth) => Ok(Read::Denied),
+                Err(err) => Err(err),
+            }
+        })
+        .await?;
+        match read {
+            Read::Found(data, stat) => match wire::decode(name, &data, stat.ctime) {
                 Ok(instance) => Ok(Some(instance)),
                 Err(err) => {
                     tracing::warn!(path, error = %err, "ignoring an unreadable registry node");
                     Ok(None)
                 }
             },
-            Ok(Err(ZkError::NoNode)) => Ok(None),
-            Ok(Err(err)) => Err(registry_error(&self.config, err)),
-            Err(_) => Err(timed_out(&self.config, limit)),
+            Read::Gone => Ok(None),
+            Read::Denied => {
+                tracing::warn!(
+                    path,
+                    user = self.config.user().unwrap_or("(none)"),
+                    "ignoring a registry node whose ACL does not let this client read it"
+                );
+                Ok(None)
+            }
         }
     }
 
     /// Every readable child of the service, by node name.
-    async fn list(
-        &self,
-        client: &Client,
-        service: &str,
-    ) -> Result<BTreeMap<String, Instance>, RegistryError> {
+    async fn list(&self, client: &Client, service: &str) -> Result<Entries, RegistryError> {
         let dir = wire::service_path(&self.config.root, service);
-        let children =
-            match tokio::time::timeout(self.config.request_timeout, client.list_children(&dir))
-                .await
-            {
-                Ok(Ok(children)) => children,
-                Ok(Err(ZkError::NoNode)) => Vec::new(),
-                Ok(Err(err)) => return Err(registry_error(&self.config, err)),
-                Err(_) => return Err(timed_out(&self.config, self.config.request_timeout)),
-            };
+        let children = bounded(&self.config, self.config.request_timeout, async {
+            match client.list_children(&dir).await {
+                Err(ZkError::NoNode) => Ok(Vec::new()),
+                other => other,
+            }
+        })
+        .await?;
         let reads = children.iter().map(|name| self.read(client, &dir, name));
-        let mut out = BTreeMap::new();
+        let mut out = Entries::new();
         for (name, result) in children
             .iter()
             .zip(futures_util::future::join_all(reads).await)
@@ -141,123 +190,97 @@ impl ZookeeperDiscovery {
         Ok(out)
     }
 
-    /// Follows one service until the receiver goes away.
-    async fn follow(
-        self,
-        service: String,
-        mut known: BTreeMap<String, Instance>,
-        tx: mpsc::UnboundedSender<Change>,
-    ) {
-        let dir = wire::service_path(&self.config.root, &service);
-        let mut backoff = self.config.backoff.clone();
-        loop {
-            let cause = tokio::select! {
-                () = tx.closed() => return,
-                cause = self.watch_session(&service, &dir, &mut known, &tx) => cause,
-            };
-            match cause {
-                None => return,
-                Some(cause) => {
-                    tracing::warn!(service, %cause, "ZooKeeper watch interrupted; re-listing")
-                }
-            }
-            let delay = backoff.next_delay();
-            tokio::select! {
-                () = tx.closed() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
+    /// Applies one node event under `cursor.dir` to `entries`.
+    async fn apply(
+        &self,
+        cursor: &Cursor,
+        entries: &mut Entries,
+        kind: EventType,
+        path: &str,
+    ) -> Result<(), RegistryError> {
+        let Some(name) = path
+            .strip_prefix(cursor.dir.as_str())
+            .and_then(|p| p.strip_prefix('/'))
+        else {
+            return Ok(());
+        };
+        if name.contains('/') {
+            return Ok(());
         }
+        let current = if kind == EventType::NodeDeleted {
+            None
+        } else {
+            self.read(&cursor.client, &cursor.dir, name).await?
+        };
+        match current {
+            Some(instance) => entries.insert(name.to_string(), instance),
+            None => entries.remove(name),
+        };
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for ZookeeperDiscovery {
+    type Cursor = Cursor;
+
+    async fn open(&self, service: &str) -> Result<(Cursor, Entries), DiscoveryError> {
+        let error = |err| discovery_error(service, err);
+        let client = self.client().await.map_err(error)?;
+        let dir = wire::service_path(&self.config.root, service);
+        let added = bounded(&self.config, self.config.request_timeout, async {
+            added(client.watch(&dir, AddWatchMode::PersistentRecursive).await)
+        })
+        .await
+        .map_err(error)?;
+        let AddWatch::Added(watcher) = added else {
+            return Err(unsupported(&self.config, service));
+        };
+        // List under the watch, so nothing between the list and the watch is lost.
+        let entries = self.list(&client, service).await.map_err(error)?;
+        let cursor = Cursor {
+            client,
+            watcher,
+            dir,
+        };
+        Ok((cursor, entries))
     }
 
-    /// Watches within one session; returns why it stopped (`None`: the watcher went away).
-    async fn watch_session(
+    async fn next(
         &self,
         service: &str,
-        dir: &str,
-        known: &mut BTreeMap<String, Instance>,
-        tx: &mpsc::UnboundedSender<Change>,
-    ) -> Option<String> {
-        let client = match self.client().await {
-            Ok(client) => client,
-            Err(err) => return Some(err.to_string()),
-        };
-        let mut watcher = match self
-            .call(client.watch(dir, AddWatchMode::PersistentRecursive))
-            .await
-        {
-            Ok(watcher) => watcher,
-            Err(err) => return Some(format!("cannot add a watch: {err}")),
-        };
-        // (Re-)list under the watch, so nothing between the list and the watch is lost.
-        if let Err(err) = self.relist(&client, service, known, tx).await {
-            return Some(err.to_string());
-        }
+        cursor: &mut Cursor,
+        entries: &mut Entries,
+    ) -> Result<(), String> {
         loop {
-            let event = watcher.changed().await;
-            let before: Vec<Instance> = known.values().cloned().collect();
+            let event = cursor.watcher.changed().await;
             match event.event_type {
                 EventType::Session => match event.session_state {
                     SessionState::Disconnected => continue,
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         // Events during the disconnection may be lost: rebuild from a list.
-                        if let Err(err) = self.relist(&client, service, known, tx).await {
-                            return Some(err.to_string());
-                        }
-                        continue;
+                        *entries = self
+                            .list(&cursor.client, service)
+                            .await
+                            .map_err(|err| err.to_string())?;
+                        return Ok(());
                     }
                     // Terminal: this watcher must not be polled again.
-                    state => return Some(format!("session ended: {state:?}")),
+                    state => return Err(format!("session ended: {state:?}")),
                 },
                 EventType::NodeCreated | EventType::NodeDataChanged | EventType::NodeDeleted => {
-                    let Some(name) = event
-                        .path
-                        .strip_prefix(dir)
-                        .and_then(|p| p.strip_prefix('/'))
-                    else {
-                        continue;
-                    };
-                    if name.contains('/') {
-                        continue;
-                    }
-                    let current = if event.event_type == EventType::NodeDeleted {
-                        None
-                    } else {
-                        match self.read(&client, dir, name).await {
-                            Ok(instance) => instance,
-                            Err(err) => return Some(err.to_string()),
-                        }
-                    };
-                    match current {
-                        Some(instance) => known.insert(name.to_string(), instance),
-                        None => known.remove(name),
-                    };
+                    return self
+                        .apply(cursor, entries, event.event_type, &event.path)
+                        .await
+                        .map_err(|err| err.to_string());
                 }
                 EventType::NodeChildrenChanged => continue,
-            }
-            let after: Vec<Instance> = known.values().cloned().collect();
-            if let Some(change) = diff_instances(service, &before, &after) {
-                if tx.send(change).is_err() {
-                    return None;
-                }
             }
         }
     }
 
-    async fn relist(
-        &self,
-        client: &Client,
-        service: &str,
-        known: &mut BTreeMap<String, Instance>,
-        tx: &mpsc::UnboundedSender<Change>,
-    ) -> Result<(), RegistryError> {
-        let listed = self.list(client, service).await?;
-        let before: Vec<Instance> = known.values().cloned().collect();
-        let after: Vec<Instance> = listed.values().cloned().collect();
-        *known = listed;
-        if let Some(change) = diff_instances(service, &before, &after) {
-            let _ = tx.send(change);
-        }
-        Ok(())
+    fn backoff(&self) -> Backoff {
+        self.config.backoff.clone()
     }
 }
 
@@ -270,30 +293,37 @@ impl Discovery for ZookeeperDiscovery {
             .map_err(|err| discovery_error(service, err))?;
         self.list(&client, service)
             .await
-            .map(|instances| instances.into_values().collect())
+            .map(|entries| by_addr(&entries))
             .map_err(|err| discovery_error(service, err))
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
-        let client = self
-            .client()
-            .await
-            .map_err(|err| discovery_error(service, err))?;
-        let known = self
-            .list(&client, service)
-            .await
-            .map_err(|err| discovery_error(service, err))?;
-        let all: Vec<Instance> = known.values().cloned().collect();
-        let (tx, rx) = mpsc::unbounded_channel();
-        // The receiver is alive, so this send cannot fail.
-        let _ = tx.send(Change {
-            service: service.to_string(),
-            added: all.clone(),
-            all,
-            updated: Vec::new(),
-            removed: Vec::new(),
-        });
-        tokio::spawn(self.clone().follow(service.to_string(), known, tx));
-        Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+        watch::watch(self, service).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_persistent_watches_is_a_clear_error() {
+        // No ZooKeeper older than 3.6 is at hand: the server's answer is fed in directly.
+        assert!(matches!(
+            added(Err(ZkError::Unimplemented)),
+            Ok(AddWatch::Unimplemented)
+        ));
+        assert!(matches!(
+            added(Err(ZkError::ConnectionLoss)),
+            Err(ZkError::ConnectionLoss)
+        ));
+        let config = ZookeeperConfig::new("127.0.0.1:2181");
+        let err = unsupported(&config, "echo");
+        assert!(matches!(err, DiscoveryError::Unsupported { .. }));
+        let text = err.to_string();
+        assert!(
+            text.contains("3.6") && text.contains("echo") && text.contains("127.0.0.1:2181"),
+            "{text}"
+        );
     }
 }
