@@ -223,3 +223,51 @@ async fn a_service_started_during_an_outage_registers_within_a_second() {
     running.stop().await;
     registry.close().await;
 }
+
+/// Defect 20: a node of ours deleted or overwritten by someone else while our session lives is
+/// restored within a second; a deregistered node stays gone.
+#[tokio::test]
+async fn nodes_deleted_or_overwritten_by_others_are_restored() {
+    let zk = ZooKeeper::start().await;
+    let registry = ZookeeperRegistry::new(config(zk.connect_string())).unwrap();
+    let ours = info("zkf.entropy", 7951);
+    let gone = info("zkf.entropy", 7952);
+    registry.register(&ours).await.unwrap();
+    registry.register(&gone).await.unwrap();
+    registry.deregister(&gone).await.unwrap();
+    let path = format!("/zkf.entropy/{}", ours.addr);
+    let raw = zk.client(None).await;
+    let (original, _) = raw.get_data(&path).await.unwrap();
+    let session = registry.session().unwrap().id().0;
+
+    raw.delete(&path, None).await.unwrap();
+    let deleted = Instant::now();
+    poll::until(
+        Duration::from_secs(1),
+        "the deleted node restored within 1 s",
+        || async {
+            let (_, stat) = raw.get_data(&path).await.ok()?;
+            (stat.ephemeral_owner == session).then_some(())
+        },
+    )
+    .await;
+    println!("deleted node restored after {:?}", deleted.elapsed());
+
+    raw.set_data(&path, b"garbage", None).await.unwrap();
+    let overwritten = Instant::now();
+    poll::until(
+        Duration::from_secs(1),
+        "the overwritten node restored within 1 s",
+        || async {
+            let (data, _) = raw.get_data(&path).await.ok()?;
+            (data == original).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "overwritten node restored after {:?}",
+        overwritten.elapsed()
+    );
+    assert!(!exists(&zk, &format!("/zkf.entropy/{}", gone.addr)).await);
+    registry.close().await;
+}

@@ -8,6 +8,10 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use super::wire::DEFAULT_PREFIX;
 use crate::backoff::Backoff;
 
+/// The environment variable [`EtcdConfig::from_env`] reads the endpoints from (comma-separated;
+/// default `http://127.0.0.1:2379`).
+pub const ENDPOINTS_ENV: &str = "ETCD_ENDPOINTS";
+
 /// The environment variable that sets the lease TTL in seconds; it wins over the builder.
 pub const LEASE_TTL_ENV: &str = "REGISTRY_LEASE_TTL";
 
@@ -102,7 +106,7 @@ impl EtcdConfig {
     /// ```
     pub fn from_env() -> Self {
         let endpoints =
-            std::env::var("ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".to_string());
+            std::env::var(ENDPOINTS_ENV).unwrap_or_else(|_| "http://127.0.0.1:2379".to_string());
         Self::new(
             endpoints
                 .split(',')

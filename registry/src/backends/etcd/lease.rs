@@ -11,7 +11,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+    Client, EventType, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn,
+    TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -89,6 +90,9 @@ pub(crate) struct Session {
     /// The lease of a lost session, resumed if etcd still holds it, else revoked once a new
     /// one holds every key.
     stale_lease: Option<i64>,
+    /// Its keep-alive, kept running while we recover (a failed write does not mean the lease
+    /// is gone), until the lease is resumed or replaced.
+    stale_keep_alive: Option<KeepAlive>,
     /// The most operations etcd accepts in one transaction, as far as we know.
     max_ops: usize,
     /// Puts taken from the queue while (re)connecting, answered once the live set is written.
@@ -97,6 +101,11 @@ pub(crate) struct Session {
     refusals: std::collections::BTreeMap<String, RegistryError>,
     /// A close taken from the queue while (re)connecting.
     closing: Option<oneshot::Sender<()>>,
+    /// The revision at which we last wrote each key: a guard event at or below it is our own.
+    written_at: std::collections::HashMap<String, i64>,
+    /// The revision of our last write (or of the last guard event seen): the guard watches
+    /// from the next one, so no change to our keys falls between.
+    revision: std::sync::atomic::AtomicI64,
 }
 
 enum Step {
@@ -125,10 +134,13 @@ impl Session {
             health,
             commands,
             stale_lease: None,
+            stale_keep_alive: None,
             max_ops,
             pending_puts: Vec::new(),
             refusals: Default::default(),
             closing: None,
+            written_at: Default::default(),
+            revision: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -168,6 +180,8 @@ impl Session {
                         Step::Lost(cause) => {
                             tracing::warn!(lease = lease.id, %cause, "etcd lease lost; recovering");
                             self.stale_lease = Some(lease.id);
+                            let since = lease.since;
+                            self.stale_keep_alive = Some(lease.keep_alive);
                             let _ = self.health.send(Health::Recovering {
                                 attempt: 0,
                                 last_error: cause.clone(),
@@ -175,7 +189,7 @@ impl Session {
                             // A lease that lived a full TTL was a real session: recover at once.
                             // One lost at once (something revokes it, a proxy cuts the stream)
                             // waits its turn, so keys are not rewritten in a tight loop.
-                            if lease.since.elapsed() >= self.ttl() {
+                            if since.elapsed() >= self.ttl() {
                                 backoff.reset();
                                 continue;
                             }
@@ -216,6 +230,9 @@ impl Session {
         )
         .await?;
         let result = self.take_lease(client.clone()).await;
+        if result.is_ok() {
+            self.stale_keep_alive = None;
+        }
         let outcome = result
             .as_ref()
             .map(|_| ())
@@ -364,7 +381,15 @@ impl Session {
         let mut queue: VecDeque<Range<usize>> = chunks(ops, 0..ops.len(), self.max_ops).into();
         while let Some(range) = queue.pop_front() {
             let failure = match self.txn(lease, &ops[range.clone()]).await {
-                Ok(()) => continue,
+                Ok(revision) => {
+                    for (key, value) in &ops[range] {
+                        match value {
+                            Some(_) => self.written_at.insert(key.clone(), revision),
+                            None => self.written_at.remove(key),
+                        };
+                    }
+                    continue;
+                }
                 Err(failure) => failure,
             };
             match failure {
@@ -394,7 +419,7 @@ impl Session {
     }
 
     /// One transaction of `ops`, puts on `lease`.
-    async fn txn(&self, lease: &Lease, ops: &[Op]) -> Result<(), TxnFailure> {
+    async fn txn(&self, lease: &Lease, ops: &[Op]) -> Result<i64, TxnFailure> {
         let ops: Vec<TxnOp> = ops
             .iter()
             .map(|(key, value)| match value {
@@ -409,7 +434,12 @@ impl Session {
         let mut client = lease.client.clone();
         let limit = self.limit();
         match tokio::time::timeout(limit, client.txn(Txn::new().and_then(ops))).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(response)) => {
+                let revision = response.header().map(|h| h.revision()).unwrap_or(0);
+                self.revision
+                    .fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
+                Ok(revision)
+            }
             Ok(Err(err)) => Err(txn_failure(&self.config, err)),
             Err(_) => Err(TxnFailure::Fatal(crate::backends::call::timed_out(
                 "etcd",
@@ -419,15 +449,94 @@ impl Session {
         }
     }
 
-    /// Serves commands until the lease is lost or the registry closes; retries pending deletes.
+    /// Starts watching our prefix from just after our last write, so that a key of ours that
+    /// someone else deletes or overwrites is seen (and restored) however soon it happens.
+    async fn guard(&self, lease: &Lease) -> Result<WatchStream, RegistryError> {
+        let mut client = lease.client.clone();
+        let revision = self.revision.load(std::sync::atomic::Ordering::Relaxed);
+        let mut options = WatchOptions::new().with_prefix();
+        if revision > 0 {
+            options = options.with_start_revision(revision + 1);
+        }
+        let prefix = format!("{}/", self.config.prefix);
+        bounded(
+            &self.config,
+            self.limit(),
+            client.watch(prefix, Some(options)),
+        )
+        .await
+    }
+
+    /// The keys of ours that `response` shows deleted, or written with another value or lease.
+    fn tampered(&self, lease: &Lease, response: &WatchResponse) -> Vec<Op> {
+        let mut restore = Vec::new();
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            self.revision
+                .fetch_max(kv.mod_revision(), std::sync::atomic::Ordering::Relaxed);
+            let Ok(key) = std::str::from_utf8(kv.key()) else {
+                continue;
+            };
+            let Some(value) = self.live.value(key) else {
+                continue;
+            };
+            if kv.mod_revision() <= self.written_at.get(key).copied().unwrap_or(0) {
+                continue; // our own write, or older than it
+            }
+            let ours = event.event_type() == EventType::Put
+                && kv.lease() == lease.id
+                && kv.value() == value;
+            if !ours {
+                tracing::warn!(key, "a registration of ours was deleted or overwritten by someone else; restoring it (take instances out through the registrar, not by deleting keys)");
+                restore.push((key.to_string(), Some(value.to_vec())));
+            }
+        }
+        restore
+    }
+
+    /// Serves commands until the lease is lost or the registry closes; retries pending deletes
+    /// and restores keys of ours that someone else deleted or overwrote.
     async fn serve(&mut self, lease: &mut Lease) -> Step {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The guard is best effort: without it nothing is restored, but nothing is lost either;
+        // it is started again on the retry tick.
+        let mut guard = self.guard(lease).await.ok();
         loop {
+            let guard_missing = guard.is_none();
+            let next_guard_event = async {
+                match guard.as_mut() {
+                    Some(stream) => stream.message().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 cause = &mut lease.keep_alive.lost => {
                     return Step::Lost(cause.unwrap_or_else(|_| "the keep-alive task ended".into()));
+                }
+                event = next_guard_event => {
+                    let restore = match event {
+                        Ok(Some(response)) if !response.canceled() && response.compact_revision() == 0 => {
+                            self.tampered(lease, &response)
+                        }
+                        other => {
+                            // Ended, cancelled or compacted: watch again, and put every key once
+                            // (idempotent) in case a change fell into the gap.
+                            tracing::debug!(?other, "the guard watch ended; starting it again");
+                            guard = self.guard(lease).await.ok();
+                            if guard.is_some() {
+                                self.live.writes().into_iter().filter(|(_, v)| v.is_some()).collect()
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                    };
+                    if !restore.is_empty() {
+                        if let Err(err) = self.write_live(lease, restore).await {
+                            return Step::Lost(err.to_string());
+                        }
+                    }
                 }
                 command = self.commands.recv() => {
                     let Some(command) = command else {
@@ -438,7 +547,18 @@ impl Session {
                         return step;
                     }
                 }
-                _ = retry.tick(), if self.live.has_doomed() => {
+                _ = retry.tick(), if guard_missing || self.live.has_doomed() => {
+                    if guard_missing {
+                        guard = self.guard(lease).await.ok();
+                        if guard.is_some() {
+                            // Put every key once (idempotent): a change may have fallen into
+                            // the gap.
+                            let writes = self.live.writes().into_iter().filter(|(_, v)| v.is_some()).collect();
+                            if let Err(err) = self.write_live(lease, writes).await {
+                                return Step::Lost(err.to_string());
+                            }
+                        }
+                    }
                     let deletes = self.live.doomed_keys().into_iter().map(|k| (k, None)).collect();
                     if let Err(err) = self.write_live(lease, deletes).await {
                         return Step::Lost(err.to_string());

@@ -4,6 +4,32 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 
+/// The environment variable [`ZookeeperConfig::from_env`] reads the connect string from
+/// (`host:port[,host:port...][/chroot]`; default `127.0.0.1:2181`).
+pub const ENDPOINTS_ENV: &str = "ZOOKEEPER_ENDPOINTS";
+
+/// The environment variable [`ZookeeperConfig::from_env`] reads the session timeout from, in
+/// whole seconds.
+pub const SESSION_TIMEOUT_ENV: &str = "ZOOKEEPER_SESSION_TIMEOUT";
+
+/// Why a [`ZookeeperRegistry`] could not be created.
+///
+/// ```
+/// use service_registry::zookeeper::{ZookeeperConfig, ZookeeperConfigError, ZookeeperRegistry};
+/// let err = ZookeeperRegistry::new(ZookeeperConfig::new("127.0.0.1:2181")).unwrap_err();
+/// assert!(matches!(err, ZookeeperConfigError::NoRuntime));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ZookeeperConfigError {
+    /// The session task needs a Tokio runtime.
+    #[error("ZookeeperRegistry must be created inside a Tokio runtime (its session task is spawned there)")]
+    NoRuntime,
+    /// The connect string is empty.
+    #[error("the ZooKeeper connect string is empty; give `host:port[,host:port][/chroot]`")]
+    NoServers,
+}
+
 /// Connection settings shared by [`ZookeeperRegistry`](super::ZookeeperRegistry) and
 /// [`ZookeeperDiscovery`](super::ZookeeperDiscovery).
 ///
@@ -55,10 +81,9 @@ impl ZookeeperConfig {
     /// assert!(!config.connect_string().is_empty());
     /// ```
     pub fn from_env() -> Self {
-        let config = Self::new(
-            std::env::var("ZOOKEEPER_ENDPOINTS").unwrap_or_else(|_| "127.0.0.1:2181".into()),
-        );
-        match std::env::var("ZOOKEEPER_SESSION_TIMEOUT")
+        let config =
+            Self::new(std::env::var(ENDPOINTS_ENV).unwrap_or_else(|_| "127.0.0.1:2181".into()));
+        match std::env::var(SESSION_TIMEOUT_ENV)
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
         {

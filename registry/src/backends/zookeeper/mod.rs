@@ -9,6 +9,6 @@ mod registry;
 mod session;
 mod wire;
 
-pub use config::ZookeeperConfig;
+pub use config::{ZookeeperConfig, ZookeeperConfigError, ENDPOINTS_ENV, SESSION_TIMEOUT_ENV};
 pub use discovery::ZookeeperDiscovery;
-pub use registry::{ZookeeperConfigError, ZookeeperRegistry};
+pub use registry::ZookeeperRegistry;

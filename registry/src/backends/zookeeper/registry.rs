@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use zookeeper_client::SessionInfo;
 
-use super::config::ZookeeperConfig;
+use super::config::{ZookeeperConfig, ZookeeperConfigError};
 use super::session::Session;
 use super::wire;
 use crate::backends::handle::SessionHandle;
@@ -60,24 +60,6 @@ impl std::fmt::Debug for ZookeeperRegistry {
             .field("root", &self.inner.config.root)
             .finish()
     }
-}
-
-/// Why a [`ZookeeperRegistry`] could not be created.
-///
-/// ```
-/// use service_registry::zookeeper::{ZookeeperConfig, ZookeeperConfigError, ZookeeperRegistry};
-/// let err = ZookeeperRegistry::new(ZookeeperConfig::new("127.0.0.1:2181")).unwrap_err();
-/// assert!(matches!(err, ZookeeperConfigError::NoRuntime));
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ZookeeperConfigError {
-    /// The session task needs a Tokio runtime.
-    #[error("ZookeeperRegistry must be created inside a Tokio runtime (its session task is spawned there)")]
-    NoRuntime,
-    /// The connect string is empty.
-    #[error("the ZooKeeper connect string is empty; give `host:port[,host:port][/chroot]`")]
-    NoServers,
 }
 
 impl ZookeeperRegistry {

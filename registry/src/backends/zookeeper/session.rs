@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use zookeeper_client::{
-    Acl, Acls, Client, CreateMode, CreateOptions, Error as ZkError, Permission, SessionInfo,
-    SessionState, StateWatcher,
+    Acl, Acls, AddWatchMode, Client, CreateMode, CreateOptions, Error as ZkError, EventType,
+    Permission, SessionInfo, SessionState, StateWatcher, WatchedEvent,
 };
 
 use super::config::ZookeeperConfig;
@@ -83,6 +83,73 @@ pub(crate) async fn connect(config: &ZookeeperConfig) -> Result<Client, Registry
 /// refusing this one operation).
 fn is_connection_error(err: &RegistryError) -> bool {
     matches!(err, RegistryError::Unavailable { .. })
+}
+
+/// Watches over the directories of our nodes within one session and forwards their events, so
+/// that a node of ours deleted or overwritten by someone else is seen and restored. Its tasks
+/// end when it is dropped (with the session).
+struct Guard {
+    sender: mpsc::UnboundedSender<WatchedEvent>,
+    events: mpsc::UnboundedReceiver<WatchedEvent>,
+    dirs: BTreeMap<String, tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for task in self.dirs.values() {
+            task.abort();
+        }
+    }
+}
+
+impl Guard {
+    fn new() -> Self {
+        let (sender, events) = mpsc::unbounded_channel();
+        Self {
+            sender,
+            events,
+            dirs: BTreeMap::new(),
+        }
+    }
+
+    /// Watches every directory in `dirs` not watched yet (one persistent recursive watch each).
+    async fn cover(&mut self, client: &Client, config: &ZookeeperConfig, dirs: &BTreeSet<String>) {
+        for dir in dirs {
+            if self.dirs.contains_key(dir) {
+                continue;
+            }
+            let watch = client.watch(dir, AddWatchMode::PersistentRecursive);
+            let mut watcher = match bounded(config, config.request_timeout, watch).await {
+                Ok(watcher) => watcher,
+                Err(err) => {
+                    tracing::debug!(dir, error = %err, "cannot watch a directory of ours yet; retrying later");
+                    return;
+                }
+            };
+            let sender = self.sender.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let event = watcher.changed().await;
+                    if event.event_type == EventType::Session && event.session_state.is_terminated()
+                    {
+                        return;
+                    }
+                    if sender.send(event).is_err() {
+                        return;
+                    }
+                }
+            });
+            self.dirs.insert(dir.clone(), task);
+        }
+    }
+
+    async fn next(&mut self) -> WatchedEvent {
+        match self.events.recv().await {
+            Some(event) => event,
+            // Cannot happen: the guard holds a sender itself.
+            None => std::future::pending().await,
+        }
+    }
 }
 
 pub(crate) struct Session {
@@ -443,10 +510,17 @@ impl Session {
     async fn serve(&mut self, client: &Client, mut states: StateWatcher) -> Step {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While disconnected, how often to check whether the server still knows our session.
+        let mut probe = tokio::time::interval(Duration::from_millis(200));
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut disconnected_since: Option<Instant> = None;
+        let mut guard = Guard::new();
         // The state may have changed between connecting and now.
         let mut state = client.state();
         loop {
+            if state == SessionState::SyncConnected && guard.dirs.len() < self.parents.len() {
+                guard.cover(client, &self.config, &self.parents).await;
+            }
             match state {
                 SessionState::Disconnected => {
                     if disconnected_since.is_none() {
@@ -480,15 +554,22 @@ impl Session {
                     }
                 }
                 new_state = states.changed() => state = new_state,
-                _ = retry.tick(), if disconnected_since.is_some() || self.live.has_doomed() || !self.unwritten.is_empty() => {
-                    if disconnected_since.is_some() {
-                        if let Some(fresh) = self.session_refused(client).await {
-                            return Step::Replaced(fresh);
-                        }
-                    } else {
-                        self.delete_doomed(client).await;
-                        self.write_unwritten(client).await;
+                event = guard.next() => {
+                    if matches!(event.event_type, EventType::NodeDeleted | EventType::NodeDataChanged)
+                        && self.live.contains(&event.path)
+                        && !self.unwritten.contains(&event.path)
+                    {
+                        self.restore(client, &event.path).await;
                     }
+                }
+                _ = probe.tick(), if disconnected_since.is_some() => {
+                    if let Some(fresh) = self.session_refused(client).await {
+                        return Step::Replaced(fresh);
+                    }
+                }
+                _ = retry.tick(), if disconnected_since.is_none() && (self.live.has_doomed() || !self.unwritten.is_empty()) => {
+                    self.delete_doomed(client).await;
+                    self.write_unwritten(client).await;
                 }
             }
         }
@@ -525,6 +606,33 @@ impl Session {
         };
         // Ours may have reconnected meanwhile.
         (gone && client.state() == SessionState::Disconnected).then_some(fresh)
+    }
+
+    /// Puts `path` back as we registered it, unless it already is (our own writes show up as
+    /// events too).
+    async fn restore(&mut self, client: &Client, path: &str) {
+        let Some(data) = self.live.value(path).map(<[u8]>::to_vec) else {
+            return;
+        };
+        let limit = self.config.request_timeout;
+        match tokio::time::timeout(limit, client.get_data(path)).await {
+            Ok(Ok((current, stat)))
+                if stat.ephemeral_owner == client.session_id().0 && current == data =>
+            {
+                return;
+            }
+            Ok(Ok(_)) | Ok(Err(ZkError::NoNode)) => {}
+            Ok(Err(_)) | Err(_) => {
+                self.unwritten.insert(path.to_string());
+                return;
+            }
+        }
+        tracing::warn!(path, "a registration of ours was deleted or overwritten by someone else; restoring it (take instances out through the registrar, not by deleting nodes)");
+        let options = CreateMode::Ephemeral.with_acls(node_acls(&self.config));
+        if let Err(err) = self.create_one(client, path, &data, &options).await {
+            tracing::warn!(path, error = %err, "could not restore the node yet");
+            self.unwritten.insert(path.to_string());
+        }
     }
 
     /// Creates the live nodes not written in this session (their puts failed while
