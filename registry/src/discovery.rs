@@ -10,7 +10,7 @@ use futures_core::Stream;
 use thiserror::Error;
 
 use crate::info::Info;
-use crate::registry::BoxError;
+use crate::registry::SharedError;
 
 /// One instance of a service, as a client sees it.
 ///
@@ -105,10 +105,10 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
 ///
 /// ```
 /// use service_registry::DiscoveryError;
-/// let err = DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: "boom".into() };
+/// let err = DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: shared("boom") };
 /// assert!(err.to_string().contains("echo"));
 /// ```
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 #[non_exhaustive]
 pub enum DiscoveryError {
     /// The registry could not be reached.
@@ -124,7 +124,7 @@ pub enum DiscoveryError {
         service: String,
         /// The client error.
         #[source]
-        source: BoxError,
+        source: SharedError,
     },
     /// The registry server lacks something this client needs to follow a service (ZooKeeper
     /// older than 3.6 has no persistent watches).
@@ -148,7 +148,7 @@ pub enum DiscoveryError {
         service: String,
         /// The client error.
         #[source]
-        source: BoxError,
+        source: SharedError,
     },
 }
 
@@ -172,7 +172,7 @@ impl DiscoveryError {
             other => DiscoveryError::Backend {
                 backend,
                 service: service.to_string(),
-                source: Box::new(other),
+                source: std::sync::Arc::new(other),
             },
         }
     }

@@ -64,7 +64,7 @@ pub use registrar::{
     InfoOverride, Registrar, RegistrarBuilder, RegistrarError, ServiceStatus, ShutdownSignal,
     StatusHandle, ADVERTISE_ADDR_ENV,
 };
-pub use registry::{BoxError, Health, Registry, RegistryError};
+pub use registry::{shared, BoxError, Health, Registry, RegistryError, SharedError};
 pub use service_registry_macros::service;
 pub use tags::{MissingVariable, StaticTag, TagPart, TagTemplate};
 

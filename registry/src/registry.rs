@@ -8,6 +8,22 @@ use crate::info::Info;
 /// A boxed error from a backend's client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The source of a [`RegistryError`] or [`DiscoveryError`](crate::DiscoveryError): shared, so
+/// one failure can be handed to every waiter (as tonic's `Status` does).
+pub type SharedError = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Wraps an error or a message as a [`SharedError`].
+///
+/// ```
+/// use service_registry::{shared, RegistryError};
+/// let err = RegistryError::Backend { backend: "custom", source: shared("disk full") };
+/// let copy = err.clone();
+/// assert_eq!(copy.to_string(), "custom registry call failed: disk full");
+/// ```
+pub fn shared(err: impl Into<BoxError>) -> SharedError {
+    std::sync::Arc::from(err.into())
+}
+
 /// Why a registry call failed.
 ///
 /// ```
@@ -15,7 +31,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// let err = RegistryError::InvalidInfo { service: "a/b".into(), reason: "contains `/`".into() };
 /// assert_eq!(err.to_string(), "cannot register service `a/b`: contains `/`");
 /// ```
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 #[non_exhaustive]
 pub enum RegistryError {
     /// The registry could not be reached; the call may succeed later.
@@ -27,7 +43,7 @@ pub enum RegistryError {
         endpoint: String,
         /// The client error.
         #[source]
-        source: BoxError,
+        source: SharedError,
     },
     /// The registry refused the credentials.
     #[error("{backend} at {endpoint} rejected the credentials of user `{user}`: {source}; check the user name and password")]
@@ -40,7 +56,7 @@ pub enum RegistryError {
         user: String,
         /// The client error.
         #[source]
-        source: BoxError,
+        source: SharedError,
     },
     /// The registration data cannot be written (for example a service name with `/`).
     #[error("cannot register service `{service}`: {reason}")]
@@ -69,55 +85,8 @@ pub enum RegistryError {
         backend: &'static str,
         /// The client error.
         #[source]
-        source: BoxError,
+        source: SharedError,
     },
-}
-
-impl RegistryError {
-    /// A copy for a second waiter: the same variant and fields, the source kept as text
-    /// (sources are boxed trait objects, so the error is not `Clone`).
-    #[cfg(any(feature = "etcd", feature = "zookeeper"))]
-    pub(crate) fn duplicate(&self) -> RegistryError {
-        match self {
-            RegistryError::Unavailable {
-                backend,
-                endpoint,
-                source,
-            } => RegistryError::Unavailable {
-                backend,
-                endpoint: endpoint.clone(),
-                source: source.to_string().into(),
-            },
-            RegistryError::Unauthenticated {
-                backend,
-                endpoint,
-                user,
-                source,
-            } => RegistryError::Unauthenticated {
-                backend,
-                endpoint: endpoint.clone(),
-                user: user.clone(),
-                source: source.to_string().into(),
-            },
-            RegistryError::InvalidInfo { service, reason } => RegistryError::InvalidInfo {
-                service: service.clone(),
-                reason: reason.clone(),
-            },
-            RegistryError::Timeout {
-                backend,
-                service,
-                timeout,
-            } => RegistryError::Timeout {
-                backend,
-                service: service.clone(),
-                timeout: *timeout,
-            },
-            RegistryError::Backend { backend, source } => RegistryError::Backend {
-                backend,
-                source: source.to_string().into(),
-            },
-        }
-    }
 }
 
 /// A service registry: makes instances findable and removes them.

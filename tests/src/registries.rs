@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use service_registry::{Info, MemoryRegistry, Registry, RegistryError};
+use service_registry::{shared, Info, MemoryRegistry, Registry, RegistryError};
 
 /// What a [`Recording`] registry saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl Registry for Flaky {
         if call < self.failures {
             return Err(RegistryError::Backend {
                 backend: "flaky",
-                source: format!("injected failure {} of {}", call + 1, self.failures).into(),
+                source: shared(format!("injected failure {} of {}", call + 1, self.failures)),
             });
         }
         self.inner.register(info).await

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::registry::shared;
 use crate::registry::RegistryError;
 
 /// Runs one backend call under `limit`: its own error goes through `map`, no answer in time
@@ -26,6 +27,6 @@ pub(crate) fn timed_out(backend: &'static str, endpoint: &str, limit: Duration) 
     RegistryError::Unavailable {
         backend,
         endpoint: endpoint.to_string(),
-        source: format!("no answer within {limit:?}").into(),
+        source: shared(format!("no answer within {limit:?}")),
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
 
 /// Where the result of one command goes.
@@ -81,7 +82,7 @@ impl SessionHandle {
         };
         RegistryError::Backend {
             backend: self.backend,
-            source: reason.into(),
+            source: shared(reason),
         }
     }
 

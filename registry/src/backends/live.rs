@@ -61,7 +61,7 @@ impl LiveSet {
     pub(crate) fn delete_failed(&mut self, key: &str, err: &RegistryError) {
         if let Some(waiters) = self.doomed.get_mut(key) {
             for waiter in waiters.drain(..) {
-                let _ = waiter.send(Err(err.duplicate()));
+                let _ = waiter.send(Err(err.clone()));
             }
         }
     }
@@ -70,7 +70,7 @@ impl LiveSet {
     pub(crate) fn deletes_failed(&mut self, err: &RegistryError) {
         for waiters in self.doomed.values_mut() {
             for waiter in waiters.drain(..) {
-                let _ = waiter.send(Err(err.duplicate()));
+                let _ = waiter.send(Err(err.clone()));
             }
         }
     }
@@ -194,7 +194,7 @@ pub(crate) async fn wait_offline(
                 None => return Some(None),
                 Some(Command::Put { key, value, done }) => {
                     live.put(key, value);
-                    let _ = done.send(Err(cause.duplicate()));
+                    let _ = done.send(Err(cause.clone()));
                 }
                 Some(Command::Delete { key, done }) => {
                     live.delete(key, None);
@@ -231,7 +231,7 @@ mod tests {
         live.delete("k".into(), Some(tx));
         let err = RegistryError::Backend {
             backend: "test",
-            source: "refused".into(),
+            source: crate::registry::shared("refused"),
         };
         live.delete_failed("k", &err);
         assert!(rx.try_recv().unwrap().is_err());

@@ -320,7 +320,7 @@ mod remote {
             };
             match done.await {
                 Ok(client) => Ok((client, epoch)),
-                Err(err) => Err(err.duplicate()),
+                Err(err) => Err(RegistryError::clone(&err)),
             }
         }
 
@@ -348,7 +348,7 @@ mod remote {
                 task.await.unwrap_or_else(|err| {
                     Err(Arc::new(RegistryError::Backend {
                         backend: "discovery",
-                        source: format!("the connect task failed: {err}").into(),
+                        source: crate::registry::shared(format!("the connect task failed: {err}")),
                     }))
                 })
             }
@@ -401,7 +401,7 @@ mod remote {
             RegistryError::Unavailable {
                 backend: "test",
                 endpoint: "nowhere".into(),
-                source: "no".into(),
+                source: crate::registry::shared("no"),
             }
         }
 

@@ -8,6 +8,7 @@ use futures_util::FutureExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::registry::shared;
 use crate::backoff::Backoff;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
@@ -35,7 +36,7 @@ async fn attempt(
                 .unwrap_or_else(|| "a non-text panic payload".to_string());
             Err(RegistryError::Backend {
                 backend: "registry",
-                source: format!("the registry panicked in register: {message}").into(),
+                source: shared(format!("the registry panicked in register: {message}")),
             })
         }
         Err(_) => Err(RegistryError::Timeout {

@@ -10,6 +10,7 @@ use etcd_client::{
 use super::config::EtcdConfig;
 use super::error::bounded;
 use super::wire;
+use crate::registry::shared;
 use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
@@ -230,10 +231,9 @@ impl EtcdDiscovery {
                     return Err(RegistryError::Unavailable {
                         backend: "etcd",
                         endpoint: self.config.endpoint_list(),
-                        source: format!(
+                        source: shared(format!(
                         "etcd compacted the revision being listed {LIST_ATTEMPTS} times in a row"
-                    )
-                        .into(),
+                    )),
                     })
                 }
             }

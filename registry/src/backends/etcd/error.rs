@@ -6,6 +6,7 @@ use std::time::Duration;
 use etcd_client::Error as EtcdError;
 
 use super::config::EtcdConfig;
+use crate::registry::shared;
 use crate::backends::call::bounded_call;
 use crate::registry::RegistryError;
 
@@ -64,7 +65,7 @@ pub(crate) fn txn_failure(config: &EtcdConfig, err: EtcdError) -> TxnFailure {
         return TxnFailure::Fatal(RegistryError::Unavailable {
             backend: BACKEND,
             endpoint: config.endpoint_list(),
-            source: format!("the lease expired or was revoked ({text})").into(),
+            source: shared(format!("the lease expired or was revoked ({text})")),
         });
     }
     match registry_error(config, err) {
@@ -89,7 +90,7 @@ pub(crate) fn registry_error(config: &EtcdConfig, err: EtcdError) -> RegistryErr
                 .as_ref()
                 .map(|(user, _)| user.clone())
                 .unwrap_or_else(|| "(none: no user configured)".to_string()),
-            source: Box::new(err),
+            source: std::sync::Arc::new(err),
         };
     }
     if message(&err).is_some_and(|m| m.contains(INVALID_TOKEN)) {
@@ -97,14 +98,14 @@ pub(crate) fn registry_error(config: &EtcdConfig, err: EtcdError) -> RegistryErr
         return RegistryError::Unavailable {
             backend: BACKEND,
             endpoint,
-            source: Box::new(err),
+            source: std::sync::Arc::new(err),
         };
     }
     match err {
         EtcdError::TransportError(_) | EtcdError::IoError(_) => RegistryError::Unavailable {
             backend: BACKEND,
             endpoint,
-            source: Box::new(err),
+            source: std::sync::Arc::new(err),
         },
         EtcdError::GRpcStatus(ref status)
             if matches!(
@@ -118,12 +119,12 @@ pub(crate) fn registry_error(config: &EtcdConfig, err: EtcdError) -> RegistryErr
             RegistryError::Unavailable {
                 backend: BACKEND,
                 endpoint,
-                source: Box::new(err),
+                source: std::sync::Arc::new(err),
             }
         }
         other => RegistryError::Backend {
             backend: BACKEND,
-            source: Box::new(other),
+            source: std::sync::Arc::new(other),
         },
     }
 }

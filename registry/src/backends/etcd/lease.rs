@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::config::EtcdConfig;
 use super::error::{bounded, txn_failure, TxnFailure};
+use crate::registry::shared;
 use crate::backends::handle::{Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::registry::{Health, RegistryError};
@@ -156,7 +157,7 @@ impl Session {
         RegistryError::Unavailable {
             backend: "etcd",
             endpoint: self.config.endpoint_list(),
-            source: cause.to_string().into(),
+            source: shared(cause.to_string()),
         }
     }
 
@@ -236,10 +237,10 @@ impl Session {
         let outcome = result
             .as_ref()
             .map(|_| ())
-            .map_err(RegistryError::duplicate);
+            .map_err(RegistryError::clone);
         for (key, waiter) in std::mem::take(&mut self.pending_puts) {
             let result = match (&outcome, self.refusals.get(&key)) {
-                (Err(err), _) | (Ok(()), Some(err)) => Err(err.duplicate()),
+                (Err(err), _) | (Ok(()), Some(err)) => Err(err.clone()),
                 (Ok(()), None) => Ok(()),
             };
             let _ = waiter.send(result);
@@ -619,7 +620,7 @@ impl Session {
             Err(err) => {
                 // Everything stays in the live set and is written on the next lease.
                 for waiter in put_waiters.into_iter().flatten() {
-                    let _ = waiter.send(Err(err.duplicate()));
+                    let _ = waiter.send(Err(err.clone()));
                 }
                 self.live.deletes_failed(&err);
                 Some(err.to_string())

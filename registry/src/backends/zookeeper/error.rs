@@ -6,6 +6,7 @@ use std::time::Duration;
 use zookeeper_client::Error as ZkError;
 
 use super::config::ZookeeperConfig;
+use crate::registry::shared;
 use crate::backends::call::bounded_call;
 use crate::registry::RegistryError;
 
@@ -22,17 +23,16 @@ pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> Registry
                 .user()
                 .unwrap_or("(none: no digest auth configured)")
                 .to_string(),
-            source: format!("{err}: ZooKeeper refused the digest credentials").into(),
+            source: shared(format!("{err}: ZooKeeper refused the digest credentials")),
         },
         // The credentials were accepted (a wrong password fails the session with AuthFailed):
         // the node belongs to another identity. Not a password problem.
         ZkError::NoAuth => RegistryError::Backend {
             backend: BACKEND,
-            source: format!(
+            source: shared(format!(
                 "{err}: the node's ACL does not admit user `{}` (another identity created it)",
                 config.user().unwrap_or("(none: no digest auth configured)")
-            )
-            .into(),
+            )),
         },
         // `Custom` carries I/O failures of the connection (reset, broken pipe) and
         // `Throttled` is the server shedding load: both pass.
@@ -46,11 +46,11 @@ pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> Registry
         | ZkError::SessionMoved => RegistryError::Unavailable {
             backend: BACKEND,
             endpoint,
-            source: Box::new(err),
+            source: std::sync::Arc::new(err),
         },
         other => RegistryError::Backend {
             backend: BACKEND,
-            source: Box::new(other),
+            source: std::sync::Arc::new(other),
         },
     }
 }

@@ -18,6 +18,7 @@ use zookeeper_client::{
 
 use super::config::ZookeeperConfig;
 use super::error::{bounded, registry_error, timed_out};
+use crate::registry::shared;
 use crate::backends::handle::{Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::registry::{Health, RegistryError};
@@ -300,7 +301,7 @@ impl Session {
         }
         for (path, waiter) in absorbed.puts {
             let result = match (&outcome, refusals.get(&path)) {
-                (Err(err), _) | (Ok(()), Some(err)) => Err(err.duplicate()),
+                (Err(err), _) | (Ok(()), Some(err)) => Err(err.clone()),
                 (Ok(()), None) => Ok(()),
             };
             let _ = waiter.send(result);
@@ -318,14 +319,14 @@ impl Session {
         RegistryError::Unavailable {
             backend: "zookeeper",
             endpoint: self.config.connect.clone(),
-            source: "disconnected from ZooKeeper; written once the session reconnects (removals: or gone when it expires)".into(),
+            source: shared("disconnected from ZooKeeper; written once the session reconnects (removals: or gone when it expires)"),
         }
     }
 
     fn closed_error(&self) -> RegistryError {
         RegistryError::Backend {
             backend: "zookeeper",
-            source: "the registry was closed".into(),
+            source: shared("the registry was closed"),
         }
     }
 
@@ -420,7 +421,7 @@ impl Session {
             .iter()
             .map(|(path, _)| {
                 if let Some(err) = parent(path).and_then(|p| failed_dirs.get(p)) {
-                    return Err(err.duplicate());
+                    return Err(err.clone());
                 }
                 by_path.remove(path.as_str()).unwrap_or_else(|| Ok(()))
             })
@@ -470,7 +471,7 @@ impl Session {
         }
         Err(RegistryError::Backend {
             backend: "zookeeper",
-            source: format!("{path} keeps being recreated by another session").into(),
+            source: shared(format!("{path} keeps being recreated by another session")),
         })
     }
 
@@ -705,7 +706,7 @@ impl Session {
             let err = self.disconnected();
             for (path, _, done) in puts.drain(..) {
                 self.unwritten.insert(path);
-                let _ = done.send(Err(err.duplicate()));
+                let _ = done.send(Err(err.clone()));
             }
             return;
         }
@@ -733,7 +734,7 @@ impl Session {
         for (path, _, done) in puts.drain(..) {
             let result = match by_path.get(&path) {
                 Some(Ok(())) | None => Ok(()),
-                Some(Err(err)) => Err(err.duplicate()),
+                Some(Err(err)) => Err(err.clone()),
             };
             let _ = done.send(result);
         }
