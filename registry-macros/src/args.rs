@@ -24,8 +24,9 @@ pub struct Entry {
 
 /// What follows a key.
 pub enum Value {
-    /// `key = expr` (a literal, or anything else, which validation rejects).
-    Expr(Expr),
+    /// `key = expr` (a literal, or anything else, which validation rejects). Boxed: an `Expr`
+    /// is large, the more so with the `span-locations` spans the tests turn on.
+    Expr(Box<Expr>),
     /// `tag(k = "v", ...)`.
     Tags(Vec<TagEntry>),
     /// `key(...)` for a key that takes no list.
@@ -74,7 +75,7 @@ fn entry(meta: &ParseNestedMeta) -> syn::Result<Entry> {
         }
     };
     let value = if meta.input.peek(Token![=]) {
-        Value::Expr(meta.value()?.parse()?)
+        Value::Expr(Box::new(meta.value()?.parse()?))
     } else if meta.input.peek(syn::token::Paren) {
         let content;
         let paren = syn::parenthesized!(content in meta.input);

@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::Item;
 
-use crate::validate::{Model, Part, Tag};
+use crate::model::{Model, Part, Tag};
 
 fn option(value: &Option<String>) -> TokenStream {
     match value {

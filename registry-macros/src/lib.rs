@@ -1,13 +1,20 @@
 //! The `#[service]` attribute of `service-registry`. Use it through `service_registry::service`.
 //!
-//! The work is split by stage: [`args`] parses the attribute, [`validate`] checks it against the
-//! annotated item (collecting every mistake), [`expand`] generates the descriptor.
+//! The work is split by stage, as in `thiserror-impl`: [`args`] parses the attribute into plain
+//! data, [`validate`] checks it against the annotated item (collecting every mistake, with the
+//! help of the [`values`] parsers) into a [`model::Model`], and [`expand`] generates the
+//! descriptor from that model.
 
 use proc_macro::TokenStream;
 
 mod args;
 mod expand;
+mod model;
 mod validate;
+mod values;
+
+#[cfg(test)]
+mod proptests;
 
 /// Declares a type as a registrable service.
 ///
@@ -36,20 +43,23 @@ mod validate;
 /// is still emitted so the rest of the crate type-checks.
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let item2 = proc_macro2::TokenStream::from(item);
-    let parsed_item = match syn::parse2::<syn::Item>(item2.clone()) {
-        Ok(parsed) => parsed,
-        Err(err) => return with_error(item2, err),
-    };
-    let result = args::parse(attr.into()).and_then(|args| validate::validate(args, &parsed_item));
-    match result {
-        Ok(model) => expand::expand(&parsed_item, &model).into(),
-        Err(err) => with_error(item2, err),
+    let item = proc_macro2::TokenStream::from(item);
+    match pipeline(attr.into(), item.clone()) {
+        Ok(expanded) => expanded.into(),
+        // The original item and the errors, as tokio-macros does.
+        Err(err) => {
+            let errors = err.to_compile_error();
+            quote::quote!(#item #errors).into()
+        }
     }
 }
 
-/// The original item and the errors, as tokio-macros does.
-fn with_error(item: proc_macro2::TokenStream, err: syn::Error) -> TokenStream {
-    let errors = err.to_compile_error();
-    quote::quote!(#item #errors).into()
+/// Parse, validate, expand, on `proc_macro2` tokens so that tests can run it outside a compiler.
+fn pipeline(
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let item = syn::parse2::<syn::Item>(item)?;
+    let model = validate::validate(args::parse(attr)?, &item)?;
+    Ok(expand::expand(&item, &model))
 }

@@ -8,39 +8,19 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Ident, Item, Lit, LitStr, Path};
 
 use crate::args::{Entry, RawArgs, TagEntry, Value};
+use crate::model::{Model, Tag};
+use crate::values::{parse_duration, parse_template};
 
 const KEYS: &[&str] = &["name", "weight", "payload_codec", "warmup", "tag", "crate"];
 const MAX_NAME_LEN: usize = 255;
-const WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+
+/// The weight bounds and default. A proc-macro crate cannot depend on its runtime crate, so these
+/// copy `service_registry::{MIN_WEIGHT, MAX_WEIGHT, DEFAULT_WEIGHT}`. Tests keep them equal: here
+/// against the runtime constants (a dev-dependency) and with `weight_bounds`; in the runtime
+/// crate, `info::tests` compiles `#[service]` at both bounds.
+const MIN_WEIGHT: u32 = 1;
+const MAX_WEIGHT: u32 = 10_000;
 const DEFAULT_WEIGHT: u32 = 10;
-
-/// A piece of a tag value.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Part {
-    Text(String),
-    Var {
-        name: String,
-        default: Option<String>,
-    },
-}
-
-/// One validated tag.
-pub struct Tag {
-    pub key: String,
-    pub raw: String,
-    pub parts: Vec<Part>,
-}
-
-/// Everything `expand` needs; only valid values reach it.
-pub struct Model {
-    pub ident: Ident,
-    pub name: String,
-    pub weight: u32,
-    pub payload_codec: Option<String>,
-    pub warmup_nanos: u64,
-    pub tags: Vec<Tag>,
-    pub krate: Path,
-}
 
 /// Collects errors so that one build reports them all (as serde_derive's `Ctxt`).
 #[derive(Default)]
@@ -237,7 +217,8 @@ fn check_name(expr: &Expr, errors: &mut Errors) -> Option<String> {
 }
 
 fn check_weight(expr: &Expr, errors: &mut Errors) -> Option<u32> {
-    let message = "`weight` must be an integer from 1 to 10000: `weight = 10`";
+    let message =
+        format!("`weight` must be an integer from {MIN_WEIGHT} to {MAX_WEIGHT}: `weight = 10`");
     let Expr::Lit(ExprLit {
         lit: Lit::Int(int), ..
     }) = expr
@@ -246,11 +227,13 @@ fn check_weight(expr: &Expr, errors: &mut Errors) -> Option<u32> {
         return None;
     };
     match int.base10_parse::<u64>() {
-        Ok(w) if WEIGHT_RANGE.contains(&w) => u32::try_from(w).ok(),
+        Ok(w) if (u64::from(MIN_WEIGHT)..=u64::from(MAX_WEIGHT)).contains(&w) => {
+            u32::try_from(w).ok()
+        }
         Ok(w) => {
             errors.push(
                 int.span(),
-                format!("weight {w} is out of range; use 1 to 10000"),
+                format!("weight {w} is out of range; use {MIN_WEIGHT} to {MAX_WEIGHT}"),
             );
             None
         }
@@ -392,97 +375,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
-/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`, `"1m30s"` into nanoseconds.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    if text.is_empty() {
-        return Err("it is empty".into());
-    }
-    let mut total: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return Err(format!("expected a number at {rest:?}"));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| "the number is too large".to_string())?;
-        rest = &rest[digits..];
-        let unit_len = rest.len()
-            - rest
-                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
-                .len();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale: u64 = match unit {
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err(format!("{number} has no unit (ms, s, m or h)")),
-            other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
-        };
-        total = number
-            .checked_mul(scale)
-            .and_then(|n| total.checked_add(n))
-            .ok_or_else(|| "the duration is too large".to_string())?;
-    }
-    Ok(total)
-}
-
-/// Splits a tag value into text and `${VAR}` / `${VAR:-default}` parts.
-pub fn parse_template(text: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut literal = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        literal.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| {
-            format!(
-                "`${{` at byte {} is never closed with `}}`",
-                text.len() - rest.len() + start
-            )
-        })?;
-        let body = &after[..end];
-        let (name, default) = match body.split_once(":-") {
-            Some((name, default)) => (name, Some(default.to_string())),
-            None => (body, None),
-        };
-        let valid_name = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_name {
-            let shown = if name.is_empty() {
-                "an empty name".to_string()
-            } else {
-                format!("`{name}`")
-            };
-            return Err(format!("`${{{body}}}` has {shown} where a variable name ([A-Za-z_][A-Za-z0-9_]*) is expected"));
-        }
-        if default.as_deref().is_some_and(|d| d.contains("${")) {
-            return Err(format!(
-                "`${{{body}}}`: a default cannot contain another `${{`"
-            ));
-        }
-        if !literal.is_empty() {
-            parts.push(Part::Text(std::mem::take(&mut literal)));
-        }
-        parts.push(Part::Var {
-            name: name.to_string(),
-            default,
-        });
-        rest = &after[end + 1..];
-    }
-    literal.push_str(rest);
-    if !literal.is_empty() {
-        parts.push(Part::Text(literal));
-    }
-    Ok(parts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,43 +392,6 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(500_000_000));
-        assert_eq!(parse_duration("30s"), Ok(30_000_000_000));
-        assert_eq!(parse_duration("2m"), Ok(120_000_000_000));
-        assert_eq!(parse_duration("1m30s"), Ok(90_000_000_000));
-        assert!(parse_duration("30").is_err());
-        assert!(parse_duration("30x").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("99999999999999h").is_err());
-    }
-
-    #[test]
-    fn templates() {
-        assert_eq!(
-            parse_template("plain").unwrap(),
-            vec![Part::Text("plain".into())]
-        );
-        assert_eq!(
-            parse_template("${IDC:-hz}-x").unwrap(),
-            vec![
-                Part::Var {
-                    name: "IDC".into(),
-                    default: Some("hz".into())
-                },
-                Part::Text("-x".into())
-            ]
-        );
-        assert_eq!(parse_template("$5 ${A}").unwrap().len(), 2);
-        assert!(parse_template("${IDC").is_err());
-        assert!(parse_template("${}").is_err());
-        assert!(parse_template("${1A}").is_err());
-        assert!(parse_template("${A:x}").is_err());
-        assert!(parse_template("${A:-${B}}").is_err());
     }
 
     #[test]
@@ -568,6 +423,39 @@ mod tests {
         assert_eq!(all.len(), 7, "{all:#?}");
         assert!(all[0].contains("did you mean `name`"));
         assert!(all.iter().any(|m| m.contains("missing `name`")));
+    }
+
+    #[test]
+    fn weight_constants_match_the_runtime_crate() {
+        assert_eq!(MIN_WEIGHT, service_registry::MIN_WEIGHT);
+        assert_eq!(MAX_WEIGHT, service_registry::MAX_WEIGHT);
+        assert_eq!(DEFAULT_WEIGHT, service_registry::DEFAULT_WEIGHT);
+    }
+
+    /// The bounds as a user writes them: `service_registry`'s `info::tests` compiles
+    /// `weight = 1` and `weight = 10000` and compares them with `MIN_WEIGHT` and `MAX_WEIGHT`;
+    /// here the values just outside are rejected with the documented message.
+    #[test]
+    fn weight_bounds() {
+        let weight = |w: proc_macro2::TokenStream| model(quote!(name = "w", weight = #w));
+        assert_eq!(weight(quote!(1)).ok().unwrap().weight, 1);
+        assert_eq!(weight(quote!(10000)).ok().unwrap().weight, 10_000);
+        assert_eq!(weight(quote!(10_000u32)).ok().unwrap().weight, 10_000);
+        assert_eq!(model(quote!(name = "w")).ok().unwrap().weight, 10);
+        assert_eq!(
+            messages(quote!(name = "w", weight = 10001)),
+            ["weight 10001 is out of range; use 1 to 10000"]
+        );
+        assert_eq!(
+            messages(quote!(name = "w", weight = 0)),
+            ["weight 0 is out of range; use 1 to 10000"]
+        );
+        for not_a_weight in [quote!(-1), quote!(99999999999999999999999), quote!("10")] {
+            assert_eq!(
+                messages(quote!(name = "w", weight = #not_a_weight)),
+                ["`weight` must be an integer from 1 to 10000: `weight = 10`"]
+            );
+        }
     }
 
     #[test]

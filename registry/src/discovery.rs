@@ -104,7 +104,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
 /// Why discovery failed.
 ///
 /// ```
-/// use service_registry::DiscoveryError;
+/// use service_registry::{shared, DiscoveryError};
 /// let err = DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: shared("boom") };
 /// assert!(err.to_string().contains("echo"));
 /// ```

@@ -14,6 +14,39 @@ use crate::tags::StaticTag;
 /// ```
 pub const DEFAULT_WEIGHT: u32 = 10;
 
+/// The smallest weight an instance may have. `#[service(weight = ..)]` is checked against it at
+/// compile time, [`InfoOverride::weight`](crate::InfoOverride::weight) when the
+/// [`Registrar`](crate::Registrar) is built.
+///
+/// ```
+/// use service_registry::{service, Endpoint, MIN_WEIGHT};
+///
+/// #[service(name = "lightest", weight = 1)]
+/// struct Lightest;
+///
+/// assert_eq!(Lightest::INFO.weight, MIN_WEIGHT);
+/// ```
+pub const MIN_WEIGHT: u32 = 1;
+
+/// The largest weight an instance may have, as in Kitex. `#[service(weight = ..)]` is checked
+/// against it at compile time, [`InfoOverride::weight`](crate::InfoOverride::weight) when the
+/// [`Registrar`](crate::Registrar) is built.
+///
+/// ```
+/// use service_registry::{service, InfoOverride, Registrar, RegistrarError, MAX_WEIGHT};
+///
+/// #[service(name = "heaviest", weight = 10000)]
+/// struct Heaviest;
+///
+/// let too_heavy = Registrar::builder()
+///     .listen_addr("127.0.0.1:8080".parse().unwrap())
+///     .only(["heaviest"])
+///     .override_service("heaviest", InfoOverride::new().weight(MAX_WEIGHT + 1))
+///     .build();
+/// assert!(matches!(too_heavy, Err(RegistrarError::InvalidWeight { weight: 10001, .. })));
+/// ```
+pub const MAX_WEIGHT: u32 = 10_000;
+
 /// A weight as a registry stores it (Go `int`), read the way Kitex does: anything below 1
 /// means [`DEFAULT_WEIGHT`].
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
@@ -44,7 +77,7 @@ pub(crate) fn weight_or_default(stored: i64) -> u32 {
 pub struct EndpointBasicInfo {
     /// The service name under which instances are registered.
     pub service_name: &'static str,
-    /// The instance weight (1..=10000; default [`DEFAULT_WEIGHT`]).
+    /// The instance weight ([`MIN_WEIGHT`]..=[`MAX_WEIGHT`]; default [`DEFAULT_WEIGHT`]).
     pub weight: u32,
     /// The payload codec (`thrift`, `protobuf`, `grpc`, `json`, ...), if declared.
     pub payload_codec: Option<&'static str>,
@@ -175,5 +208,30 @@ impl Info {
             tags: BTreeMap::new(),
             skip_listen_addr: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `#[service]` cannot see this crate's constants, so it keeps its own copy of the bounds.
+    // These types pin the literals the attribute accepts to the constants; the macro crate's
+    // `validate::tests::weight_bounds` checks that `0` and `10001` are rejected.
+    #[crate::service(name = "info-tests-weight-min", weight = 1, crate = "crate")]
+    struct Lightest;
+
+    #[crate::service(name = "info-tests-weight-max", weight = 10000, crate = "crate")]
+    struct Heaviest;
+
+    #[crate::service(name = "info-tests-weight-default", crate = "crate")]
+    struct Unweighted;
+
+    #[test]
+    fn attribute_and_runtime_agree_on_weights() {
+        assert_eq!(Lightest::INFO.weight, MIN_WEIGHT);
+        assert_eq!(Heaviest::INFO.weight, MAX_WEIGHT);
+        assert_eq!(Unweighted::INFO.weight, DEFAULT_WEIGHT);
+        assert!((MIN_WEIGHT..=MAX_WEIGHT).contains(&DEFAULT_WEIGHT));
     }
 }

@@ -59,7 +59,9 @@ mod tags;
 pub use backends::memory::MemoryRegistry;
 pub use backoff::Backoff;
 pub use discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
-pub use info::{Endpoint, EndpointBasicInfo, Info, ServiceEntry, DEFAULT_WEIGHT};
+pub use info::{
+    Endpoint, EndpointBasicInfo, Info, ServiceEntry, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT,
+};
 pub use registrar::{
     InfoOverride, Registrar, RegistrarBuilder, RegistrarError, ServiceStatus, ShutdownSignal,
     StatusHandle, ADVERTISE_ADDR_ENV,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::backends::memory::MemoryRegistry;
 use crate::backoff::Backoff;
-use crate::info::{EndpointBasicInfo, Info, ServiceEntry};
+use crate::info::{EndpointBasicInfo, Info, ServiceEntry, MAX_WEIGHT, MIN_WEIGHT};
 use crate::registry::Registry;
 use crate::tags::resolve_tags;
 
@@ -260,7 +260,7 @@ impl RegistrarBuilder {
                 if let Some(o) = self.overrides.get(entry.service_name) {
                     o.apply(&mut info);
                 }
-                if !(1..=10_000).contains(&info.weight) {
+                if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&info.weight) {
                     return Err(RegistrarError::InvalidWeight {
                         service: info.service_name,
                         weight: info.weight,
@@ -381,6 +381,18 @@ mod tests {
         assert_eq!(got.len(), 1);
         let err = select(vec![entry("a", 1)], Some(&["zzz".to_string()])).unwrap_err();
         assert!(matches!(err, RegistrarError::UnknownService { .. }));
+    }
+
+    #[test]
+    fn invalid_weight_names_the_bounds() {
+        let err = RegistrarError::InvalidWeight {
+            service: "svc".into(),
+            weight: 0,
+        };
+        assert_eq!(
+            err.to_string(),
+            "override for service `svc` sets weight 0; weights must be 1..=10000"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use crate::info::{MAX_WEIGHT, MIN_WEIGHT};
 use crate::registry::BoxError;
 
 /// Why [`Registrar`](crate::Registrar) could not be built or its server failed.
@@ -52,8 +53,9 @@ pub enum RegistrarError {
         /// The unset variable.
         variable: String,
     },
-    /// An override gives a weight outside 1..=10000.
-    #[error("override for service `{service}` sets weight {weight}; weights must be 1..=10000")]
+    /// An override gives a weight outside
+    /// [`MIN_WEIGHT`](crate::MIN_WEIGHT)..=[`MAX_WEIGHT`](crate::MAX_WEIGHT).
+    #[error("override for service `{service}` sets weight {weight}; weights must be {MIN_WEIGHT}..={MAX_WEIGHT}")]
     InvalidWeight {
         /// The service.
         service: String,

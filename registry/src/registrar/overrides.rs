@@ -42,7 +42,8 @@ impl InfoOverride {
         Self::default()
     }
 
-    /// Replaces the weight (1..=10000).
+    /// Replaces the weight; [`Registrar`](crate::Registrar) refuses to build with a weight
+    /// outside [`MIN_WEIGHT`](crate::MIN_WEIGHT)..=[`MAX_WEIGHT`](crate::MAX_WEIGHT).
     ///
     /// ```
     /// let o = service_registry::InfoOverride::new().weight(3);
