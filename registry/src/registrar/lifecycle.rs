@@ -8,9 +8,9 @@ use futures_util::FutureExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::registry::shared;
 use crate::backoff::Backoff;
 use crate::info::Info;
+use crate::registry::shared;
 use crate::registry::{Health, Registry, RegistryError};
 
 use super::status::{ServiceStatus, StatusBoard};

@@ -10,10 +10,10 @@ use etcd_client::{
 use super::config::EtcdConfig;
 use super::error::bounded;
 use super::wire;
-use crate::registry::shared;
 use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
+use crate::registry::shared;
 use crate::registry::RegistryError;
 
 /// Keys per range read. Kitex values are a few hundred bytes, so a page is far under the

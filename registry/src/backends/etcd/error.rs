@@ -6,8 +6,8 @@ use std::time::Duration;
 use etcd_client::Error as EtcdError;
 
 use super::config::EtcdConfig;
-use crate::registry::shared;
 use crate::backends::call::bounded_call;
+use crate::registry::shared;
 use crate::registry::RegistryError;
 
 const BACKEND: &str = "etcd";

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use super::config::EtcdConfig;
 use super::error::{bounded, txn_failure, TxnFailure};
-use crate::registry::shared;
 use crate::backends::handle::{Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
 
 /// One write: a put (`Some`) or a delete (`None`).
@@ -234,10 +234,7 @@ impl Session {
         if result.is_ok() {
             self.stale_keep_alive = None;
         }
-        let outcome = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(RegistryError::clone);
+        let outcome = result.as_ref().map(|_| ()).map_err(RegistryError::clone);
         for (key, waiter) in std::mem::take(&mut self.pending_puts) {
             let result = match (&outcome, self.refusals.get(&key)) {
                 (Err(err), _) | (Ok(()), Some(err)) => Err(err.clone()),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use zookeeper_client::Error as ZkError;
 
 use super::config::ZookeeperConfig;
-use crate::registry::shared;
 use crate::backends::call::bounded_call;
+use crate::registry::shared;
 use crate::registry::RegistryError;
 
 const BACKEND: &str = "zookeeper";

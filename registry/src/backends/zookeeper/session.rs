@@ -18,9 +18,9 @@ use zookeeper_client::{
 
 use super::config::ZookeeperConfig;
 use super::error::{bounded, registry_error, timed_out};
-use crate::registry::shared;
 use crate::backends::handle::{Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
 
 /// A put waiting for the next multi-op: path, data, reply.
