@@ -17,16 +17,16 @@ fn option(value: &Option<String>) -> TokenStream {
 fn tag(krate: &syn::Path, tag: &Tag) -> TokenStream {
     let Tag { key, raw, parts } = tag;
     let parts = parts.iter().map(|part| match part {
-        Part::Text(text) => quote!(#krate::TagPart::Text(#text)),
+        Part::Text(text) => quote!(#krate::endpoint::TagPart::Text(#text)),
         Part::Var { name, default } => {
             let default = option(default);
-            quote!(#krate::TagPart::Var { name: #name, default: #default })
+            quote!(#krate::endpoint::TagPart::Var { name: #name, default: #default })
         }
     });
     quote! {
-        #krate::StaticTag {
+        #krate::endpoint::StaticTag {
             key: #key,
-            value: #krate::TagTemplate { raw: #raw, parts: &[#(#parts),*] },
+            value: #krate::endpoint::TagTemplate { raw: #raw, parts: &[#(#parts),*] },
         }
     }
 }
@@ -66,7 +66,7 @@ pub fn expand(item: &Item, model: &Model) -> TokenStream {
             }
 
             #krate::__private::inventory::submit! {
-                #krate::ServiceEntry::new(&<#ident as #krate::Endpoint>::INFO)
+                #krate::endpoint::ServiceEntry::new(&<#ident as #krate::Endpoint>::INFO)
             }
         };
     }

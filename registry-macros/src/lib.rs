@@ -1,9 +1,10 @@
-//! The `#[service]` attribute of `service-registry`. Use it through `service_registry::service`.
+//! The `#[service]` attribute of [`service-registry`](https://docs.rs/service-registry). Use it
+//! through `service_registry::service`; the generated code refers to `::service_registry`.
 //!
-//! The work is split by stage, as in `thiserror-impl`: [`args`] parses the attribute into plain
-//! data, [`validate`] checks it against the annotated item (collecting every mistake, with the
-//! help of the [`values`] parsers) into a [`model::Model`], and [`expand`] generates the
-//! descriptor from that model.
+//! The work is split by stage, as in `thiserror-impl`: `args` parses the attribute into plain
+//! data, `validate` checks it against the annotated item (collecting every mistake, with the
+//! help of the `values` parsers) into a `model::Model`, and `expand` generates the descriptor
+//! from that model.
 
 use proc_macro::TokenStream;
 

@@ -116,7 +116,7 @@ pub trait Endpoint {
 /// write `use my_services as _;` in the binary (see the crate docs).
 ///
 /// ```
-/// use service_registry::{service, ServiceEntry};
+/// use service_registry::{endpoint::ServiceEntry, service};
 ///
 /// #[service(name = "listed")]
 /// struct Listed;
@@ -133,7 +133,7 @@ impl ServiceEntry {
     /// Wraps a descriptor; used by the code `#[service]` generates.
     ///
     /// ```
-    /// use service_registry::{EndpointBasicInfo, ServiceEntry};
+    /// use service_registry::{endpoint::ServiceEntry, EndpointBasicInfo};
     /// use std::time::Duration;
     ///
     /// static INFO: EndpointBasicInfo = EndpointBasicInfo {
@@ -150,7 +150,7 @@ impl ServiceEntry {
     /// Every service linked into this binary, in no particular order.
     ///
     /// ```
-    /// let names: Vec<_> = service_registry::ServiceEntry::all().map(|e| e.info.service_name).collect();
+    /// let names: Vec<_> = service_registry::endpoint::ServiceEntry::all().map(|e| e.info.service_name).collect();
     /// # let _ = names;
     /// ```
     pub fn all() -> impl Iterator<Item = &'static ServiceEntry> {

@@ -59,16 +59,29 @@ mod tags;
 pub use backends::memory::MemoryRegistry;
 pub use backoff::Backoff;
 pub use discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
-pub use info::{
-    Endpoint, EndpointBasicInfo, Info, ServiceEntry, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT,
-};
+pub use info::{Endpoint, EndpointBasicInfo, Info, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT};
 pub use registrar::{
     InfoOverride, Registrar, RegistrarBuilder, RegistrarError, ServiceStatus, ShutdownSignal,
     StatusHandle, ADVERTISE_ADDR_ENV,
 };
 pub use registry::{shared, BoxError, Health, Registry, RegistryError, SharedError};
 pub use service_registry_macros::service;
-pub use tags::{MissingVariable, StaticTag, TagPart, TagTemplate};
+
+/// The pieces `#[service]` generates and the registrar reads: the inventory entry of each
+/// annotated type and its tag templates. Rarely needed directly:
+/// [`ServiceEntry::all`](endpoint::ServiceEntry::all) lists every linked service.
+///
+/// ```
+/// use service_registry::endpoint::{ServiceEntry, TagTemplate};
+/// # #[service_registry::service(name = "endpoint-doc", tag(idc = "${IDC:-hz}"))] struct Doc;
+/// let entry = ServiceEntry::all().find(|e| e.info.service_name == "endpoint-doc").unwrap();
+/// let idc: &TagTemplate = &entry.info.tags[0].value;
+/// assert_eq!(idc.raw, "${IDC:-hz}");
+/// ```
+pub mod endpoint {
+    pub use crate::info::ServiceEntry;
+    pub use crate::tags::{MissingVariable, StaticTag, TagPart, TagTemplate};
+}
 
 /// The etcd backend: [`EtcdRegistry`](etcd::EtcdRegistry) and
 /// [`EtcdDiscovery`](etcd::EtcdDiscovery), wire-compatible with Kitex's `registry-etcd`.

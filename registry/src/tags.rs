@@ -11,7 +11,7 @@ use thiserror::Error;
 /// One piece of a tag value template.
 ///
 /// ```
-/// use service_registry::TagPart;
+/// use service_registry::endpoint::TagPart;
 /// let part = TagPart::Var { name: "IDC", default: Some("hz") };
 /// assert_ne!(part, TagPart::Text("hz"));
 /// ```
@@ -33,7 +33,7 @@ pub enum TagPart {
 /// A tag value as written in the attribute, already split into literal text and variables.
 ///
 /// ```
-/// use service_registry::{TagPart, TagTemplate};
+/// use service_registry::endpoint::{TagPart, TagTemplate};
 ///
 /// const IDC: TagTemplate = TagTemplate {
 ///     raw: "${IDC:-hz}-a",
@@ -55,7 +55,7 @@ pub struct TagTemplate {
 /// A tag as declared in `#[service(tag(key = "value"))]`.
 ///
 /// ```
-/// use service_registry::{StaticTag, TagPart, TagTemplate};
+/// use service_registry::endpoint::{StaticTag, TagPart, TagTemplate};
 ///
 /// const TAG: StaticTag = StaticTag {
 ///     key: "cluster",
@@ -85,7 +85,7 @@ impl TagTemplate {
     /// Resolves the template against the process environment.
     ///
     /// ```
-    /// use service_registry::{TagPart, TagTemplate};
+    /// use service_registry::endpoint::{TagPart, TagTemplate};
     ///
     /// let t = TagTemplate { raw: "x", parts: &[TagPart::Text("x")] };
     /// assert_eq!(t.resolve().unwrap(), "x");
@@ -101,7 +101,7 @@ impl TagTemplate {
     /// one without default resolves to the empty string.
     ///
     /// ```
-    /// use service_registry::{TagPart, TagTemplate};
+    /// use service_registry::endpoint::{TagPart, TagTemplate};
     ///
     /// let t = TagTemplate { raw: "${ZONE}", parts: &[TagPart::Var { name: "ZONE", default: None }] };
     /// assert!(t.resolve_with(|_| None).is_err());

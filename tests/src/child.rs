@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// `target/<profile>/examples/<name>`, next to the running test binary in `target/<profile>/deps`.
 pub fn example_path(name: &str) -> PathBuf {
@@ -25,6 +26,33 @@ pub fn example_path(name: &str) -> PathBuf {
     path
 }
 
+/// A command running example `name` with stdout piped, killed if the test drops it.
+pub fn example_command(name: &str) -> Command {
+    let mut command = Command::new(example_path(name));
+    command.stdout(Stdio::piped()).kill_on_drop(true);
+    command
+}
+
+/// Spawns `command` (stdout piped, as [`example_command`] sets it) and returns its stdout lines.
+pub fn spawn_lines(command: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = command.spawn().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Runs `command` to the end, asserts that it exited zero and returns its stdout.
+pub async fn success_output(command: &mut Command) -> String {
+    let out = command.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The next stdout line of a child, within 20 s.
 pub async fn next_line<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> String {
     tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -34,30 +62,32 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> String 
         .unwrap()
 }
 
+/// The service and address of an example's `registered <service> at <addr>` line.
+pub fn registered_at(line: &str) -> (String, SocketAddr) {
+    let rest = line
+        .strip_prefix("registered ")
+        .unwrap_or_else(|| panic!("unexpected line {line}"));
+    let (service, addr) = rest
+        .split_once(" at ")
+        .unwrap_or_else(|| panic!("unexpected line {line}"));
+    (service.to_string(), addr.parse().unwrap())
+}
+
 /// Spawns a backend example with `env` and `LISTEN_ADDR=127.0.0.1:0`, and waits for its two
 /// `registered <service> at <addr>` lines.
 pub async fn spawn_example(
     name: &str,
     env: &[(&str, String)],
 ) -> (Child, Vec<(String, SocketAddr)>) {
-    let mut command = Command::new(example_path(name));
-    command
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    let mut command = example_command(name);
+    command.env("LISTEN_ADDR", "127.0.0.1:0");
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (child, mut lines) = spawn_lines(&mut command);
     let mut registered = Vec::new();
     while registered.len() < 2 {
-        let line = next_line(&mut lines).await;
-        let rest = line
-            .strip_prefix("registered ")
-            .unwrap_or_else(|| panic!("unexpected line {line}"));
-        let (service, addr) = rest.split_once(" at ").unwrap();
-        registered.push((service.to_string(), addr.parse().unwrap()));
+        registered.push(registered_at(&next_line(&mut lines).await));
     }
     // Keep reading so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

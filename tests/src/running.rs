@@ -1,18 +1,25 @@
-//! A registrar serving the echo server on a loopback listener, for backend tests.
+//! A registrar serving on a loopback listener, for backend and registrar tests.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_registry::{Registrar, RegistrarError, Registry, ServiceStatus, StatusHandle};
+use service_registry::{
+    BoxError, Info, Registrar, RegistrarBuilder, RegistrarError, Registry, ServiceStatus,
+    ShutdownSignal, StatusHandle,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::echo;
 
 /// A running registrar with its stop switch and status.
+#[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
     pub status: StatusHandle,
+    /// What the registrar registers, as [`Registrar::infos`] listed it before serving.
+    pub infos: Vec<Info>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), RegistrarError>>,
 }
@@ -20,26 +27,64 @@ pub struct Running {
 impl Running {
     /// Serves echo on 127.0.0.1 and registers the services named in `only`.
     pub async fn start(registry: impl Registry, only: &[&str]) -> Self {
+        Self::start_with(|builder| builder.registry(registry).only(only.iter().copied())).await
+    }
+
+    /// Serves echo on 127.0.0.1 with a registrar that `configure` sets up; the listen address
+    /// and the shutdown signal are already set.
+    pub async fn start_with(configure: impl FnOnce(RegistrarBuilder) -> RegistrarBuilder) -> Self {
+        Self::try_start_with(configure).await.unwrap()
+    }
+
+    /// [`Running::start_with`], returning the error of `build` instead of panicking.
+    pub async fn try_start_with(
+        configure: impl FnOnce(RegistrarBuilder) -> RegistrarBuilder,
+    ) -> Result<Self, RegistrarError> {
+        Self::try_serve_with(configure, echo::serve).await
+    }
+
+    /// [`Running::start_with`] with the server that `server` builds from the listener and the
+    /// registrar's shutdown signal, instead of echo.
+    pub async fn serve_with<S, Fut, E>(
+        configure: impl FnOnce(RegistrarBuilder) -> RegistrarBuilder,
+        server: S,
+    ) -> Self
+    where
+        S: FnOnce(TcpListener, ShutdownSignal) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        Self::try_serve_with(configure, server).await.unwrap()
+    }
+
+    async fn try_serve_with<S, Fut, E>(
+        configure: impl FnOnce(RegistrarBuilder) -> RegistrarBuilder,
+        server: S,
+    ) -> Result<Self, RegistrarError>
+    where
+        S: FnOnce(TcpListener, ShutdownSignal) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let registrar = Registrar::builder()
-            .registry(registry)
+        let builder = Registrar::builder()
             .listen_addr(addr)
-            .only(only.iter().copied())
             .shutdown_signal(async {
                 let _ = stopped.await;
-            })
-            .build()
-            .unwrap();
+            });
+        let registrar = configure(builder).build()?;
         let status = registrar.status();
-        let task = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
-        Self {
+        let infos = registrar.infos().to_vec();
+        let task = tokio::spawn(registrar.serve(|shutdown| server(listener, shutdown)));
+        Ok(Self {
             addr,
             status,
+            infos,
             stop: Some(stop),
             task,
-        }
+        })
     }
 
     /// Waits until every service is `Registered`, or panics after `limit`.
@@ -75,9 +120,26 @@ impl Running {
             .unwrap()
     }
 
-    /// Triggers shutdown and waits for `serve` to return.
+    /// Triggers shutdown without waiting for it; panics if the registrar no longer listens.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).unwrap();
+        }
+    }
+
+    /// Waits for `serve` to return without triggering shutdown, and returns its result.
+    pub async fn join(self) -> Result<(), RegistrarError> {
+        // Holding the sender keeps the shutdown signal pending.
+        let Self { stop, task, .. } = self;
+        let result = task.await.unwrap();
+        drop(stop);
+        result
+    }
+
+    /// Triggers shutdown (unless [`Running::signal_stop`] did) and waits for `serve` to return
+    /// `Ok`.
     pub async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.await.unwrap().unwrap();
+        self.signal_stop();
+        self.join().await.unwrap();
     }
 }

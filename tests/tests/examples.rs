@@ -1,34 +1,14 @@
 //! Runs the built examples as a user would and checks what they print.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::net::SocketAddr;
 
-/// `target/<profile>/examples/<name>`, next to this test's own binary in `target/<profile>/deps`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test --workspace` builds the examples",
-        path.display()
-    );
-    path
-}
+use tests::child::{example_command, next_line, registered_at, spawn_lines, success_output};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-#[test]
-fn quickstart_prints_the_reply_and_exits_zero() {
-    let out = Command::new(example("quickstart"))
-        .env_remove("IDC")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+#[tokio::test]
+async fn quickstart_prints_the_reply_and_exits_zero() {
+    let stdout = success_output(example_command("quickstart").env_remove("IDC")).await;
     assert!(stdout.contains("echo replied: hello, registry"), "{stdout}");
     assert!(stdout.contains(r#"tags {"idc": "hz"}"#), "{stdout}");
     assert!(
@@ -37,57 +17,38 @@ fn quickstart_prints_the_reply_and_exits_zero() {
     );
 }
 
-#[test]
-fn axum_server_registers_serves_and_stops_cleanly() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpStream;
-
-    let mut child = Command::new(example("axum_server"))
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The first line appears once registered; reading blocks until then (the child is killed
-    // by the assertion below if it never comes).
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("registered web.hello at ")
-        .unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("unexpected first line: {first}")
-        });
-    let http_get = |path: &str| {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    };
-    assert!(http_get("/hello").ends_with("hello from axum\n"));
-    assert!(http_get("/quit").ends_with("bye\n"));
-    assert_eq!(lines.next().unwrap().unwrap(), "deregistered and stopped");
-    assert!(child.wait().unwrap().success());
+/// The whole response to `GET <path>` with `Connection: close`.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
 
-#[test]
-fn tonic_greeter_spreads_by_weight_and_survives_stop_and_kill() {
-    let out = Command::new(example("tonic_greeter"))
-        .env_remove("ETCD_ENDPOINTS")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+#[tokio::test]
+async fn axum_server_registers_serves_and_stops_cleanly() {
+    let (mut child, mut lines) = spawn_lines(
+        example_command("axum_server")
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn"),
     );
+    // The first line appears once registered; the child is killed when the test panics.
+    let (service, addr) = registered_at(&next_line(&mut lines).await);
+    assert_eq!(service, "web.hello");
+    assert!(http_get(addr, "/hello")
+        .await
+        .ends_with("hello from axum\n"));
+    assert!(http_get(addr, "/quit").await.ends_with("bye\n"));
+    assert_eq!(next_line(&mut lines).await, "deregistered and stopped");
+    assert!(child.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn tonic_greeter_spreads_by_weight_and_survives_stop_and_kill() {
+    let stdout =
+        success_output(example_command("tonic_greeter").env_remove("ETCD_ENDPOINTS")).await;
     assert!(stdout.contains("registry: in memory"), "{stdout}");
     assert!(
         stdout.contains("discovered 3 greeter instances"),

@@ -5,9 +5,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use service_registry::{
     service, Backoff, Discovery, Endpoint, InfoOverride, MemoryRegistry, Registrar, RegistrarError,
-    ServiceEntry, ServiceStatus,
+    ServiceStatus,
 };
 use tests::registries::{Event, Flaky, Recording};
+use tests::running::Running;
 use tests::{echo, poll};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -34,10 +35,6 @@ pub enum OtherService {
 }
 
 const OURS: [&str; 2] = ["reg.echo", "reg.other"];
-
-async fn bound() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
 
 fn all_registered(status: &std::collections::BTreeMap<String, ServiceStatus>) -> bool {
     status.values().all(|s| *s == ServiceStatus::Registered)
@@ -72,19 +69,12 @@ fn descriptor_is_reachable_from_the_type() {
 #[tokio::test]
 async fn registers_every_linked_service_after_bind_then_deregisters_before_close() {
     let registry = Recording::default();
-    let listener = bound().await;
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let registrar = Registrar::builder()
-        .registry(registry.clone())
-        .listen_addr(addr)
-        .shutdown_signal(async {
-            let _ = stopped.await;
-        })
-        .build()
-        .unwrap();
+    let running = Running::start_with(|b| b.registry(registry.clone())).await;
+    let addr = running.addr;
     let linked: Vec<&str> = {
-        let mut v: Vec<_> = ServiceEntry::all().map(|e| e.info.service_name).collect();
+        let mut v: Vec<_> = service_registry::endpoint::ServiceEntry::all()
+            .map(|e| e.info.service_name)
+            .collect();
         v.sort();
         v
     };
@@ -92,8 +82,7 @@ async fn registers_every_linked_service_after_bind_then_deregisters_before_close
         linked.contains(&"linked.alpha") && linked.contains(&"linked.beta"),
         "library services must be linked: {linked:?}"
     );
-    let status = registrar.status();
-    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+    let status = running.status.clone();
 
     let done = status.wait_for(all_registered).await.unwrap();
     assert_eq!(done.keys().map(String::as_str).collect::<Vec<_>>(), linked);
@@ -106,8 +95,7 @@ async fn registers_every_linked_service_after_bind_then_deregisters_before_close
     assert_eq!(alpha.weight, 7);
     assert_eq!(alpha.tags["origin"], "library");
 
-    stop.send(()).unwrap();
-    run.await.unwrap().unwrap();
+    running.stop().await;
 
     let events = registry.events();
     let registers: Vec<_> = events
@@ -158,33 +146,30 @@ async fn registers_every_linked_service_after_bind_then_deregisters_before_close
 
 #[tokio::test]
 async fn infos_carry_attribute_runtime_data_and_overrides() {
-    let listener = bound().await;
-    let addr = listener.local_addr().unwrap();
     let elsewhere = "127.0.0.9:9999".parse().unwrap();
-    let registrar = Registrar::builder()
-        .registry(MemoryRegistry::new())
-        .listen_addr(addr)
-        .only(OURS)
-        .override_all(
-            InfoOverride::new()
-                .tag("cluster", "green")
-                .tag("env", "prod"),
-        )
-        .override_service(
-            "reg.echo",
-            InfoOverride::new()
-                .weight(55)
-                .payload_codec("thrift")
-                .warmup(Duration::from_secs(2)),
-        )
-        .override_service("reg.other", InfoOverride::new().addr(elsewhere))
-        .build()
-        .unwrap();
-    let infos = registrar.infos();
+    let running = Running::start_with(|b| {
+        b.registry(MemoryRegistry::new())
+            .only(OURS)
+            .override_all(
+                InfoOverride::new()
+                    .tag("cluster", "green")
+                    .tag("env", "prod"),
+            )
+            .override_service(
+                "reg.echo",
+                InfoOverride::new()
+                    .weight(55)
+                    .payload_codec("thrift")
+                    .warmup(Duration::from_secs(2)),
+            )
+            .override_service("reg.other", InfoOverride::new().addr(elsewhere))
+    })
+    .await;
+    let infos = &running.infos;
     assert_eq!(infos.len(), 2);
     let echo_info = &infos[0];
     assert_eq!(echo_info.service_name, "reg.echo");
-    assert_eq!(echo_info.addr, addr);
+    assert_eq!(echo_info.addr, running.addr);
     assert_eq!(echo_info.weight, 55);
     assert_eq!(echo_info.payload_codec.as_deref(), Some("thrift"));
     assert_eq!(echo_info.warmup, Duration::from_secs(2));
@@ -206,21 +191,19 @@ async fn infos_carry_attribute_runtime_data_and_overrides() {
     assert_eq!(other.tags["zone"], "z1", "unset variable takes its default");
     assert_eq!(other.tags["env"], "prod");
     assert_eq!(other.payload_codec, None);
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn bad_options_are_refused_before_serving() {
-    let addr = bound().await.local_addr().unwrap();
-    let err = Registrar::builder()
-        .registry(MemoryRegistry::new())
-        .listen_addr(addr)
-        .only(["nope"])
-        .build()
+    let err = Running::try_start_with(|b| b.registry(MemoryRegistry::new()).only(["nope"]))
+        .await
         .unwrap_err();
     assert!(
         matches!(err, RegistrarError::UnknownService { ref name, .. } if name == "nope"),
         "{err}"
     );
+    // Running always sets a bound listen address; these two leave it out or unbound.
     let err = Registrar::builder()
         .registry(MemoryRegistry::new())
         .build()
@@ -232,40 +215,38 @@ async fn bad_options_are_refused_before_serving() {
         .build()
         .unwrap_err();
     assert!(matches!(err, RegistrarError::UnboundListenAddr(_)), "{err}");
-    let err = Registrar::builder()
-        .registry(MemoryRegistry::new())
-        .listen_addr(addr)
-        .only(OURS)
-        .override_service("reg.echo", InfoOverride::new().weight(0))
-        .build()
-        .unwrap_err();
+    let err = Running::try_start_with(|b| {
+        b.registry(MemoryRegistry::new())
+            .only(OURS)
+            .override_service("reg.echo", InfoOverride::new().weight(0))
+    })
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, RegistrarError::InvalidWeight { weight: 0, .. }),
         "{err}"
     );
 }
 
+/// Serves `reg.echo` on a flaky registry, retrying with `backoff`.
+async fn serve_echo_retrying(registry: &Flaky, backoff: Backoff) -> Running {
+    Running::start_with(|b| {
+        b.registry(registry.clone())
+            .only(["reg.echo"])
+            .backoff(backoff)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn failing_registry_is_retried_until_registered_while_the_server_answers() {
     let registry = Flaky::new(6);
-    let listener = bound().await;
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let registrar = Registrar::builder()
-        .registry(registry.clone())
-        .listen_addr(addr)
-        .only(["reg.echo"])
-        .backoff(Backoff::new(
-            Duration::from_millis(20),
-            Duration::from_millis(200),
-        ))
-        .shutdown_signal(async {
-            let _ = stopped.await;
-        })
-        .build()
-        .unwrap();
-    let status = registrar.status();
-    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+    let running = serve_echo_retrying(
+        &registry,
+        Backoff::new(Duration::from_millis(20), Duration::from_millis(200)),
+    )
+    .await;
+    let (addr, status) = (running.addr, &running.status);
 
     // While registration keeps failing, the status says so and the server answers.
     let retrying = status
@@ -291,42 +272,26 @@ async fn failing_registry_is_retried_until_registered_while_the_server_answers()
     );
     assert_eq!(registry.inner.resolve("reg.echo").await.unwrap().len(), 1);
     assert_eq!(echo::call(addr, "after").await.unwrap(), "after");
-    stop.send(()).unwrap();
-    run.await.unwrap().unwrap();
+    running.stop().await;
     assert!(registry.inner.resolve("reg.echo").await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn shutdown_while_still_retrying_stops_retrying() {
     let registry = Flaky::new(u32::MAX);
-    let listener = bound().await;
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let registrar = Registrar::builder()
-        .registry(registry.clone())
-        .listen_addr(addr)
-        .only(["reg.echo"])
-        .backoff(Backoff::new(
-            Duration::from_millis(5),
-            Duration::from_millis(20),
-        ))
-        .shutdown_signal(async {
-            let _ = stopped.await;
-        })
-        .build()
-        .unwrap();
-    let status = registrar.status();
-    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
-    status
+    let running = serve_echo_retrying(
+        &registry,
+        Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
+    )
+    .await;
+    running
+        .status
         .wait_for(|s| matches!(s.get("reg.echo"), Some(ServiceStatus::Retrying { .. })))
         .await
         .unwrap();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run)
+    tokio::time::timeout(Duration::from_secs(5), running.stop())
         .await
-        .expect("serve must return promptly")
-        .unwrap()
-        .unwrap();
+        .expect("serve must return promptly");
     // serve awaits the aborted registration tasks before it returns, so the count is final.
     let calls = registry.calls();
     for _ in 0..100 {
@@ -345,62 +310,45 @@ async fn watch_sees_the_service_come_and_go() {
     let mut watch = registry.watch("reg.other").await.unwrap();
     assert!(watch.next().await.unwrap().all.is_empty());
 
-    let listener = bound().await;
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let registrar = Registrar::builder()
-        .registry(registry.clone())
-        .listen_addr(addr)
-        .only(OURS)
-        .shutdown_signal(async {
-            let _ = stopped.await;
-        })
-        .build()
-        .unwrap();
-    let run = tokio::spawn(registrar.serve(|shutdown| echo::serve(listener, shutdown)));
+    let mut running = Running::start_with(|b| b.registry(registry.clone()).only(OURS)).await;
 
     let added = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(added.added.len(), 1);
-    assert_eq!(added.added[0].addr, addr);
+    assert_eq!(added.added[0].addr, running.addr);
     assert_eq!(added.added[0].tags["cluster"], "blue");
     let instance = &added.added[0];
     assert_eq!(echo::call(instance.addr, "found").await.unwrap(), "found");
 
-    stop.send(()).unwrap();
+    running.signal_stop();
     let removed = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(removed.removed.len(), 1);
     assert!(removed.all.is_empty());
-    run.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn server_that_stops_on_its_own_is_deregistered_and_its_error_returned() {
     let registry = MemoryRegistry::new();
-    let listener = bound().await;
-    let addr = listener.local_addr().unwrap();
     let (fail, failed) = oneshot::channel::<()>();
-    let registrar = Registrar::builder()
-        .registry(registry.clone())
-        .listen_addr(addr)
-        .only(["reg.echo"])
-        .shutdown_signal(std::future::pending())
-        .build()
-        .unwrap();
-    let status = registrar.status();
-    let run = tokio::spawn(registrar.serve(|_shutdown| async move {
-        let _keep = listener;
-        let _ = failed.await;
-        Err(std::io::Error::other("disk on fire"))
-    }));
-    status.wait_for(all_registered).await.unwrap();
+    // The running registrar's shutdown signal stays pending until `join` returns.
+    let running = Running::serve_with(
+        |b| b.registry(registry.clone()).only(["reg.echo"]),
+        |listener, _shutdown| async move {
+            let _keep = listener;
+            let _ = failed.await;
+            Err(std::io::Error::other("disk on fire"))
+        },
+    )
+    .await;
+    running.status.wait_for(all_registered).await.unwrap();
     fail.send(()).unwrap();
-    let err = run.await.unwrap().unwrap_err();
+    let err = running.join().await.unwrap_err();
     assert!(matches!(err, RegistrarError::Server(_)), "{err}");
     assert!(err.to_string().contains("disk on fire"));
     assert!(registry.resolve("reg.echo").await.unwrap().is_empty());
@@ -408,37 +356,30 @@ async fn server_that_stops_on_its_own_is_deregistered_and_its_error_returned() {
 
 #[tokio::test]
 async fn server_ignoring_shutdown_is_dropped_after_the_grace_period() {
-    let listener = bound().await;
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let registrar = Registrar::builder()
-        .registry(MemoryRegistry::new())
-        .listen_addr(addr)
-        .only(["reg.echo"])
-        .grace_period(Duration::from_millis(200))
-        .shutdown_signal(async {
-            let _ = stopped.await;
-        })
-        .build()
-        .unwrap();
-    let run =
-        tokio::spawn(registrar.serve(|_ignored| echo::serve(listener, std::future::pending())));
+    let running = Running::serve_with(
+        |b| {
+            b.registry(MemoryRegistry::new())
+                .only(["reg.echo"])
+                .grace_period(Duration::from_millis(200))
+        },
+        |listener, _ignored| echo::serve(listener, std::future::pending()),
+    )
+    .await;
+    let addr = running.addr;
     poll::until(Duration::from_secs(5), "server up", || async {
         echo::call(addr, "a").await.ok()
     })
     .await;
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run)
+    tokio::time::timeout(Duration::from_secs(5), running.stop())
         .await
-        .expect("grace period bounds shutdown")
-        .unwrap()
-        .unwrap();
+        .expect("grace period bounds shutdown");
 }
 
 #[tokio::test]
 async fn unspecified_listen_address_is_advertised_as_this_hosts_address() {
     // Binds every interface but only dials loopback; the advertised address is compared with
-    // the interface list, never dialled.
+    // the interface list, never dialled. Running listens on loopback only, so this registrar is
+    // built by hand and never served.
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let registrar = Registrar::builder()

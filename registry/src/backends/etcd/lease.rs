@@ -224,10 +224,11 @@ impl Session {
     async fn establish(&mut self) -> Result<Established, RegistryError> {
         let limit = self.limit() + self.config.connect_timeout;
         let config = self.config.clone();
+        let endpoints = answering_endpoints(&config).await;
         let client = bounded(
             &config,
             limit,
-            Client::connect(&config.endpoints, Some(config.connect_options())),
+            Client::connect(&endpoints, Some(config.connect_options())),
         )
         .await?;
         let result = self.take_lease(client.clone()).await;
@@ -671,6 +672,39 @@ impl Session {
             let _ = bounded(&self.config, limit, client.lease_revoke(stale)).await;
         }
         self.live.clear();
+    }
+}
+
+/// The endpoints that answer now, or all of them when none does (the connect then fails with
+/// the real error). A new client balances over its endpoints before it knows which are down,
+/// so after a member died its first calls can keep landing on the dead one while the lease
+/// runs out; connecting to the members that answer avoids that.
+async fn answering_endpoints(config: &EtcdConfig) -> Vec<String> {
+    if config.endpoints.len() < 2 {
+        return config.endpoints.clone();
+    }
+    let probes = config.endpoints.iter().map(|endpoint| async move {
+        let probe = async {
+            let mut client =
+                Client::connect([endpoint.as_str()], Some(config.connect_options())).await?;
+            client.status().await
+        };
+        matches!(
+            tokio::time::timeout(config.connect_timeout, probe).await,
+            Ok(Ok(_))
+        )
+    });
+    let answering: Vec<String> = config
+        .endpoints
+        .iter()
+        .zip(futures_util::future::join_all(probes).await)
+        .filter(|(_, ok)| *ok)
+        .map(|(endpoint, _)| endpoint.clone())
+        .collect();
+    if answering.is_empty() {
+        config.endpoints.clone()
+    } else {
+        answering
     }
 }
 

@@ -12,7 +12,7 @@ pub const ENDPOINTS_ENV: &str = "ZOOKEEPER_ENDPOINTS";
 /// whole seconds.
 pub const SESSION_TIMEOUT_ENV: &str = "ZOOKEEPER_SESSION_TIMEOUT";
 
-/// Why a [`ZookeeperRegistry`] could not be created.
+/// Why a [`ZookeeperRegistry`](super::ZookeeperRegistry) could not be created.
 ///
 /// ```
 /// use service_registry::zookeeper::{ZookeeperConfig, ZookeeperConfigError, ZookeeperRegistry};
