@@ -20,3 +20,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --all-features "$@"
+# The trybuild snapshots, without the backends' features (see tests/tests/ui.rs).
+cargo test -p tests --test ui "$@"

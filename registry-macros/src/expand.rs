@@ -95,7 +95,7 @@ mod tests {
             "impl :: sr :: Endpoint for Echo",
             "service_name : \"echo\"",
             "weight : 20u32",
-            ":: sr :: TagPart :: Var { name : \"IDC\" , default : :: core :: option :: Option :: Some (\"hz\") }",
+            ":: sr :: endpoint :: TagPart :: Var { name : \"IDC\" , default : :: core :: option :: Option :: Some (\"hz\") }",
             ":: sr :: __private :: inventory :: submit !",
         ] {
             assert!(out.contains(expected), "missing `{expected}` in {out}");
