@@ -93,7 +93,11 @@ impl Registry for Flaky {
         if call < self.failures {
             return Err(RegistryError::Backend {
                 backend: "flaky",
-                source: shared(format!("injected failure {} of {}", call + 1, self.failures)),
+                source: shared(format!(
+                    "injected failure {} of {}",
+                    call + 1,
+                    self.failures
+                )),
             });
         }
         self.inner.register(info).await
