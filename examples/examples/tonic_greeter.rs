@@ -217,7 +217,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     for (id, weight) in [("a", 10), ("b", 20), ("c", 30)] {
         servers.push(start_server(registry.clone(), id, weight).await?);
     }
-    let balancer = Balancer::new(Strategy::WeightedRandom)
+    let balancer = Balancer::builder(Strategy::WeightedRandom)
         .watch(discovery.as_ref(), "greeter")
         .await?;
     println!(

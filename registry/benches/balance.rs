@@ -1,6 +1,6 @@
-//! Pick cost of each balancer for 10 / 100 / 1000 instances, next to `tower::balance::p2c` on
-//! the same instance set, and pick throughput with 4 threads while the set changes 100 times a
-//! second.
+//! Pick cost of each balancer for 10 / 100 / 1000 / 10 000 instances, next to
+//! `tower::balance::p2c` on the same instance set; the cost of a set change at 10 000
+//! instances; and pick throughput with 4 threads while the set changes 100 times a second.
 //!
 //! ```text
 //! cargo bench -p service-registry --bench balance
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use service_registry::balance::{Balancer, Strategy};
 use service_registry::{Info, Instance};
 use tower::Service;
@@ -34,6 +34,16 @@ fn instances(n: usize) -> Vec<Instance> {
         .collect()
 }
 
+/// The same set with every tenth instance started just now and warming up for an hour.
+fn warming(n: usize) -> Vec<Instance> {
+    let mut set = instances(n);
+    for instance in set.iter_mut().step_by(10) {
+        instance.start_time = Some(std::time::SystemTime::now());
+        instance.warmup = Duration::from_secs(3600);
+    }
+    set
+}
+
 const STRATEGIES: [(&str, Strategy); 3] = [
     ("weighted_random", Strategy::WeightedRandom),
     ("smooth_round_robin", Strategy::SmoothRoundRobin),
@@ -45,11 +55,20 @@ fn pick_latency(c: &mut Criterion) {
     group
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    for n in [10, 100, 1000] {
+    for n in [10, 100, 1000, 10_000] {
         let set = instances(n);
         for (name, strategy) in STRATEGIES {
-            let balancer = Balancer::new(strategy);
-            balancer.update(&set);
+            let balancer = Balancer::builder(strategy).build(set.clone());
+            let mut rng = fastrand::Rng::with_seed(1);
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
+            });
+        }
+        for (name, strategy) in [
+            ("weighted_random_warming", Strategy::WeightedRandom),
+            ("smooth_round_robin_warming", Strategy::SmoothRoundRobin),
+        ] {
+            let balancer = Balancer::builder(strategy).build(warming(n));
             let mut rng = fastrand::Rng::with_seed(1);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
@@ -80,6 +99,50 @@ fn pick_latency(c: &mut Criterion) {
     group.finish();
 }
 
+/// A set change at 10 000 instances: the instances (moved in, as the watch does with what
+/// discovery hands it) are wrapped, filtered and the picker rebuilt.
+///
+/// `rebuild/*` keeps the previous set alive until after the timing, so it measures our work;
+/// `set_change/*` also frees the previous 10 000 instances (their tags and strings), which
+/// discovery allocated and the change makes garbage.
+fn rebuild(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rebuild");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    let n = 10_000;
+    let cases = STRATEGIES
+        .map(|(name, strategy)| (name, strategy, instances(n)))
+        .into_iter()
+        .chain([(
+            "weighted_random_warming",
+            Strategy::WeightedRandom,
+            warming(n),
+        )]);
+    for (name, strategy, set) in cases {
+        let balancer = Balancer::builder(strategy).build(set.clone());
+        group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+            b.iter_batched(
+                || (set.clone(), balancer.instances()),
+                |(s, previous)| {
+                    balancer.update(s);
+                    previous
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        let id = BenchmarkId::new(format!("set_change/{name}"), n);
+        group.bench_with_input(id, &n, |b, _| {
+            b.iter_batched(
+                || set.clone(),
+                |s| balancer.update(s),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 /// 4 threads picking while another thread replaces the instance set every 10 ms.
 fn contended_throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick_4_threads_100_updates_per_s");
@@ -88,12 +151,14 @@ fn contended_throughput(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .sample_size(10);
     const PICKS: u64 = 20_000;
-    for (name, strategy) in STRATEGIES {
-        let set = instances(100);
-        let balancer = Balancer::new(strategy);
-        balancer.update(&set);
+    for (n, (name, strategy)) in [100, 10_000]
+        .into_iter()
+        .flat_map(|n| STRATEGIES.map(|s| (n, s)))
+    {
+        let set = instances(n);
+        let balancer = Balancer::builder(strategy).build(set.clone());
         group.throughput(criterion::Throughput::Elements(4 * PICKS));
-        group.bench_function(name, |b| {
+        group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
             b.iter_custom(|iters| {
                 let stop = Arc::new(AtomicBool::new(false));
                 let updater = {
@@ -102,7 +167,8 @@ fn contended_throughput(c: &mut Criterion) {
                         let mut flip = false;
                         while !stop.load(Ordering::Relaxed) {
                             // Alternate between the full set and the set without its last instance.
-                            balancer.update(if flip { &set } else { &set[..set.len() - 1] });
+                            balancer
+                                .update(if flip { &set } else { &set[..set.len() - 1] }.to_vec());
                             flip = !flip;
                             std::thread::sleep(Duration::from_millis(10));
                         }
@@ -135,5 +201,5 @@ fn contended_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick_latency, contended_throughput);
+criterion_group!(benches, pick_latency, rebuild, contended_throughput);
 criterion_main!(benches);

@@ -581,7 +581,7 @@ async fn balancer_drops_a_deregistered_instance_long_before_its_lease_would_expi
     let b = Info::new("lb.svc", "127.0.0.1:7102".parse().unwrap());
     registry.register(&a).await.unwrap();
     registry.register(&b).await.unwrap();
-    let balancer = Balancer::new(Strategy::SmoothRoundRobin)
+    let balancer = Balancer::builder(Strategy::SmoothRoundRobin)
         .watch(
             &EtcdDiscovery::new(EtcdConfig::new(etcd.endpoints())),
             "lb.svc",

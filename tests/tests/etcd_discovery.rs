@@ -91,7 +91,7 @@ async fn dropped_watches_and_balancers_close_their_etcd_watch_within_a_second() 
     .await;
     println!("a dropped watch left etcd after {took:?}");
 
-    let balancer = Balancer::new(Strategy::WeightedRandom)
+    let balancer = Balancer::builder(Strategy::WeightedRandom)
         .watch(&discovery, "quiet.svc")
         .await
         .unwrap();

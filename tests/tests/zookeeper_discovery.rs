@@ -151,7 +151,7 @@ async fn dropped_watches_and_balancers_end_their_tasks_within_a_second() {
     .await;
     println!("a dropped watch's task ended after {took:?}");
 
-    let balancer = Balancer::new(Strategy::SmoothRoundRobin)
+    let balancer = Balancer::builder(Strategy::SmoothRoundRobin)
         .watch(&discovery, "quiet.svc")
         .await
         .unwrap();

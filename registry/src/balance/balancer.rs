@@ -1,26 +1,28 @@
-//! [`Balancer`]: a live instance set (fed by `Discovery::watch`) and a picking strategy.
+//! [`Balancer`]: a live instance set (fed by `Discovery::watch`) and a picking strategy,
+//! configured beforehand through [`BalancerBuilder`].
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::consistent_hash::ConsistentHash;
+use super::consistent_hash::{self, Ring};
 use super::filter::TagFilter;
-use super::round_robin::SmoothRoundRobin;
-use super::warmup::DEFAULT_MIN_FRACTION;
-use super::weighted_random::WeightedRandom;
+use super::round_robin::Schedule;
+use super::warmup::{effective_weight, next_refresh, DEFAULT_MIN_FRACTION};
+use super::weighted_random::AliasTable;
 use crate::discovery::{Discovery, DiscoveryError, Instance};
 
 /// How a [`Balancer`] chooses among instances (Kitex has all three).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
-    /// Each pick independently, with probability proportional to weight.
+    /// Each pick independently, with probability proportional to weight (an alias table).
     WeightedRandom,
-    /// nginx's smooth weighted round-robin: exact proportions, evenly interleaved.
+    /// Smooth weighted round-robin: exact proportions over every cycle, evenly interleaved.
     SmoothRoundRobin,
     /// A hash ring on a caller-given key ([`Balancer::pick_by_key`]).
     ConsistentHash,
@@ -28,9 +30,9 @@ pub enum Strategy {
 
 #[derive(Debug)]
 enum Picker {
-    Random(WeightedRandom),
-    RoundRobin(SmoothRoundRobin),
-    Hash(ConsistentHash),
+    Random(AliasTable),
+    RoundRobin(Schedule),
+    Hash(Ring),
 }
 
 /// One immutable view: the filtered instances and the picker built over them.
@@ -38,39 +40,107 @@ enum Picker {
 struct Snapshot {
     instances: Vec<Arc<Instance>>,
     picker: Picker,
+    /// While instances warm up: when the picker's weights are due to be recomputed.
+    refresh_at: Option<Instant>,
+    /// Set by the one pick that recomputes them.
+    refreshing: AtomicBool,
+}
+
+/// What a [`BalancerBuilder`] sets; fixed for the life of the balancer.
+#[derive(Clone, Debug)]
+struct Config {
+    strategy: Strategy,
+    filter: TagFilter,
+    min_fraction: f64,
+}
+
+impl Config {
+    /// The picker over `instances` (already filtered) as of now.
+    fn snapshot(&self, instances: Vec<Arc<Instance>>, previous: Option<&Snapshot>) -> Snapshot {
+        let now = SystemTime::now();
+        let refresh = match self.strategy {
+            // The ring ignores warm-up: changing its points would move keys.
+            Strategy::ConsistentHash => None,
+            _ => next_refresh(instances.iter().map(|i| &**i), now),
+        };
+        let weights = || {
+            instances
+                .iter()
+                .map(|i| match refresh {
+                    Some(_) => effective_weight(i, now, self.min_fraction),
+                    None => f64::from(i.weight.max(1)),
+                })
+                .collect::<Vec<f64>>()
+        };
+        let picker = match self.strategy {
+            Strategy::WeightedRandom => Picker::Random(AliasTable::new(&weights())),
+            Strategy::SmoothRoundRobin => {
+                // Warm-up weights in sixteenths, so that the ramp survives integer slots.
+                let resolution = if refresh.is_some() { 16.0 } else { 1.0 };
+                let slots: Vec<u64> = weights()
+                    .into_iter()
+                    .map(|w| (w * resolution).round().max(1.0) as u64)
+                    .collect();
+                Picker::RoundRobin(Schedule::new(&slots))
+            }
+            Strategy::ConsistentHash => {
+                let previous = previous.and_then(|s| match &s.picker {
+                    Picker::Hash(ring) => Some(ring),
+                    _ => None,
+                });
+                Picker::Hash(Ring::new(instances.iter().map(|i| &**i), previous))
+            }
+        };
+        Snapshot {
+            instances,
+            picker,
+            refresh_at: refresh.map(|after| Instant::now() + after),
+            refreshing: AtomicBool::new(false),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
-    strategy: Strategy,
-    filter: TagFilter,
-    min_fraction: f64,
+    config: Config,
     snapshot: ArcSwap<Snapshot>,
-    /// Never sent on: dropped with the last clone of the balancer, which ends its watch tasks.
+    /// Round-robin position, kept across snapshots so a change does not restart the cycle.
+    cursor: AtomicUsize,
+    /// Never sent on: dropped with the last clone of the balancer, which ends its watch task.
     owner: watch::Sender<()>,
 }
 
 impl Inner {
-    fn build(&self, instances: &[Instance]) -> Snapshot {
-        let all: Vec<Arc<Instance>> = instances.iter().cloned().map(Arc::new).collect();
-        let instances = self.filter.apply(&all);
-        let picker = match self.strategy {
-            Strategy::WeightedRandom => Picker::Random(WeightedRandom::new(instances.clone())),
-            Strategy::SmoothRoundRobin => {
-                Picker::RoundRobin(SmoothRoundRobin::new(instances.clone()))
-            }
-            Strategy::ConsistentHash => Picker::Hash(ConsistentHash::new(instances.clone())),
+    fn replace(&self, instances: impl IntoIterator<Item = Instance>) {
+        let all: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
+        let filtered = if self.config.filter.admits_all() {
+            all
+        } else {
+            self.config.filter.apply(&all)
         };
-        Snapshot { instances, picker }
+        let previous = self.snapshot.load();
+        let next = self.config.snapshot(filtered, Some(&previous));
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Recomputes warm-up weights of `current`, unless another pick is at it or the set has
+    /// changed in the meantime.
+    #[cold]
+    fn refresh(&self, current: &Arc<Snapshot>) {
+        if current.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let next = Arc::new(
+            self.config
+                .snapshot(current.instances.clone(), Some(current)),
+        );
+        let _previous = self.snapshot.compare_and_swap(current, next);
     }
 }
 
-/// Picks instances of one service: weighted random, smooth weighted round-robin or consistent
-/// hashing, with warm-up and tag filters.
-///
-/// Updates build a new immutable snapshot and swap it in (`arc-swap`), so picking never waits
-/// for an update; weighted random and consistent hashing take no lock at all, smooth
-/// round-robin one short mutex for its running weights. Cheap to clone.
+/// Configures a [`Balancer`]: strategy, tag filter, warm-up floor. Nothing configures a
+/// balancer once it exists; [`watch`](Self::watch) or [`build`](Self::build) ends the
+/// configuration.
 ///
 /// ```
 /// use service_registry::balance::{Balancer, Strategy, TagFilter};
@@ -83,174 +153,93 @@ impl Inner {
 /// heavy.tags.insert("idc".into(), "hz".into());
 /// registry.register(&heavy).await.unwrap();
 ///
-/// let balancer = Balancer::new(Strategy::WeightedRandom)
-///     .with_filter(TagFilter::new().require("idc", "hz").fallback_to_all(true))
+/// let balancer = Balancer::builder(Strategy::WeightedRandom)
+///     .filter(TagFilter::new().require("idc", "hz").fallback_to_all(true))
+///     .warmup_floor(0.05)
 ///     .watch(&registry, "echo")
 ///     .await
 ///     .unwrap();
 /// assert_eq!(balancer.pick().unwrap().addr, heavy.addr);
 /// # }
 /// ```
+///
+/// A live balancer has no configuration methods, so configuring one after `watch` cannot
+/// compile:
+///
+/// ```compile_fail
+/// # use service_registry::balance::{Balancer, Strategy, TagFilter};
+/// # async fn f(registry: service_registry::MemoryRegistry) {
+/// let balancer = Balancer::builder(Strategy::WeightedRandom)
+///     .watch(&registry, "echo")
+///     .await
+///     .unwrap()
+///     .filter(TagFilter::new().require("idc", "hz"));
+/// # }
+/// ```
 #[derive(Clone, Debug)]
-pub struct Balancer {
-    inner: Arc<Inner>,
+#[must_use = "a builder does nothing until `watch` or `build`"]
+pub struct BalancerBuilder {
+    config: Config,
 }
 
-impl Balancer {
-    /// An empty balancer using `strategy`.
+impl BalancerBuilder {
+    /// Picks only among instances this filter admits (default: all).
     ///
-    /// ```
-    /// use service_registry::balance::{Balancer, Strategy};
-    /// assert!(Balancer::new(Strategy::SmoothRoundRobin).pick().is_none());
-    /// ```
-    pub fn new(strategy: Strategy) -> Self {
-        let inner = Inner {
-            strategy,
-            filter: TagFilter::default(),
-            min_fraction: DEFAULT_MIN_FRACTION,
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                instances: Vec::new(),
-                picker: Picker::Random(WeightedRandom::new(Vec::new())),
-            }),
-            owner: watch::channel(()).0,
-        };
-        let balancer = Self {
-            inner: Arc::new(inner),
-        };
-        balancer.update(&[]);
-        balancer
-    }
-
-    fn reconfigure(self, change: impl FnOnce(&mut Inner)) -> Self {
-        let current: Vec<Instance> = self
-            .inner
-            .snapshot
-            .load()
-            .instances
-            .iter()
-            .map(|i| (**i).clone())
-            .collect();
-        let mut inner = Inner {
-            strategy: self.inner.strategy,
-            filter: self.inner.filter.clone(),
-            min_fraction: self.inner.min_fraction,
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                instances: Vec::new(),
-                picker: Picker::Random(WeightedRandom::new(Vec::new())),
-            }),
-            owner: watch::channel(()).0,
-        };
-        change(&mut inner);
-        let balancer = Self {
-            inner: Arc::new(inner),
-        };
-        balancer.update(&current);
-        balancer
-    }
-
-    /// Picks only among instances this filter admits. Set it before [`watch`](Self::watch).
-    ///
-    /// See [`Balancer`] for an example.
-    pub fn with_filter(self, filter: TagFilter) -> Self {
-        self.reconfigure(|inner| inner.filter = filter)
+    /// See [`BalancerBuilder`] for an example.
+    pub fn filter(mut self, filter: TagFilter) -> Self {
+        self.config.filter = filter;
+        self
     }
 
     /// The share of its weight a just-started instance gets (default 0.1); it then ramps
-    /// linearly to its full weight over its `warmup`.
+    /// linearly to its full weight over its `warmup`. The ramp is applied in steps of a
+    /// hundredth of the warm-up (at most every 5 ms), not on every pick.
     ///
-    /// ```
-    /// use service_registry::balance::{Balancer, Strategy};
-    /// let b = Balancer::new(Strategy::WeightedRandom).with_warmup_floor(0.05);
-    /// # let _ = b;
-    /// ```
-    pub fn with_warmup_floor(self, min_fraction: f64) -> Self {
-        self.reconfigure(|inner| inner.min_fraction = min_fraction)
+    /// See [`BalancerBuilder`] for an example.
+    pub fn warmup_floor(mut self, min_fraction: f64) -> Self {
+        self.config.min_fraction = min_fraction;
+        self
     }
 
-    /// Replaces the instance set (what the watch does on every change).
+    /// A balancer over `instances`, changed only by [`Balancer::update`].
     ///
     /// ```
     /// use service_registry::balance::{Balancer, Strategy};
     /// use service_registry::{Info, Instance};
-    /// let b = Balancer::new(Strategy::WeightedRandom);
-    /// b.update(&[Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))]);
-    /// assert_eq!(b.instances().len(), 1);
-    /// ```
-    pub fn update(&self, instances: &[Instance]) {
-        self.inner
-            .snapshot
-            .store(Arc::new(self.inner.build(instances)));
-    }
-
-    /// The instances picks are made from (after the tag filter).
     ///
-    /// See [`update`](Self::update) for an example.
-    pub fn instances(&self) -> Vec<Arc<Instance>> {
-        self.inner.snapshot.load().instances.clone()
-    }
-
-    /// Picks an instance (for consistent hashing: for a random key).
-    ///
-    /// See [`Balancer`] for an example.
-    pub fn pick(&self) -> Option<Arc<Instance>> {
-        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-        self.pick_with(&mut rng)
-    }
-
-    /// Picks with a caller-owned random source (seed it for reproducible sequences).
-    ///
+    /// let one = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
+    /// let balancer = Balancer::builder(Strategy::SmoothRoundRobin).build([one]);
+    /// assert_eq!(balancer.instances().len(), 1);
+    /// assert!(Balancer::builder(Strategy::ConsistentHash).build([]).pick().is_none());
     /// ```
-    /// use service_registry::balance::{Balancer, Strategy};
-    /// use service_registry::{Info, Instance};
-    /// let b = Balancer::new(Strategy::WeightedRandom);
-    /// b.update(&[Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))]);
-    /// let mut rng = fastrand::Rng::with_seed(7);
-    /// assert!(b.pick_with(&mut rng).is_some());
-    /// ```
-    pub fn pick_with(&self, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
-        let snapshot = self.inner.snapshot.load();
-        let now = SystemTime::now();
-        match &snapshot.picker {
-            Picker::Random(p) => p.pick(rng, now, self.inner.min_fraction).cloned(),
-            Picker::RoundRobin(p) => p.pick(now, self.inner.min_fraction).cloned(),
-            Picker::Hash(p) => p.pick(rng.u64(..)).cloned(),
+    pub fn build(self, instances: impl IntoIterator<Item = Instance>) -> Balancer {
+        let inner = Inner {
+            snapshot: ArcSwap::from_pointee(self.config.snapshot(Vec::new(), None)),
+            config: self.config,
+            cursor: AtomicUsize::new(0),
+            owner: watch::channel(()).0,
+        };
+        inner.replace(instances);
+        Balancer {
+            inner: Arc::new(inner),
         }
     }
 
-    /// Picks for `key`: with [`Strategy::ConsistentHash`] the same key maps to the same instance
-    /// while the set is stable; other strategies ignore the key.
+    /// A balancer following `service` through `discovery`: the current set is in place when
+    /// this returns, and every later change is applied as it arrives. The task that applies
+    /// them ends, and with it the watch, as soon as the last clone of the balancer is dropped.
     ///
-    /// ```
-    /// use service_registry::balance::{Balancer, Strategy};
-    /// use service_registry::{Info, Instance};
-    /// let b = Balancer::new(Strategy::ConsistentHash);
-    /// b.update(&[1, 2, 3].map(|p| Instance::from(&Info::new("s", format!("127.0.0.1:{p}").parse().unwrap()))));
-    /// assert_eq!(b.pick_by_key("user-42").unwrap().addr, b.pick_by_key("user-42").unwrap().addr);
-    /// ```
-    pub fn pick_by_key(&self, key: impl Hash) -> Option<Arc<Instance>> {
-        let snapshot = self.inner.snapshot.load();
-        match &snapshot.picker {
-            Picker::Hash(p) => p.pick(key).cloned(),
-            _ => self.pick(),
-        }
-    }
-
-    /// Follows `service` through `discovery`: the current set is in place when this returns,
-    /// and every later change is applied as it arrives. The task that applies them ends, and
-    /// with it the watch, as soon as the last clone of the balancer is dropped.
-    ///
-    /// See [`Balancer`] for an example.
+    /// See [`BalancerBuilder`] for an example.
     pub async fn watch<D: Discovery + ?Sized>(
         self,
         discovery: &D,
         service: &str,
-    ) -> Result<Self, DiscoveryError> {
+    ) -> Result<Balancer, DiscoveryError> {
         let mut changes = discovery.watch(service).await?;
-        if let Some(first) = changes.next().await {
-            self.update(&first.all);
-        }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let mut owner = self.inner.owner.subscribe();
+        let first = changes.next().await.map(|c| c.all).unwrap_or_default();
+        let balancer = self.build(first);
+        let weak: Weak<Inner> = Arc::downgrade(&balancer.inner);
+        let mut owner = balancer.inner.owner.subscribe();
         let service = service.to_string();
         tokio::spawn(async move {
             loop {
@@ -262,10 +251,116 @@ impl Balancer {
                 let Some(change) = change else { return };
                 let Some(inner) = weak.upgrade() else { return };
                 tracing::debug!(service, instances = change.all.len(), "balancer updated");
-                inner.snapshot.store(Arc::new(inner.build(&change.all)));
+                inner.replace(change.all);
             }
         });
-        Ok(self)
+        Ok(balancer)
+    }
+}
+
+/// Picks instances of one service: weighted random, smooth weighted round-robin or consistent
+/// hashing, with warm-up and tag filters, all set up front by [`Balancer::builder`].
+///
+/// Every change builds a new immutable picker (alias table, round-robin cycle or hash ring)
+/// and swaps it in (`arc-swap`): picking never waits for a change, takes no lock, allocates
+/// nothing, and costs the same whatever the number of instances. Cheap to clone.
+///
+/// See [`BalancerBuilder`] for an example.
+#[derive(Clone, Debug)]
+pub struct Balancer {
+    inner: Arc<Inner>,
+}
+
+impl Balancer {
+    /// Starts configuring a balancer using `strategy`.
+    ///
+    /// See [`BalancerBuilder`] for an example.
+    pub fn builder(strategy: Strategy) -> BalancerBuilder {
+        BalancerBuilder {
+            config: Config {
+                strategy,
+                filter: TagFilter::default(),
+                min_fraction: DEFAULT_MIN_FRACTION,
+            },
+        }
+    }
+
+    /// Replaces the instance set. This is what the watch does on every change: on a balancer
+    /// from [`BalancerBuilder::watch`], the next change from discovery replaces it again.
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let b = Balancer::builder(Strategy::WeightedRandom).build([]);
+    /// b.update([Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))]);
+    /// assert_eq!(b.instances().len(), 1);
+    /// ```
+    pub fn update(&self, instances: impl IntoIterator<Item = Instance>) {
+        self.inner.replace(instances);
+    }
+
+    /// The instances picks are made from (after the tag filter).
+    ///
+    /// See [`update`](Self::update) for an example.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.inner.snapshot.load().instances.clone()
+    }
+
+    /// Picks an instance (for consistent hashing: for a random key).
+    ///
+    /// See [`BalancerBuilder`] for an example.
+    pub fn pick(&self) -> Option<Arc<Instance>> {
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        self.pick_with(&mut rng)
+    }
+
+    /// Picks with a caller-owned random source (seed it for reproducible sequences).
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let b = Balancer::builder(Strategy::WeightedRandom)
+    ///     .build([Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))]);
+    /// let mut rng = fastrand::Rng::with_seed(7);
+    /// assert!(b.pick_with(&mut rng).is_some());
+    /// ```
+    pub fn pick_with(&self, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
+        let snapshot = self.inner.snapshot.load();
+        if let Some(at) = snapshot.refresh_at {
+            if Instant::now() >= at {
+                self.inner.refresh(&snapshot);
+            }
+        }
+        let index = match &snapshot.picker {
+            Picker::Random(table) => table.pick(rng),
+            Picker::RoundRobin(schedule) => {
+                schedule.pick(self.inner.cursor.fetch_add(1, Ordering::Relaxed))
+            }
+            Picker::Hash(ring) => ring.pick(rng.u64(..)),
+        }?;
+        snapshot.instances.get(index).cloned()
+    }
+
+    /// Picks for `key`: with [`Strategy::ConsistentHash`] the same key maps to the same instance
+    /// while the set is stable; other strategies ignore the key.
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let b = Balancer::builder(Strategy::ConsistentHash).build(
+    ///     [1, 2, 3].map(|p| Instance::from(&Info::new("s", format!("127.0.0.1:{p}").parse().unwrap()))),
+    /// );
+    /// assert_eq!(b.pick_by_key("user-42").unwrap().addr, b.pick_by_key("user-42").unwrap().addr);
+    /// ```
+    pub fn pick_by_key(&self, key: impl Hash) -> Option<Arc<Instance>> {
+        let snapshot = self.inner.snapshot.load();
+        match &snapshot.picker {
+            Picker::Hash(ring) => snapshot
+                .instances
+                .get(ring.pick(consistent_hash::hash(key))?)
+                .cloned(),
+            _ => self.pick(),
+        }
     }
 }
 
@@ -305,21 +400,18 @@ mod tests {
     #[test]
     fn hundred_thousand_picks_follow_the_weights_within_two_points() {
         let weights = [10, 20, 30, 40];
-        // Consistent hashing spreads keys by ring coverage, which follows the weights only as
-        // closely as its virtual nodes allow: it gets a wider bound.
-        for (strategy, bound) in [
-            (Strategy::WeightedRandom, 0.02),
-            (Strategy::SmoothRoundRobin, 0.02),
-            (Strategy::ConsistentHash, 0.04),
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::ConsistentHash,
         ] {
-            let balancer = Balancer::new(strategy);
-            balancer.update(&weighted(&weights));
+            let balancer = Balancer::builder(strategy).build(weighted(&weights));
             let got = shares(&balancer, 100_000, 42);
             for (i, w) in weights.iter().enumerate() {
                 let want = f64::from(*w) / 100.0;
                 let share = got[&(i as u16 + 1)];
                 assert!(
-                    (share - want).abs() <= bound,
+                    (share - want).abs() <= 0.02,
                     "{strategy:?}: port {} got {share:.4}, want {want:.2}",
                     i + 1
                 );
@@ -329,14 +421,46 @@ mod tests {
 
     #[test]
     fn smooth_round_robin_interleaves_exactly() {
-        let balancer = Balancer::new(Strategy::SmoothRoundRobin);
-        balancer.update(&weighted(&[5, 1, 1]));
+        let balancer = Balancer::builder(Strategy::SmoothRoundRobin).build(weighted(&[5, 1, 1]));
         let mut rng = fastrand::Rng::with_seed(1);
         let order: Vec<u16> = (0..7)
             .map(|_| balancer.pick_with(&mut rng).unwrap().addr.port())
             .collect();
-        // nginx's documented sequence for weights 5, 1, 1: a a b a c a a.
-        assert_eq!(order, [1, 1, 2, 1, 3, 1, 1]);
+        // nginx's sequence for weights 5, 1, 1 is a a b a c a a; the precomputed cycle puts
+        // each instance's picks at the midpoints of equal parts of the cycle (a at 0.5, 1.5,
+        // .., 4.5 sevenths of 5, b and c at 3.5), which gives a a a b c a a: the same counts,
+        // the light instances still apart from each other and inside a's run.
+        assert_eq!(order, [1, 1, 1, 2, 3, 1, 1]);
+        // The next cycle repeats it.
+        let again: Vec<u16> = (0..7)
+            .map(|_| balancer.pick_with(&mut rng).unwrap().addr.port())
+            .collect();
+        assert_eq!(again, order);
+    }
+
+    #[test]
+    fn the_ramp_advances_without_a_set_change() {
+        // Started just now, warm-up 300 ms: it gets the 10 % floor at first, all of its
+        // weight once the warm-up is over, with no update in between.
+        for strategy in [Strategy::WeightedRandom, Strategy::SmoothRoundRobin] {
+            let mut instances = weighted(&[50, 50]);
+            instances[1].start_time = Some(SystemTime::now());
+            instances[1].warmup = Duration::from_millis(300);
+            let balancer = Balancer::builder(strategy).build(instances);
+            let early = shares(&balancer, 20_000, 3);
+            std::thread::sleep(Duration::from_millis(350));
+            let late = shares(&balancer, 20_000, 4);
+            assert!(
+                early[&2] < 0.25,
+                "{strategy:?}: early share {:.3}",
+                early[&2]
+            );
+            assert!(
+                (late[&2] - 0.5).abs() <= 0.02,
+                "{strategy:?}: late share {:.3}",
+                late[&2]
+            );
+        }
     }
 
     #[test]
@@ -346,8 +470,7 @@ mod tests {
         instances[1].start_time = Some(SystemTime::now());
         instances[1].warmup = Duration::from_secs(3600);
         for strategy in [Strategy::WeightedRandom, Strategy::SmoothRoundRobin] {
-            let balancer = Balancer::new(strategy);
-            balancer.update(&instances);
+            let balancer = Balancer::builder(strategy).build(instances.clone());
             let got = shares(&balancer, 50_000, 7);
             let want = 5.0 / 55.0;
             assert!(
@@ -362,17 +485,17 @@ mod tests {
     fn filters_apply_and_fall_back() {
         let mut instances = weighted(&[10, 10]);
         instances[0].tags.insert("idc".into(), "hz".into());
-        let only_hz = Balancer::new(Strategy::WeightedRandom)
-            .with_filter(TagFilter::new().require("idc", "hz"));
-        only_hz.update(&instances);
+        let only_hz = Balancer::builder(Strategy::WeightedRandom)
+            .filter(TagFilter::new().require("idc", "hz"))
+            .build(instances.clone());
         assert!((0..100).all(|_| only_hz.pick().unwrap().addr.port() == 1));
-        let none = Balancer::new(Strategy::WeightedRandom)
-            .with_filter(TagFilter::new().require("idc", "bj"));
-        none.update(&instances);
+        let none = Balancer::builder(Strategy::WeightedRandom)
+            .filter(TagFilter::new().require("idc", "bj"))
+            .build(instances.clone());
         assert!(none.pick().is_none());
-        let fallback = Balancer::new(Strategy::WeightedRandom)
-            .with_filter(TagFilter::new().require("idc", "bj").fallback_to_all(true));
-        fallback.update(&instances);
+        let fallback = Balancer::builder(Strategy::WeightedRandom)
+            .filter(TagFilter::new().require("idc", "bj").fallback_to_all(true))
+            .build(instances);
         assert_eq!(fallback.instances().len(), 2);
     }
 
@@ -384,7 +507,7 @@ mod tests {
         let b = Info::new("svc", "127.0.0.1:2".parse().unwrap());
         registry.register(&a).await.unwrap();
         registry.register(&b).await.unwrap();
-        let balancer = Balancer::new(Strategy::SmoothRoundRobin)
+        let balancer = Balancer::builder(Strategy::SmoothRoundRobin)
             .watch(&registry, "svc")
             .await
             .unwrap();
@@ -413,7 +536,7 @@ mod tests {
         use crate::MemoryRegistry;
         let registry = MemoryRegistry::new();
         let baseline = alive();
-        let balancer = Balancer::new(Strategy::WeightedRandom)
+        let balancer = Balancer::builder(Strategy::WeightedRandom)
             .watch(&registry, "svc")
             .await
             .unwrap();

@@ -53,6 +53,11 @@ impl TagFilter {
         self
     }
 
+    /// True when this filter admits every instance.
+    pub(crate) fn admits_all(&self) -> bool {
+        self.required.is_empty()
+    }
+
     /// The instances this filter admits.
     ///
     /// See [`TagFilter`] for an example.

@@ -1,6 +1,6 @@
 //! Warm-up: a new instance's weight ramps up over its `warmup` after its `start_time`.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::discovery::Instance;
 
@@ -51,6 +51,30 @@ pub(crate) fn warming(instance: &Instance, now: SystemTime) -> bool {
     }
 }
 
+/// How often a set with warming instances gets its weights recomputed: a hundredth of the
+/// shortest warm-up under way, but no more often than every 5 ms.
+const MIN_REFRESH: Duration = Duration::from_millis(5);
+
+/// When the weights of `instances` at `now` stop being right: `None` when nobody is warming
+/// up, otherwise the time until the next step of the ramp (or the end of the first warm-up
+/// to finish, whichever is sooner).
+pub(crate) fn next_refresh<'a>(
+    instances: impl IntoIterator<Item = &'a Instance>,
+    now: SystemTime,
+) -> Option<Duration> {
+    instances
+        .into_iter()
+        .filter(|i| warming(i, now))
+        .map(|i| {
+            let left = i
+                .start_time
+                .and_then(|start| (start + i.warmup).duration_since(now).ok())
+                .unwrap_or_default();
+            left.min((i.warmup / 100).max(MIN_REFRESH))
+        })
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +111,17 @@ mod tests {
             &instance,
             info.start_time + Duration::from_secs(100)
         ));
+        // Refreshed every second (a hundredth of 100 s), until the end of the warm-up.
+        let at = |secs: f64| info.start_time + Duration::from_secs_f64(secs);
+        assert_eq!(
+            next_refresh([&instance], at(10.0)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            next_refresh([&instance], at(99.5)),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(next_refresh([&instance], at(100.0)), None);
     }
 
     #[test]

@@ -1,65 +1,113 @@
-//! Weighted random: each pick chooses an instance with probability proportional to its
-//! (warm-up adjusted) weight.
+//! Weighted random with Vose's alias method: each pick chooses an instance with probability
+//! proportional to its (warm-up adjusted) weight, in O(1) whatever the number of instances.
 
-use std::sync::Arc;
-use std::time::SystemTime;
-
-use super::warmup::{effective_weight, warming};
-use crate::discovery::Instance;
-
-/// An immutable weighted-random picker over one instance set. Picking takes no lock.
-#[derive(Debug)]
-pub(crate) struct WeightedRandom {
-    instances: Vec<Arc<Instance>>,
-    /// Running sums of the full weights, for a binary search when nobody is warming up.
-    cumulative: Vec<u64>,
-    any_warmup: bool,
+/// One column of the alias table: keep the column's own instance with probability
+/// `threshold / 2^32`, otherwise take `alias`.
+#[derive(Clone, Copy, Debug)]
+struct Column {
+    threshold: u64,
+    alias: u32,
 }
 
-impl WeightedRandom {
-    pub(crate) fn new(instances: Vec<Arc<Instance>>) -> Self {
-        let mut total = 0u64;
-        let cumulative = instances
-            .iter()
-            .map(|i| {
-                total += u64::from(i.weight.max(1));
-                total
-            })
-            .collect();
-        let any_warmup = instances
-            .iter()
-            .any(|i| !i.warmup.is_zero() && i.start_time.is_some());
-        Self {
-            instances,
-            cumulative,
-            any_warmup,
+/// An alias table over one set of weights, built in O(n) when the set changes; picking is one
+/// random number, one table read and one comparison, with no lock.
+#[derive(Debug)]
+pub(crate) struct AliasTable {
+    columns: Vec<Column>,
+}
+
+const ONE: f64 = (1u64 << 32) as f64;
+
+impl AliasTable {
+    /// Builds the table for `weights` (non-negative; all zero or empty gives an empty table).
+    pub(crate) fn new(weights: &[f64]) -> Self {
+        let n = weights.len();
+        let total: f64 = weights.iter().sum();
+        if n == 0 || total <= 0.0 || !total.is_finite() {
+            return Self {
+                columns: Vec::new(),
+            };
         }
+        // Each column holds `n / total` of the probability mass per unit of weight: on average
+        // exactly 1. Vose: pair every column under 1 with one over 1 that tops it up.
+        let mut scaled: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
+        let mut columns = vec![
+            Column {
+                threshold: 1 << 32,
+                alias: 0,
+            };
+            n
+        ];
+        let (mut small, mut large): (Vec<u32>, Vec<u32>) =
+            (0..n as u32).partition(|&i| scaled[i as usize] < 1.0);
+        while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
+            small.pop();
+            let (si, li) = (s as usize, l as usize);
+            columns[si] = Column {
+                threshold: (scaled[si] * ONE) as u64,
+                alias: l,
+            };
+            scaled[li] -= 1.0 - scaled[si];
+            if scaled[li] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // Whatever is left is 1 up to rounding: it keeps its own column (threshold 2^32).
+        for i in small.into_iter().chain(large) {
+            columns[i as usize] = Column {
+                threshold: 1 << 32,
+                alias: i,
+            };
+        }
+        Self { columns }
     }
 
-    pub(crate) fn pick(
-        &self,
-        rng: &mut fastrand::Rng,
-        now: SystemTime,
-        min_fraction: f64,
-    ) -> Option<&Arc<Instance>> {
-        let total = *self.cumulative.last()?;
-        if self.any_warmup && self.instances.iter().any(|i| warming(i, now)) {
-            let weights: Vec<f64> = self
-                .instances
-                .iter()
-                .map(|i| effective_weight(i, now, min_fraction))
-                .collect();
-            let mut point = rng.f64() * weights.iter().sum::<f64>();
-            for (instance, weight) in self.instances.iter().zip(&weights) {
-                if point < *weight {
-                    return Some(instance);
-                }
-                point -= weight;
-            }
-            return self.instances.last();
+    /// The index of the picked weight, or `None` for an empty table.
+    #[inline]
+    pub(crate) fn pick(&self, rng: &mut fastrand::Rng) -> Option<usize> {
+        let n = self.columns.len() as u64;
+        if n == 0 {
+            return None;
         }
-        let point = rng.u64(0..total);
-        let index = self.cumulative.partition_point(|sum| *sum <= point);
-        self.instances.get(index)
+        let r = rng.u64(..);
+        // The high half picks the column (multiply-shift), the low half tosses its coin.
+        let index = (((r >> 32) * n) >> 32) as usize;
+        let column = self.columns[index];
+        if (r & 0xffff_ffff) < column.threshold {
+            Some(index)
+        } else {
+            Some(column.alias as usize)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_follow_the_weights() {
+        let weights = [1.0, 0.0, 3.0, 6.0, 0.5];
+        let table = AliasTable::new(&weights);
+        let total: f64 = weights.iter().sum();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut counts = [0usize; 5];
+        let picks = 200_000;
+        for _ in 0..picks {
+            counts[table.pick(&mut rng).unwrap()] += 1;
+        }
+        for (i, w) in weights.iter().enumerate() {
+            let share = counts[i] as f64 / picks as f64;
+            assert!((share - w / total).abs() < 0.005, "{i}: {share}");
+        }
+        assert_eq!(counts[1], 0, "a zero weight is never picked");
+    }
+
+    #[test]
+    fn empty_or_weightless_picks_nothing() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        assert!(AliasTable::new(&[]).pick(&mut rng).is_none());
+        assert!(AliasTable::new(&[0.0, 0.0]).pick(&mut rng).is_none());
     }
 }
