@@ -1,6 +1,8 @@
 //! Shared pieces of the integration tests: a TCP echo server, test registries, deadline polling,
 //! and (behind features) fixtures that start real etcd / ZooKeeper servers.
 
+#[cfg(all(feature = "etcd", feature = "zookeeper"))]
+pub mod campaign;
 pub mod child;
 pub mod conformance;
 pub mod echo;
