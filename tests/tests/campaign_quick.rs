@@ -5,12 +5,20 @@
 
 // The shutdown scenario registers `linked.alpha`, defined in this library.
 use linked_services as _;
-use tests::campaign::{run, Options};
+use tests::campaign::{run, Options, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails now and then until graceful shutdown drains before stopping the server (RELIABILITY.md, finding 1); run with --ignored"]
 async fn quick_campaign_keeps_every_must_be_zero_counter_at_zero() {
-    let options = Options::quick();
+    // Every scenario but `shutdown`, which fails now and then until graceful shutdown drains
+    // before stopping the server (RELIABILITY.md, finding 1); the full campaign still runs it.
+    let options = Options {
+        scenarios: Scenario::ALL
+            .iter()
+            .copied()
+            .filter(|s| *s != Scenario::Shutdown)
+            .collect(),
+        ..Options::quick()
+    };
     let report = run(&options, |section| println!("{}", section.render())).await;
     println!("{}", report.summary());
     let failures = report.failures();
