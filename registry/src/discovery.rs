@@ -150,6 +150,49 @@ pub enum DiscoveryError {
         #[source]
         source: SharedError,
     },
+    /// No source of a [`MergedDiscovery`](crate::MergedDiscovery) answered: each failed, or
+    /// none was added.
+    ///
+    /// ```
+    /// use service_registry::{shared, DiscoveryError};
+    /// let down = DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: shared("refused") };
+    /// let err = DiscoveryError::AllSourcesFailed {
+    ///     operation: "resolve",
+    ///     service: "echo".into(),
+    ///     failures: vec![("etcd".into(), down)],
+    /// };
+    /// assert!(err.to_string().starts_with("cannot resolve `echo` from any source: etcd: "));
+    /// ```
+    #[error("{}", all_sources_failed(.operation, .service, .failures))]
+    AllSourcesFailed {
+        /// What was attempted: `resolve` or `watch`.
+        operation: &'static str,
+        /// The service.
+        service: String,
+        /// Each source's name and failure, in the order the sources were added.
+        failures: Vec<(String, DiscoveryError)>,
+    },
+}
+
+/// The message of [`DiscoveryError::AllSourcesFailed`].
+fn all_sources_failed(
+    operation: &str,
+    service: &str,
+    failures: &[(String, DiscoveryError)],
+) -> String {
+    if failures.is_empty() {
+        return format!(
+            "cannot {operation} `{service}`: the merged discovery has no source; add one with `MergedDiscovery::source`"
+        );
+    }
+    let each: Vec<String> = failures
+        .iter()
+        .map(|(name, err)| format!("{name}: {err}"))
+        .collect();
+    format!(
+        "cannot {operation} `{service}` from any source: {}; check that at least one of these registries is reachable",
+        each.join("; ")
+    )
 }
 
 impl DiscoveryError {

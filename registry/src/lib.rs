@@ -52,6 +52,7 @@ mod backoff;
 pub mod balance;
 mod discovery;
 mod info;
+mod merged;
 mod registrar;
 mod registry;
 mod tags;
@@ -60,6 +61,7 @@ pub use backends::memory::MemoryRegistry;
 pub use backoff::Backoff;
 pub use discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
 pub use info::{Endpoint, EndpointBasicInfo, Info, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT};
+pub use merged::MergedDiscovery;
 pub use registrar::{
     InfoOverride, Registrar, RegistrarBuilder, RegistrarError, ServiceStatus, ShutdownSignal,
     StatusHandle, ADVERTISE_ADDR_ENV,

@@ -63,7 +63,6 @@ impl Publisher {
     }
 
     /// Completes once every consumer stream has been dropped.
-    #[cfg(any(feature = "etcd", feature = "zookeeper"))]
     pub(crate) async fn closed(&self) {
         self.tx.closed().await;
     }
@@ -512,7 +511,6 @@ mod tests {
         assert!(!publisher.is_closed());
         drop(second);
         assert!(publisher.is_closed());
-        #[cfg(any(feature = "etcd", feature = "zookeeper"))]
         publisher.closed().now_or_never().expect("closed at once");
     }
 
