@@ -46,6 +46,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let registrar = Registrar::builder()
         .registry(registry.clone())
         .listen_addr(listener.local_addr()?)
+        // Every client of this demo lives in this process and watches, so nothing to wait
+        // for after deregistering; a real server keeps the default drain (6 s).
+        .drain_delay(std::time::Duration::ZERO)
         .shutdown_signal(async {
             let _ = stopped.await;
         })

@@ -72,6 +72,9 @@ async fn start_server(
         .shared_registry(registry)
         .listen_addr(listener.local_addr()?)
         .only(["greeter"])
+        // The demo's client watches and drops a removed server within milliseconds, so a short
+        // drain is enough here; servers with polling (Kitex) clients keep the default 6 s.
+        .drain_delay(Duration::from_millis(200))
         .override_service(
             "greeter",
             InfoOverride::new().weight(weight).tag("server", id),

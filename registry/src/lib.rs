@@ -63,8 +63,9 @@ pub use discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance,
 pub use info::{Endpoint, EndpointBasicInfo, Info, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT};
 pub use merged::MergedDiscovery;
 pub use registrar::{
-    InfoOverride, Registrar, RegistrarBuilder, RegistrarError, ServiceStatus, ShutdownSignal,
-    StatusHandle, ADVERTISE_ADDR_ENV,
+    CheckOutcome, ControlHandle, HealthCheck, InfoOverride, Registrar, RegistrarBuilder,
+    RegistrarError, ServiceStatus, ShutdownSignal, StatusHandle, ADVERTISE_ADDR_ENV,
+    DRAIN_DELAY_ENV, KITEX_IP_ENV, KITEX_PORT_ENV,
 };
 pub use registry::{shared, BoxError, Health, Registry, RegistryError, SharedError};
 pub use service_registry_macros::service;

@@ -125,6 +125,17 @@ pub trait Registry: Send + Sync + 'static {
     fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
         None
     }
+
+    /// A short name for status, logs and metrics (`memory`, `etcd`, `zookeeper`); the
+    /// [`Registrar`](crate::Registrar) adds `#2`, `#3` to repeats. Default: `registry`.
+    ///
+    /// ```
+    /// use service_registry::{MemoryRegistry, Registry};
+    /// assert_eq!(MemoryRegistry::new().name(), "memory");
+    /// ```
+    fn name(&self) -> String {
+        "registry".to_string()
+    }
 }
 
 /// The connection state a backend reports through [`Registry::health`].
@@ -163,5 +174,8 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
     }
     fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
         (**self).health()
+    }
+    fn name(&self) -> String {
+        (**self).name()
     }
 }

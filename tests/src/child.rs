@@ -73,7 +73,8 @@ pub fn registered_at(line: &str) -> (String, SocketAddr) {
     (service.to_string(), addr.parse().unwrap())
 }
 
-/// Spawns a backend example with `env` and `LISTEN_ADDR=127.0.0.1:0`, and waits for its two
+/// Spawns a backend example with `env`, `LISTEN_ADDR=127.0.0.1:0` and no drain delay (unless
+/// `env` sets one), and waits for its two
 /// `registered <service> at <addr>` lines.
 pub async fn spawn_example(
     name: &str,
@@ -81,6 +82,8 @@ pub async fn spawn_example(
 ) -> (Child, Vec<(String, SocketAddr)>) {
     let mut command = example_command(name);
     command.env("LISTEN_ADDR", "127.0.0.1:0");
+    // No drain after SIGTERM unless the test sets one (tests/tests/drain.rs covers the drain).
+    command.env("SERVICE_REGISTRY_DRAIN_DELAY", "0");
     for (key, value) in env {
         command.env(key, value);
     }

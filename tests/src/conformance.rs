@@ -291,7 +291,7 @@ async fn deregister(backend: &str, registry: &dyn Registry, info: &Info) {
         .unwrap_or_else(|err| panic!("[{backend}] deregister {}: {err}", info.addr));
 }
 
-async fn resolve(backend: &str, discovery: &dyn Discovery, service: &str) -> Vec<Seen> {
+pub(crate) async fn resolve(backend: &str, discovery: &dyn Discovery, service: &str) -> Vec<Seen> {
     let found = discovery
         .resolve(service)
         .await
@@ -299,7 +299,7 @@ async fn resolve(backend: &str, discovery: &dyn Discovery, service: &str) -> Vec
     seen(&found)
 }
 
-async fn watch(backend: &str, discovery: &dyn Discovery, service: &str) -> WatchStream {
+pub(crate) async fn watch(backend: &str, discovery: &dyn Discovery, service: &str) -> WatchStream {
     discovery
         .watch(service)
         .await
@@ -307,7 +307,11 @@ async fn watch(backend: &str, discovery: &dyn Discovery, service: &str) -> Watch
 }
 
 /// The next change that changes something (empty changes are passed over), within [`CHANGE`].
-async fn next_change(backend: &str, watch: &mut WatchStream, waiting_for: &str) -> Change {
+pub(crate) async fn next_change(
+    backend: &str,
+    watch: &mut WatchStream,
+    waiting_for: &str,
+) -> Change {
     let deadline = Instant::now() + CHANGE;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -360,7 +364,7 @@ async fn watch_until(
 
 /// Polls `check` every 50 ms until it returns `Ok`, or panics after `limit` with the last
 /// `Err` (what was observed instead).
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -380,7 +384,7 @@ where
 }
 
 /// `resolve` as an observation: the instances, or the error text.
-async fn observe(discovery: &dyn Discovery, service: &str) -> Result<Vec<Seen>, String> {
+pub(crate) async fn observe(discovery: &dyn Discovery, service: &str) -> Result<Vec<Seen>, String> {
     match tokio::time::timeout(Duration::from_secs(3), discovery.resolve(service)).await {
         Ok(Ok(found)) => Ok(seen(&found)),
         Ok(Err(err)) => Err(format!("resolve failed: {err}")),

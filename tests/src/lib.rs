@@ -10,4 +10,5 @@ pub mod fixtures;
 pub mod poll;
 pub mod proxy;
 pub mod registries;
+pub mod rollout;
 pub mod running;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use service_registry::{
-    BoxError, Info, Registrar, RegistrarBuilder, RegistrarError, Registry, ServiceStatus,
-    ShutdownSignal, StatusHandle,
+    BoxError, ControlHandle, Info, Registrar, RegistrarBuilder, RegistrarError, Registry,
+    ServiceStatus, ShutdownSignal, StatusHandle,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -18,6 +18,7 @@ use crate::echo;
 pub struct Running {
     pub addr: SocketAddr,
     pub status: StatusHandle,
+    pub control: ControlHandle,
     /// What the registrar registers, as [`Registrar::infos`] listed it before serving.
     pub infos: Vec<Info>,
     stop: Option<oneshot::Sender<()>>,
@@ -69,18 +70,22 @@ impl Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
+        // No drain unless a test asks for one: most tests stop right after checking something.
         let builder = Registrar::builder()
             .listen_addr(addr)
+            .drain_delay(Duration::ZERO)
             .shutdown_signal(async {
                 let _ = stopped.await;
             });
         let registrar = configure(builder).build()?;
         let status = registrar.status();
+        let control = registrar.control();
         let infos = registrar.infos().to_vec();
         let task = tokio::spawn(registrar.serve(|shutdown| server(listener, shutdown)));
         Ok(Self {
             addr,
             status,
+            control,
             infos,
             stop: Some(stop),
             task,

@@ -9,14 +9,8 @@ use tests::campaign::{run, Options, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_campaign_keeps_every_must_be_zero_counter_at_zero() {
-    // Every scenario but `shutdown`, which fails now and then until graceful shutdown drains
-    // before stopping the server (RELIABILITY.md, finding 1); the full campaign still runs it.
     let options = Options {
-        scenarios: Scenario::ALL
-            .iter()
-            .copied()
-            .filter(|s| *s != Scenario::Shutdown)
-            .collect(),
+        scenarios: Scenario::ALL.to_vec(),
         ..Options::quick()
     };
     let report = run(&options, |section| println!("{}", section.render())).await;

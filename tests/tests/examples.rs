@@ -32,6 +32,7 @@ async fn axum_server_registers_serves_and_stops_cleanly() {
     let (mut child, mut lines) = spawn_lines(
         example_command("axum_server")
             .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("SERVICE_REGISTRY_DRAIN_DELAY", "200ms")
             .env("RUST_LOG", "warn"),
     );
     // The first line appears once registered; the child is killed when the test panics.

@@ -182,6 +182,10 @@ impl MemoryRegistry {
 
 #[async_trait]
 impl Registry for MemoryRegistry {
+    fn name(&self) -> String {
+        "memory".to_string()
+    }
+
     async fn register(&self, info: &Info) -> Result<(), RegistryError> {
         let mut state = self.lock();
         state

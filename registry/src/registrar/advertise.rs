@@ -4,8 +4,39 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::error::RegistrarError;
 
-/// The environment variable that sets the advertised address; it wins over the builder.
+/// The environment variable that sets the advertised address; it wins over the builder and
+/// over Kitex's variables.
 pub const ADVERTISE_ADDR_ENV: &str = "SERVICE_REGISTRY_ADVERTISE_ADDR";
+/// Kitex's variable for the IP to register (as `kitex-contrib/registry-etcd` reads it): replaces
+/// the IP of the builder's or the listen address unless [`ADVERTISE_ADDR_ENV`] is set.
+pub const KITEX_IP_ENV: &str = "KITEX_IP_TO_REGISTRY";
+/// Kitex's variable for the port to register: replaces the port of the builder's or the listen
+/// address unless [`ADVERTISE_ADDR_ENV`] is set.
+pub const KITEX_PORT_ENV: &str = "KITEX_PORT_TO_REGISTRY";
+
+/// The environment variables that decide the advertised address (empty values count as unset,
+/// as in Kitex).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AdvertiseEnv {
+    pub(crate) addr: Option<String>,
+    pub(crate) kitex_ip: Option<String>,
+    pub(crate) kitex_port: Option<String>,
+}
+
+impl AdvertiseEnv {
+    pub(crate) fn read() -> Self {
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
+        Self {
+            addr: var(ADVERTISE_ADDR_ENV),
+            kitex_ip: var(KITEX_IP_ENV),
+            kitex_port: var(KITEX_PORT_ENV),
+        }
+    }
+}
 
 /// Parses `ip:port`, `[ipv6]:port`, a bare IP or a bracketed bare IPv6 (`port` fills in).
 pub(crate) fn parse_advertise(value: &str, port: u16) -> Option<SocketAddr> {
@@ -57,14 +88,15 @@ pub(crate) fn interface_ips() -> Result<Vec<IpAddr>, RegistrarError> {
     Ok(interfaces.into_iter().map(|i| i.ip()).collect())
 }
 
-/// The address to register: the environment variable, else the builder's explicit address,
-/// else the listen address with an unspecified IP replaced by a routable one.
+/// The address to register: [`ADVERTISE_ADDR_ENV`], else the builder's explicit address (or
+/// the listen address with an unspecified IP replaced by a routable one) with Kitex's IP and
+/// port variables applied.
 pub(crate) fn advertised_addr(
     listen: SocketAddr,
     explicit: Option<SocketAddr>,
-    env_value: Option<String>,
+    env: AdvertiseEnv,
 ) -> Result<SocketAddr, RegistrarError> {
-    if let Some(value) = env_value {
+    if let Some(value) = env.addr {
         return parse_advertise(&value, listen.port()).ok_or(
             RegistrarError::InvalidAdvertiseAddr {
                 value,
@@ -72,17 +104,51 @@ pub(crate) fn advertised_addr(
             },
         );
     }
-    if let Some(addr) = explicit {
-        return Ok(addr);
+    let kitex_ip = match env.kitex_ip {
+        Some(value) => Some(
+            parse_ip(&value).ok_or(RegistrarError::InvalidAdvertiseAddr {
+                value,
+                source_name: KITEX_IP_ENV,
+            })?,
+        ),
+        None => None,
+    };
+    let kitex_port = match env.kitex_port {
+        Some(value) => Some(value.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or(
+            RegistrarError::InvalidAdvertiseAddr {
+                value,
+                source_name: KITEX_PORT_ENV,
+            },
+        )?),
+        None => None,
+    };
+    let mut addr = match explicit {
+        Some(addr) => addr,
+        None if kitex_ip.is_some() || !listen.ip().is_unspecified() => listen,
+        None => {
+            let ip = pick_routable(listen.ip(), &interface_ips()?);
+            if ip.is_loopback() {
+                tracing::warn!(%listen, "no routable interface address of the listen family; advertising loopback");
+            }
+            SocketAddr::new(ip, listen.port())
+        }
+    };
+    if let Some(ip) = kitex_ip {
+        addr.set_ip(ip);
     }
-    if !listen.ip().is_unspecified() {
-        return Ok(listen);
+    if let Some(port) = kitex_port {
+        addr.set_port(port);
     }
-    let ip = pick_routable(listen.ip(), &interface_ips()?);
-    if ip.is_loopback() {
-        tracing::warn!(%listen, "no routable interface address of the listen family; advertising loopback");
-    }
-    Ok(SocketAddr::new(ip, listen.port()))
+    Ok(addr)
+}
+
+fn parse_ip(value: &str) -> Option<IpAddr> {
+    let value = value.trim();
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    bare.parse().ok()
 }
 
 #[cfg(test)]
@@ -149,20 +215,59 @@ mod tests {
     fn env_wins_over_builder_and_bad_env_is_an_error() {
         let listen: SocketAddr = "0.0.0.0:9000".parse().unwrap();
         let explicit: SocketAddr = "10.9.9.9:1".parse().unwrap();
-        let got = advertised_addr(listen, Some(explicit), Some("[fd00::2]".into())).unwrap();
+        let env = |addr: &str| AdvertiseEnv {
+            addr: Some(addr.into()),
+            ..AdvertiseEnv::default()
+        };
+        let got = advertised_addr(listen, Some(explicit), env("[fd00::2]")).unwrap();
         assert_eq!(got, "[fd00::2]:9000".parse().unwrap());
         assert_eq!(
-            advertised_addr(listen, Some(explicit), None).unwrap(),
+            advertised_addr(listen, Some(explicit), AdvertiseEnv::default()).unwrap(),
             explicit
         );
-        assert!(advertised_addr(listen, None, Some("nope".into())).is_err());
+        assert!(advertised_addr(listen, None, env("nope")).is_err());
+    }
+
+    #[test]
+    fn kitex_variables_replace_ip_and_port_below_our_own() {
+        let listen: SocketAddr = "0.0.0.0:9000".parse().unwrap();
+        let kitex = |ip: Option<&str>, port: Option<&str>| AdvertiseEnv {
+            addr: None,
+            kitex_ip: ip.map(Into::into),
+            kitex_port: port.map(Into::into),
+        };
+        assert_eq!(
+            advertised_addr(listen, None, kitex(Some("10.0.0.5"), None)).unwrap(),
+            "10.0.0.5:9000".parse().unwrap()
+        );
+        assert_eq!(
+            advertised_addr(listen, None, kitex(Some("10.0.0.5"), Some("8888"))).unwrap(),
+            "10.0.0.5:8888".parse().unwrap()
+        );
+        let explicit: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        assert_eq!(
+            advertised_addr(listen, Some(explicit), kitex(None, Some("2"))).unwrap(),
+            "10.9.9.9:2".parse().unwrap()
+        );
+        let ours = AdvertiseEnv {
+            addr: Some("10.1.1.1:7".into()),
+            ..kitex(Some("10.0.0.5"), Some("8888"))
+        };
+        assert_eq!(
+            advertised_addr(listen, None, ours).unwrap(),
+            "10.1.1.1:7".parse().unwrap()
+        );
+        let err = advertised_addr(listen, None, kitex(Some("host.example"), None)).unwrap_err();
+        assert!(err.to_string().contains(KITEX_IP_ENV), "{err}");
+        let err = advertised_addr(listen, None, kitex(None, Some("0"))).unwrap_err();
+        assert!(err.to_string().contains(KITEX_PORT_ENV), "{err}");
     }
 
     #[test]
     fn unspecified_listen_resolves_to_an_address_of_this_host() {
         // Compares with this host's interface list; never dials the address.
         let listen: SocketAddr = "0.0.0.0:4321".parse().unwrap();
-        let got = advertised_addr(listen, None, None).unwrap();
+        let got = advertised_addr(listen, None, AdvertiseEnv::default()).unwrap();
         assert_eq!(got.port(), 4321);
         assert!(got.is_ipv4());
         let ips = interface_ips().unwrap();
@@ -174,7 +279,8 @@ mod tests {
             assert!(routable(&got.ip()), "{got} should be routable: {ips:?}");
         }
 
-        let got6 = advertised_addr("[::]:4321".parse().unwrap(), None, None).unwrap();
+        let got6 =
+            advertised_addr("[::]:4321".parse().unwrap(), None, AdvertiseEnv::default()).unwrap();
         assert!(got6.is_ipv6(), "{got6}");
         assert!(
             ips.contains(&got6.ip()) || got6.ip().is_loopback(),

@@ -13,10 +13,14 @@ use crate::info::{EndpointBasicInfo, Info, ServiceEntry, MAX_WEIGHT, MIN_WEIGHT}
 use crate::registry::Registry;
 use crate::tags::resolve_tags;
 
-use super::advertise::{advertised_addr, ADVERTISE_ADDR_ENV};
+use super::advertise::{advertised_addr, AdvertiseEnv};
+use super::checks::{poll_until_ready, BoxFuture, CheckOutcome, HealthCheck};
+use super::desired::DesiredSet;
+use super::drain::{drain_delay_from_env, DEFAULT_DRAIN_DELAY};
 use super::error::RegistrarError;
+use super::lifecycle::NamedRegistry;
 use super::overrides::InfoOverride;
-use super::status::StatusBoard;
+use super::status::{ServiceStatus, StatusBoard};
 use super::Registrar;
 
 pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -46,7 +50,7 @@ pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send + 'stati
 /// ```
 #[must_use = "call .build() and then .serve(..)"]
 pub struct RegistrarBuilder {
-    registry: Option<Arc<dyn Registry>>,
+    registries: Vec<(Option<String>, Arc<dyn Registry>)>,
     listen_addr: Option<SocketAddr>,
     advertise_addr: Option<SocketAddr>,
     only: Option<Vec<String>>,
@@ -56,13 +60,16 @@ pub struct RegistrarBuilder {
     register_timeout: Duration,
     deregister_timeout: Duration,
     grace_period: Duration,
+    drain_delay: Duration,
     shutdown: Option<ShutdownFuture>,
+    readiness: Option<BoxFuture<()>>,
+    health_check: Option<HealthCheck>,
 }
 
 impl Default for RegistrarBuilder {
     fn default() -> Self {
         Self {
-            registry: None,
+            registries: Vec::new(),
             listen_addr: None,
             advertise_addr: None,
             only: None,
@@ -72,13 +79,20 @@ impl Default for RegistrarBuilder {
             register_timeout: Duration::from_secs(10),
             deregister_timeout: Duration::from_secs(5),
             grace_period: Duration::from_secs(10),
+            drain_delay: DEFAULT_DRAIN_DELAY,
             shutdown: None,
+            readiness: None,
+            health_check: None,
         }
     }
 }
 
 impl RegistrarBuilder {
-    /// The registry to register into (Kitex's `WithRegistry`). Default:
+    /// A registry to register into (Kitex's `WithRegistry`). Call it again to register into
+    /// several registries at once (migrating from etcd to ZooKeeper, or two datacenters): each
+    /// registry is kept independently, so one that is down never delays the others. Its name in
+    /// status, logs and metrics is [`Registry::name`] (`memory`, `etcd`, `zookeeper`; a second
+    /// registry of the same name gets `#2`). Default when none is given:
     /// [`MemoryRegistry::global`].
     ///
     /// ```
@@ -86,11 +100,11 @@ impl RegistrarBuilder {
     /// # let _ = b;
     /// ```
     pub fn registry(mut self, registry: impl Registry) -> Self {
-        self.registry = Some(Arc::new(registry));
+        self.registries.push((None, Arc::new(registry)));
         self
     }
 
-    /// The registry, already shared.
+    /// A registry, already shared (see [`registry`](Self::registry)).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -100,7 +114,23 @@ impl RegistrarBuilder {
     /// # let _ = builder;
     /// ```
     pub fn shared_registry(mut self, registry: Arc<dyn Registry>) -> Self {
-        self.registry = Some(registry);
+        self.registries.push((None, registry));
+        self
+    }
+
+    /// A registry under a name of your choosing (shown in status, logs and metrics); names must
+    /// be unique.
+    ///
+    /// ```
+    /// use service_registry::{MemoryRegistry, Registrar};
+    /// let b = Registrar::builder()
+    ///     .named_registry("old-etcd", MemoryRegistry::new())
+    ///     .named_registry("new-zk", MemoryRegistry::new());
+    /// # let _ = b;
+    /// ```
+    pub fn named_registry(mut self, name: impl Into<String>, registry: impl Registry) -> Self {
+        self.registries
+            .push((Some(name.into()), Arc::new(registry)));
         self
     }
 
@@ -117,8 +147,10 @@ impl RegistrarBuilder {
         self
     }
 
-    /// The address to register instead of the listen address. The environment variable
-    /// `SERVICE_REGISTRY_ADVERTISE_ADDR` (`ip:port`, `[ipv6]:port` or a bare IP) wins over this.
+    /// The address to register instead of the listen address. Environment variables win over
+    /// this, in this order: `SERVICE_REGISTRY_ADVERTISE_ADDR` (`ip:port`, `[ipv6]:port` or a bare
+    /// IP) replaces the whole address; otherwise Kitex's `KITEX_IP_TO_REGISTRY` replaces the IP
+    /// and `KITEX_PORT_TO_REGISTRY` the port of this address (or of the listen address).
     ///
     /// ```
     /// let b = service_registry::Registrar::builder().advertise_addr("[fd00::1]:8080".parse().unwrap());
@@ -215,6 +247,69 @@ impl RegistrarBuilder {
         self
     }
 
+    /// How long to keep serving after the services are deregistered and before the server is
+    /// told to stop, so clients that learn of the removal late stop sending first (default
+    /// 6 s). Kitex's Go resolvers re-resolve every 5 s and never watch, so a Kitex client can
+    /// keep calling a removed instance for up to 5 s; 6 s covers that with a second to spare,
+    /// and with the 10 s [`grace_period`](Self::grace_period) stays well inside Kubernetes'
+    /// 30 s termination grace. Clients of this crate watch and stop within milliseconds. The
+    /// drain is skipped when nothing was registered, and cut short by a second SIGINT/SIGTERM.
+    /// The environment variable `SERVICE_REGISTRY_DRAIN_DELAY` (`6s`, `500ms`, `0`) wins over
+    /// this.
+    ///
+    /// ```
+    /// let b = service_registry::Registrar::builder().drain_delay(std::time::Duration::from_secs(2));
+    /// # let _ = b;
+    /// ```
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// Registers nothing until `ready` completes (caches warm, database reachable); the
+    /// services show [`ServiceStatus::WaitingForReady`] meanwhile. Default: ready as soon as
+    /// [`serve`](Registrar::serve) starts, i.e. once the listener is bound.
+    ///
+    /// ```
+    /// let (warm, warmed) = tokio::sync::oneshot::channel::<()>();
+    /// let b = service_registry::Registrar::builder().ready_when(async { let _ = warmed.await; });
+    /// # let _ = (b, warm);
+    /// ```
+    pub fn ready_when(mut self, ready: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.readiness = Some(Box::pin(ready));
+        self
+    }
+
+    /// Registers nothing until `check` passes (`true` or `Ok(())`), calling it every `interval`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = service_registry::Registrar::builder()
+    ///     .ready_check(Duration::from_millis(200), || async { std::path::Path::new("/tmp").exists() });
+    /// # let _ = b;
+    /// ```
+    pub fn ready_check<F, Fut>(self, interval: Duration, check: F) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: CheckOutcome,
+    {
+        self.ready_when(poll_until_ready(interval, check))
+    }
+
+    /// Checks health while serving: failing services are withdrawn from the registries and come
+    /// back when the check passes (see [`HealthCheck`]). Default: no check.
+    ///
+    /// ```
+    /// use service_registry::{HealthCheck, Registrar};
+    /// let b = Registrar::builder().health_check(HealthCheck::http("/healthz"));
+    /// # let _ = b;
+    /// ```
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.health_check = Some(check);
+        self
+    }
+
     /// Shut down when this future completes, instead of on SIGINT/SIGTERM.
     ///
     /// ```
@@ -249,8 +344,8 @@ impl RegistrarBuilder {
                 return Err(unknown(name, &entries));
             }
         }
-        let env_addr = std::env::var(ADVERTISE_ADDR_ENV).ok();
-        let addr = advertised_addr(listen, self.advertise_addr, env_addr)?;
+        let addr = advertised_addr(listen, self.advertise_addr, AdvertiseEnv::read())?;
+        let drain_delay = drain_delay_from_env()?.unwrap_or(self.drain_delay);
         let start_time = SystemTime::now();
         let infos = entries
             .iter()
@@ -269,21 +364,77 @@ impl RegistrarBuilder {
                 Ok(info)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let registry = self
-            .registry
-            .unwrap_or_else(|| Arc::new(MemoryRegistry::global().clone()));
-        let board = StatusBoard::new(infos.iter().map(|i| i.service_name.clone()));
+        let registries = name_registries(self.registries)?;
+        let registry_names: Vec<String> = registries.iter().map(|r| r.name.clone()).collect();
+        let initial = if self.readiness.is_some() {
+            ServiceStatus::WaitingForReady
+        } else {
+            ServiceStatus::Registering
+        };
+        let board = StatusBoard::new(
+            infos.iter().map(|i| i.service_name.clone()),
+            &registry_names,
+            initial,
+        );
+        let desired = DesiredSet::new(&infos, self.readiness.is_none());
         Ok(Registrar {
-            registry,
+            registries,
             infos,
+            desired,
             board,
+            advertised: addr,
             backoff: self.backoff,
             register_timeout: self.register_timeout,
             deregister_timeout: self.deregister_timeout,
             grace_period: self.grace_period,
+            drain_delay,
             shutdown: self.shutdown,
+            readiness: self.readiness,
+            health_check: self.health_check,
         })
     }
+}
+
+/// Gives every registry its name: the one given, else [`Registry::name`] (`#2`, `#3` for
+/// repeats); the global [`MemoryRegistry`] when none was given.
+fn name_registries(
+    given: Vec<(Option<String>, Arc<dyn Registry>)>,
+) -> Result<Vec<NamedRegistry>, RegistrarError> {
+    let given = if given.is_empty() {
+        vec![(
+            None,
+            Arc::new(MemoryRegistry::global().clone()) as Arc<dyn Registry>,
+        )]
+    } else {
+        given
+    };
+    let mut named: Vec<NamedRegistry> = Vec::with_capacity(given.len());
+    let taken = |named: &[NamedRegistry], name: &str| named.iter().any(|r| r.name == name);
+    for (explicit, registry) in &given {
+        if let Some(name) = explicit {
+            if taken(&named, name) || name.is_empty() {
+                return Err(RegistrarError::DuplicateRegistry { name: name.clone() });
+            }
+            named.push(NamedRegistry {
+                name: name.clone(),
+                registry: registry.clone(),
+            });
+        }
+    }
+    for (explicit, registry) in given {
+        if explicit.is_some() {
+            continue;
+        }
+        let base = registry.name();
+        let mut name = base.clone();
+        let mut n = 1;
+        while taken(&named, &name) {
+            n += 1;
+            name = format!("{base}#{n}");
+        }
+        named.push(NamedRegistry { name, registry });
+    }
+    Ok(named)
 }
 
 fn unknown(name: &str, entries: &[&'static EndpointBasicInfo]) -> RegistrarError {

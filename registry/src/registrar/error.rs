@@ -74,13 +74,29 @@ pub enum RegistrarError {
     UnboundListenAddr(std::net::SocketAddr),
     /// The advertised address could not be parsed.
     #[error(
-        "{source_name} = `{value}` is not an address; write `ip:port`, `[ipv6]:port` or a bare IP"
+        "{source_name} = `{value}` is not valid; write `ip:port`, `[ipv6]:port` or a bare IP for an address, an IP for KITEX_IP_TO_REGISTRY, a port number for KITEX_PORT_TO_REGISTRY"
     )]
     InvalidAdvertiseAddr {
         /// The text given.
         value: String,
         /// Where it came from.
         source_name: &'static str,
+    },
+    /// A duration in an environment variable could not be parsed.
+    #[error("{source_name} = `{value}` is not a duration; write `6s`, `500ms`, `2m` or a whole number of seconds")]
+    InvalidDuration {
+        /// The text given.
+        value: String,
+        /// Where it came from.
+        source_name: &'static str,
+    },
+    /// Two registries were given the same name, or an empty one.
+    #[error(
+        "registry name `{name}` is empty or used twice; give each `named_registry` its own name"
+    )]
+    DuplicateRegistry {
+        /// The name.
+        name: String,
     },
     /// The host's interface list could not be read to resolve `0.0.0.0` / `::`.
     #[error("cannot list this host's network interfaces to resolve the advertised address: {0}; set SERVICE_REGISTRY_ADVERTISE_ADDR")]

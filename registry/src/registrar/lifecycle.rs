@@ -1,4 +1,5 @@
-//! The life of one registration: first attempt, retries, and removal.
+//! The life of one service in one registry: register, follow live changes, withdraw and come
+//! back, retry failures, and the final removal at shutdown.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,48 +14,62 @@ use crate::info::Info;
 use crate::registry::shared;
 use crate::registry::{Health, Registry, RegistryError};
 
+use super::desired::{Desired, Want};
 use super::status::{ServiceStatus, StatusBoard};
 
-fn span(info: &Info) -> tracing::Span {
-    tracing::info_span!("registration", service = %info.service_name, addr = %info.addr)
+/// A registry with the name it has in status, logs and metrics.
+#[derive(Clone)]
+pub(crate) struct NamedRegistry {
+    pub(crate) name: String,
+    pub(crate) registry: Arc<dyn Registry>,
 }
 
-/// One register call: bounded by `timeout`; a panic in the registry is a failed attempt.
-async fn attempt(
-    registry: &Arc<dyn Registry>,
-    info: &Info,
-    timeout: Duration,
-) -> Result<(), RegistryError> {
-    let call = AssertUnwindSafe(registry.register(info)).catch_unwind();
-    match tokio::time::timeout(timeout, call).await {
+fn span(info: &Info, registry: &str) -> tracing::Span {
+    tracing::info_span!("registration", service = %info.service_name, addr = %info.addr, registry)
+}
+
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_string())
+}
+
+/// One call to the registry: bounded by `timeout`; a panic in the registry is a failed call.
+async fn call<F>(what: &str, service: &str, timeout: Duration, call: F) -> Result<(), RegistryError>
+where
+    F: std::future::Future<Output = Result<(), RegistryError>>,
+{
+    match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
         Ok(Ok(result)) => result,
-        Ok(Err(panic)) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-text panic payload".to_string());
-            Err(RegistryError::Backend {
-                backend: "registry",
-                source: shared(format!("the registry panicked in register: {message}")),
-            })
-        }
+        Ok(Err(panic)) => Err(RegistryError::Backend {
+            backend: "registry",
+            source: shared(format!(
+                "the registry panicked in {what}: {}",
+                panic_text(panic)
+            )),
+        }),
         Err(_) => Err(RegistryError::Timeout {
             backend: "registry",
-            service: info.service_name.clone(),
+            service: service.to_string(),
             timeout,
         }),
     }
 }
 
 /// Sleeps `delay`, or less when the backend reports that it is healthy again (it changed while
-/// the failed attempt ran, or changes during the sleep): a registry that is back is used at
-/// once, not after the rest of a long backoff.
-async fn pause(delay: Duration, health: &mut Option<watch::Receiver<Health>>) {
-    let Some(rx) = health else {
-        return tokio::time::sleep(delay).await;
-    };
+/// the failed attempt ran, or changes during the sleep) or when what is wanted changes: a
+/// registry that is back is used at once, not after the rest of a long backoff.
+async fn pause(
+    delay: Duration,
+    health: &mut Option<watch::Receiver<Health>>,
+    desired: &mut watch::Receiver<Desired>,
+) {
     let healthy_again = async {
+        let Some(rx) = health else {
+            return std::future::pending().await;
+        };
         loop {
             if rx.has_changed().unwrap_or(false) && *rx.borrow_and_update() == Health::Healthy {
                 return;
@@ -70,45 +85,118 @@ async fn pause(delay: Duration, health: &mut Option<watch::Receiver<Health>>) {
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         () = healthy_again => tracing::debug!("the registry is healthy again; retrying now"),
+        changed = desired.changed() => if changed.is_err() {
+            // The registrar is gone; it aborts this task right after.
+            std::future::pending::<()>().await;
+        },
     }
 }
 
-/// Registers `info`, retrying with `backoff` until it succeeds. Never gives up: the registry may
-/// come back at any time, and serving goes on meanwhile.
-pub(crate) async fn register_until_done(
-    registry: Arc<dyn Registry>,
-    info: Info,
+/// Keeps one service in one registry as [`Desired`] says, for as long as the registrar runs:
+/// registers (and re-registers changed data), withdraws while the service is out of rotation,
+/// unhealthy or not ready, and retries every failure with `backoff` — forever, because the
+/// registry may come back at any time and serving goes on meanwhile.
+pub(crate) async fn keep(
+    target: NamedRegistry,
+    mut desired: watch::Receiver<Desired>,
     board: StatusBoard,
     mut backoff: Backoff,
     timeout: Duration,
 ) {
-    let span = span(&info);
+    let NamedRegistry {
+        name: registry_name,
+        registry,
+    } = target;
+    let first = desired.borrow().info.clone();
+    let span = span(&first, &registry_name);
     let mut health = registry.health();
     async move {
-        let mut attempts = 0u32;
+        let service = first.service_name.clone();
+        // What the registry may hold: set before a register call (it may land even if the call
+        // fails or times out), cleared when a deregistration succeeded.
+        let mut held: Option<Info> = None;
+        // What the registry acknowledged last.
+        let mut confirmed: Option<Info> = None;
+        let mut failures = 0u32;
         loop {
-            // Whatever the health says now is seen; a change during the attempt shows later.
+            let want = desired.borrow_and_update().want();
             if let Some(rx) = &mut health {
+                // Whatever the health says now is seen; a change during the call shows later.
                 rx.borrow_and_update();
             }
-            match attempt(&registry, &info, timeout).await {
+            let result = match &want {
+                Want::Registered(info) if confirmed.as_ref() == Some(info) => Ok(()),
+                Want::Registered(info) => {
+                    let moved = held.take().filter(|old| old.addr != info.addr);
+                    held = Some(info.clone());
+                    confirmed = None;
+                    let mut result =
+                        call("register", &service, timeout, registry.register(info)).await;
+                    if result.is_ok() {
+                        if let Some(old) = &moved {
+                            // Make before break: the new address is registered, the old one goes.
+                            result =
+                                call("deregister", &service, timeout, registry.deregister(old))
+                                    .await;
+                            if result.is_err() {
+                                held = moved.clone();
+                            }
+                        }
+                    }
+                    if result.is_ok() {
+                        confirmed = Some(info.clone());
+                        tracing::info!(
+                            attempts = failures + 1,
+                            weight = info.weight,
+                            "registered"
+                        );
+                        board.set(&service, &registry_name, ServiceStatus::Registered);
+                    }
+                    result
+                }
+                Want::Withdrawn(status) => {
+                    let result = match &held {
+                        Some(info) => {
+                            call("deregister", &service, timeout, registry.deregister(info)).await
+                        }
+                        None => Ok(()),
+                    };
+                    if result.is_ok() {
+                        confirmed = None;
+                        if held.take().is_some() {
+                            tracing::info!(reason = ?status, "withdrawn from the registry");
+                        }
+                        board.set(&service, &registry_name, status.clone());
+                    }
+                    result
+                }
+            };
+            match result {
                 Ok(()) => {
-                    tracing::info!(attempts = attempts + 1, "registered");
-                    board.set(&info.service_name, ServiceStatus::Registered);
-                    return;
+                    failures = 0;
+                    backoff.reset();
+                    if desired.changed().await.is_err() {
+                        // The registrar is gone; it aborts this task right after.
+                        return;
+                    }
                 }
                 Err(err) => {
-                    attempts += 1;
+                    failures += 1;
                     let delay = backoff.next_delay();
-                    tracing::warn!(attempt = attempts, error = %err, retry_in = ?delay, "registration failed; retrying");
+                    let doing = match want {
+                        Want::Registered(_) => "registration",
+                        Want::Withdrawn(_) => "withdrawal",
+                    };
+                    tracing::warn!(attempt = failures, error = %err, retry_in = ?delay, "{doing} failed; retrying");
                     board.set(
-                        &info.service_name,
+                        &service,
+                        &registry_name,
                         ServiceStatus::Retrying {
-                            attempt: attempts,
+                            attempt: failures,
                             last_error: err.to_string(),
                         },
                     );
-                    pause(delay, &mut health).await;
+                    pause(delay, &mut health, &mut desired).await;
                 }
             }
         }
@@ -117,28 +205,28 @@ pub(crate) async fn register_until_done(
     .await
 }
 
-/// Deregisters every service at once, each bounded by `timeout`.
+/// Deregisters every service from every registry at once, each call bounded by `timeout`.
 pub(crate) async fn deregister_all(
-    registry: &Arc<dyn Registry>,
+    registries: &[NamedRegistry],
     infos: &[Info],
     board: &StatusBoard,
     timeout: Duration,
 ) {
-    let calls = infos.iter().map(|info| {
-        let registry = registry.clone();
-        async move {
-            let call = AssertUnwindSafe(registry.deregister(info)).catch_unwind();
-            match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(Ok(()))) => {
-                    tracing::info!("deregistered");
-                    board.set(&info.service_name, ServiceStatus::Deregistered);
+    let calls = registries.iter().flat_map(|target| {
+        infos.iter().map(move |info| {
+            let registry = target.registry.clone();
+            let name = target.name.clone();
+            async move {
+                match call("deregister", &info.service_name, timeout, registry.deregister(info)).await {
+                    Ok(()) => {
+                        tracing::info!("deregistered");
+                        board.set(&info.service_name, &name, ServiceStatus::Deregistered);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "deregistration failed; the registration remains until the registry removes or expires it"),
                 }
-                Ok(Ok(Err(err))) => tracing::warn!(error = %err, "deregistration failed; the registration remains until the registry removes or expires it"),
-                Ok(Err(_)) => tracing::error!("the registry panicked in deregister; the registration remains until the registry expires it"),
-                Err(_) => tracing::warn!(?timeout, "deregistration timed out; the registration remains until the registry expires it"),
             }
-        }
-        .instrument(span(info))
+            .instrument(span(info, &target.name))
+        })
     });
     futures_util::future::join_all(calls).await;
 }

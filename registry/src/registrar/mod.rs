@@ -3,39 +3,53 @@
 
 mod advertise;
 mod builder;
+mod checks;
+mod control;
+mod desired;
+mod drain;
 mod error;
 mod lifecycle;
 mod overrides;
 mod status;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::info::Info;
-use crate::registry::{BoxError, Health, Registry};
+use crate::registry::{BoxError, Health};
 
-pub use advertise::ADVERTISE_ADDR_ENV;
+pub use advertise::{ADVERTISE_ADDR_ENV, KITEX_IP_ENV, KITEX_PORT_ENV};
 pub use builder::RegistrarBuilder;
+pub use checks::{CheckOutcome, HealthCheck};
+pub use control::ControlHandle;
+pub use drain::DRAIN_DELAY_ENV;
 pub use error::RegistrarError;
 pub use overrides::InfoOverride;
 pub use status::{ServiceStatus, StatusHandle};
 
 use builder::ShutdownFuture;
+use checks::BoxFuture;
+use desired::DesiredSet;
+use lifecycle::NamedRegistry;
 use status::StatusBoard;
 
 /// Registers the linked `#[service]` types while a server runs.
 ///
-/// Give it a registry, the bound listener's address and the server; [`serve`](Self::serve)
-/// registers every service in the background (retrying forever with backoff, never stopping the
-/// server), and on SIGINT/SIGTERM or the [`shutdown_signal`](RegistrarBuilder::shutdown_signal)
-/// it deregisters every service first, then tells the server to stop, waits for it up to the
-/// grace period, and returns.
+/// Give it one or more registries, the bound listener's address and the server;
+/// [`serve`](Self::serve) registers every service in the background once the
+/// [readiness gate](RegistrarBuilder::ready_when) passes (retrying forever with backoff, never
+/// stopping the server), follows the [health check](RegistrarBuilder::health_check) and the
+/// [`ControlHandle`], and on SIGINT/SIGTERM or the
+/// [`shutdown_signal`](RegistrarBuilder::shutdown_signal) it deregisters every service first,
+/// keeps serving for the [drain delay](RegistrarBuilder::drain_delay) so clients stop calling,
+/// then tells the server to stop, waits for it up to the grace period, and returns.
 ///
 /// ```no_run
 /// use service_registry::{service, Registrar};
@@ -67,21 +81,32 @@ use status::StatusBoard;
 /// }
 /// ```
 pub struct Registrar {
-    registry: Arc<dyn Registry>,
+    registries: Vec<NamedRegistry>,
     infos: Vec<Info>,
+    desired: DesiredSet,
     board: StatusBoard,
+    advertised: SocketAddr,
     backoff: Backoff,
     register_timeout: Duration,
     deregister_timeout: Duration,
     grace_period: Duration,
+    drain_delay: Duration,
     shutdown: Option<ShutdownFuture>,
+    readiness: Option<BoxFuture<()>>,
+    health_check: Option<HealthCheck>,
 }
 
 impl std::fmt::Debug for Registrar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registrar")
             .field("infos", &self.infos)
+            .field(
+                "registries",
+                &self.registries.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            )
             .field("backoff", &self.backoff)
+            .field("drain_delay", &self.drain_delay)
+            .field("health_check", &self.health_check)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +158,33 @@ impl Registrar {
         RegistrarBuilder::default()
     }
 
+    /// A handle that takes services out of rotation and changes their weight or tags while the
+    /// server runs.
+    ///
+    /// See [`ControlHandle`] for an example.
+    pub fn control(&self) -> ControlHandle {
+        ControlHandle::new(self.desired.clone(), self.board.handle())
+    }
+
+    /// The drain delay in effect (the builder's, or `SERVICE_REGISTRY_DRAIN_DELAY`).
+    ///
+    /// ```
+    /// # use service_registry::{service, MemoryRegistry, Registrar};
+    /// # #[service(name = "drain-doc")] struct Doc;
+    /// let registrar = Registrar::builder()
+    ///     .listen_addr("127.0.0.1:9".parse().unwrap())
+    ///     .only(["drain-doc"])
+    ///     .drain_delay(std::time::Duration::from_secs(2))
+    ///     .build()
+    ///     .unwrap();
+    /// # if std::env::var_os("SERVICE_REGISTRY_DRAIN_DELAY").is_none() {
+    /// assert_eq!(registrar.drain_delay(), std::time::Duration::from_secs(2));
+    /// # }
+    /// ```
+    pub fn drain_delay(&self) -> Duration {
+        self.drain_delay
+    }
+
     /// What will be registered, one [`Info`] per service, ordered by service name.
     ///
     /// See [`RegistrarBuilder`] for an example.
@@ -164,25 +216,47 @@ impl Registrar {
         let server = server(ShutdownSignal(stop_signal));
         tokio::pin!(server);
 
-        let registrations: Vec<_> = self
-            .infos
-            .iter()
-            .map(|info| {
-                tokio::spawn(lifecycle::register_until_done(
-                    self.registry.clone(),
-                    info.clone(),
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for info in &self.infos {
+            let Some(desired) = self.desired.subscribe(&info.service_name) else {
+                continue;
+            };
+            for target in &self.registries {
+                tasks.push(tokio::spawn(lifecycle::keep(
+                    target.clone(),
+                    desired.clone(),
                     self.board.clone(),
                     self.backoff.clone(),
                     self.register_timeout,
-                ))
-            })
-            .collect();
+                )));
+            }
+        }
+        for target in &self.registries {
+            if let Some(rx) = target.registry.health() {
+                tasks.push(tokio::spawn(follow_health(
+                    rx,
+                    self.board.clone(),
+                    target.name.clone(),
+                )));
+            }
+        }
+        let readiness = self.readiness.take();
+        let health_check = self.health_check.take();
+        if readiness.is_some() || health_check.is_some() {
+            let desired = self.desired.clone();
+            let addr = self.advertised;
+            tasks.push(tokio::spawn(async move {
+                if let Some(ready) = readiness {
+                    ready.await;
+                    desired.update_all(|d| d.ready = true);
+                }
+                if let Some(check) = health_check {
+                    check.run(addr, desired).await;
+                }
+            }));
+        }
 
-        let health = self
-            .registry
-            .health()
-            .map(|rx| tokio::spawn(follow_health(rx, self.board.clone())));
-
+        let custom_shutdown = self.shutdown.is_some();
         let shutdown = self
             .shutdown
             .take()
@@ -192,22 +266,30 @@ impl Registrar {
             () = shutdown => None,
         };
 
-        if let Some(task) = &health {
+        for task in &tasks {
             task.abort();
         }
-        for task in &registrations {
-            task.abort();
-        }
+        let was_registered = self.board.any_live();
+        // What each service registers now, live changes included.
+        let current: Vec<Info> = self
+            .infos
+            .iter()
+            .map(|info| {
+                self.desired
+                    .get(&info.service_name)
+                    .map_or_else(|| info.clone(), |d| d.info)
+            })
+            .collect();
         // Keep serving while the registrations are withdrawn: clients still routed here must be
         // answered until the registry no longer lists this instance.
         let withdraw = async {
-            for task in registrations {
+            for task in tasks {
                 // Wait until no register call can still be in flight; a cancelled task is fine.
                 let _ = task.await;
             }
             lifecycle::deregister_all(
-                &self.registry,
-                &self.infos,
+                &self.registries,
+                &current,
                 &self.board,
                 self.deregister_timeout,
             )
@@ -219,6 +301,12 @@ impl Registrar {
                 Some(result)
             }
             None => keep_serving(server.as_mut(), withdraw).await,
+        };
+        let early_exit = match early_exit {
+            None if was_registered && !self.drain_delay.is_zero() => {
+                drain(server.as_mut(), self.drain_delay, !custom_shutdown).await
+            }
+            other => other,
         };
 
         let result = match early_exit {
@@ -241,6 +329,32 @@ impl Registrar {
     }
 }
 
+/// Keeps serving for `delay` after deregistration so that clients stop calling first; a second
+/// SIGINT/SIGTERM (when `on_signal`) cuts it short. Returns the server's result if it ended
+/// meanwhile.
+async fn drain<S: Future>(
+    server: Pin<&mut S>,
+    delay: Duration,
+    on_signal: bool,
+) -> Option<S::Output> {
+    tracing::info!(?delay, "deregistered; draining before the server stops");
+    let second_signal = async {
+        if on_signal {
+            os_signal().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(delay) => None,
+        () = second_signal => {
+            tracing::info!("second signal: stopping without the rest of the drain");
+            None
+        }
+        result = server => Some(result),
+    }
+}
+
 /// Runs `work` while still polling `server`; returns the server's result if it ended meanwhile.
 async fn keep_serving<S: Future>(
     mut server: Pin<&mut S>,
@@ -257,21 +371,30 @@ async fn keep_serving<S: Future>(
 }
 
 /// Mirrors the backend's health onto the status of every live service.
-async fn follow_health(mut rx: tokio::sync::watch::Receiver<Health>, board: StatusBoard) {
+async fn follow_health(
+    mut rx: tokio::sync::watch::Receiver<Health>,
+    board: StatusBoard,
+    registry: String,
+) {
     loop {
         let health = rx.borrow_and_update().clone();
-        let affected = board.apply_health(&health);
+        let affected = board.apply_health(&registry, &health);
         match &health {
             Health::Healthy if affected > 0 => {
-                tracing::info!(services = affected, "registry connection healthy again")
+                tracing::info!(
+                    registry,
+                    services = affected,
+                    "registry connection healthy again"
+                )
             }
             Health::Failed { error } => {
-                tracing::error!(services = affected, %error, "the registry failed for good")
+                tracing::error!(registry, services = affected, %error, "the registry failed for good")
             }
             Health::Recovering {
                 attempt,
                 last_error,
             } if affected > 0 => tracing::warn!(
+                registry,
                 services = affected,
                 attempt,
                 error = %last_error,
@@ -288,8 +411,8 @@ async fn follow_health(mut rx: tokio::sync::watch::Receiver<Health>, board: Stat
             let error =
                 "the registry's background task ended; registrations are no longer kept alive"
                     .to_string();
-            tracing::error!("{error}");
-            board.apply_health(&Health::Failed { error });
+            tracing::error!(registry, "{error}");
+            board.apply_health(&registry, &Health::Failed { error });
             return;
         }
     }

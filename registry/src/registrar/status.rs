@@ -15,7 +15,12 @@ use crate::registry::Health;
 /// assert!(matches!(s, ServiceStatus::Retrying { attempt: 2, .. }));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ServiceStatus {
+    /// The readiness gate ([`RegistrarBuilder::ready_when`](crate::RegistrarBuilder::ready_when)
+    /// or [`ready_check`](crate::RegistrarBuilder::ready_check)) has not passed yet; nothing is
+    /// registered.
+    WaitingForReady,
     /// The first attempt is under way.
     Registering,
     /// The registry holds the registration.
@@ -27,6 +32,16 @@ pub enum ServiceStatus {
         /// The last failure, as text.
         last_error: String,
     },
+    /// The health check ([`RegistrarBuilder::health_check`](crate::RegistrarBuilder::health_check))
+    /// fails: the registration was withdrawn while the server keeps serving; it comes back when
+    /// the check passes again.
+    Unhealthy {
+        /// The last failure of the check.
+        reason: String,
+    },
+    /// Taken out of rotation through [`ControlHandle::take_out`](crate::ControlHandle::take_out):
+    /// deregistered while the server keeps serving.
+    OutOfService,
     /// The registration was removed at shutdown.
     Deregistered,
     /// The registry's backend stopped keeping registrations alive for good (its background task
@@ -38,7 +53,60 @@ pub enum ServiceStatus {
     },
 }
 
+impl ServiceStatus {
+    /// Which status wins when one service stands differently in several registries: the one
+    /// that needs attention first.
+    fn urgency(&self) -> u8 {
+        match self {
+            ServiceStatus::Failed { .. } => 0,
+            ServiceStatus::Retrying { .. } => 1,
+            ServiceStatus::Registering => 2,
+            ServiceStatus::WaitingForReady => 3,
+            ServiceStatus::Unhealthy { .. } => 4,
+            ServiceStatus::OutOfService => 5,
+            ServiceStatus::Registered => 6,
+            ServiceStatus::Deregistered => 7,
+        }
+    }
+}
+
+/// Service name → registry name → status.
+pub(crate) type Detail = BTreeMap<String, BTreeMap<String, ServiceStatus>>;
+
+/// One status for a service across its registries: the same status everywhere is that status;
+/// otherwise the most urgent one, with the registry named in its error text.
+fn combine(per_registry: &BTreeMap<String, ServiceStatus>) -> Option<ServiceStatus> {
+    let (registry, worst) = per_registry.iter().min_by_key(|(_, s)| s.urgency())?;
+    if per_registry.len() == 1 || per_registry.values().all(|s| s == worst) {
+        return Some(worst.clone());
+    }
+    Some(match worst {
+        ServiceStatus::Retrying {
+            attempt,
+            last_error,
+        } => ServiceStatus::Retrying {
+            attempt: *attempt,
+            last_error: format!("{registry}: {last_error}"),
+        },
+        ServiceStatus::Failed { error } => ServiceStatus::Failed {
+            error: format!("{registry}: {error}"),
+        },
+        other => other.clone(),
+    })
+}
+
+fn combine_all(detail: &Detail) -> BTreeMap<String, ServiceStatus> {
+    detail
+        .iter()
+        .filter_map(|(service, per)| Some((service.clone(), combine(per)?)))
+        .collect()
+}
+
 /// A cheap, cloneable view of every service's [`ServiceStatus`].
+///
+/// With several registries ([`RegistrarBuilder::named_registry`](crate::RegistrarBuilder::named_registry)),
+/// [`get`](Self::get) and [`snapshot`](Self::snapshot) give one status per service (the most
+/// urgent across registries) and [`per_registry`](Self::per_registry) the detail.
 ///
 /// ```
 /// use service_registry::{service, MemoryRegistry, Registrar, ServiceStatus};
@@ -61,11 +129,11 @@ pub enum ServiceStatus {
 /// ```
 #[derive(Clone, Debug)]
 pub struct StatusHandle {
-    rx: watch::Receiver<BTreeMap<String, ServiceStatus>>,
+    rx: watch::Receiver<Detail>,
 }
 
 impl StatusHandle {
-    pub(crate) fn new(rx: watch::Receiver<BTreeMap<String, ServiceStatus>>) -> Self {
+    pub(crate) fn new(rx: watch::Receiver<Detail>) -> Self {
         Self { rx }
     }
 
@@ -73,6 +141,26 @@ impl StatusHandle {
     ///
     /// See [`StatusHandle`] for an example.
     pub fn get(&self, service: &str) -> Option<ServiceStatus> {
+        self.rx.borrow().get(service).and_then(combine)
+    }
+
+    /// The status of one service in each registry, by registry name.
+    ///
+    /// ```
+    /// # use service_registry::{service, MemoryRegistry, Registrar, ServiceStatus};
+    /// # #[service(name = "per-registry-doc")] struct Doc;
+    /// let registrar = Registrar::builder()
+    ///     .named_registry("dc1", MemoryRegistry::new())
+    ///     .named_registry("dc2", MemoryRegistry::new())
+    ///     .listen_addr("127.0.0.1:9".parse().unwrap())
+    ///     .only(["per-registry-doc"])
+    ///     .build()
+    ///     .unwrap();
+    /// let per = registrar.status().per_registry("per-registry-doc").unwrap();
+    /// assert_eq!(per.keys().collect::<Vec<_>>(), ["dc1", "dc2"]);
+    /// assert_eq!(per["dc1"], ServiceStatus::Registering);
+    /// ```
+    pub fn per_registry(&self, service: &str) -> Option<BTreeMap<String, ServiceStatus>> {
         self.rx.borrow().get(service).cloned()
     }
 
@@ -89,6 +177,20 @@ impl StatusHandle {
     /// # }
     /// ```
     pub fn snapshot(&self) -> BTreeMap<String, ServiceStatus> {
+        combine_all(&self.rx.borrow())
+    }
+
+    /// Every managed service with its status in each registry.
+    ///
+    /// ```
+    /// # use service_registry::{service, MemoryRegistry, Registrar};
+    /// # #[service(name = "detail-doc")] struct Doc;
+    /// # let registrar = Registrar::builder().registry(MemoryRegistry::new())
+    /// #     .listen_addr("127.0.0.1:9".parse().unwrap()).only(["detail-doc"]).build().unwrap();
+    /// let detail = registrar.status().detail();
+    /// assert!(detail["detail-doc"].contains_key("memory"));
+    /// ```
+    pub fn detail(&self) -> BTreeMap<String, BTreeMap<String, ServiceStatus>> {
         self.rx.borrow().clone()
     }
 
@@ -114,8 +216,8 @@ impl StatusHandle {
         mut done: impl FnMut(&BTreeMap<String, ServiceStatus>) -> bool,
     ) -> Option<BTreeMap<String, ServiceStatus>> {
         let mut rx = self.rx.clone();
-        let result = rx.wait_for(|map| done(map)).await;
-        result.ok().map(|map| map.clone())
+        let result = rx.wait_for(|detail| done(&combine_all(detail))).await;
+        result.ok().map(|detail| combine_all(&detail))
     }
 
     /// Waits for the next status change; `false` when the registrar is gone.
@@ -139,17 +241,27 @@ impl StatusHandle {
 /// The writing side, owned by the registrar.
 #[derive(Clone, Debug)]
 pub(crate) struct StatusBoard {
-    tx: watch::Sender<BTreeMap<String, ServiceStatus>>,
-    /// Services the registry has accepted and not yet removed: the ones a backend outage
-    /// affects.
-    live: Arc<Mutex<BTreeSet<String>>>,
+    tx: watch::Sender<Detail>,
+    /// (service, registry) pairs the registry has accepted and not yet removed: the ones a
+    /// backend outage affects.
+    live: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 impl StatusBoard {
-    pub(crate) fn new(services: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(
+        services: impl IntoIterator<Item = String>,
+        registries: &[String],
+        initial: ServiceStatus,
+    ) -> Self {
         let map = services
             .into_iter()
-            .map(|name| (name, ServiceStatus::Registering))
+            .map(|name| {
+                let per = registries
+                    .iter()
+                    .map(|r| (r.clone(), initial.clone()))
+                    .collect();
+                (name, per)
+            })
             .collect();
         Self {
             tx: watch::channel(map).0,
@@ -161,30 +273,50 @@ impl StatusBoard {
         StatusHandle::new(self.tx.subscribe())
     }
 
-    fn live(&self) -> MutexGuard<'_, BTreeSet<String>> {
+    fn live(&self) -> MutexGuard<'_, BTreeSet<(String, String)>> {
         // Each update is a single insert or remove, so a poisoned set is still consistent.
         self.live
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    pub(crate) fn set(&self, service: &str, status: ServiceStatus) {
+    /// Whether any registry holds (or may hold) a registration of this process.
+    pub(crate) fn any_live(&self) -> bool {
+        !self.live().is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, service: &str, registry: &str) -> Option<ServiceStatus> {
+        self.tx.borrow().get(service)?.get(registry).cloned()
+    }
+
+    pub(crate) fn set(&self, service: &str, registry: &str, status: ServiceStatus) {
         {
+            let key = (service.to_string(), registry.to_string());
             let mut live = self.live();
             match status {
-                ServiceStatus::Registered => live.insert(service.to_string()),
-                ServiceStatus::Deregistered => live.remove(service),
-                _ => false,
+                ServiceStatus::Registered => live.insert(key),
+                ServiceStatus::Retrying { .. } | ServiceStatus::Failed { .. } => false,
+                _ => live.remove(&key),
             };
         }
-        self.tx.send_modify(|map| {
-            map.insert(service.to_string(), status);
+        self.tx.send_if_modified(|map| {
+            let slot = map
+                .entry(service.to_string())
+                .or_default()
+                .entry(registry.to_string())
+                .or_insert(ServiceStatus::Registering);
+            if *slot == status {
+                return false;
+            }
+            *slot = status;
+            true
         });
     }
 
-    /// Shows the backend's health on every live service (a failure on every service not yet
-    /// deregistered); returns how many it touched.
-    pub(crate) fn apply_health(&self, health: &Health) -> usize {
+    /// Shows `registry`'s health on every service live there (a failure on every service not
+    /// yet deregistered); returns how many it touched.
+    pub(crate) fn apply_health(&self, registry: &str, health: &Health) -> usize {
         let status = match health {
             Health::Healthy => ServiceStatus::Registered,
             Health::Recovering {
@@ -197,24 +329,91 @@ impl StatusBoard {
             Health::Failed { error } => {
                 let mut touched = 0;
                 self.tx.send_modify(|map| {
-                    for status in map.values_mut() {
-                        if *status != ServiceStatus::Deregistered {
-                            *status = ServiceStatus::Failed {
-                                error: error.clone(),
-                            };
-                            touched += 1;
+                    for per in map.values_mut() {
+                        if let Some(status) = per.get_mut(registry) {
+                            if *status != ServiceStatus::Deregistered {
+                                *status = ServiceStatus::Failed {
+                                    error: error.clone(),
+                                };
+                                touched += 1;
+                            }
                         }
                     }
                 });
                 return touched;
             }
         };
-        let live = self.live().clone();
+        let live: Vec<String> = self
+            .live()
+            .iter()
+            .filter(|(_, r)| r == registry)
+            .map(|(s, _)| s.clone())
+            .collect();
         self.tx.send_modify(|map| {
-            for name in &live {
-                map.insert(name.clone(), status.clone());
+            for service in &live {
+                if let Some(slot) = map.get_mut(service).and_then(|per| per.get_mut(registry)) {
+                    *slot = status.clone();
+                }
             }
         });
         live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_registry_is_shown_as_is() {
+        let per = BTreeMap::from([("etcd".to_string(), ServiceStatus::OutOfService)]);
+        assert_eq!(combine(&per), Some(ServiceStatus::OutOfService));
+    }
+
+    #[test]
+    fn the_most_urgent_registry_wins_and_is_named() {
+        let per = BTreeMap::from([
+            ("a".to_string(), ServiceStatus::Registered),
+            (
+                "b".to_string(),
+                ServiceStatus::Retrying {
+                    attempt: 3,
+                    last_error: "refused".into(),
+                },
+            ),
+        ]);
+        assert_eq!(
+            combine(&per),
+            Some(ServiceStatus::Retrying {
+                attempt: 3,
+                last_error: "b: refused".into()
+            })
+        );
+        let same = BTreeMap::from([
+            ("a".to_string(), ServiceStatus::Registered),
+            ("b".to_string(), ServiceStatus::Registered),
+        ]);
+        assert_eq!(combine(&same), Some(ServiceStatus::Registered));
+    }
+
+    #[test]
+    fn health_touches_only_its_registry() {
+        let board = StatusBoard::new(
+            ["s".to_string()],
+            &["a".to_string(), "b".to_string()],
+            ServiceStatus::Registering,
+        );
+        board.set("s", "a", ServiceStatus::Registered);
+        board.set("s", "b", ServiceStatus::Registered);
+        let lost = Health::Recovering {
+            attempt: 0,
+            last_error: "gone".into(),
+        };
+        assert_eq!(board.apply_health("b", &lost), 1);
+        assert_eq!(board.get("s", "a"), Some(ServiceStatus::Registered));
+        assert!(matches!(
+            board.get("s", "b"),
+            Some(ServiceStatus::Retrying { .. })
+        ));
     }
 }

@@ -298,6 +298,9 @@ struct CallLog {
     details: Vec<String>,
 }
 
+/// The drain delay of the registrars shut down under traffic.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+
 /// Registrars for `linked.alpha` started and shut down `rounds` times on `leaving` while another
 /// instance stays on `staying` and a client resolves through `discovery`'s watch and calls an
 /// instance every millisecond (round robin, one call at a time), with no retry.
@@ -377,7 +380,14 @@ where
     let mut stop_took = Dist::default();
     let mut removal_seen = Dist::default();
     for round in 0..rounds {
-        let leave = Running::start(leaving.clone(), &["linked.alpha"]).await;
+        // Keep serving 500 ms after deregistering: the watching client drops the instance
+        // within milliseconds (RELIABILITY.md finding 1).
+        let leave = Running::start_with(|b| {
+            b.registry(leaving.clone())
+                .only(["linked.alpha"])
+                .drain_delay(SHUTDOWN_DRAIN)
+        })
+        .await;
         leave.registered(Duration::from_secs(30)).await;
         let addr = leave.addr;
         let seen = super::util::wait_for(
@@ -419,7 +429,8 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
     let rounds = ctx.options.shutdown_rounds;
     section.setup(format!(
         "per backend: a registrar (`tests::running::Running`: the echo server, default registrar \
-         settings) for `linked.alpha` stays up; another is started and shut down {rounds} times; a \
+         settings) for `linked.alpha` stays up; another (drain delay {SHUTDOWN_DRAIN:?}) is \
+         started and shut down {rounds} times; a \
          client follows `linked.alpha` with Discovery::watch and calls the instances round robin, \
          one call at a time every millisecond (a new connection each), without retries; etcd: default EtcdRegistry settings, \
          ZooKeeper: default ZookeeperRegistry settings"

@@ -121,6 +121,10 @@ impl Registry for EtcdRegistry {
         self.inner.session.delete(key).await
     }
 
+    fn name(&self) -> String {
+        "etcd".to_string()
+    }
+
     fn health(&self) -> Option<watch::Receiver<Health>> {
         Some(self.inner.session.health())
     }

@@ -128,6 +128,10 @@ impl Registry for ZookeeperRegistry {
         self.inner.session.delete(path).await
     }
 
+    fn name(&self) -> String {
+        "zookeeper".to_string()
+    }
+
     fn health(&self) -> Option<watch::Receiver<Health>> {
         Some(self.inner.session.health())
     }

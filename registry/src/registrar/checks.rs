@@ -1,0 +1,294 @@
+//! The readiness gate and the health check: what decides, besides an operator, whether a
+//! running service is in the registry.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::desired::DesiredSet;
+
+/// What a readiness or health check returns: `true`/`Ok(())` passes; `false` or `Err(why)`
+/// fails (the text shows in the status).
+///
+/// ```
+/// use service_registry::CheckOutcome;
+/// assert_eq!(true.into_outcome(), Ok(()));
+/// assert_eq!(Err::<(), _>("db down").into_outcome(), Err("db down".to_string()));
+/// ```
+pub trait CheckOutcome {
+    /// `Ok(())` if the check passed, else why not.
+    fn into_outcome(self) -> Result<(), String>;
+}
+
+impl CheckOutcome for bool {
+    fn into_outcome(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("the check returned false".to_string())
+        }
+    }
+}
+
+impl<E: Display> CheckOutcome for Result<(), E> {
+    fn into_outcome(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type CheckFn = Arc<dyn Fn() -> BoxFuture<Result<(), String>> + Send + Sync>;
+
+/// Polls `check` every `interval` until it passes.
+pub(crate) fn poll_until_ready<F, Fut>(interval: Duration, mut check: F) -> BoxFuture<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: CheckOutcome,
+{
+    Box::pin(async move {
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match check().await.into_outcome() {
+                Ok(()) => {
+                    tracing::info!(tries, "ready; registering");
+                    return;
+                }
+                Err(why) => {
+                    tracing::info!(tries, %why, retry_in = ?interval, "not ready yet")
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    })
+}
+
+#[derive(Clone)]
+enum Probe {
+    Custom(CheckFn),
+    Tcp,
+    Http(String),
+}
+
+/// A check run while the server runs: after `failure_threshold` failures in a row every
+/// service is withdrawn from the registries (status
+/// [`Unhealthy`](crate::ServiceStatus::Unhealthy)) while the server keeps serving; after
+/// `success_threshold` passes in a row it is registered again.
+///
+/// Defaults (as a Kubernetes readiness probe, with Consul's TCP-check interval): every 5 s,
+/// 2 s timeout per check, 3 failures to withdraw, 1 success to come back. The first check runs
+/// once the readiness gate has passed.
+///
+/// ```
+/// use std::time::Duration;
+/// use service_registry::{HealthCheck, Registrar};
+///
+/// let check = HealthCheck::new(|| async { Ok::<(), std::io::Error>(()) })
+///     .interval(Duration::from_secs(1))
+///     .failure_threshold(2);
+/// let tcp = HealthCheck::tcp(); // connects to the advertised address
+/// let http = HealthCheck::http("/healthz"); // GET, passes on 2xx/3xx
+/// let builder = Registrar::builder().health_check(check);
+/// # let _ = (tcp, http, builder);
+/// ```
+#[derive(Clone)]
+pub struct HealthCheck {
+    probe: Probe,
+    pub(crate) interval: Duration,
+    timeout: Duration,
+    failure_threshold: u32,
+    success_threshold: u32,
+}
+
+impl std::fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let probe = match &self.probe {
+            Probe::Custom(_) => "custom".to_string(),
+            Probe::Tcp => "tcp".to_string(),
+            Probe::Http(path) => format!("http {path}"),
+        };
+        f.debug_struct("HealthCheck")
+            .field("probe", &probe)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("success_threshold", &self.success_threshold)
+            .finish()
+    }
+}
+
+impl HealthCheck {
+    fn with(probe: Probe) -> Self {
+        Self {
+            probe,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+
+    /// Runs `check` (`bool` or `Result<(), impl Display>`).
+    ///
+    /// See [`HealthCheck`] for an example.
+    pub fn new<F, Fut>(check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: CheckOutcome,
+    {
+        let check = Arc::new(check);
+        Self::with(Probe::Custom(Arc::new(move || {
+            let check = check.clone();
+            Box::pin(async move { check().await.into_outcome() })
+        })))
+    }
+
+    /// Opens a TCP connection to the advertised address (Consul's TCP check).
+    ///
+    /// See [`HealthCheck`] for an example.
+    pub fn tcp() -> Self {
+        Self::with(Probe::Tcp)
+    }
+
+    /// Sends `GET path` over HTTP/1.1 to the advertised address; passes on a 2xx or 3xx answer.
+    ///
+    /// See [`HealthCheck`] for an example.
+    pub fn http(path: impl Into<String>) -> Self {
+        Self::with(Probe::Http(path.into()))
+    }
+
+    /// Time between checks (default 5 s).
+    ///
+    /// See [`HealthCheck`] for an example.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How long one check may take before it counts as failed (default 2 s).
+    ///
+    /// ```
+    /// let c = service_registry::HealthCheck::tcp().timeout(std::time::Duration::from_millis(500));
+    /// # let _ = c;
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Failures in a row that withdraw the services (default 3; 0 counts as 1).
+    ///
+    /// See [`HealthCheck`] for an example.
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n.max(1);
+        self
+    }
+
+    /// Passes in a row that register them again (default 1; 0 counts as 1).
+    ///
+    /// ```
+    /// let c = service_registry::HealthCheck::tcp().success_threshold(2);
+    /// # let _ = c;
+    /// ```
+    pub fn success_threshold(mut self, n: u32) -> Self {
+        self.success_threshold = n.max(1);
+        self
+    }
+
+    async fn check_once(&self, addr: SocketAddr) -> Result<(), String> {
+        let probe = async {
+            match &self.probe {
+                Probe::Custom(check) => check().await,
+                Probe::Tcp => tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("cannot connect to {addr}: {e}")),
+                Probe::Http(path) => http_get(addr, path).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, probe).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("the check took longer than {:?}", self.timeout)),
+        }
+    }
+
+    /// Checks forever, withdrawing and restoring every service in `desired` as the thresholds
+    /// say.
+    pub(crate) async fn run(self, addr: SocketAddr, desired: DesiredSet) {
+        let mut healthy = true;
+        let mut streak = 0u32;
+        loop {
+            let outcome = self.check_once(addr).await;
+            match (&outcome, healthy) {
+                (Ok(()), true) | (Err(_), false) => streak = 0,
+                (Ok(()), false) => {
+                    streak += 1;
+                    if streak >= self.success_threshold {
+                        tracing::info!(passes = streak, "health check passes again; registering");
+                        healthy = true;
+                        streak = 0;
+                        desired.update_all(|d| d.health = Ok(()));
+                    }
+                }
+                (Err(why), true) => {
+                    streak += 1;
+                    tracing::warn!(failures = streak, %why, "health check failed");
+                    if streak >= self.failure_threshold {
+                        tracing::warn!(%why, "health check failed {streak} times in a row; withdrawing the services while serving on");
+                        healthy = false;
+                        streak = 0;
+                        let reason = why.clone();
+                        desired.update_all(|d| d.health = Err(reason.clone()));
+                    }
+                }
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+}
+
+/// `GET path` over a fresh connection; `Ok` for a 2xx or 3xx status line.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: service-registry-health-check\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("cannot send the request to {addr}: {e}"))?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("no answer from {addr}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default();
+    let code = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|_| line.starts_with("HTTP/"))
+        .ok_or_else(|| format!("{addr} did not answer with an HTTP status line (got {line:?})"))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("GET {path} on {addr} answered {code}"))
+    }
+}
