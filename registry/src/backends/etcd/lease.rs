@@ -5,14 +5,19 @@
 //! One task owns the live set and writes; [`EtcdRegistry`](super::EtcdRegistry) handles talk to
 //! it through a channel, so concurrent registrations coalesce into as few transactions as etcd
 //! allows. The keep-alive runs in a task of its own: it never waits behind a write.
+//!
+//! Between attempts to reconnect the task waits out its backoff, but while no endpoint answers
+//! it probes them every [`PROBE_EVERY`]: the moment one answers again, it reconnects at once
+//! instead of at its next attempt. A server that answers and still fails the attempt (refuses
+//! it, or loses the new lease at once) gets the whole backoff, so nothing runs in a tight loop.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, EventType, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn,
-    TxnOp, WatchOptions, WatchResponse, WatchStream,
+    Client, ConnectOptions, Error as EtcdError, EventType, LeaseKeepAliveStream, LeaseKeeper,
+    LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -22,11 +27,21 @@ use super::config::EtcdConfig;
 use super::error::{bounded, txn_failure, TxnFailure};
 use crate::backends::handle::{Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::backoff::Backoff;
 use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
 
 /// One write: a put (`Some`) or a delete (`None`).
 type Op = (String, Option<Vec<u8>>);
+
+/// How often the endpoints are probed while none answers, between attempts to reconnect.
+const PROBE_EVERY: Duration = Duration::from_millis(150);
+/// How long one such probe (a connection and a status call per endpoint) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The first retry of a missing guard watch or a pending delete while a lease is held; retries
+/// that keep failing back off from here up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The keep-alive of one lease, in its own task; aborted when dropped.
 struct KeepAlive {
@@ -107,6 +122,12 @@ pub(crate) struct Session {
     /// The revision of our last write (or of the last guard event seen): the guard watches
     /// from the next one, so no change to our keys falls between.
     revision: std::sync::atomic::AtomicI64,
+    /// The endpoints found answering by the probe that ended the last wait, for the next
+    /// connection (which then need not probe them again).
+    answering: Option<Vec<String>>,
+    /// Whether the last probe between attempts found no endpoint answering: the first probe
+    /// that finds one answering then ends the wait.
+    outage: bool,
 }
 
 enum Step {
@@ -142,6 +163,8 @@ impl Session {
             closing: None,
             written_at: Default::default(),
             revision: std::sync::atomic::AtomicI64::new(0),
+            answering: None,
+            outage: false,
         }
     }
 
@@ -170,6 +193,7 @@ impl Session {
                 Ok(Established::Lease(lease)) => {
                     let mut lease = *lease;
                     failures = 0;
+                    self.outage = false;
                     let _ = self.health.send(Health::Healthy);
                     tracing::info!(
                         lease = lease.id,
@@ -209,9 +233,18 @@ impl Session {
                     (err, delay)
                 }
             };
-            if let Some(done) =
-                wait_offline(&mut self.commands, &mut self.live, delay, &cause).await
-            {
+            // Commands are answered throughout the wait; it ends early when etcd answers
+            // again after an outage (`wait_offline` only awaits a cancel-safe `recv`, so
+            // ending it early loses no command).
+            let closed = tokio::select! {
+                closed = wait_offline(&mut self.commands, &mut self.live, delay, &cause) => closed,
+                answering = back_after_outage(&self.config, &mut self.outage) => {
+                    tracing::info!(endpoints = ?answering, "etcd answers again; reconnecting now instead of after the backoff");
+                    self.answering = Some(answering);
+                    None
+                }
+            };
+            if let Some(done) = closed {
                 // Closed while etcd is away: nothing to reach; the lease expires on its own.
                 self.live.clear();
                 return finish(done);
@@ -224,7 +257,10 @@ impl Session {
     async fn establish(&mut self) -> Result<Established, RegistryError> {
         let limit = self.limit() + self.config.connect_timeout;
         let config = self.config.clone();
-        let endpoints = answering_endpoints(&config).await;
+        let endpoints = match self.answering.take() {
+            Some(answering) => answering,
+            None => answering_endpoints(&config).await,
+        };
         let client = bounded(
             &config,
             limit,
@@ -496,13 +532,24 @@ impl Session {
     /// Serves commands until the lease is lost or the registry closes; retries pending deletes
     /// and restores keys of ours that someone else deleted or overwrote.
     async fn serve(&mut self, lease: &mut Lease) -> Step {
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The guard is best effort: without it nothing is restored, but nothing is lost either;
-        // it is started again on the retry tick.
+        // it is started again on the retry timer, as pending deletes are retried. The timer
+        // starts when there is something to retry, and backs off while retries keep failing.
+        let mut retry_backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+        let retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry);
+        let mut retrying = false;
         let mut guard = self.guard(lease).await.ok();
         loop {
             let guard_missing = guard.is_none();
+            let retry_due = guard_missing || self.live.has_doomed();
+            if retry_due && !retrying {
+                retry_backoff.reset();
+                retry
+                    .as_mut()
+                    .reset(Instant::now() + retry_backoff.next_delay());
+            }
+            retrying = retry_due;
             let next_guard_event = async {
                 match guard.as_mut() {
                     Some(stream) => stream.message().await,
@@ -546,7 +593,7 @@ impl Session {
                         return step;
                     }
                 }
-                _ = retry.tick(), if guard_missing || self.live.has_doomed() => {
+                () = &mut retry, if retry_due => {
                     if guard_missing {
                         guard = self.guard(lease).await.ok();
                         if guard.is_some() {
@@ -562,6 +609,10 @@ impl Session {
                     if let Err(err) = self.write_live(lease, deletes).await {
                         return Step::Lost(err.to_string());
                     }
+                    // Whatever is still to do waits longer; once nothing is, `retrying` ends.
+                    retry
+                        .as_mut()
+                        .reset(Instant::now() + retry_backoff.next_delay());
                 }
             }
         }
@@ -683,29 +734,71 @@ async fn answering_endpoints(config: &EtcdConfig) -> Vec<String> {
     if config.endpoints.len() < 2 {
         return config.endpoints.clone();
     }
-    let probes = config.endpoints.iter().map(|endpoint| async move {
-        let probe = async {
-            let mut client =
-                Client::connect([endpoint.as_str()], Some(config.connect_options())).await?;
-            client.status().await
-        };
-        matches!(
-            tokio::time::timeout(config.connect_timeout, probe).await,
-            Ok(Ok(_))
-        )
-    });
-    let answering: Vec<String> = config
-        .endpoints
-        .iter()
-        .zip(futures_util::future::join_all(probes).await)
-        .filter(|(_, ok)| *ok)
-        .map(|(endpoint, _)| endpoint.clone())
-        .collect();
+    let answering = probe(config, config.connect_timeout).await;
     if answering.is_empty() {
         config.endpoints.clone()
     } else {
         answering
     }
+}
+
+/// Probes the endpoints every [`PROBE_EVERY`] while none answers. `outage` says whether the
+/// last probe found none answering; it is kept from one wait to the next (and cleared when a
+/// lease is taken), so etcd coming back between a failed attempt and the next probe still
+/// counts. Resolves with the endpoints that answer once one answers after an outage: etcd is
+/// back, and the wait for the next attempt can end. When one answers with no outage seen
+/// before, it never resolves and probes no more: etcd is up and the last attempt failed anyway
+/// (refused, or the new lease was lost at once), so the backoff stands.
+async fn back_after_outage(config: &EtcdConfig, outage: &mut bool) -> Vec<String> {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answering = probe(config, PROBE_TIMEOUT).await;
+        if answering.is_empty() {
+            *outage = true;
+        } else if std::mem::replace(outage, false) {
+            return answering;
+        } else {
+            tracing::debug!(endpoints = ?answering, "etcd answers; waiting out the backoff");
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// The endpoints that answer a status call within `limit`, each probed on a connection of its
+/// own. Without credentials: etcd (3.4) answers status without them, and authenticating would
+/// cost the server a password hash each time.
+async fn probe(config: &EtcdConfig, limit: Duration) -> Vec<String> {
+    let mut options = ConnectOptions::new().with_connect_timeout(limit);
+    if let Some(tls) = &config.tls {
+        options = options.with_tls(tls.clone());
+    }
+    let probes = config.endpoints.iter().map(|endpoint| {
+        let options = options.clone();
+        async move {
+            let status = async {
+                let mut client = Client::connect([endpoint.as_str()], Some(options)).await?;
+                client.status().await
+            };
+            match tokio::time::timeout(limit, status).await {
+                Ok(Ok(_)) => true,
+                // An error etcd itself sends (were it to want credentials for status) is an
+                // answer too; one the client makes up for a failed connection is not.
+                Ok(Err(EtcdError::GRpcStatus(status))) => {
+                    status.message().starts_with("etcdserver:")
+                }
+                Ok(Err(_)) | Err(_) => false,
+            }
+        }
+    });
+    config
+        .endpoints
+        .iter()
+        .zip(futures_util::future::join_all(probes).await)
+        .filter(|(_, answered)| *answered)
+        .map(|(endpoint, _)| endpoint.clone())
+        .collect()
 }
 
 fn finish(done: Option<oneshot::Sender<()>>) {
