@@ -53,6 +53,7 @@ pub mod balance;
 mod discovery;
 mod info;
 mod merged;
+pub mod metrics;
 mod registrar;
 mod registry;
 mod tags;

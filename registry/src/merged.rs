@@ -395,7 +395,7 @@ impl Discovery for MergedDiscovery {
             );
             follow.retry(index);
         }
-        let (publisher, changes) = watch::channel(service, follow.merged());
+        let (publisher, changes) = watch::channel("merged", service, follow.merged());
         let span = tracing::info_span!("merged_watch", service);
         tokio::spawn(follow.run(publisher).instrument(span));
         Ok(changes)

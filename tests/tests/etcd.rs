@@ -640,3 +640,53 @@ async fn deregistered_while_etcd_was_down_stays_gone_after_it_returns() {
     .await;
     registry.close().await;
 }
+
+/// The granted TTL of the lease that holds `key`.
+async fn lease_ttl_of(etcd: &Etcd, key: &str) -> i64 {
+    let mut client = etcd.client().await;
+    let response = client.get(key, None).await.unwrap();
+    let lease = response.kvs().first().expect("the key exists").lease();
+    client
+        .lease_time_to_live(lease, None)
+        .await
+        .unwrap()
+        .granted_ttl()
+}
+
+/// Kitex's variables: `KITEX_IP_TO_REGISTRY` / `KITEX_PORT_TO_REGISTRY` set the registered
+/// address and `KITEX_ETCD_REGISTRY_LEASE_TTL` the lease; our own names win over them.
+#[tokio::test]
+async fn kitex_environment_variables_set_address_and_lease_ttl() {
+    let etcd = Etcd::start().await;
+    let (_kitex, registered) = spawn_example(
+        "etcd",
+        &[
+            ("ETCD_ENDPOINTS", etcd.endpoint()),
+            ("KITEX_IP_TO_REGISTRY", "127.0.0.9".into()),
+            ("KITEX_PORT_TO_REGISTRY", "4567".into()),
+            ("KITEX_ETCD_REGISTRY_LEASE_TTL", "7".into()),
+        ],
+    )
+    .await;
+    let at: SocketAddr = "127.0.0.9:4567".parse().unwrap();
+    assert!(registered.iter().all(|(_, a)| *a == at), "{registered:?}");
+    let key = format!("{PREFIX}/example.echo/{at}");
+    assert!(stored(&etcd, PREFIX).await.contains_key(&key));
+    assert_eq!(lease_ttl_of(&etcd, &key).await, 7);
+
+    let (_ours, registered) = spawn_example(
+        "etcd",
+        &[
+            ("ETCD_ENDPOINTS", etcd.endpoint()),
+            ("SERVICE_REGISTRY_ADVERTISE_ADDR", "127.0.0.10:4568".into()),
+            ("KITEX_IP_TO_REGISTRY", "127.0.0.9".into()),
+            ("REGISTRY_LEASE_TTL", "9".into()),
+            ("KITEX_ETCD_REGISTRY_LEASE_TTL", "7".into()),
+        ],
+    )
+    .await;
+    let at: SocketAddr = "127.0.0.10:4568".parse().unwrap();
+    assert!(registered.iter().all(|(_, a)| *a == at), "{registered:?}");
+    let key = format!("{PREFIX}/example.echo/{at}");
+    assert_eq!(lease_ttl_of(&etcd, &key).await, 9);
+}

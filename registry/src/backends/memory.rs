@@ -225,7 +225,7 @@ impl Discovery for MemoryRegistry {
             publisher.publish(all);
             return Ok(publisher.subscribe());
         }
-        let (publisher, stream) = watch::channel(service, all);
+        let (publisher, stream) = watch::channel("memory", service, all);
         state.watchers.insert(service.to_string(), publisher);
         Ok(stream)
     }

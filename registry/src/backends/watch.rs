@@ -24,14 +24,23 @@ type Latest = Arc<Vec<Instance>>;
 /// the last state is delivered).
 #[derive(Debug)]
 pub(crate) struct Publisher {
+    backend: &'static str,
     service: String,
     tx: watch::Sender<Latest>,
 }
 
 /// A latest-state channel for `service`, starting at `initial`, and its first consumer.
-pub(crate) fn channel(service: &str, initial: Vec<Instance>) -> (Publisher, WatchStream) {
+/// `backend` labels its metrics (`service_registry_watch_events_total`,
+/// `service_registry_watched_instances`).
+pub(crate) fn channel(
+    backend: &'static str,
+    service: &str,
+    initial: Vec<Instance>,
+) -> (Publisher, WatchStream) {
+    crate::metrics::watch_state(backend, service, initial.len(), true);
     let (tx, rx) = watch::channel(Arc::new(sorted(initial)));
     let publisher = Publisher {
+        backend,
         service: service.to_string(),
         tx,
     };
@@ -48,13 +57,17 @@ impl Publisher {
     /// Makes `instances` the latest set; consumers are woken only when it differs.
     pub(crate) fn publish(&self, instances: Vec<Instance>) {
         let instances = sorted(instances);
-        self.tx.send_if_modified(|latest| {
+        let count = instances.len();
+        let changed = self.tx.send_if_modified(|latest| {
             if **latest == instances {
                 return false;
             }
             *latest = Arc::new(instances);
             true
         });
+        if changed {
+            crate::metrics::watch_state(self.backend, &self.service, count, true);
+        }
     }
 
     /// Another consumer, whose first item is the latest set as a snapshot.
@@ -175,6 +188,9 @@ mod remote {
 
         /// The retry schedule for opening the watch again.
         fn backoff(&self) -> Backoff;
+
+        /// `etcd`, `zookeeper`: the `backend` label of the watch metrics.
+        const BACKEND: &'static str;
     }
 
     /// Opens a watch through `source` (errors are the caller's), then follows it in a task that
@@ -184,13 +200,17 @@ mod remote {
         service: &str,
     ) -> Result<WatchStream, DiscoveryError> {
         let (cursor, entries) = source.open(service).await?;
-        let (publisher, stream) = channel(service, by_addr(&entries));
-        tokio::spawn(follow(
-            source.clone(),
-            service.to_string(),
-            cursor,
-            entries,
-            publisher,
+        let (publisher, stream) = channel(S::BACKEND, service, by_addr(&entries));
+        let span = tracing::info_span!("watch", backend = S::BACKEND, service);
+        tokio::spawn(tracing::Instrument::instrument(
+            follow(
+                source.clone(),
+                service.to_string(),
+                cursor,
+                entries,
+                publisher,
+            ),
+            span,
         ));
         Ok(stream)
     }
@@ -479,7 +499,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_reader_gets_the_difference_to_the_latest_set() {
-        let (publisher, mut stream) = channel("s", vec![instance(1)]);
+        let (publisher, mut stream) = channel("test", "s", vec![instance(1)]);
         for round in 0..1000 {
             if round % 2 == 0 {
                 publisher.publish(vec![instance(1), instance(2)]);
@@ -505,7 +525,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_completes_when_every_stream_is_dropped() {
-        let (publisher, stream) = channel("s", Vec::new());
+        let (publisher, stream) = channel("test", "s", Vec::new());
         let second = publisher.subscribe();
         drop(stream);
         assert!(!publisher.is_closed());
@@ -516,7 +536,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stream_ends_after_the_last_state_when_the_publisher_goes() {
-        let (publisher, mut stream) = channel("s", Vec::new());
+        let (publisher, mut stream) = channel("test", "s", Vec::new());
         publisher.publish(vec![instance(1)]);
         drop(publisher);
         assert_eq!(stream.next().await.unwrap().all, vec![instance(1)]);

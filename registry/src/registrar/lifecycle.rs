@@ -37,7 +37,27 @@ fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// One call to the registry: bounded by `timeout`; a panic in the registry is a failed call.
-async fn call<F>(what: &str, service: &str, timeout: Duration, call: F) -> Result<(), RegistryError>
+async fn call<F>(
+    what: &str,
+    registry: &str,
+    service: &str,
+    timeout: Duration,
+    call: F,
+) -> Result<(), RegistryError>
+where
+    F: std::future::Future<Output = Result<(), RegistryError>>,
+{
+    let result = bounded(what, service, timeout, call).await;
+    crate::metrics::call(what == "deregister", registry, service, result.is_ok());
+    result
+}
+
+async fn bounded<F>(
+    what: &str,
+    service: &str,
+    timeout: Duration,
+    call: F,
+) -> Result<(), RegistryError>
 where
     F: std::future::Future<Output = Result<(), RegistryError>>,
 {
@@ -131,12 +151,12 @@ pub(crate) async fn keep(
                     held = Some(info.clone());
                     confirmed = None;
                     let mut result =
-                        call("register", &service, timeout, registry.register(info)).await;
+                        call("register", &registry_name, &service, timeout, registry.register(info)).await;
                     if result.is_ok() {
                         if let Some(old) = &moved {
                             // Make before break: the new address is registered, the old one goes.
                             result =
-                                call("deregister", &service, timeout, registry.deregister(old))
+                                call("deregister", &registry_name, &service, timeout, registry.deregister(old))
                                     .await;
                             if result.is_err() {
                                 held = moved.clone();
@@ -157,7 +177,7 @@ pub(crate) async fn keep(
                 Want::Withdrawn(status) => {
                     let result = match &held {
                         Some(info) => {
-                            call("deregister", &service, timeout, registry.deregister(info)).await
+                            call("deregister", &registry_name, &service, timeout, registry.deregister(info)).await
                         }
                         None => Ok(()),
                     };
@@ -217,7 +237,7 @@ pub(crate) async fn deregister_all(
             let registry = target.registry.clone();
             let name = target.name.clone();
             async move {
-                match call("deregister", &info.service_name, timeout, registry.deregister(info)).await {
+                match call("deregister", &name, &info.service_name, timeout, registry.deregister(info)).await {
                     Ok(()) => {
                         tracing::info!("deregistered");
                         board.set(&info.service_name, &name, ServiceStatus::Deregistered);

@@ -372,13 +372,33 @@ async fn keep_serving<S: Future>(
 
 /// Mirrors the backend's health onto the status of every live service.
 async fn follow_health(
+    rx: tokio::sync::watch::Receiver<Health>,
+    board: StatusBoard,
+    registry: String,
+) {
+    let span = tracing::info_span!("registry_health", registry = %registry);
+    tracing::Instrument::instrument(follow_health_inner(rx, board, registry), span).await
+}
+
+async fn follow_health_inner(
     mut rx: tokio::sync::watch::Receiver<Health>,
     board: StatusBoard,
     registry: String,
 ) {
+    let mut lost_at: Option<std::time::Instant> = None;
     loop {
         let health = rx.borrow_and_update().clone();
         let affected = board.apply_health(&registry, &health);
+        match (&health, lost_at) {
+            (Health::Recovering { .. }, None) => lost_at = Some(std::time::Instant::now()),
+            (Health::Healthy, Some(at)) => {
+                let took = at.elapsed();
+                tracing::info!(registry, ?took, "recovered");
+                crate::metrics::recovered(&registry, took);
+                lost_at = None;
+            }
+            _ => {}
+        }
         match &health {
             Health::Healthy if affected > 0 => {
                 tracing::info!(

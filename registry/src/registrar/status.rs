@@ -54,6 +54,20 @@ pub enum ServiceStatus {
 }
 
 impl ServiceStatus {
+    /// The `state` label of the `service_registry_registrations` gauge.
+    fn label(&self) -> &'static str {
+        match self {
+            ServiceStatus::WaitingForReady => "waiting_for_ready",
+            ServiceStatus::Registering => "registering",
+            ServiceStatus::Registered => "registered",
+            ServiceStatus::Retrying { .. } => "retrying",
+            ServiceStatus::Unhealthy { .. } => "unhealthy",
+            ServiceStatus::OutOfService => "out_of_service",
+            ServiceStatus::Deregistered => "deregistered",
+            ServiceStatus::Failed { .. } => "failed",
+        }
+    }
+
     /// Which status wins when one service stands differently in several registries: the one
     /// that needs attention first.
     fn urgency(&self) -> u8 {
@@ -263,14 +277,36 @@ impl StatusBoard {
                 (name, per)
             })
             .collect();
-        Self {
+        let board = Self {
             tx: watch::channel(map).0,
             live: Arc::default(),
-        }
+        };
+        board.record();
+        board
     }
 
     pub(crate) fn handle(&self) -> StatusHandle {
         StatusHandle::new(self.tx.subscribe())
+    }
+
+    /// Sets the `service_registry_registrations` gauge of every registry and state.
+    fn record(&self) {
+        let mut counts: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
+        for per in self.tx.borrow().values() {
+            for (registry, status) in per {
+                *counts
+                    .entry(registry.clone())
+                    .or_default()
+                    .entry(status.label())
+                    .or_default() += 1;
+            }
+        }
+        for (registry, by_state) in counts {
+            for state in crate::metrics::STATES {
+                let n = by_state.get(state).copied().unwrap_or(0);
+                crate::metrics::registrations(&registry, state, n);
+            }
+        }
     }
 
     fn live(&self) -> MutexGuard<'_, BTreeSet<(String, String)>> {
@@ -300,7 +336,7 @@ impl StatusBoard {
                 _ => live.remove(&key),
             };
         }
-        self.tx.send_if_modified(|map| {
+        let changed = self.tx.send_if_modified(|map| {
             let slot = map
                 .entry(service.to_string())
                 .or_default()
@@ -312,6 +348,9 @@ impl StatusBoard {
             *slot = status;
             true
         });
+        if changed {
+            self.record();
+        }
     }
 
     /// Shows `registry`'s health on every service live there (a failure on every service not
@@ -340,6 +379,7 @@ impl StatusBoard {
                         }
                     }
                 });
+                self.record();
                 return touched;
             }
         };
@@ -356,6 +396,7 @@ impl StatusBoard {
                 }
             }
         });
+        self.record();
         live.len()
     }
 }

@@ -12,8 +12,13 @@ use crate::backoff::Backoff;
 /// default `http://127.0.0.1:2379`).
 pub const ENDPOINTS_ENV: &str = "ETCD_ENDPOINTS";
 
-/// The environment variable that sets the lease TTL in seconds; it wins over the builder.
+/// The environment variable that sets the lease TTL in seconds; it wins over the builder and
+/// over [`KITEX_LEASE_TTL_ENV`].
 pub const LEASE_TTL_ENV: &str = "REGISTRY_LEASE_TTL";
+
+/// Kitex's variable for the lease TTL in seconds (`kitex-contrib/registry-etcd`), honoured when
+/// [`LEASE_TTL_ENV`] is not set; it wins over the builder.
+pub const KITEX_LEASE_TTL_ENV: &str = "KITEX_ETCD_REGISTRY_LEASE_TTL";
 
 /// Why an [`EtcdConfig`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +30,14 @@ pub enum EtcdConfigError {
     /// The lease TTL is too short to keep alive.
     #[error("lease TTL {0}s is too short; use at least 2 seconds")]
     TtlTooShort(i64),
-    /// `REGISTRY_LEASE_TTL` is not a number of seconds.
-    #[error("{LEASE_TTL_ENV} = `{0}` is not a whole number of seconds")]
-    BadTtlEnv(String),
+    /// `REGISTRY_LEASE_TTL` (or `KITEX_ETCD_REGISTRY_LEASE_TTL`) is not a number of seconds.
+    #[error("{variable} = `{value}` is not a whole number of seconds")]
+    BadTtlEnv {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// A TLS file could not be read.
     #[error("cannot read TLS file {path}: {source}")]
     TlsFile {
@@ -264,14 +274,18 @@ impl EtcdConfig {
         self
     }
 
-    /// The TTL in whole seconds, `REGISTRY_LEASE_TTL` first.
+    /// The TTL in whole seconds: `REGISTRY_LEASE_TTL`, else `KITEX_ETCD_REGISTRY_LEASE_TTL`, else
+    /// the builder's.
     pub(crate) fn effective_ttl(&self) -> Result<i64, EtcdConfigError> {
-        let ttl = match std::env::var(LEASE_TTL_ENV) {
-            Ok(value) => value
+        let from_env = [LEASE_TTL_ENV, KITEX_LEASE_TTL_ENV]
+            .into_iter()
+            .find_map(|variable| std::env::var(variable).ok().map(|value| (variable, value)));
+        let ttl = match from_env {
+            Some((variable, value)) => value
                 .trim()
                 .parse::<i64>()
-                .map_err(|_| EtcdConfigError::BadTtlEnv(value))?,
-            Err(_) => self.lease_ttl.as_secs() as i64,
+                .map_err(|_| EtcdConfigError::BadTtlEnv { variable, value })?,
+            None => self.lease_ttl.as_secs() as i64,
         };
         if ttl < 2 {
             return Err(EtcdConfigError::TtlTooShort(ttl));

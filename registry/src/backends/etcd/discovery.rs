@@ -313,6 +313,8 @@ impl EtcdDiscovery {
 
 #[async_trait]
 impl Source for EtcdDiscovery {
+    const BACKEND: &'static str = "etcd";
+
     type Cursor = Cursor;
 
     async fn open(&self, service: &str) -> Result<(Cursor, Entries), DiscoveryError> {

@@ -64,18 +64,25 @@ impl KeepAlive {
             let mut tick = tokio::time::interval_at(Instant::now() + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_ack = Instant::now();
+            let mut sent_at: Option<Instant> = None;
             let cause = loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         if last_ack.elapsed() >= ttl {
                             break format!("no keep-alive answer for {ttl:?}; the lease has expired");
                         }
+                        sent_at = Some(Instant::now());
                         if let Err(err) = keeper.keep_alive().await {
                             break format!("keep-alive request failed: {err}");
                         }
                     }
                     message = stream.message() => match message {
-                        Ok(Some(response)) if response.ttl() > 0 => last_ack = Instant::now(),
+                        Ok(Some(response)) if response.ttl() > 0 => {
+                            last_ack = Instant::now();
+                            if let Some(sent) = sent_at.take() {
+                                crate::metrics::keepalive("etcd", sent.elapsed());
+                            }
+                        }
                         Ok(Some(_)) => break "etcd reports the lease expired or unknown".into(),
                         Ok(None) => break "the keep-alive stream ended".into(),
                         Err(err) => break format!("the keep-alive stream failed: {err}"),

@@ -11,7 +11,7 @@ mod lease;
 mod registry;
 mod wire;
 
-pub use config::{EtcdConfig, EtcdConfigError, ENDPOINTS_ENV, LEASE_TTL_ENV};
+pub use config::{EtcdConfig, EtcdConfigError, ENDPOINTS_ENV, KITEX_LEASE_TTL_ENV, LEASE_TTL_ENV};
 pub use discovery::EtcdDiscovery;
 pub use registry::EtcdRegistry;
 pub use wire::DEFAULT_PREFIX;

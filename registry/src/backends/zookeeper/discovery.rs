@@ -222,6 +222,8 @@ impl ZookeeperDiscovery {
 
 #[async_trait]
 impl Source for ZookeeperDiscovery {
+    const BACKEND: &'static str = "zookeeper";
+
     type Cursor = Cursor;
 
     async fn open(&self, service: &str) -> Result<(Cursor, Entries), DiscoveryError> {
