@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::error::Error;
+use std::sync::Arc;
 
 use service_registry::{service, Registrar, Registry, ServiceStatus};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -40,10 +41,20 @@ pub fn init_logging() {
 /// Serves both services on `LISTEN_ADDR` (default `0.0.0.0:0`) until SIGINT/SIGTERM, printing
 /// `registered <service> at <host:port>` once each is registered in `registry`.
 pub async fn serve_example_services(registry: impl Registry) -> Result<(), Box<dyn Error>> {
+    serve_example_services_in(vec![Arc::new(registry)]).await
+}
+
+/// [`serve_example_services`] registering into every registry of `registries` at once (the
+/// `registered` line appears once a service is registered in all of them).
+pub async fn serve_example_services_in(
+    registries: Vec<Arc<dyn Registry>>,
+) -> Result<(), Box<dyn Error>> {
     let listen = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "0.0.0.0:0".into());
     let listener = TcpListener::bind(&listen).await?;
-    let registrar = Registrar::builder()
-        .registry(registry)
+    let builder = registries
+        .into_iter()
+        .fold(Registrar::builder(), |b, r| b.shared_registry(r));
+    let registrar = builder
         .listen_addr(listener.local_addr()?)
         .only(["example.echo", "example.shout"])
         .build()?;
