@@ -402,3 +402,50 @@ async fn unspecified_listen_address_is_advertised_as_this_hosts_address() {
         "{advertised} is not an address of this host: {interfaces:?}"
     );
 }
+
+/// `HealthCheck::tcp` connects to the advertised address: a listener that answers keeps the
+/// service registered; an address nobody listens on withdraws it.
+#[tokio::test]
+async fn tcp_health_check_probes_the_advertised_address() {
+    let check = || {
+        service_registry::HealthCheck::tcp()
+            .interval(Duration::from_millis(50))
+            .failure_threshold(2)
+    };
+    let registry = service_registry::MemoryRegistry::new();
+    let up = Running::start_with(|b| {
+        b.registry(registry.clone())
+            .only(["reg.echo"])
+            .health_check(check())
+    })
+    .await;
+    up.registered(Duration::from_secs(5)).await;
+
+    // A port that was just bound and released: nothing listens there.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = Running::start_with(|b| {
+        b.registry(service_registry::MemoryRegistry::new())
+            .only(["reg.echo"])
+            .advertise_addr(dead)
+            .health_check(check())
+    })
+    .await;
+    poll::until(Duration::from_secs(5), "withdrawn as unhealthy", || async {
+        match down.status.get("reg.echo") {
+            Some(ServiceStatus::Unhealthy { reason }) if reason.contains("cannot connect") => {
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
+    // Many checks later the reachable one is still registered.
+    assert_eq!(up.status.get("reg.echo"), Some(ServiceStatus::Registered));
+    assert_eq!(registry.resolve("reg.echo").await.unwrap().len(), 1);
+    down.stop().await;
+    up.stop().await;
+}
