@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_registry::{Discovery, HealthCheck, MemoryRegistry, ServiceStatus};
+use service_registry::{Discovery, HealthCheck, MemoryRegistry, ServiceStatus, WatchStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -49,6 +49,16 @@ async fn resolves_to(backend: &str, discovery: &dyn Discovery, want: usize) {
         },
     )
     .await
+}
+
+/// A watch on [`SERVICE`] read until it lists the instance.
+async fn watch_registered(name: &str, discovery: &dyn Discovery) -> WatchStream {
+    let mut stream = watch(name, discovery, SERVICE).await;
+    let mut change = next_change(name, &mut stream, "the snapshot").await;
+    while change.all.is_empty() {
+        change = next_change(name, &mut stream, "the instance").await;
+    }
+    stream
 }
 
 /// Nothing is registered before the readiness gate passes; the server answers meanwhile; once
@@ -216,11 +226,7 @@ pub async fn take_out_and_put_back_while_serving(backend: &mut dyn Backend) {
     let discovery = backend.discovery().await;
     let running = Running::start_with(|b| b.shared_registry(registry).only([SERVICE])).await;
     running.registered(SHOWS).await;
-    let mut stream = watch(name, discovery.as_ref(), SERVICE).await;
-    let mut change = next_change(name, &mut stream, "the snapshot").await;
-    while change.all.is_empty() {
-        change = next_change(name, &mut stream, "the instance").await;
-    }
+    let mut stream = watch_registered(name, discovery.as_ref()).await;
 
     running.control.take_out(SERVICE).unwrap();
     let change = next_change(name, &mut stream, "the removal").await;
@@ -260,11 +266,7 @@ pub async fn live_changes_are_updates(backend: &mut dyn Backend) {
     let discovery = backend.discovery().await;
     let running = Running::start_with(|b| b.shared_registry(registry).only([SERVICE])).await;
     running.registered(SHOWS).await;
-    let mut stream = watch(name, discovery.as_ref(), SERVICE).await;
-    let mut change = next_change(name, &mut stream, "the snapshot").await;
-    while change.all.is_empty() {
-        change = next_change(name, &mut stream, "the instance").await;
-    }
+    let mut stream = watch_registered(name, discovery.as_ref()).await;
 
     running.control.set_weight(SERVICE, 55).unwrap();
     let change = next_change(name, &mut stream, "the new weight").await;

@@ -47,21 +47,7 @@ async fn call<F>(
 where
     F: std::future::Future<Output = Result<(), RegistryError>>,
 {
-    let result = bounded(what, service, timeout, call).await;
-    crate::metrics::call(what == "deregister", registry, service, result.is_ok());
-    result
-}
-
-async fn bounded<F>(
-    what: &str,
-    service: &str,
-    timeout: Duration,
-    call: F,
-) -> Result<(), RegistryError>
-where
-    F: std::future::Future<Output = Result<(), RegistryError>>,
-{
-    match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
+    let result = match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(RegistryError::Backend {
             backend: "registry",
@@ -75,7 +61,9 @@ where
             service: service.to_string(),
             timeout,
         }),
-    }
+    };
+    crate::metrics::call(what == "deregister", registry, service, result.is_ok());
+    result
 }
 
 /// Sleeps `delay`, or less when the backend reports that it is healthy again (it changed while
