@@ -20,6 +20,7 @@
 //!     .registry(registry.clone())
 //!     .listen_addr(listener.local_addr()?)
 //!     .only(["crate-doc-echo"])
+//!     .drain_delay(std::time::Duration::ZERO) // no remote clients here; the default waits 6 s
 //!     .shutdown_signal(async { let _ = stopped.await; })
 //!     .build()?;
 //! let status = registrar.status();

@@ -218,6 +218,7 @@ impl StatusHandle {
     /// # let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     /// # let registrar = Registrar::builder().registry(MemoryRegistry::new())
     /// #     .listen_addr("127.0.0.1:9".parse().unwrap()).only(["wait-doc"])
+    /// #     .drain_delay(std::time::Duration::ZERO)
     /// #     .shutdown_signal(async { let _ = stopped.await; }).build().unwrap();
     /// let status = registrar.status();
     /// let run = tokio::spawn(registrar.serve(|_shutdown| async { std::future::pending::<std::io::Result<()>>().await }));
