@@ -1,9 +1,9 @@
-//! Turning `zookeeper_client` errors into the crate's error types.
+//! Turning `zookeeper_client` errors into the crate's error types, and running one call.
 
 use std::future::Future;
 use std::time::Duration;
 
-use zookeeper_client::Error as ZkError;
+use zookeeper_client::{Client, Error as ZkError, SessionState};
 
 use super::config::ZookeeperConfig;
 use crate::backends::call::bounded_call;
@@ -70,4 +70,67 @@ pub(crate) async fn bounded<T>(
 /// The error for a call that got no answer within `limit`.
 pub(crate) fn timed_out(config: &ZookeeperConfig, limit: Duration) -> RegistryError {
     crate::backends::call::timed_out(BACKEND, &config.connect, limit)
+}
+
+/// The error for a request not made, or given up, because the session is not connected.
+pub(crate) fn not_connected(config: &ZookeeperConfig) -> RegistryError {
+    RegistryError::Unavailable {
+        backend: BACKEND,
+        endpoint: config.connect.clone(),
+        source: shared("not connected to ZooKeeper (the session is reconnecting or gone)"),
+    }
+}
+
+/// Makes one request on `client` (`call` sends it) only while its session is connected, and
+/// gives up on it as soon as the connection drops, within `limit` in any case. The outer error
+/// says no answer came (not connected, disconnected meanwhile, or out of time); the inner result
+/// is the server's answer.
+///
+/// The client queues what is asked of it while disconnected until it reconnects, which for a
+/// session the server no longer accepts never happens: such a request would hold its caller for
+/// all of `limit` (the session task, and with it everything behind it). A request given up here
+/// may still reach the server if the session reconnects; every caller's writes are idempotent
+/// (creates check what exists, deletes accept `NoNode`).
+pub(crate) async fn while_connected<T, E, Fut>(
+    client: &Client,
+    config: &ZookeeperConfig,
+    limit: Duration,
+    call: impl FnOnce() -> Fut,
+) -> Result<Result<T, E>, RegistryError>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    // Subscribe first: a change after the check below wakes the select.
+    let mut states = client.state_watcher();
+    if client.state() != SessionState::SyncConnected {
+        return Err(not_connected(config));
+    }
+    let call = tokio::time::timeout(limit, call());
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            biased;
+            answer = &mut call => return answer.map_err(|_| timed_out(config, limit)),
+            state = states.changed() => {
+                if state != SessionState::SyncConnected {
+                    return Err(not_connected(config));
+                }
+            }
+        }
+    }
+}
+
+/// [`while_connected`] with the server's refusal mapped too.
+pub(crate) async fn request<T, Fut>(
+    client: &Client,
+    config: &ZookeeperConfig,
+    limit: Duration,
+    call: impl FnOnce() -> Fut,
+) -> Result<T, RegistryError>
+where
+    Fut: Future<Output = Result<T, ZkError>>,
+{
+    while_connected(client, config, limit, call)
+        .await?
+        .map_err(|err| registry_error(config, err))
 }

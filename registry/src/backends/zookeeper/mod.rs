@@ -5,7 +5,9 @@
 mod config;
 mod discovery;
 mod error;
+mod guard;
 mod registry;
+mod sentinel;
 mod session;
 mod wire;
 

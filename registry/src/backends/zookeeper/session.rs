@@ -3,21 +3,25 @@
 //!
 //! One task owns the client and the live set; [`ZookeeperRegistry`](super::ZookeeperRegistry)
 //! handles talk to it through a channel, so concurrent registrations are created together in
-//! multi-ops.
+//! multi-ops. Beside it, per session: the [`Guard`]'s tasks watch our directories (anti-entropy)
+//! and the [`Sentinel`] notices a session the server no longer holds. Every request the task
+//! makes gives up as soon as the session disconnects ([`while_connected`]), so its loop is never
+//! held up by a connection that is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use zookeeper_client::{
-    Acl, Acls, AddWatchMode, Client, CreateMode, CreateOptions, Error as ZkError, EventType,
-    Permission, SessionInfo, SessionState, StateWatcher, WatchedEvent,
+    Acl, Acls, Client, CreateMode, CreateOptions, Error as ZkError, Permission, SessionInfo,
+    SessionState, StateWatcher,
 };
 
 use super::config::ZookeeperConfig;
-use super::error::{bounded, registry_error, timed_out};
+use super::error::{bounded, registry_error, request, while_connected};
+use super::guard::Guard;
+use super::sentinel::Sentinel;
 use crate::backends::handle::{Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::registry::shared;
@@ -86,73 +90,6 @@ fn is_connection_error(err: &RegistryError) -> bool {
     matches!(err, RegistryError::Unavailable { .. })
 }
 
-/// Watches over the directories of our nodes within one session and forwards their events, so
-/// that a node of ours deleted or overwritten by someone else is seen and restored. Its tasks
-/// end when it is dropped (with the session).
-struct Guard {
-    sender: mpsc::UnboundedSender<WatchedEvent>,
-    events: mpsc::UnboundedReceiver<WatchedEvent>,
-    dirs: BTreeMap<String, tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for task in self.dirs.values() {
-            task.abort();
-        }
-    }
-}
-
-impl Guard {
-    fn new() -> Self {
-        let (sender, events) = mpsc::unbounded_channel();
-        Self {
-            sender,
-            events,
-            dirs: BTreeMap::new(),
-        }
-    }
-
-    /// Watches every directory in `dirs` not watched yet (one persistent recursive watch each).
-    async fn cover(&mut self, client: &Client, config: &ZookeeperConfig, dirs: &BTreeSet<String>) {
-        for dir in dirs {
-            if self.dirs.contains_key(dir) {
-                continue;
-            }
-            let watch = client.watch(dir, AddWatchMode::PersistentRecursive);
-            let mut watcher = match bounded(config, config.request_timeout, watch).await {
-                Ok(watcher) => watcher,
-                Err(err) => {
-                    tracing::debug!(dir, error = %err, "cannot watch a directory of ours yet; retrying later");
-                    return;
-                }
-            };
-            let sender = self.sender.clone();
-            let task = tokio::spawn(async move {
-                loop {
-                    let event = watcher.changed().await;
-                    if event.event_type == EventType::Session && event.session_state.is_terminated()
-                    {
-                        return;
-                    }
-                    if sender.send(event).is_err() {
-                        return;
-                    }
-                }
-            });
-            self.dirs.insert(dir.clone(), task);
-        }
-    }
-
-    async fn next(&mut self) -> WatchedEvent {
-        match self.events.recv().await {
-            Some(event) => event,
-            // Cannot happen: the guard holds a sender itself.
-            None => std::future::pending().await,
-        }
-    }
-}
-
 pub(crate) struct Session {
     config: ZookeeperConfig,
     /// Every registration this process holds, and the removals not yet confirmed.
@@ -165,6 +102,8 @@ pub(crate) struct Session {
     current: Arc<Mutex<Option<SessionInfo>>>,
     /// Parent paths known to exist in this session.
     parents: BTreeSet<String>,
+    /// Parents created since the guard last looked: their directories are watched next.
+    fresh_parents: Vec<String>,
 }
 
 enum Step {
@@ -189,6 +128,7 @@ impl Session {
             commands,
             current,
             parents: BTreeSet::new(),
+            fresh_parents: Vec::new(),
         }
     }
 
@@ -267,6 +207,7 @@ impl Session {
         // Subscribe before anything else, so no state change of this session can be missed.
         let states = client.state_watcher();
         self.parents.clear();
+        self.fresh_parents.clear();
         let absorbed = absorb_queued(&mut self.commands, &mut self.live);
         if let Some(done) = absorbed.close {
             self.close(&client).await;
@@ -364,9 +305,11 @@ impl Session {
             .filter(|p| !self.parents.contains(p))
             .collect();
         // Parents and multi-ops are pipelined: sent together, answered in order.
-        let mkdirs = needed
-            .iter()
-            .map(|dir| bounded(&self.config, limit, client.mkdir(dir, &parent_options)));
+        let mkdirs = needed.iter().map(|dir| {
+            request(client, &self.config, limit, || {
+                client.mkdir(dir, &parent_options)
+            })
+        });
         let mut failed_dirs = BTreeMap::new();
         for (dir, result) in needed
             .iter()
@@ -375,6 +318,7 @@ impl Session {
             match result {
                 Ok(()) => {
                     self.parents.insert(dir.clone());
+                    self.fresh_parents.push(dir.clone());
                 }
                 Err(err) => {
                     failed_dirs.insert(dir.clone(), err);
@@ -388,6 +332,7 @@ impl Session {
             .collect();
         let chunks: Vec<&[&(String, Vec<u8>)]> =
             creatable.chunks(self.config.max_multi_ops.max(1)).collect();
+        let config = &self.config;
         let commits = chunks.iter().map(|chunk| {
             let options = &options;
             async move {
@@ -398,7 +343,7 @@ impl Session {
                     }
                 }
                 matches!(
-                    tokio::time::timeout(limit, writer.commit()).await,
+                    while_connected(client, config, limit, || writer.commit()).await,
                     Ok(Ok(_))
                 )
             }
@@ -437,18 +382,19 @@ impl Session {
         data: &[u8],
         options: &CreateOptions<'_>,
     ) -> Result<(), RegistryError> {
-        let limit = self.config.request_timeout;
+        let (config, limit) = (&self.config, self.config.request_timeout);
         for _ in 0..3 {
-            match tokio::time::timeout(limit, client.create(path, data, options)).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(ZkError::NodeExists)) => {}
-                Ok(Err(err)) => return Err(registry_error(&self.config, err)),
-                Err(_) => return Err(timed_out(&self.config, limit)),
+            match while_connected(client, config, limit, || client.create(path, data, options))
+                .await?
+            {
+                Ok(_) => return Ok(()),
+                Err(ZkError::NodeExists) => {}
+                Err(err) => return Err(registry_error(config, err)),
             }
-            let stat = bounded(&self.config, limit, client.check_stat(path)).await?;
+            let stat = request(client, config, limit, || client.check_stat(path)).await?;
             match stat {
                 Some(stat) if stat.ephemeral_owner == client.session_id().0 => {
-                    return bounded(&self.config, limit, client.set_data(path, data, None))
+                    return request(client, config, limit, || client.set_data(path, data, None))
                         .await
                         .map(|_| ());
                 }
@@ -458,12 +404,13 @@ impl Session {
                         owner = stat.ephemeral_owner,
                         "replacing a node left by an earlier session"
                     );
-                    match tokio::time::timeout(limit, client.delete(path, Some(stat.version))).await
+                    let version = Some(stat.version);
+                    match while_connected(client, config, limit, || client.delete(path, version))
+                        .await?
                     {
                         // Gone or changed meanwhile: create again.
-                        Ok(Ok(())) | Ok(Err(ZkError::NoNode)) | Ok(Err(ZkError::BadVersion)) => {}
-                        Ok(Err(err)) => return Err(registry_error(&self.config, err)),
-                        Err(_) => return Err(timed_out(&self.config, limit)),
+                        Ok(()) | Err(ZkError::NoNode) | Err(ZkError::BadVersion) => {}
+                        Err(err) => return Err(registry_error(config, err)),
                     }
                 }
                 None => {}
@@ -484,25 +431,29 @@ impl Session {
             self.live.owner_pending();
             return;
         }
-        let limit = self.config.request_timeout;
-        for path in self.live.doomed_keys() {
-            match tokio::time::timeout(limit, client.delete(&path, None)).await {
-                Ok(Ok(())) | Ok(Err(ZkError::NoNode)) => self.live.deleted(&path),
+        let (config, limit) = (&self.config, self.config.request_timeout);
+        let paths = self.live.doomed_keys();
+        // Pipelined: sent together, answered in order.
+        let deletes = paths
+            .iter()
+            .map(|path| while_connected(client, config, limit, move || client.delete(path, None)));
+        let results = futures_util::future::join_all(deletes).await;
+        for (path, result) in paths.iter().zip(results) {
+            match result {
+                Ok(Ok(())) | Ok(Err(ZkError::NoNode)) => self.live.deleted(path),
                 Ok(Err(err)) => {
                     let refused = matches!(
                         err,
                         ZkError::NoAuth | ZkError::NotEmpty | ZkError::BadArguments(_)
                     );
                     let err = registry_error(&self.config, err);
-                    self.live.delete_failed(&path, &err);
+                    self.live.delete_failed(path, &err);
                     if refused {
                         tracing::warn!(path, error = %err, "ZooKeeper refuses to delete this node; giving up on it");
-                        self.live.deleted(&path);
+                        self.live.deleted(path);
                     }
                 }
-                Err(_) => self
-                    .live
-                    .delete_failed(&path, &timed_out(&self.config, limit)),
+                Err(err) => self.live.delete_failed(path, &err),
             }
         }
     }
@@ -511,21 +462,22 @@ impl Session {
     async fn serve(&mut self, client: &Client, mut states: StateWatcher) -> Step {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // While disconnected, how often to check whether the server still knows our session.
-        let mut probe = tokio::time::interval(Duration::from_millis(200));
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut disconnected_since: Option<Instant> = None;
-        let mut guard = Guard::new();
-        // The state may have changed between connecting and now.
-        let mut state = client.state();
+        let mut disconnected = false;
+        let mut guard = Guard::new(client, &self.config);
+        let (witness, witnessed) = watch::channel(None);
+        let mut sentinel = Sentinel::spawn(client, &self.config, witnessed);
         loop {
-            if state == SessionState::SyncConnected && guard.dirs.len() < self.parents.len() {
-                guard.cover(client, &self.config, &self.parents).await;
+            // The client's own state, not the last change seen: it may have changed between
+            // connecting and now, or while this loop was busy.
+            let state = client.state();
+            if !self.fresh_parents.is_empty() {
+                guard.cover(self.fresh_parents.drain(..));
             }
+            self.show_witness(&witness);
             match state {
                 SessionState::Disconnected => {
-                    if disconnected_since.is_none() {
-                        disconnected_since = Some(Instant::now());
+                    if !disconnected {
+                        disconnected = true;
                         let _ = self.health.send(Health::Recovering {
                             attempt: 0,
                             last_error: "disconnected from ZooKeeper; reconnecting within the session timeout".into(),
@@ -533,11 +485,13 @@ impl Session {
                     }
                 }
                 SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                    if disconnected_since.take().is_some() {
+                    if disconnected {
+                        disconnected = false;
                         // What failed while disconnected is done now, not at the next tick.
                         self.delete_doomed(client).await;
                         self.write_unwritten(client).await;
                         let _ = self.health.send(Health::Healthy);
+                        continue;
                     }
                 }
                 SessionState::Expired => return Step::Lost("the session expired".into()),
@@ -554,21 +508,15 @@ impl Session {
                         return step;
                     }
                 }
-                new_state = states.changed() => state = new_state,
+                // Read again at the top of the loop.
+                _ = states.changed() => {}
                 event = guard.next() => {
-                    if matches!(event.event_type, EventType::NodeDeleted | EventType::NodeDataChanged)
-                        && self.live.contains(&event.path)
-                        && !self.unwritten.contains(&event.path)
-                    {
+                    if self.live.contains(&event.path) && !self.unwritten.contains(&event.path) {
                         self.restore(client, &event.path).await;
                     }
                 }
-                _ = probe.tick(), if disconnected_since.is_some() => {
-                    if let Some(fresh) = self.session_refused(client).await {
-                        return Step::Replaced(fresh);
-                    }
-                }
-                _ = retry.tick(), if disconnected_since.is_none() && (self.live.has_doomed() || !self.unwritten.is_empty()) => {
+                fresh = sentinel.refused() => return Step::Replaced(fresh),
+                _ = retry.tick(), if !disconnected && (self.live.has_doomed() || !self.unwritten.is_empty()) => {
                     self.delete_doomed(client).await;
                     self.write_unwritten(client).await;
                 }
@@ -576,37 +524,17 @@ impl Session {
         }
     }
 
-    /// While our session is disconnected: if ZooKeeper answers a new session and no longer
-    /// holds ours (our nodes are gone or owned by another session, as after a restart without
-    /// its data, which refuses our session id), our client would only keep retrying until the
-    /// session timeout. Returns the new session to start over with at once.
-    async fn session_refused(&self, client: &Client) -> Option<Client> {
-        let probe = self
-            .config
-            .clone()
-            .connect_timeout(self.config.connect_timeout.min(Duration::from_millis(500)));
-        let fresh = match tokio::time::timeout(Duration::from_secs(1), connect(&probe)).await {
-            Ok(Ok(fresh)) => fresh,
-            _ => return None,
-        };
-        let ours = client.session_id().0;
-        let sample = self.live.keys().next().cloned();
-        let gone = match sample {
-            None => true,
-            Some(path) => match bounded(
-                &self.config,
-                self.config.request_timeout,
-                fresh.check_stat(&path),
-            )
-            .await
-            {
-                Ok(Some(stat)) => stat.ephemeral_owner != ours,
-                Ok(None) => true,
-                Err(_) => false,
-            },
-        };
-        // Ours may have reconnected meanwhile.
-        (gone && client.state() == SessionState::Disconnected).then_some(fresh)
+    /// Tells the sentinel which node shows that this session still holds our registrations: one
+    /// it wrote and keeps (`None` while there is none).
+    fn show_witness(&self, witness: &watch::Sender<Option<String>>) {
+        let sample = self.live.keys().find(|k| !self.unwritten.contains(*k));
+        witness.send_if_modified(|shown| {
+            if shown.as_ref() == sample {
+                return false;
+            }
+            *shown = sample.cloned();
+            true
+        });
     }
 
     /// Puts `path` back as we registered it, unless it already is (our own writes show up as
@@ -616,7 +544,7 @@ impl Session {
             return;
         };
         let limit = self.config.request_timeout;
-        match tokio::time::timeout(limit, client.get_data(path)).await {
+        match while_connected(client, &self.config, limit, || client.get_data(path)).await {
             Ok(Ok((current, stat)))
                 if stat.ephemeral_owner == client.session_id().0 && current == data =>
             {
@@ -751,11 +679,13 @@ impl Session {
                 .cloned()
                 .chain(self.live.doomed_keys())
                 .collect();
-            let deletes = paths.iter().map(|path| client.delete(path, None));
-            if tokio::time::timeout(limit, futures_util::future::join_all(deletes))
-                .await
-                .is_err()
-            {
+            let deletes = paths.iter().map(|path| {
+                while_connected(client, &self.config, limit, move || {
+                    client.delete(path, None)
+                })
+            });
+            let results = futures_util::future::join_all(deletes).await;
+            if results.iter().any(Result::is_err) {
                 tracing::warn!(
                     ?limit,
                     "could not delete every node at close; closing the session removes them"
