@@ -483,6 +483,9 @@ impl Balancer {
             return;
         }
         let snapshot = self.inner.snapshot.load();
+        if outcome == Outcome::Success && snapshot.health.is_none() {
+            return; // a clean set has nothing to reset
+        }
         let Some(i) = snapshot.position(addr) else {
             return;
         };

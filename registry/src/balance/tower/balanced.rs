@@ -22,8 +22,8 @@ use crate::discovery::Instance;
 /// [`RetryPolicy`](super::RetryPolicy) to send failed calls elsewhere.
 ///
 /// Always ready: readiness is the picked instance's, awaited inside the call. Cheap to clone
-/// (clones share the per-address services). A service whose address leaves the set is dropped
-/// once the cache holds twice as many services as the set has instances.
+/// (clones share the per-address services). Services of addresses that left the set are
+/// dropped when a new one is made while the cache holds more than twice the set (plus 16).
 ///
 /// ```
 /// use std::convert::Infallible;
