@@ -1,32 +1,38 @@
 //! Three tonic greeter servers, each an annotated `#[service]` registered through its own
 //! `Registrar` (weights 10, 20, 30), and a client that finds them only through discovery and
-//! spreads calls by weight with the crate's `Balancer`. Then one server stops gracefully and
-//! another is killed while calls keep flowing.
+//! spreads calls by weight with the crate's `Balancer`, as a tower stack: `Balanced` picks an
+//! instance and reports each outcome (outlier ejection), `RetryPolicy` sends a failed call to
+//! another instance. Then one server stops gracefully and another is killed while calls keep
+//! flowing.
 //!
 //! ```text
 //! cargo run -p examples --example tonic_greeter
 //! ETCD_ENDPOINTS=http://127.0.0.1:2379 cargo run -p examples --features etcd --example tonic_greeter
 //! ```
 //!
-//! Exits 0 when the spread follows the weights (±5 points), the graceful stop cost no call, and
-//! the kill cost at most the calls in flight at that moment.
+//! Exits 0 when the spread follows the weights (±5 points), the graceful stop cost no call, the
+//! kill cost at most the calls in flight at that moment (with retries: none so far), and the
+//! killed server was ejected.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::error::Error;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use service_registry::balance::{Balancer, Strategy};
+use service_registry::balance::{
+    Balanced, Balancer, Call, CallError, Outcome, OutlierDetection, RetryPolicy, Strategy,
+};
 use service_registry::{
-    service, Discovery, InfoOverride, Registrar, RegistrarError, Registry, ServiceStatus,
+    service, Discovery, InfoOverride, Instance, Registrar, RegistrarError, Registry, ServiceStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::transport::Endpoint;
+use tonic::{Code, Request, Response, Status};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 mod proto {
     tonic::include_proto!("greeter");
@@ -101,66 +107,74 @@ async fn start_server(
     })
 }
 
-/// Calls through discovery: picks by weight, reuses one channel per instance, and retries on
-/// another instance when one cannot be reached (the request never got there).
+/// One greeter instance as a tower service: a lazily connected tonic channel, one second per
+/// attempt.
+fn greeter_at(
+    instance: &Instance,
+) -> impl tower::Service<HelloRequest, Response = HelloReply, Error = BoxError, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    let channel = Endpoint::from_shared(format!("http://{}", instance.addr))
+        .expect("an address makes a valid URI")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+    let client = GreeterClient::new(channel);
+    ServiceBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .service_fn(move |request: HelloRequest| {
+            let mut client = client.clone();
+            async move { client.say_hello(request).await.map(Response::into_inner) }
+        })
+}
+
+/// Which errors count against an instance: transport failures, timeouts and server faults do;
+/// a status that is the caller's own (`InvalidArgument`, `NotFound`, ...) does not. This
+/// client never cancels a call, so `Cancelled` means the connection closed under it.
+fn instance_fault(result: Result<&HelloReply, &BoxError>) -> Outcome {
+    let Err(err) = result else {
+        return Outcome::Success;
+    };
+    match err.downcast_ref::<Status>().map(Status::code) {
+        Some(
+            Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::Cancelled,
+        )
+        | None => Outcome::Failure,
+        Some(_) => Outcome::Success,
+    }
+}
+
+/// The client: calls through discovery, picking by weight, never an ejected instance, and
+/// retrying a failed call once or twice on another instance (`SayHello` is idempotent).
+#[derive(Clone)]
 struct Client {
     balancer: Balancer,
-    channels: Mutex<HashMap<SocketAddr, GreeterClient<Channel>>>,
+    service: BoxCloneSyncService<Call<HelloRequest>, HelloReply, CallError>,
 }
 
 impl Client {
-    fn channel(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<GreeterClient<Channel>, Box<dyn Error + Send + Sync>> {
-        let mut channels = self.channels.lock().map_err(|_| "channel cache poisoned")?;
-        if let Some(client) = channels.get(&addr) {
-            return Ok(client.clone());
+    fn new(balancer: Balancer) -> Self {
+        let service = ServiceBuilder::new()
+            .retry(RetryPolicy::new())
+            .service(Balanced::new(balancer.clone(), greeter_at).classify(instance_fault));
+        Self {
+            balancer,
+            service: BoxCloneSyncService::new(service),
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        let client = GreeterClient::new(channel);
-        channels.insert(addr, client.clone());
-        Ok(client)
     }
 
-    async fn say_hello(&self, name: &str) -> Result<HelloReply, Box<dyn Error + Send + Sync>> {
-        let mut unreachable = HashSet::new();
-        loop {
-            let candidates = self.balancer.instances().len();
-            // Pick by weight; after a few picks of unreachable instances, take any other one.
-            let instance = (0..8)
-                .filter_map(|_| self.balancer.pick())
-                .find(|i| !unreachable.contains(&i.addr))
-                .or_else(|| {
-                    self.balancer
-                        .instances()
-                        .into_iter()
-                        .find(|i| !unreachable.contains(&i.addr))
-                })
-                .ok_or("no reachable greeter instance")?;
-            let mut client = self.channel(instance.addr)?;
-            match client
-                .say_hello(HelloRequest {
-                    name: name.to_string(),
-                })
-                .await
-            {
-                Ok(reply) => return Ok(reply.into_inner()),
-                Err(status)
-                    if status.code() == tonic::Code::Unavailable
-                        && unreachable.len() + 1 < candidates =>
-                {
-                    self.channels
-                        .lock()
-                        .map_err(|_| "channel cache poisoned")?
-                        .remove(&instance.addr);
-                    unreachable.insert(instance.addr);
-                }
-                Err(status) => return Err(status.into()),
-            }
-        }
+    async fn say_hello(&self, name: &str) -> Result<HelloReply, CallError> {
+        let request = HelloRequest {
+            name: name.to_string(),
+        };
+        self.service
+            .clone()
+            .oneshot(Call::new(request).idempotent(true))
+            .await
     }
 }
 
@@ -221,16 +235,19 @@ async fn main() -> Result<(), Box<dyn Error>> {
         servers.push(start_server(registry.clone(), id, weight).await?);
     }
     let balancer = Balancer::builder(Strategy::WeightedRandom)
+        // 3 failures in a row take an instance out for 10 s (growing if it keeps failing).
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(3)
+                .base_ejection_time(Duration::from_secs(10)),
+        )
         .watch(discovery.as_ref(), "greeter")
         .await?;
     println!(
         "discovered {} greeter instances",
         balancer.instances().len()
     );
-    let client = Arc::new(Client {
-        balancer,
-        channels: Mutex::new(HashMap::new()),
-    });
+    let client = Arc::new(Client::new(balancer));
 
     // 1. The spread follows the weights.
     let total = 3000;
@@ -310,7 +327,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "kill of {}: {calls} calls, {errors} errors (at most 4 were in flight)",
         b.id
     );
-    let kill_ok = errors <= 4;
+    // Still registered (it never deregistered), but out of picking.
+    let ejected: Vec<String> = client
+        .balancer
+        .ejected()
+        .iter()
+        .map(|e| format!("{} for {:.1?}", e.addr, e.remaining))
+        .collect();
+    println!("ejected after the kill: {ejected:?}");
+    let kill_ok = errors <= 4 && ejected.len() == 1;
 
     for mut server in servers {
         if let Some(signal) = server.stop.take() {

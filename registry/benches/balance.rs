@@ -1,6 +1,7 @@
 //! Pick cost of each balancer for 10 / 100 / 1000 / 10 000 instances, next to
-//! `tower::balance::p2c` on the same instance set; the cost of a set change at 10 000
-//! instances; and pick throughput with 4 threads while the set changes 100 times a second.
+//! `tower::balance::p2c` on the same instance set (also with a tenth of the instances ejected);
+//! the cost of reporting an outcome; the cost of a set change at 10 000 instances; and pick
+//! throughput with 4 threads while the set changes 100 times a second.
 //!
 //! ```text
 //! cargo bench -p service-registry --bench balance
@@ -13,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use service_registry::balance::{Balancer, Strategy};
+use service_registry::balance::{Balancer, Outcome, OutlierDetection, Strategy};
 use service_registry::{Info, Instance};
 use tower::Service;
 
@@ -74,6 +75,16 @@ fn pick_latency(c: &mut Criterion) {
                 b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
             });
         }
+        // Every tenth instance ejected (for an hour: the whole run).
+        for (name, strategy) in STRATEGIES {
+            let balancer = ejecting(strategy, &set);
+            let mut rng = fastrand::Rng::with_seed(1);
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}_10pct_ejected"), n),
+                &n,
+                |b, _| b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng))),
+            );
+        }
         // tower's power-of-two-choices over the same addresses: poll_ready picks, call sends.
         let services: Vec<_> = set
             .iter()
@@ -93,6 +104,52 @@ fn pick_latency(c: &mut Criterion) {
             b.iter(|| {
                 assert!(matches!(p2c.poll_ready(&mut cx), Poll::Ready(Ok(()))));
                 std::hint::black_box(p2c.call(()))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A balancer over `set` with every tenth instance ejected for an hour.
+fn ejecting(strategy: Strategy, set: &[Instance]) -> Balancer {
+    let balancer = Balancer::builder(strategy)
+        .outlier_detection(
+            OutlierDetection::new()
+                .consecutive_failures(1)
+                .base_ejection_time(Duration::from_secs(3600)),
+        )
+        .build(set.to_vec());
+    for instance in set.iter().step_by(10) {
+        balancer.report(instance.addr, Outcome::Failure);
+    }
+    assert_eq!(balancer.ejected().len(), set.len().div_ceil(10));
+    balancer
+}
+
+/// `Balancer::report`: a success in a clean set (no health records kept: nothing to do); a
+/// success once records are kept (the streak is already 0: nothing written); and a failure
+/// followed by a success (two writes), which is what a flaky instance costs; never ejecting.
+fn report(c: &mut Criterion) {
+    let mut group = c.benchmark_group("report");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for n in [10, 10_000] {
+        let set = instances(n);
+        let balancer = Balancer::builder(Strategy::WeightedRandom).build(set.clone());
+        let addr = set[n / 3].addr;
+        group.bench_with_input(BenchmarkId::new("success_clean_set", n), &n, |b, _| {
+            b.iter(|| balancer.report(std::hint::black_box(addr), Outcome::Success))
+        });
+        // One failure elsewhere: records are kept from now on.
+        balancer.report(set[0].addr, Outcome::Failure);
+        group.bench_with_input(BenchmarkId::new("success", n), &n, |b, _| {
+            b.iter(|| balancer.report(std::hint::black_box(addr), Outcome::Success))
+        });
+        group.bench_with_input(BenchmarkId::new("failure_then_success", n), &n, |b, _| {
+            b.iter(|| {
+                balancer.report(std::hint::black_box(addr), Outcome::Failure);
+                balancer.report(std::hint::black_box(addr), Outcome::Success);
             })
         });
     }
@@ -119,8 +176,17 @@ fn rebuild(c: &mut Criterion) {
             Strategy::WeightedRandom,
             warming(n),
         )]);
-    for (name, strategy, set) in cases {
+    let with_health = (
+        "weighted_random_with_health",
+        Strategy::WeightedRandom,
+        instances(n),
+    );
+    for (name, strategy, set) in cases.chain([with_health]) {
         let balancer = Balancer::builder(strategy).build(set.clone());
+        if name.ends_with("with_health") {
+            // A failure kept on record: every rebuild copies the health records.
+            balancer.report(set[0].addr, Outcome::Failure);
+        }
         group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
             b.iter_batched(
                 || (set.clone(), balancer.instances()),
@@ -201,5 +267,5 @@ fn contended_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick_latency, rebuild, contended_throughput);
+criterion_group!(benches, pick_latency, report, rebuild, contended_throughput);
 criterion_main!(benches);

@@ -241,6 +241,10 @@ impl DiscoveryError {
 #[async_trait]
 pub trait Discovery: Send + Sync + 'static {
     /// The instances registered now.
+    ///
+    /// The etcd and ZooKeeper discoveries answer from a live watch on the same service when
+    /// they have one that is in sync (no round trip; as fresh as the watch), and read from the
+    /// registry otherwise.
     async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError>;
     /// The current set first (a [`Change::snapshot`]), then the changes; the stream ends only
     /// when the backend is dropped. Backends recover from broken watches by themselves (re-list

@@ -12,6 +12,13 @@
 //!    `grpc_server_msg_received_total{grpc_method="LeaseKeepAlive"}`), ours vs Kitex's.
 //! 3. Put → watch-notification latency, p50/p99: `EtcdDiscovery::watch` vs a raw etcd-client
 //!    watch, both watching while the same puts happen.
+//!
+//! Method: on a 2-core machine a single measurement of a 20 ms figure moves by a third from one
+//! run to the next, so 1. runs in rounds: round 0 warms etcd up and is printed but not counted,
+//! then every round runs each approach once, in an order that rotates from round to round, and
+//! the figures are the median of the counted rounds with their spread (lowest to highest, of
+//! each approach and of each per-round ratio). 3. splits its puts into rounds the same way.
+//! 2. counts messages, not time, and is measured once.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -129,113 +136,201 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+const ROUNDS: usize = 6;
+
+/// One round of 1.: each approach's time until all N are visible.
+#[derive(Clone, Copy, Debug, Default)]
+struct Round {
+    ours: Duration,
+    kitex_sequential: Duration,
+    kitex_concurrent: Duration,
+    floor: Duration,
+}
+
+async fn ours_register(config: &EtcdConfig, client: &mut Client, prefix: &str) -> Duration {
+    let registry = EtcdRegistry::new(config.clone()).unwrap();
+    let batch = infos(prefix);
+    let started = Instant::now();
+    let calls: Vec<_> = batch
+        .iter()
+        .map(|info| {
+            let registry = registry.clone();
+            let info = info.clone();
+            tokio::spawn(async move { registry.register(&info).await.unwrap() })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    wait_visible(client, &format!("kitex/registry-etcd/{prefix}"), N as i64).await;
+    let elapsed = started.elapsed();
+    registry.close().await;
+    elapsed
+}
+
+async fn kitex_sequential(client: &mut Client, prefix: &str) -> Duration {
+    let started = Instant::now();
+    let mut keepers = Vec::new();
+    for info in infos(prefix) {
+        keepers.push(kitex_register(client.clone(), info).await);
+    }
+    wait_visible(client, &format!("kitex/registry-etcd/{prefix}"), N as i64).await;
+    let elapsed = started.elapsed();
+    keepers.iter().for_each(|k| k.abort());
+    elapsed
+}
+
+async fn kitex_concurrent(client: &mut Client, prefix: &str) -> Duration {
+    let started = Instant::now();
+    let tasks: Vec<_> = infos(prefix)
+        .into_iter()
+        .map(|info| tokio::spawn(kitex_register(client.clone(), info)))
+        .collect();
+    let mut keepers = Vec::new();
+    for task in tasks {
+        keepers.push(task.await.unwrap());
+    }
+    wait_visible(client, &format!("kitex/registry-etcd/{prefix}"), N as i64).await;
+    let elapsed = started.elapsed();
+    keepers.iter().for_each(|k| k.abort());
+    elapsed
+}
+
+async fn floor(client: &mut Client, prefix: &str) -> Duration {
+    let batch = infos(prefix);
+    let started = Instant::now();
+    let lease = client.lease_grant(TTL, None).await.unwrap().id();
+    for chunk in batch.chunks(128) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| TxnOp::put(key(i), value(i), Some(PutOptions::new().with_lease(lease))))
+            .collect();
+        client.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    wait_visible(client, &format!("kitex/registry-etcd/{prefix}"), N as i64).await;
+    started.elapsed()
+}
+
+/// The median of `values` and their lowest and highest.
+fn spread<T: Copy + PartialOrd>(values: &[T]) -> (T, T, T) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    (
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1],
+    )
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let config = EtcdConfig::new(etcd.endpoints()).lease_ttl(Duration::from_secs(TTL as u64));
     println!(
-        "N = {N} registrations, lease TTL {TTL} s, etcd at {}",
+        "N = {N} registrations, lease TTL {TTL} s, etcd at {}, {ROUNDS} rounds (round 0 not counted)",
         etcd.endpoint()
     );
 
-    // 1. Registration until visible.
-    let ours = {
-        let registry = EtcdRegistry::new(config.clone()).unwrap();
-        let batch = infos("ours.");
-        let started = Instant::now();
-        let calls = batch.iter().map(|info| {
-            let registry = registry.clone();
-            let info = info.clone();
-            tokio::spawn(async move { registry.register(&info).await.unwrap() })
-        });
-        let calls: Vec<_> = calls.collect();
-        for call in calls {
-            call.await.unwrap();
+    // 1. Registration until visible, interleaved over rounds.
+    println!("\n## register {N} until visible, per round");
+    let mut rounds = Vec::new();
+    for r in 0..ROUNDS {
+        let mut round = Round::default();
+        for k in 0..4 {
+            // Rotate the order: each approach goes first in some round.
+            match (k + r) % 4 {
+                0 => round.ours = ours_register(&config, &mut client, &format!("ours{r}.")).await,
+                1 => {
+                    round.kitex_sequential =
+                        kitex_sequential(&mut client, &format!("kitexseq{r}.")).await
+                }
+                2 => {
+                    round.kitex_concurrent =
+                        kitex_concurrent(&mut client, &format!("kitexcon{r}.")).await
+                }
+                _ => round.floor = floor(&mut client, &format!("floor{r}.")).await,
+            }
+            clear(&mut client).await;
         }
-        wait_visible(&mut client, "kitex/registry-etcd/ours.", N as i64).await;
-        let elapsed = started.elapsed();
-        let rate = per_minute(&etcd, Duration::from_secs(TTL as u64)).await;
+        println!(
+            "round {r}{}: ours {:>9.1?}  Kitex seq {:>9.1?}  Kitex all at once {:>9.1?}  floor {:>9.1?}  ours/floor {:.2}  Kitex seq/ours {:.1}  Kitex all/ours {:.1}",
+            if r == 0 { " (warm-up)" } else { "" },
+            round.ours,
+            round.kitex_sequential,
+            round.kitex_concurrent,
+            round.floor,
+            ratio(round.ours, round.floor),
+            ratio(round.kitex_sequential, round.ours),
+            ratio(round.kitex_concurrent, round.ours),
+        );
+        if r > 0 {
+            rounds.push(round);
+        }
+    }
+    let counted = rounds.len();
+    println!("\n## register {N} until visible: median [lowest, highest] of rounds 1-{counted}");
+    for (name, pick) in [
+        (
+            "ours (EtcdRegistry, concurrent calls)",
+            (|r: &Round| r.ours) as fn(&Round) -> Duration,
+        ),
+        ("Kitex way, sequential", |r: &Round| r.kitex_sequential),
+        ("Kitex way, all at once", |r: &Round| r.kitex_concurrent),
+        ("floor (1 lease, txns of 128)", |r: &Round| r.floor),
+    ] {
+        let (median, low, high) = spread(&rounds.iter().map(pick).collect::<Vec<_>>());
+        println!("{name:<40} {median:>9.1?}  [{low:.1?}, {high:.1?}]");
+    }
+    for (name, pick) in [
+        (
+            "ours / floor",
+            (|r: &Round| ratio(r.ours, r.floor)) as fn(&Round) -> f64,
+        ),
+        ("Kitex sequential / ours", |r: &Round| {
+            ratio(r.kitex_sequential, r.ours)
+        }),
+        ("Kitex all at once / ours", |r: &Round| {
+            ratio(r.kitex_concurrent, r.ours)
+        }),
+    ] {
+        let (median, low, high) = spread(&rounds.iter().map(pick).collect::<Vec<_>>());
+        println!("{name:<40} {median:>9.2}  [{low:.2}, {high:.2}]");
+    }
+
+    // 2. Keep-alive messages per minute, measured once for each way (a count, not a time).
+    let window = Duration::from_secs(TTL as u64);
+    let ours_rate = {
+        let registry = EtcdRegistry::new(config.clone()).unwrap();
+        for info in infos("rate.ours.") {
+            registry.register(&info).await.unwrap();
+        }
+        let rate = per_minute(&etcd, window).await;
         registry.close().await;
-        (elapsed, rate)
+        rate
     };
     clear(&mut client).await;
-
-    let kitex_sequential = {
-        let batch = infos("kitexseq.");
-        let started = Instant::now();
+    let kitex_rate = {
         let mut keepers = Vec::new();
-        for info in batch {
+        for info in infos("rate.kitex.") {
             keepers.push(kitex_register(client.clone(), info).await);
         }
-        wait_visible(&mut client, "kitex/registry-etcd/kitexseq.", N as i64).await;
-        let elapsed = started.elapsed();
-        let rate = per_minute(&etcd, Duration::from_secs(TTL as u64)).await;
+        let rate = per_minute(&etcd, window).await;
         keepers.iter().for_each(|k| k.abort());
-        (elapsed, rate)
+        rate
     };
     clear(&mut client).await;
-
-    let kitex_concurrent = {
-        let batch = infos("kitexcon.");
-        let started = Instant::now();
-        let tasks: Vec<_> = batch
-            .into_iter()
-            .map(|info| tokio::spawn(kitex_register(client.clone(), info)))
-            .collect();
-        let mut keepers = Vec::new();
-        for task in tasks {
-            keepers.push(task.await.unwrap());
-        }
-        wait_visible(&mut client, "kitex/registry-etcd/kitexcon.", N as i64).await;
-        let elapsed = started.elapsed();
-        keepers.iter().for_each(|k| k.abort());
-        elapsed
-    };
-    clear(&mut client).await;
-
-    let floor = {
-        let batch = infos("floor.");
-        let started = Instant::now();
-        let lease = client.lease_grant(TTL, None).await.unwrap().id();
-        for chunk in batch.chunks(128) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|i| TxnOp::put(key(i), value(i), Some(PutOptions::new().with_lease(lease))))
-                .collect();
-            client.txn(Txn::new().and_then(ops)).await.unwrap();
-        }
-        wait_visible(&mut client, "kitex/registry-etcd/floor.", N as i64).await;
-        started.elapsed()
-    };
-    clear(&mut client).await;
-
-    println!("\n## register {N} until visible");
-    println!("ours (EtcdRegistry, concurrent calls): {:>10.1?}", ours.0);
-    println!(
-        "Kitex way, sequential:                {:>10.1?}  ours is {:.1}x faster",
-        kitex_sequential.0,
-        kitex_sequential.0.as_secs_f64() / ours.0.as_secs_f64()
-    );
-    println!(
-        "Kitex way, all at once:               {:>10.1?}  ours is {:.1}x faster",
-        kitex_concurrent,
-        kitex_concurrent.as_secs_f64() / ours.0.as_secs_f64()
-    );
-    println!(
-        "floor (1 lease, txns of 128):          {:>10.1?}  ours / floor = {:.2}",
-        floor,
-        ours.0.as_secs_f64() / floor.as_secs_f64()
-    );
     println!("\n## keep-alive messages per minute for {N} registrations (measured over {TTL} s)");
     println!(
-        "ours: {:.0}/min   Kitex way: {:.0}/min   ratio {:.0}x",
-        ours.1,
-        kitex_sequential.1,
-        kitex_sequential.1 / ours.1.max(1.0)
+        "ours: {ours_rate:.0}/min   Kitex way: {kitex_rate:.0}/min   ratio {:.0}x",
+        kitex_rate / ours_rate.max(1.0)
     );
 
-    // 3. Put -> watch latency, both watchers on the same puts.
+    // 3. Put -> watch latency, both watchers on the same puts, in rounds.
     let discovery = EtcdDiscovery::new(config.clone());
     let mut ours_watch = discovery.watch("lat.svc").await.unwrap();
     ours_watch.next().await.unwrap();
@@ -261,35 +356,61 @@ async fn main() {
             }
         }
     });
-    let (warmup, rounds) = (50, 1000);
-    let (mut ours_lat, mut raw_lat) = (Vec::new(), Vec::new());
-    for i in 0..warmup + rounds {
-        let info = Info::new(
-            "lat.svc",
-            format!("127.0.0.1:{}", 20000 + i as u16).parse().unwrap(),
-        );
+    let (warmup, per_round, watch_rounds) = (50, 200, 5);
+    println!(
+        "\n## put -> watch notification, {watch_rounds} rounds of {per_round} puts (after {warmup} warm-up puts)"
+    );
+    let mut port = 20000u16;
+    let mut put_and_time = async |client: &mut Client| {
+        let info = Info::new("lat.svc", format!("127.0.0.1:{port}").parse().unwrap());
+        port += 1;
         let started = Instant::now();
         client.put(key(&info), value(&info), None).await.unwrap();
         let (ours_at, raw_at) = (ours_rx.recv().await.unwrap(), raw_rx.recv().await.unwrap());
-        if i >= warmup {
-            ours_lat.push(ours_at - started);
-            raw_lat.push(raw_at - started);
-        }
+        (ours_at - started, raw_at - started)
+    };
+    for _ in 0..warmup {
+        put_and_time(&mut client).await;
     }
-    ours_lat.sort();
-    raw_lat.sort();
-    let (o50, o99, r50, r99) = (
-        percentile(&ours_lat, 0.5),
-        percentile(&ours_lat, 0.99),
-        percentile(&raw_lat, 0.5),
-        percentile(&raw_lat, 0.99),
-    );
-    println!("\n## put -> watch notification, {rounds} puts (after {warmup} warm-up puts)");
-    println!("EtcdDiscovery::watch: p50 {o50:>8.1?}  p99 {o99:>8.1?}");
-    println!("raw etcd-client watch: p50 {r50:>8.1?}  p99 {r99:>8.1?}");
+    let mut ratios = Vec::new();
+    let (mut all_ours, mut all_raw) = (Vec::new(), Vec::new());
+    for r in 1..=watch_rounds {
+        let (mut ours_lat, mut raw_lat) = (Vec::new(), Vec::new());
+        for _ in 0..per_round {
+            let (o, w) = put_and_time(&mut client).await;
+            ours_lat.push(o);
+            raw_lat.push(w);
+        }
+        all_ours.extend_from_slice(&ours_lat);
+        all_raw.extend_from_slice(&raw_lat);
+        ours_lat.sort();
+        raw_lat.sort();
+        let (o50, o99, r50, r99) = (
+            percentile(&ours_lat, 0.5),
+            percentile(&ours_lat, 0.99),
+            percentile(&raw_lat, 0.5),
+            percentile(&raw_lat, 0.99),
+        );
+        println!(
+            "round {r}: EtcdDiscovery p50 {o50:>8.1?} p99 {o99:>8.1?}   raw p50 {r50:>8.1?} p99 {r99:>8.1?}   ratio p50 {:.2} p99 {:.2}",
+            ratio(o50, r50),
+            ratio(o99, r99)
+        );
+        ratios.push((ratio(o50, r50), ratio(o99, r99)));
+    }
+    all_ours.sort();
+    all_raw.sort();
     println!(
-        "ratio ours/raw: p50 {:.2}  p99 {:.2}",
-        o50.as_secs_f64() / r50.as_secs_f64(),
-        o99.as_secs_f64() / r99.as_secs_f64()
+        "all {} puts: EtcdDiscovery p50 {:.1?} p99 {:.1?}   raw p50 {:.1?} p99 {:.1?}",
+        all_ours.len(),
+        percentile(&all_ours, 0.5),
+        percentile(&all_ours, 0.99),
+        percentile(&all_raw, 0.5),
+        percentile(&all_raw, 0.99)
+    );
+    let (p50, p50_low, p50_high) = spread(&ratios.iter().map(|r| r.0).collect::<Vec<_>>());
+    let (p99, p99_low, p99_high) = spread(&ratios.iter().map(|r| r.1).collect::<Vec<_>>());
+    println!(
+        "ratio ours/raw, median [lowest, highest] of {watch_rounds} rounds: p50 {p50:.2} [{p50_low:.2}, {p50_high:.2}]  p99 {p99:.2} [{p99_low:.2}, {p99_high:.2}]"
     );
 }

@@ -115,11 +115,13 @@ async fn shut_down_under_traffic(drain: &str) -> (Calls, Calls, Duration, Durati
             }
         }
     });
-    // The polling client: resolves every 5 s and uses that list in between.
+    // The polling client: resolves every 5 s and uses that list in between. Its own discovery:
+    // one shared with the watching client would answer its resolves from that watch.
     let polled: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
     let resolved = Arc::new(tokio::sync::Notify::new());
     let poller = tokio::spawn({
-        let (polled, resolved, discovery) = (polled.clone(), resolved.clone(), discovery.clone());
+        let discovery = EtcdDiscovery::new(EtcdConfig::new([etcd.endpoint()]));
+        let (polled, resolved) = (polled.clone(), resolved.clone());
         async move {
             loop {
                 if let Ok(instances) = discovery.resolve(SERVICE).await {

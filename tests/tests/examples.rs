@@ -68,6 +68,10 @@ async fn tonic_greeter_spreads_by_weight_and_survives_stop_and_kill() {
     );
     assert!(stdout.contains("kill of b:"), "{stdout}");
     assert!(
+        stdout.contains("ejected after the kill: [\"127.0.0.1:"),
+        "the killed server is ejected: {stdout}"
+    );
+    assert!(
         stdout.contains("balance_channel: 300 calls") && stdout.contains("all ok: true"),
         "{stdout}"
     );

@@ -4,6 +4,8 @@ pub mod memory;
 pub(crate) mod watch;
 
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
+pub(crate) mod cache;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod call;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod handle;

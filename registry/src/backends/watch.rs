@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::discovery::{diff_instances, Change, Instance, WatchStream};
 
 /// The shared state: the latest set, behind an `Arc` so consumers clone a pointer.
-type Latest = Arc<Vec<Instance>>;
+pub(crate) type Latest = Arc<Vec<Instance>>;
 
 /// The producer side of a latest-state channel. Dropping it ends every consumer stream (after
 /// the last state is delivered).
@@ -68,6 +68,13 @@ impl Publisher {
         if changed {
             crate::metrics::watch_state(self.backend, &self.service, count, true);
         }
+    }
+
+    /// The channel's sender, for the resolve cache to read the latest set from. It keeps no
+    /// consumer stream open: the cache entry holding it goes with the task that publishes.
+    #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
+    pub(crate) fn sender(&self) -> watch::Sender<Latest> {
+        self.tx.clone()
     }
 
     /// Another consumer, whose first item is the latest set as a snapshot.
@@ -143,6 +150,7 @@ mod remote {
     use futures_util::future::{BoxFuture, FutureExt, Shared};
 
     use super::{channel, Publisher};
+    use crate::backends::cache::{Entry, WatchCache};
     use crate::backoff::Backoff;
     use crate::discovery::{DiscoveryError, Instance, WatchStream};
     use crate::registry::RegistryError;
@@ -168,6 +176,17 @@ mod remote {
         chosen.into_values().map(|(_, i)| i.clone()).collect()
     }
 
+    /// What one [`Source::next`] did.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) enum Step {
+        /// Applied an event (or a fresh listing) to the entries: they are current.
+        Applied,
+        /// The connection dropped; the watch may resume, but events may be missed meanwhile
+        /// (the entries are not current until the next `Applied`).
+        #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+        Disconnected,
+    }
+
     /// A backend's way of following one service.
     #[async_trait]
     pub(crate) trait Source: Clone + Send + Sync + 'static {
@@ -184,7 +203,10 @@ mod remote {
             service: &str,
             cursor: &mut Self::Cursor,
             entries: &mut Entries,
-        ) -> Result<(), String>;
+        ) -> Result<Step, String>;
+
+        /// The discovery's resolve cache, which the watches of this source keep current.
+        fn cache(&self) -> &WatchCache;
 
         /// The retry schedule for opening the watch again.
         fn backoff(&self) -> Backoff;
@@ -201,6 +223,8 @@ mod remote {
     ) -> Result<WatchStream, DiscoveryError> {
         let (cursor, entries) = source.open(service).await?;
         let (publisher, stream) = channel(S::BACKEND, service, by_addr(&entries));
+        let cached = source.cache().follow(service, publisher.sender());
+        cached.in_sync();
         let span = tracing::info_span!("watch", backend = S::BACKEND, service);
         tokio::spawn(tracing::Instrument::instrument(
             follow(
@@ -209,6 +233,7 @@ mod remote {
                 cursor,
                 entries,
                 publisher,
+                cached,
             ),
             span,
         ));
@@ -221,6 +246,7 @@ mod remote {
         mut cursor: S::Cursor,
         mut entries: Entries,
         publisher: Publisher,
+        cached: Arc<Entry>,
     ) {
         let mut backoff = source.backoff();
         loop {
@@ -228,11 +254,16 @@ mod remote {
                 tokio::select! {
                     () = publisher.closed() => return,
                     step = source.next(&service, &mut cursor, &mut entries) => match step {
-                        Ok(()) => publisher.publish(by_addr(&entries)),
+                        Ok(Step::Applied) => {
+                            publisher.publish(by_addr(&entries));
+                            cached.in_sync();
+                        }
+                        Ok(Step::Disconnected) => cached.broken(),
                         Err(cause) => break cause,
                     },
                 }
             };
+            cached.broken();
             tracing::warn!(service, %cause, "watch broken; listing again");
             // Close the broken watch now, not once the next one is open.
             drop(cursor);
@@ -251,6 +282,7 @@ mod remote {
                         cursor = opened;
                         entries = listed;
                         publisher.publish(by_addr(&entries));
+                        cached.in_sync();
                         backoff.reset();
                         break;
                     }

@@ -2,19 +2,20 @@
 //! configured beforehand through [`BalancerBuilder`].
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Instant, SystemTime};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::consistent_hash::{self, Ring};
+use super::consistent_hash;
 use super::filter::TagFilter;
-use super::round_robin::Schedule;
-use super::warmup::{effective_weight, next_refresh, DEFAULT_MIN_FRACTION};
-use super::weighted_random::AliasTable;
+use super::outlier::{Clock, Ejection, Outcome, OutlierDetection};
+use super::snapshot::{Config, Snapshot};
+use super::warmup::DEFAULT_MIN_FRACTION;
 use crate::discovery::{Discovery, DiscoveryError, Instance};
 
 /// How a [`Balancer`] chooses among instances (Kitex has all three).
@@ -28,82 +29,18 @@ pub enum Strategy {
     ConsistentHash,
 }
 
-#[derive(Debug)]
-enum Picker {
-    Random(AliasTable),
-    RoundRobin(Schedule),
-    Hash(Ring),
-}
-
-/// One immutable view: the filtered instances and the picker built over them.
-#[derive(Debug)]
-struct Snapshot {
-    instances: Vec<Arc<Instance>>,
-    picker: Picker,
-    /// While instances warm up: when the picker's weights are due to be recomputed.
-    refresh_at: Option<Instant>,
-    /// Set by the one pick that recomputes them.
-    refreshing: AtomicBool,
-}
-
-/// What a [`BalancerBuilder`] sets; fixed for the life of the balancer.
-#[derive(Clone, Debug)]
-struct Config {
-    strategy: Strategy,
-    filter: TagFilter,
-    min_fraction: f64,
-}
-
-impl Config {
-    /// The picker over `instances` (already filtered) as of now.
-    fn snapshot(&self, instances: Vec<Arc<Instance>>, previous: Option<&Snapshot>) -> Snapshot {
-        let now = SystemTime::now();
-        let refresh = match self.strategy {
-            // The ring ignores warm-up: changing its points would move keys.
-            Strategy::ConsistentHash => None,
-            _ => next_refresh(instances.iter().map(|i| &**i), now),
-        };
-        let weights = || {
-            instances
-                .iter()
-                .map(|i| match refresh {
-                    Some(_) => effective_weight(i, now, self.min_fraction),
-                    None => f64::from(i.weight.max(1)),
-                })
-                .collect::<Vec<f64>>()
-        };
-        let picker = match self.strategy {
-            Strategy::WeightedRandom => Picker::Random(AliasTable::new(&weights())),
-            Strategy::SmoothRoundRobin => {
-                // Warm-up weights in sixteenths, so that the ramp survives integer slots.
-                let resolution = if refresh.is_some() { 16.0 } else { 1.0 };
-                let slots: Vec<u64> = weights()
-                    .into_iter()
-                    .map(|w| (w * resolution).round().max(1.0) as u64)
-                    .collect();
-                Picker::RoundRobin(Schedule::new(&slots))
-            }
-            Strategy::ConsistentHash => {
-                let previous = previous.and_then(|s| match &s.picker {
-                    Picker::Hash(ring) => Some(ring),
-                    _ => None,
-                });
-                Picker::Hash(Ring::new(instances.iter().map(|i| &**i), previous))
-            }
-        };
-        Snapshot {
-            instances,
-            picker,
-            refresh_at: refresh.map(|after| Instant::now() + after),
-            refreshing: AtomicBool::new(false),
-        }
-    }
-}
+/// Picks tried before [`Balancer::pick_avoiding`] looks through the set in order.
+const AVOIDING_PICKS: usize = 8;
 
 #[derive(Debug)]
 struct Inner {
     config: Config,
     snapshot: ArcSwap<Snapshot>,
+    /// Held while a new snapshot is built from the current one and swapped in (set changes,
+    /// ejections, returns, warm-up steps), so that none of them undoes another; picks and
+    /// reports never take it.
+    rebuild: Mutex<()>,
+    clock: Clock,
     /// Round-robin position, kept across snapshots so a change does not restart the cycle.
     cursor: AtomicUsize,
     /// Never sent on: dropped with the last clone of the balancer, which ends its watch task.
@@ -111,36 +48,152 @@ struct Inner {
 }
 
 impl Inner {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data of its own: a panic while holding it leaves nothing torn.
+        self.rebuild
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     fn replace(&self, instances: impl IntoIterator<Item = Instance>) {
-        let all: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
-        let filtered = if self.config.filter.admits_all() {
+        // Watches hand the set over sorted by address: checked on the way, sorted only if not.
+        let (mut sorted, mut last) = (true, None);
+        let all: Vec<Arc<Instance>> = instances
+            .into_iter()
+            .map(|instance| {
+                sorted &= last.is_none_or(|last| last <= instance.addr);
+                last = Some(instance.addr);
+                Arc::new(instance)
+            })
+            .collect();
+        let mut filtered = if self.config.filter.admits_all() {
             all
         } else {
             self.config.filter.apply(&all)
         };
+        if !sorted {
+            filtered.sort_by_key(|i| i.addr);
+        }
+        let _rebuilding = self.lock();
         let previous = self.snapshot.load();
-        let next = self.config.snapshot(filtered, Some(&previous));
+        let health = previous.carry_health(&filtered);
+        let next = self.config.snapshot(
+            (filtered, health),
+            Some(&previous),
+            &self.clock,
+            Instant::now(),
+        );
         self.snapshot.store(Arc::new(next));
     }
 
-    /// Recomputes warm-up weights of `current`, unless another pick is at it or the set has
-    /// changed in the meantime.
+    /// Rebuilds `current` as of now (warm-up weights, ejections that are over), unless another
+    /// pick is at it or something else is rebuilding (which brings everything up to date too).
     #[cold]
     fn refresh(&self, current: &Arc<Snapshot>) {
         if current.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let next = Arc::new(
+        let Ok(_rebuilding) = self.rebuild.try_lock() else {
+            return;
+        };
+        if !Arc::ptr_eq(&self.snapshot.load(), current) {
+            return;
+        }
+        let next =
             self.config
-                .snapshot(current.instances.clone(), Some(current)),
+                .snapshot(current.parts(), Some(current), &self.clock, Instant::now());
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Rebuilds the snapshot when its `refresh_at` has passed.
+    #[inline]
+    fn refresh_if_due(&self, snapshot: &Arc<Snapshot>) {
+        if let Some(at) = snapshot.refresh_at {
+            if Instant::now() >= at {
+                self.refresh(snapshot);
+            }
+        }
+    }
+
+    /// Ejects `addr` if it still has its failures in a row, is still in the set, and the cap
+    /// allows.
+    #[cold]
+    fn eject(&self, addr: SocketAddr) {
+        let outliers = &self.config.outliers;
+        let _rebuilding = self.lock();
+        let now = Instant::now();
+        let mut current = self.snapshot.load_full();
+        if current.refresh_at.is_some_and(|at| now >= at) {
+            // Ejections that are over must not count against the cap.
+            let settled = self
+                .config
+                .snapshot(current.parts(), Some(&current), &self.clock, now);
+            current = Arc::new(settled);
+            self.snapshot.store(current.clone());
+        }
+        let Some(health) = current.position(addr).and_then(|i| current.health(i)) else {
+            return;
+        };
+        if health.is_ejected() || health.failures() < outliers.consecutive_failures {
+            return;
+        }
+        let cap = outliers.cap(current.instances.len());
+        if current.ejected >= cap {
+            tracing::debug!(
+                %addr,
+                ejected = current.ejected,
+                instances = current.instances.len(),
+                "not ejecting: the allowed share of instances is already out"
+            );
+            return;
+        }
+        let (time, times) = health.eject(outliers, self.clock.at(now));
+        tracing::warn!(
+            %addr,
+            failures = outliers.consecutive_failures,
+            ejected_for = ?time,
+            times,
+            "instance ejected after consecutive failures"
         );
-        let _previous = self.snapshot.compare_and_swap(current, next);
+        let next = self
+            .config
+            .snapshot(current.parts(), Some(&current), &self.clock, now);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Counts a failure of `addr` when the snapshot keeps no health records (every instance
+    /// was clean): adds them, with this failure in; true when it completes a streak.
+    #[cold]
+    fn first_failure(&self, addr: SocketAddr) -> bool {
+        let threshold = self.config.outliers.consecutive_failures;
+        let _rebuilding = self.lock();
+        let current = self.snapshot.load_full();
+        let Some(i) = current.position(addr) else {
+            return false;
+        };
+        if let Some(health) = current.health(i) {
+            // Another failure added them meanwhile.
+            return health.failure(threshold);
+        }
+        let (instances, health) = current.parts_tracked();
+        let due = health
+            .as_ref()
+            .and_then(|health| health.get(i))
+            .is_some_and(|record| record.failure(threshold));
+        let next = self.config.snapshot(
+            (instances, health),
+            Some(&current),
+            &self.clock,
+            Instant::now(),
+        );
+        self.snapshot.store(Arc::new(next));
+        due
     }
 }
 
-/// Configures a [`Balancer`]: strategy, tag filter, warm-up floor. Nothing configures a
-/// balancer once it exists; [`watch`](Self::watch) or [`build`](Self::build) ends the
-/// configuration.
+/// Configures a [`Balancer`]: strategy, tag filter, warm-up floor, outlier ejection. Nothing
+/// configures a balancer once it exists; [`watch`](Self::watch) or [`build`](Self::build)
+/// ends the configuration.
 ///
 /// ```
 /// use service_registry::balance::{Balancer, Strategy, TagFilter};
@@ -201,6 +254,17 @@ impl BalancerBuilder {
         self
     }
 
+    /// Outlier ejection: how many failures in a row take an instance out, for how long, and
+    /// how much of the set may be out at once (default [`OutlierDetection::new`]: 5, 30 s
+    /// growing to 300 s, 50 %). Failures are what callers [`report`](Balancer::report), by
+    /// hand or through the tower layers (feature `tower`).
+    ///
+    /// See [`OutlierDetection`] for an example.
+    pub fn outlier_detection(mut self, outliers: OutlierDetection) -> Self {
+        self.config.outliers = outliers;
+        self
+    }
+
     /// A balancer over `instances`, changed only by [`Balancer::update`].
     ///
     /// ```
@@ -213,9 +277,15 @@ impl BalancerBuilder {
     /// assert!(Balancer::builder(Strategy::ConsistentHash).build([]).pick().is_none());
     /// ```
     pub fn build(self, instances: impl IntoIterator<Item = Instance>) -> Balancer {
+        let clock = Clock::new();
+        let empty = self
+            .config
+            .snapshot((Vec::new(), None), None, &clock, Instant::now());
         let inner = Inner {
-            snapshot: ArcSwap::from_pointee(self.config.snapshot(Vec::new(), None)),
+            snapshot: ArcSwap::from_pointee(empty),
             config: self.config,
+            rebuild: Mutex::new(()),
+            clock,
             cursor: AtomicUsize::new(0),
             owner: watch::channel(()).0,
         };
@@ -259,11 +329,15 @@ impl BalancerBuilder {
 }
 
 /// Picks instances of one service: weighted random, smooth weighted round-robin or consistent
-/// hashing, with warm-up and tag filters, all set up front by [`Balancer::builder`].
+/// hashing, with warm-up, tag filters and outlier ejection, all set up front by
+/// [`Balancer::builder`].
 ///
 /// Every change builds a new immutable picker (alias table, round-robin cycle or hash ring)
 /// and swaps it in (`arc-swap`): picking never waits for a change, takes no lock, allocates
-/// nothing, and costs the same whatever the number of instances. Cheap to clone.
+/// nothing, and costs the same whatever the number of instances. An ejection (see
+/// [`report`](Self::report)) is such a change: the picker is rebuilt without the instance, and
+/// again when its time is up (found by the first pick after that; while any instance is out,
+/// a pick also reads the monotonic clock). Cheap to clone.
 ///
 /// See [`BalancerBuilder`] for an example.
 #[derive(Clone, Debug)]
@@ -281,6 +355,7 @@ impl Balancer {
                 strategy,
                 filter: TagFilter::default(),
                 min_fraction: DEFAULT_MIN_FRACTION,
+                outliers: OutlierDetection::default(),
             },
         }
     }
@@ -299,7 +374,8 @@ impl Balancer {
         self.inner.replace(instances);
     }
 
-    /// The instances picks are made from (after the tag filter).
+    /// The instances picks are made from (after the tag filter), sorted by address; ejected
+    /// ones included (see [`ejected`](Self::ejected)).
     ///
     /// See [`update`](Self::update) for an example.
     pub fn instances(&self) -> Vec<Arc<Instance>> {
@@ -326,19 +402,14 @@ impl Balancer {
     /// ```
     pub fn pick_with(&self, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
-        if let Some(at) = snapshot.refresh_at {
-            if Instant::now() >= at {
-                self.inner.refresh(&snapshot);
-            }
-        }
-        let index = match &snapshot.picker {
-            Picker::Random(table) => table.pick(rng),
-            Picker::RoundRobin(schedule) => {
-                schedule.pick(self.inner.cursor.fetch_add(1, Ordering::Relaxed))
-            }
-            Picker::Hash(ring) => ring.pick(rng.u64(..)),
-        }?;
-        snapshot.instances.get(index).cloned()
+        self.inner.refresh_if_due(&snapshot);
+        snapshot
+            .pick(
+                || self.inner.cursor.fetch_add(1, Ordering::Relaxed),
+                rng,
+                None,
+            )
+            .cloned()
     }
 
     /// Picks for `key`: with [`Strategy::ConsistentHash`] the same key maps to the same instance
@@ -354,13 +425,129 @@ impl Balancer {
     /// ```
     pub fn pick_by_key(&self, key: impl Hash) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
-        match &snapshot.picker {
-            Picker::Hash(ring) => snapshot
-                .instances
-                .get(ring.pick(consistent_hash::hash(key))?)
-                .cloned(),
-            _ => self.pick(),
+        if !snapshot.hashes() {
+            return self.pick();
         }
+        self.inner.refresh_if_due(&snapshot);
+        let mut rng = fastrand::Rng::with_seed(0);
+        snapshot
+            .pick(|| 0, &mut rng, Some(consistent_hash::hash(key)))
+            .cloned()
+    }
+
+    /// Picks an instance whose address is not in `tried` (for a retry), when there is one:
+    /// a few ordinary picks first, then the first suitable instance from a random place in
+    /// the set. Ejected instances are never picked; `None` when every pickable instance has
+    /// been tried.
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let b = Balancer::builder(Strategy::WeightedRandom).build(
+    ///     [1, 2].map(|p| Instance::from(&Info::new("s", format!("127.0.0.1:{p}").parse().unwrap()))),
+    /// );
+    /// let first = b.pick().unwrap().addr;
+    /// let other = b.pick_avoiding(&[first]).unwrap().addr;
+    /// assert_ne!(first, other);
+    /// assert!(b.pick_avoiding(&[first, other]).is_none());
+    /// ```
+    pub fn pick_avoiding(&self, tried: &[SocketAddr]) -> Option<Arc<Instance>> {
+        let snapshot = self.inner.snapshot.load();
+        self.inner.refresh_if_due(&snapshot);
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        let cursor = || self.inner.cursor.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..AVOIDING_PICKS {
+            let picked = snapshot.pick(cursor, &mut rng, None)?;
+            if !tried.contains(&picked.addr) {
+                return Some(picked.clone());
+            }
+        }
+        let count = snapshot.pickable_len();
+        let start = rng.usize(..count);
+        (0..count)
+            .filter_map(|k| snapshot.chosen((start + k) % count))
+            .find(|i| !tried.contains(&i.addr))
+            .cloned()
+    }
+
+    /// Records how a call to `addr` went, for outlier ejection: a success ends its failure
+    /// streak; the failure that completes a streak of
+    /// [`consecutive_failures`](OutlierDetection::consecutive_failures) ejects it (when the
+    /// share cap allows). Addresses not in the set are ignored. Costs a few atomic operations
+    /// and a binary search; only the ejecting failure rebuilds the picker.
+    ///
+    /// See [`OutlierDetection`] for an example.
+    pub fn report(&self, addr: SocketAddr, outcome: Outcome) {
+        let outliers = &self.inner.config.outliers;
+        if !outliers.enabled {
+            return;
+        }
+        let snapshot = self.inner.snapshot.load();
+        if outcome == Outcome::Success && snapshot.health.is_none() {
+            return; // a clean set has nothing to reset
+        }
+        let Some(i) = snapshot.position(addr) else {
+            return;
+        };
+        let due = match (snapshot.health(i), outcome) {
+            (Some(health), Outcome::Success) => {
+                health.success();
+                false
+            }
+            // A success in a clean set: nothing to record.
+            (None, Outcome::Success) => false,
+            (Some(health), Outcome::Failure) => health.failure(outliers.consecutive_failures),
+            (None, Outcome::Failure) => self.inner.first_failure(addr),
+        };
+        if due {
+            // Capped: skip the lock until an ejection ends.
+            let capped = snapshot.ejected >= outliers.cap(snapshot.instances.len())
+                && snapshot.refresh_at.is_none_or(|at| Instant::now() < at);
+            if !capped {
+                self.inner.eject(addr);
+            }
+        }
+    }
+
+    /// How many instances are in the set (after the tag filter).
+    #[cfg(feature = "tower")]
+    pub(crate) fn len(&self) -> usize {
+        self.inner.snapshot.load().instances.len()
+    }
+
+    /// True when `addr` is in the set.
+    #[cfg(feature = "tower")]
+    pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
+        self.inner.snapshot.load().position(addr).is_some()
+    }
+
+    /// The instances ejected now, with the time each has left.
+    ///
+    /// See [`OutlierDetection`] for an example.
+    pub fn ejected(&self) -> Vec<Ejection> {
+        let snapshot = self.inner.snapshot.load();
+        self.inner.refresh_if_due(&snapshot);
+        let snapshot = self.inner.snapshot.load();
+        let now = Instant::now();
+        let Some(health) = &snapshot.health else {
+            return Vec::new();
+        };
+        snapshot
+            .instances
+            .iter()
+            .zip(health)
+            .filter_map(|(instance, health)| {
+                let until = self.inner.clock.instant(health.ejected_until()?);
+                if until <= now {
+                    return None; // over; the next rebuild brings it back
+                }
+                Some(Ejection {
+                    addr: instance.addr,
+                    remaining: until.saturating_duration_since(now),
+                    times: health.times(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -369,7 +556,7 @@ mod tests {
     use super::*;
     use crate::Info;
     use std::collections::HashMap;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     fn weighted(weights: &[u32]) -> Vec<Instance> {
         weights
@@ -556,5 +743,220 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn fail(balancer: &Balancer, port: u16, times: usize) {
+        (0..times).for_each(|_| balancer.report(addr(port), Outcome::Failure));
+    }
+
+    fn quick(failures: u32, base: Duration) -> OutlierDetection {
+        OutlierDetection::new()
+            .consecutive_failures(failures)
+            .base_ejection_time(base)
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_a_success_resets_the_streak() {
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::ConsistentHash,
+        ] {
+            let balancer = Balancer::builder(strategy).build(weighted(&[10, 20, 30]));
+            fail(&balancer, 2, 4);
+            balancer.report(addr(2), Outcome::Success);
+            fail(&balancer, 2, 4);
+            assert!(balancer.ejected().is_empty(), "{strategy:?}: 4 in a row");
+            fail(&balancer, 2, 1);
+            let ejected = balancer.ejected();
+            assert_eq!(ejected.len(), 1, "{strategy:?}");
+            assert_eq!((ejected[0].addr, ejected[0].times), (addr(2), 1));
+            assert!(ejected[0].remaining <= Duration::from_secs(30));
+            assert!(ejected[0].remaining > Duration::from_secs(29));
+            // Never picked while out; the others keep their proportions (10 : 30).
+            let got = shares(&balancer, 100_000, 5);
+            assert!(
+                !got.contains_key(&2),
+                "{strategy:?}: picked an ejected instance"
+            );
+            assert!((got[&1] - 0.25).abs() <= 0.02, "{strategy:?}: {got:?}");
+            assert!((got[&3] - 0.75).abs() <= 0.02, "{strategy:?}: {got:?}");
+            assert_eq!(balancer.instances().len(), 3, "ejected is still in the set");
+        }
+    }
+
+    #[test]
+    fn an_ejected_instance_comes_back_by_itself_and_longer_the_next_time() {
+        let base = Duration::from_millis(100);
+        let balancer = Balancer::builder(Strategy::SmoothRoundRobin)
+            .outlier_detection(quick(2, base))
+            .build(weighted(&[1, 1]));
+        fail(&balancer, 1, 2);
+        assert!((0..10).all(|_| balancer.pick().unwrap().addr == addr(2)));
+        let ejected_at = Instant::now();
+        let deadline = ejected_at + Duration::from_secs(2);
+        // Picks alone bring it back: no task, no update.
+        while !(0..10).any(|_| balancer.pick().unwrap().addr == addr(1)) {
+            assert!(Instant::now() < deadline, "not back within 2 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(ejected_at.elapsed() >= base);
+        assert!(balancer.ejected().is_empty());
+        // Failing again at once: the second ejection in a row lasts twice the base.
+        fail(&balancer, 1, 2);
+        let again = balancer.ejected();
+        assert_eq!(again[0].times, 2);
+        assert!(again[0].remaining > base, "{:?}", again[0].remaining);
+    }
+
+    #[test]
+    fn never_more_than_the_allowed_share_is_out() {
+        // Default 50 %: of 3, one; of 4, two; of 1, none.
+        for (n, cap) in [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2), (10, 5)] {
+            let balancer =
+                Balancer::builder(Strategy::WeightedRandom).build(weighted(&vec![10; n]));
+            for port in 1..=n as u16 {
+                fail(&balancer, port, 20);
+            }
+            assert_eq!(balancer.ejected().len(), cap, "{n} instances");
+            assert!(balancer.pick().is_some());
+        }
+        // 100 %: everything may go out, and then picks ignore ejection rather than fail.
+        let all = Balancer::builder(Strategy::WeightedRandom)
+            .outlier_detection(OutlierDetection::new().max_ejection_percent(100))
+            .build(weighted(&[10, 10]));
+        fail(&all, 1, 5);
+        fail(&all, 2, 5);
+        assert_eq!(all.ejected().len(), 2);
+        assert!(all.pick().is_some());
+    }
+
+    #[test]
+    fn ejection_survives_set_changes_and_a_shrinking_set_brings_the_excess_back() {
+        let balancer = Balancer::builder(Strategy::WeightedRandom).build(weighted(&[10; 4]));
+        fail(&balancer, 1, 5);
+        fail(&balancer, 2, 5);
+        assert_eq!(balancer.ejected().len(), 2);
+        // The same set again (a weight change elsewhere): still out.
+        let mut changed = weighted(&[10; 4]);
+        changed[3].weight = 99;
+        balancer.update(changed);
+        assert_eq!(balancer.ejected().len(), 2);
+        // Down to 3 instances: only one may be out.
+        balancer.update(weighted(&[10; 3]));
+        assert_eq!(balancer.ejected().len(), 1);
+        // An address that leaves the set and comes back starts afresh.
+        balancer.update(weighted(&[10; 4])[2..].to_vec());
+        balancer.update(weighted(&[10; 4]));
+        assert!(balancer.ejected().is_empty());
+    }
+
+    #[test]
+    fn disabled_detection_ignores_reports() {
+        let balancer = Balancer::builder(Strategy::WeightedRandom)
+            .outlier_detection(OutlierDetection::disabled())
+            .build(weighted(&[10, 10]));
+        fail(&balancer, 1, 100);
+        assert!(balancer.ejected().is_empty());
+    }
+
+    #[test]
+    fn ejecting_moves_only_the_ejected_instances_keys() {
+        let n = 20u16;
+        let balancer =
+            Balancer::builder(Strategy::ConsistentHash).build(weighted(&vec![10; n as usize]));
+        let owner = |b: &Balancer, k: u64| b.pick_by_key(k).unwrap().addr;
+        let before: Vec<SocketAddr> = (0..20_000).map(|k| owner(&balancer, k)).collect();
+        fail(&balancer, 7, 5);
+        let moved = (0..20_000u64)
+            .filter(|k| {
+                let now = owner(&balancer, *k);
+                assert_ne!(now, addr(7));
+                now != before[*k as usize]
+            })
+            .count();
+        // Only keys that were on the ejected instance move: about 1/n of them.
+        let share = moved as f64 / 20_000.0;
+        assert!(share <= 1.0 / f64::from(n) + 0.02, "{share:.3}");
+        assert!((0..20_000u64).all(|k| {
+            before[k as usize] == addr(7) || owner(&balancer, k) == before[k as usize]
+        }));
+    }
+
+    #[test]
+    fn a_retry_pick_avoids_what_was_tried() {
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::ConsistentHash,
+        ] {
+            // A heavy instance that random picks would almost always return.
+            let balancer = Balancer::builder(strategy).build(weighted(&[10_000, 1, 1]));
+            for _ in 0..100 {
+                let other = balancer.pick_avoiding(&[addr(1)]).unwrap().addr;
+                assert_ne!(other, addr(1), "{strategy:?}");
+            }
+            assert!(balancer
+                .pick_avoiding(&[addr(1), addr(2), addr(3)])
+                .is_none());
+            fail(&balancer, 3, 5);
+            assert_eq!(
+                balancer.pick_avoiding(&[addr(1)]).unwrap().addr,
+                addr(2),
+                "{strategy:?}: the ejected one is not a candidate"
+            );
+        }
+    }
+
+    #[test]
+    fn a_clean_set_keeps_no_health_records() {
+        let balancer = Balancer::builder(Strategy::WeightedRandom)
+            .outlier_detection(quick(2, Duration::from_millis(50)))
+            .build(weighted(&[10, 10, 10]));
+        let records = |b: &Balancer| b.inner.snapshot.load().health.is_some();
+        balancer.report(addr(1), Outcome::Success);
+        assert!(
+            !records(&balancer),
+            "successes in a clean set record nothing"
+        );
+        balancer.report(addr(1), Outcome::Failure);
+        assert!(records(&balancer), "the first failure adds the records");
+        assert_eq!(
+            balancer.inner.snapshot.load().health(0).unwrap().failures(),
+            1
+        );
+        balancer.report(addr(1), Outcome::Success);
+        balancer.update(weighted(&[10, 10, 10]));
+        assert!(
+            !records(&balancer),
+            "clean again: the next rebuild drops them"
+        );
+        // An ejection is remembered until it is forgiven (one base time per ejection).
+        fail(&balancer, 2, 2);
+        assert_eq!(balancer.ejected().len(), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(balancer.ejected().is_empty());
+        balancer.update(weighted(&[10, 10, 10]));
+        assert!(records(&balancer), "back, not forgiven yet");
+        std::thread::sleep(Duration::from_millis(60));
+        balancer.update(weighted(&[10, 10, 10]));
+        assert!(!records(&balancer), "forgiven");
+    }
+
+    #[test]
+    fn an_unsorted_set_is_sorted_so_that_reports_find_their_instance() {
+        let mut set = weighted(&[10, 10, 10, 10]);
+        set.reverse();
+        let balancer = Balancer::builder(Strategy::SmoothRoundRobin)
+            .outlier_detection(quick(1, Duration::from_secs(60)))
+            .build(set);
+        let ports: Vec<u16> = balancer.instances().iter().map(|i| i.addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 4]);
+        fail(&balancer, 3, 1);
+        assert_eq!(balancer.ejected()[0].addr, addr(3));
     }
 }

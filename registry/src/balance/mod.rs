@@ -1,12 +1,16 @@
 //! Client-side load balancing over a live instance set: weighted random (alias table), smooth
 //! weighted round-robin (precomputed cycle) and consistent hashing (indexed hash ring), each
-//! O(1) per pick, with warm-up and tag filters set up front by [`Balancer::builder`]; adapters
-//! for `tower` (feature `tower`) and tonic's `Channel::balance_channel` (feature `tonic`).
+//! O(1) per pick, with warm-up, tag filters and outlier ejection set up front by
+//! [`Balancer::builder`]; adapters for `tower` (feature `tower`: a `Discover` for
+//! `tower::balance`, a balanced service that reports outcomes, and a retry policy that retries
+//! on another instance) and tonic's `Channel::balance_channel` (feature `tonic`).
 
 mod balancer;
 mod consistent_hash;
 mod filter;
+mod outlier;
 mod round_robin;
+mod snapshot;
 #[cfg(feature = "tonic")]
 mod tonic;
 #[cfg(feature = "tower")]
@@ -17,7 +21,11 @@ mod weighted_random;
 #[cfg(feature = "tonic")]
 pub use self::tonic::balance_channel;
 #[cfg(feature = "tower")]
-pub use self::tower::{discover, ServiceDiscover};
+pub use self::tower::{
+    discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, ReportLayer,
+    Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
+};
 pub use balancer::{Balancer, BalancerBuilder, Strategy};
 pub use filter::TagFilter;
+pub use outlier::{Ejection, Outcome, OutlierDetection};
 pub use warmup::{effective_weight, DEFAULT_MIN_FRACTION};

@@ -78,6 +78,7 @@ pub struct EtcdConfig {
     pub(crate) backoff: Backoff,
     pub(crate) max_txn_ops: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) resolve_from_watch: bool,
 }
 
 impl EtcdConfig {
@@ -105,7 +106,23 @@ impl EtcdConfig {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             max_txn_ops: 128,
             close_timeout: Duration::from_secs(2),
+            resolve_from_watch: true,
         }
+    }
+
+    /// Whether [`EtcdDiscovery::resolve`](super::EtcdDiscovery) answers from a live watch of
+    /// the same service in the same discovery, while that watch is in sync (default `true`).
+    /// Turn it off when a resolve must see a write another client made a moment before (read
+    /// your writes): every resolve is then a range read.
+    ///
+    /// ```
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"])
+    ///     .resolve_from_watch(false);
+    /// # let _ = c;
+    /// ```
+    pub fn resolve_from_watch(mut self, enabled: bool) -> Self {
+        self.resolve_from_watch = enabled;
+        self
     }
 
     /// Settings from `ETCD_ENDPOINTS` (comma-separated), default `http://127.0.0.1:2379`.

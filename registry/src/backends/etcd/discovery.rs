@@ -10,7 +10,8 @@ use etcd_client::{
 use super::config::EtcdConfig;
 use super::error::bounded;
 use super::wire;
-use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source};
+use crate::backends::cache::WatchCache;
+use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source, Step};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::registry::shared;
@@ -38,6 +39,14 @@ const LIST_ATTEMPTS: u32 = 3;
 ///
 /// Concurrent calls share one connection and one connect in flight.
 ///
+/// While a watch on a service is live in this discovery (or a clone of it), `resolve` answers
+/// from that watch's latest state, without a round trip to etcd. It does so only while the
+/// watch is in sync: once its stream fails (etcd restarted, compaction, the member lost its
+/// leader, the connection's 5 s keep-alive ping went unanswered for 3 s) and until it has
+/// listed again, `resolve` reads from etcd as it does with no watch. A cached answer lags etcd
+/// by the watch's notification delay (under a millisecond on loopback, `BENCHMARKS.md`); it is
+/// not a linearizable read ([`EtcdConfig::resolve_from_watch`] turns it off).
+///
 /// ```no_run
 /// use futures_util::StreamExt;
 /// use service_registry::Discovery;
@@ -56,6 +65,7 @@ const LIST_ATTEMPTS: u32 = 3;
 pub struct EtcdDiscovery {
     config: EtcdConfig,
     client: SharedClient<Client>,
+    cache: WatchCache,
 }
 
 impl std::fmt::Debug for EtcdDiscovery {
@@ -174,6 +184,7 @@ impl EtcdDiscovery {
         Self {
             config,
             client: SharedClient::default(),
+            cache: WatchCache::default(),
         }
     }
 
@@ -357,7 +368,7 @@ impl Source for EtcdDiscovery {
         service: &str,
         cursor: &mut Cursor,
         entries: &mut Entries,
-    ) -> Result<(), String> {
+    ) -> Result<Step, String> {
         let response = match cursor.stream.message().await {
             Ok(Some(response)) => response,
             Ok(None) => return Err("the watch stream ended".into()),
@@ -399,17 +410,26 @@ impl Source for EtcdDiscovery {
                 }
             }
         }
-        Ok(())
+        Ok(Step::Applied)
     }
 
     fn backoff(&self) -> Backoff {
         self.config.backoff.clone()
+    }
+
+    fn cache(&self) -> &WatchCache {
+        &self.cache
     }
 }
 
 #[async_trait]
 impl Discovery for EtcdDiscovery {
     async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        if self.config.resolve_from_watch {
+            if let Some(instances) = self.cache.resolve(service) {
+                return Ok(instances);
+            }
+        }
         self.list(service)
             .await
             .map(|(entries, _)| by_addr(&entries))

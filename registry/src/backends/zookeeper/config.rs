@@ -53,6 +53,7 @@ pub struct ZookeeperConfig {
     pub(crate) backoff: Backoff,
     pub(crate) max_multi_ops: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) resolve_from_watch: bool,
 }
 
 impl ZookeeperConfig {
@@ -70,7 +71,23 @@ impl ZookeeperConfig {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             max_multi_ops: 1000,
             close_timeout: Duration::from_secs(2),
+            resolve_from_watch: true,
         }
+    }
+
+    /// Whether [`ZookeeperDiscovery::resolve`](super::ZookeeperDiscovery) answers from a live
+    /// watch of the same service in the same discovery, while that watch is in sync (default
+    /// `true`). Turn it off when a resolve must see a write another client made a moment
+    /// before (read your writes): every resolve then lists and reads the service's nodes.
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181")
+    ///     .resolve_from_watch(false);
+    /// # let _ = c;
+    /// ```
+    pub fn resolve_from_watch(mut self, enabled: bool) -> Self {
+        self.resolve_from_watch = enabled;
+        self
     }
 
     /// Settings from `ZOOKEEPER_ENDPOINTS` (default `127.0.0.1:2181`) and, when set,

@@ -10,7 +10,8 @@ use super::config::ZookeeperConfig;
 use super::error::bounded;
 use super::session::connect;
 use super::wire;
-use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source};
+use crate::backends::cache::WatchCache;
+use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source, Step};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::registry::RegistryError;
@@ -25,6 +26,16 @@ const BACKEND: &str = "zookeeper";
 /// `watch` needs persistent recursive watches, which ZooKeeper has since 3.6; against an older
 /// server it fails with [`DiscoveryError::Unsupported`] (`resolve` works with any version).
 /// Concurrent calls share one session and one connect in flight.
+///
+/// While a watch on a service is live in this discovery (or a clone of it), `resolve` answers
+/// from that watch's latest state, without a round trip to ZooKeeper. It does so only while the
+/// watch is in sync: from the moment the session disconnects (the client notices a silent
+/// server once nothing has come back for its connect timeout, 3 s by default) until it has
+/// reconnected and the watch has
+/// listed the service again, or after the session ended until a new watch has listed it,
+/// `resolve` reads from ZooKeeper as it does with no watch. A cached answer lags ZooKeeper by
+/// the watch's notification delay; it is not a linearizable read
+/// ([`ZookeeperConfig::resolve_from_watch`] turns it off).
 ///
 /// ```no_run
 /// use futures_util::StreamExt;
@@ -43,6 +54,7 @@ const BACKEND: &str = "zookeeper";
 pub struct ZookeeperDiscovery {
     config: ZookeeperConfig,
     client: SharedClient<Client>,
+    cache: WatchCache,
 }
 
 impl std::fmt::Debug for ZookeeperDiscovery {
@@ -114,6 +126,7 @@ impl ZookeeperDiscovery {
         Self {
             config,
             client: SharedClient::default(),
+            cache: WatchCache::default(),
         }
     }
 
@@ -253,19 +266,19 @@ impl Source for ZookeeperDiscovery {
         service: &str,
         cursor: &mut Cursor,
         entries: &mut Entries,
-    ) -> Result<(), String> {
+    ) -> Result<Step, String> {
         loop {
             let event = cursor.watcher.changed().await;
             match event.event_type {
                 EventType::Session => match event.session_state {
-                    SessionState::Disconnected => continue,
+                    // Events during the disconnection may be lost: not current until re-listed.
+                    SessionState::Disconnected => return Ok(Step::Disconnected),
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        // Events during the disconnection may be lost: rebuild from a list.
                         *entries = self
                             .list(&cursor.client, service)
                             .await
                             .map_err(|err| err.to_string())?;
-                        return Ok(());
+                        return Ok(Step::Applied);
                     }
                     // Terminal: this watcher must not be polled again.
                     state => return Err(format!("session ended: {state:?}")),
@@ -274,6 +287,7 @@ impl Source for ZookeeperDiscovery {
                     return self
                         .apply(cursor, entries, event.event_type, &event.path)
                         .await
+                        .map(|()| Step::Applied)
                         .map_err(|err| err.to_string());
                 }
                 EventType::NodeChildrenChanged => continue,
@@ -284,11 +298,20 @@ impl Source for ZookeeperDiscovery {
     fn backoff(&self) -> Backoff {
         self.config.backoff.clone()
     }
+
+    fn cache(&self) -> &WatchCache {
+        &self.cache
+    }
 }
 
 #[async_trait]
 impl Discovery for ZookeeperDiscovery {
     async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        if self.config.resolve_from_watch {
+            if let Some(instances) = self.cache.resolve(service) {
+                return Ok(instances);
+            }
+        }
         let client = self
             .client()
             .await
