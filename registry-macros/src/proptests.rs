@@ -52,7 +52,7 @@ const VALIDATION_MESSAGES: &[&str] = &[
     "`payload_codec` must be a string literal",
     "invalid duration",
     "`warmup` must be a duration",
-    "is not a path",
+    "is not a module path",
     "`crate` must be a string literal",
     "needs a value",
     "takes a value, not a list",

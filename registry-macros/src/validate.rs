@@ -286,12 +286,17 @@ fn check_crate(expr: &Expr, errors: &mut Errors) -> Option<Path> {
         );
         return None;
     };
-    match lit.parse::<Path>() {
+    // Module style: a crate path names a crate or module, never a type with generic arguments
+    // (`a<b>` would expand to `a<b>::Endpoint`, which does not parse).
+    match lit.parse_with(Path::parse_mod_style) {
         Ok(path) => Some(path),
         Err(_) => {
             errors.push(
                 lit.span(),
-                format!("`crate = {:?}` is not a path", lit.value()),
+                format!(
+                    "`crate = {:?}` is not a module path: write the path of the crate, like `crate = \"::service_registry\"`",
+                    lit.value()
+                ),
             );
             None
         }
