@@ -5,9 +5,9 @@ pub(crate) mod watch;
 
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod call;
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 pub(crate) mod handle;
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 pub(crate) mod live;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod names;
@@ -17,3 +17,6 @@ pub mod etcd;
 
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
+
+#[cfg(feature = "nacos")]
+pub mod nacos;
