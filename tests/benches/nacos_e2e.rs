@@ -80,7 +80,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() {
     let nacos = Nacos::start().await;
-    println!("N = {N} registrations, rnacos 0.8.8 at {}", nacos.http_addr());
+    println!(
+        "N = {N} registrations, rnacos 0.8.8 at {}",
+        nacos.http_addr()
+    );
 
     let (mut o, mut k) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
@@ -97,7 +100,10 @@ async fn main() {
     }
     let (om, omin, omax) = spread(&o);
     let (km, kmin, kmax) = spread(&k);
-    println!("\n## register {N}, median (min-max) of rounds 1-{}", ROUNDS - 1);
+    println!(
+        "\n## register {N}, median (min-max) of rounds 1-{}",
+        ROUNDS - 1
+    );
     println!("ours {om:.1?} ({omin:.1?}-{omax:.1?})   Kitex way {km:.1?} ({kmin:.1?}-{kmax:.1?})");
     println!(
         "Kitex way/ours = {:.1}",
@@ -113,14 +119,22 @@ async fn main() {
     let rounds = 40;
     let (mut pushed, mut polled) = (Vec::new(), Vec::new());
     for i in 0..rounds {
-        let info = Info::new(service, SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16)));
+        let info = Info::new(
+            service,
+            SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16)),
+        );
         let started = Instant::now();
         registry.register(&info).await.unwrap();
         // Both observers run at once: the floor polls the open API, the watch waits for the
         // push.
         let floor = async {
             loop {
-                if nacos.list(service).await.iter().any(|h| h["port"] == info.addr.port()) {
+                if nacos
+                    .list(service)
+                    .await
+                    .iter()
+                    .any(|h| h["port"] == info.addr.port())
+                {
                     return started.elapsed();
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;

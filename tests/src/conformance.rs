@@ -290,8 +290,9 @@ mod nacos {
             Arc::new(NacosDiscovery::new(self.config()))
         }
         /// Nacos stores structured instances, not bytes: the nearest thing to unreadable data
-        /// is an instance Kitex's resolver would not use. `node` is its `ip:port`; it is
-        /// registered through the HTTP open API, disabled, with `bytes` (lossily) as metadata.
+        /// is an instance Kitex's resolver would not use, which the server still lists.
+        /// `node` is its `ip:port`; it is registered through the HTTP open API with weight 0
+        /// and `bytes` (lossily) as metadata.
         async fn put_raw(&self, service: &str, node: &str, bytes: &[u8]) {
             let addr: SocketAddr = node.parse().expect("node is ip:port");
             let metadata = serde_json::json!({ "raw": String::from_utf8_lossy(bytes) });
@@ -300,9 +301,9 @@ mod nacos {
                     service,
                     &addr.ip().to_string(),
                     addr.port(),
-                    1.0,
+                    0.0,
                     &metadata,
-                    "enabled=false",
+                    "",
                 )
                 .await;
         }

@@ -25,14 +25,20 @@ async fn example_exits_zero_on_sigterm_and_deregisters() {
         let hosts: Vec<Value> = nacos.list(service).await;
         assert_eq!(hosts.len(), 1, "{service}: {hosts:?}");
         assert_eq!(hosts[0]["port"], addr.port());
-        assert_eq!(hosts[0]["metadata"]["env"], "test", "KITEX_NACOS_ENV_TAGS is metadata");
+        assert_eq!(
+            hosts[0]["metadata"]["env"], "test",
+            "KITEX_NACOS_ENV_TAGS is metadata"
+        );
     }
     terminate(&server);
     let exit = tokio::time::timeout(Duration::from_secs(10), server.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(exit.success(), "the example must exit 0 on SIGTERM: {exit:?}");
+    assert!(
+        exit.success(),
+        "the example must exit 0 on SIGTERM: {exit:?}"
+    );
     for (service, _) in &registered {
         assert!(
             nacos.list(service).await.is_empty(),

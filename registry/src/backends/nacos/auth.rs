@@ -44,7 +44,10 @@ pub(crate) async fn login(config: &NacosConfig) -> Result<Option<Token>, NacosEr
         .await
         .map_err(|_| NacosError::Unreachable {
             server: server.clone(),
-            reason: format!("the login got no answer within {:?}", config.request_timeout),
+            reason: format!(
+                "the login got no answer within {:?}",
+                config.request_timeout
+            ),
         })?
         .map_err(|err| NacosError::Unreachable {
             server: server.clone(),
@@ -66,8 +69,11 @@ pub(crate) async fn login(config: &NacosConfig) -> Result<Option<Token>, NacosEr
             message: text.trim().to_string(),
         });
     }
-    let answer: LoginAnswer = serde_json::from_str(&text)
-        .map_err(|err| refused(format!("the login answer is not Nacos' JSON ({err}): {text}")))?;
+    let answer: LoginAnswer = serde_json::from_str(&text).map_err(|err| {
+        refused(format!(
+            "the login answer is not Nacos' JSON ({err}): {text}"
+        ))
+    })?;
     let value = answer
         .access_token
         .filter(|t| !t.is_empty())
@@ -158,9 +164,15 @@ mod tests {
     #[test]
     fn answers_are_parsed_plain_and_chunked() {
         let plain = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 13\r\n\r\nunknown user!";
-        assert_eq!(parse_response(plain).unwrap(), (403, "unknown user!".into()));
+        assert_eq!(
+            parse_response(plain).unwrap(),
+            (403, "unknown user!".into())
+        );
         let chunked =
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (200, "hello world".into()));
+        assert_eq!(
+            parse_response(chunked).unwrap(),
+            (200, "hello world".into())
+        );
     }
 }

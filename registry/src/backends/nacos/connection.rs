@@ -28,7 +28,10 @@ const UNREGISTERED: u16 = 301;
 /// What the server answers when auth is on and the request carries no (valid) token.
 const FORBIDDEN: u16 = 403;
 /// Our client version, as the server lists it.
-const CLIENT_VERSION: &str = concat!("Nacos-Rust-Client:service-registry-", env!("CARGO_PKG_VERSION"));
+const CLIENT_VERSION: &str = concat!(
+    "Nacos-Rust-Client:service-registry-",
+    env!("CARGO_PKG_VERSION")
+);
 
 type Pushes = Arc<Mutex<HashMap<String, watch::Sender<Option<Arc<ServiceInfo>>>>>>;
 
@@ -111,7 +114,9 @@ impl Connection {
             next_id: AtomicU64::new(1),
             tasks: Vec::new(),
         };
-        let check = connection.call("ServerCheckRequest", "a server check", Empty {}).await?;
+        let check = connection
+            .call("ServerCheckRequest", "a server check", Empty {})
+            .await?;
         tracing::debug!(connection_id = ?check.connection_id, "Nacos server check passed");
         let setup = wire::SetupRequest {
             client_version: CLIENT_VERSION,
@@ -146,7 +151,10 @@ impl Connection {
     async fn wait_known(&self) -> Result<(), NacosError> {
         let deadline = Instant::now() + self.config.connect_timeout;
         loop {
-            match self.call("HealthCheckRequest", "a health check", Empty {}).await {
+            match self
+                .call("HealthCheckRequest", "a health check", Empty {})
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(NacosError::Lost { reason, .. })
                     if Instant::now() < deadline && self.lost_cause().is_none() =>
@@ -328,7 +336,10 @@ impl Connection {
     /// Forgets the pushes of `grouped` when nobody follows them; whether it did.
     pub(crate) fn forget_pushes(&self, grouped: &str) -> bool {
         let mut pushes = lock(&self.pushes);
-        if pushes.get(grouped).is_some_and(|tx| tx.receiver_count() == 0) {
+        if pushes
+            .get(grouped)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
             pushes.remove(grouped);
             return true;
         }
@@ -365,7 +376,12 @@ async fn read_stream(
         let kind = payload.kind().to_string();
         let request: ServerRequest = serde_json::from_slice(payload.json()).unwrap_or_default();
         if kind == "NotifySubscriberRequest" {
-            deliver(&pushes, request.group_name.as_deref(), request.service_name.as_deref(), request.service_info);
+            deliver(
+                &pushes,
+                request.group_name.as_deref(),
+                request.service_name.as_deref(),
+                request.service_info,
+            );
         } else if kind == "ConnectResetRequest" {
             // The server asks us to go elsewhere: this connection is done.
             break "the server asked the client to reconnect".to_string();
@@ -391,12 +407,7 @@ async fn read_stream(
     });
 }
 
-fn deliver(
-    pushes: &Pushes,
-    group: Option<&str>,
-    service: Option<&str>,
-    info: Option<ServiceInfo>,
-) {
+fn deliver(pushes: &Pushes, group: Option<&str>, service: Option<&str>, info: Option<ServiceInfo>) {
     let (Some(service), Some(info)) = (service, info) else {
         return;
     };

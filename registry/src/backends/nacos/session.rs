@@ -331,7 +331,10 @@ impl Session {
                 if failed > 0 {
                     tracing::warn!(failed, "some deregistrations failed at close; those instances go when the connection closes");
                 } else {
-                    tracing::info!(instances = count, "Nacos registry closed; instances deregistered");
+                    tracing::info!(
+                        instances = count,
+                        "Nacos registry closed; instances deregistered"
+                    );
                 }
             }
             Err(_) => tracing::warn!(

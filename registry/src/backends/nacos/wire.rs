@@ -113,7 +113,8 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
         .into_iter()
         .collect();
     let millis = |value: Option<String>| value.and_then(|v| v.trim().parse::<u64>().ok());
-    let start_time = millis(tags.remove(START_TIME_KEY)).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let start_time =
+        millis(tags.remove(START_TIME_KEY)).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
     let warmup = Duration::from_millis(millis(tags.remove(WARMUP_KEY)).unwrap_or(0));
     let payload_codec = tags.remove(PAYLOAD_CODEC_KEY);
     Ok(Instance {
@@ -251,7 +252,10 @@ mod tests {
         let mut info = Info::new("echo", "10.0.0.7:8888".parse().unwrap());
         info.tags.insert("idc".into(), "hz".into());
         info.start_time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let extra = BTreeMap::from([("env".to_string(), "prod".to_string()), ("idc".to_string(), "sh".to_string())]);
+        let extra = BTreeMap::from([
+            ("env".to_string(), "prod".to_string()),
+            ("idc".to_string(), "sh".to_string()),
+        ]);
         let instance = encode(&info, "DEFAULT", &extra);
         let json = serde_json::to_value(&instance).unwrap();
         assert_eq!(json["ip"], "10.0.0.7");
@@ -290,24 +294,46 @@ mod tests {
     fn skips_what_kitex_skips() {
         let base = r#"{"ip":"10.0.0.7","port":1,"weight":1.5,"healthy":true,"enabled":true,"clusterName":"DEFAULT"}"#;
         assert_eq!(decode(&kitex(base), "DEFAULT").unwrap().weight, 1);
-        assert!(matches!(decode(&kitex(base), "HZ"), Err(Skipped::OtherCluster(_))));
+        assert!(matches!(
+            decode(&kitex(base), "HZ"),
+            Err(Skipped::OtherCluster(_))
+        ));
         let unhealthy = base.replace(r#""healthy":true"#, r#""healthy":false"#);
-        assert_eq!(decode(&kitex(&unhealthy), "DEFAULT"), Err(Skipped::NotServing));
+        assert_eq!(
+            decode(&kitex(&unhealthy), "DEFAULT"),
+            Err(Skipped::NotServing)
+        );
         let disabled = base.replace(r#""enabled":true"#, r#""enabled":false"#);
-        assert_eq!(decode(&kitex(&disabled), "DEFAULT"), Err(Skipped::NotServing));
+        assert_eq!(
+            decode(&kitex(&disabled), "DEFAULT"),
+            Err(Skipped::NotServing)
+        );
         let weightless = base.replace("1.5", "0");
-        assert_eq!(decode(&kitex(&weightless), "DEFAULT"), Err(Skipped::NoWeight(0.0)));
+        assert_eq!(
+            decode(&kitex(&weightless), "DEFAULT"),
+            Err(Skipped::NoWeight(0.0))
+        );
         let small = base.replace("1.5", "0.2");
         assert_eq!(decode(&kitex(&small), "DEFAULT").unwrap().weight, 1);
         let bad_ip = base.replace("10.0.0.7", "not-an-ip");
-        assert!(matches!(decode(&kitex(&bad_ip), "DEFAULT"), Err(Skipped::Address { .. })));
+        assert!(matches!(
+            decode(&kitex(&bad_ip), "DEFAULT"),
+            Err(Skipped::Address { .. })
+        ));
         let bad_port = base.replace(r#""port":1"#, r#""port":70000"#);
-        assert!(matches!(decode(&kitex(&bad_port), "DEFAULT"), Err(Skipped::Address { .. })));
+        assert!(matches!(
+            decode(&kitex(&bad_port), "DEFAULT"),
+            Err(Skipped::Address { .. })
+        ));
     }
 
     #[test]
     fn request_bodies_have_nacos_field_names() {
-        let instance = encode(&Info::new("echo", "127.0.0.1:1".parse().unwrap()), "DEFAULT", &BTreeMap::new());
+        let instance = encode(
+            &Info::new("echo", "127.0.0.1:1".parse().unwrap()),
+            "DEFAULT",
+            &BTreeMap::new(),
+        );
         let headers = HashMap::new();
         let body = Envelope {
             module: "naming",
