@@ -355,6 +355,7 @@ async fn a_watch_follows_the_service_across_a_restart() {
 async fn wrong_password_is_a_clear_error_naming_user_and_server() {
     let nacos = Nacos::start_with(NacosOptions {
         auth: Some(("admin".into(), "right-password".into())),
+        ..Default::default()
     })
     .await;
     let bad = NacosRegistry::new(config(&nacos).user("admin", "wrong-password")).unwrap();
@@ -409,6 +410,34 @@ async fn wrong_password_is_a_clear_error_naming_user_and_server() {
     assert_eq!(found[0].addr, running.addr);
     running.stop().await;
     good.close().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_renewed_not_taken_for_a_wrong_password() {
+    let nacos = Nacos::start_with(NacosOptions {
+        auth: Some(("admin".into(), "secret".into())),
+        token_ttl: Some(2),
+    })
+    .await;
+    let config = config(&nacos).user("admin", "secret");
+    let registry = NacosRegistry::new(config.clone()).unwrap();
+    let discovery = NacosDiscovery::new(config);
+    let a = Info::new("nacos.token", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&a).await.unwrap();
+    assert_eq!(discovery.resolve("nacos.token").await.unwrap().len(), 1);
+    // Past the token's life the server refuses it (checked with a token of the same age).
+    let old = nacos.login().await.unwrap();
+    let path = format!("/nacos/v1/ns/instance/list?serviceName=nacos.token&accessToken={old}");
+    assert_eq!(nacos.http("GET", &path, "").await.unwrap().0, 200);
+    poll::until(Duration::from_secs(10), "the token to expire", || async {
+        (nacos.http("GET", &path, "").await.unwrap().0 == 403).then_some(())
+    })
+    .await;
+    let b = Info::new("nacos.token", "127.0.0.1:7002".parse().unwrap());
+    registry.register(&b).await.unwrap();
+    assert_eq!(discovery.resolve("nacos.token").await.unwrap().len(), 2);
+    assert_eq!(registry.health().unwrap().borrow().clone(), Health::Healthy);
+    registry.close().await;
 }
 
 /// Established TCP connections from this process to `port` on 127.0.0.1.

@@ -115,3 +115,50 @@ async fn a_black_holed_connection_is_detected_and_replaced_and_the_old_one_takes
     registry.close().await;
     assert!(listed(&nacos, "faults.svc").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_hung_process_is_dropped_after_the_servers_detection_timeout() {
+    // A process that hangs (or a host that vanishes) closes nothing: the server finds out by
+    // its own checks. rnacos: a connection idle for 15 s gets a ClientDetectionRequest, and is
+    // closed (its instances removed) when nothing answers within 3 s.
+    let nacos = Nacos::start().await;
+    let (mut child, registered) = tests::child::spawn_example(
+        "nacos",
+        &[
+            ("serverAddr", "127.0.0.1".to_string()),
+            ("serverPort", nacos.http_port.to_string()),
+            ("NACOS_GRPC_PORT", nacos.grpc_port.to_string()),
+        ],
+    )
+    .await;
+    let (service, addr) = registered[0].clone();
+    assert_eq!(listed(&nacos, &service).await, vec![addr.port()]);
+    let pid = child.id().unwrap().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let hung = Instant::now();
+    let gone = tests::poll::until(
+        Duration::from_secs(40),
+        "the server to drop the hung process",
+        || async {
+            listed(&nacos, &service)
+                .await
+                .is_empty()
+                .then(|| hung.elapsed())
+        },
+    )
+    .await;
+    println!("a hung process's instances dropped by the server after {gone:?}");
+    assert!(
+        gone >= Duration::from_secs(10),
+        "dropped after {gone:?}: too early to be the timeout"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

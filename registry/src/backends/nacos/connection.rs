@@ -48,6 +48,9 @@ pub(crate) struct Connection {
     token: tokio::sync::Mutex<Option<Token>>,
     lost: watch::Sender<Option<String>>,
     pushes: Pushes,
+    /// Held while subscribing or unsubscribing: the server keeps one subscription per
+    /// connection and service, so these must reach it in the order they were decided.
+    subscribing: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -111,6 +114,7 @@ impl Connection {
             token: tokio::sync::Mutex::new(token),
             lost,
             pushes: Arc::default(),
+            subscribing: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             tasks: Vec::new(),
         };
@@ -318,6 +322,16 @@ impl Connection {
             code: 0,
             message: format!("the answer ({}) is not Nacos JSON: {err}", answer.kind()),
         })
+    }
+
+    /// Serializes subscriptions and unsubscriptions on this connection.
+    pub(crate) async fn subscribing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.subscribing.lock().await
+    }
+
+    /// Whether anybody follows the pushes of `grouped`.
+    pub(crate) fn followed(&self, grouped: &str) -> bool {
+        lock(&self.pushes).contains_key(grouped)
     }
 
     /// Pushes for `group@@service` from now on (the latest one; `None` before the first).

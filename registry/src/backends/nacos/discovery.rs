@@ -162,12 +162,17 @@ impl Drop for Subscription {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (connection, config, service) = (
+        let (connection, config, service, grouped) = (
             self.connection.clone(),
             self.config.clone(),
             std::mem::take(&mut self.service),
+            std::mem::take(&mut self.grouped),
         );
         runtime.spawn(async move {
+            let _order = connection.subscribing().await;
+            if connection.followed(&grouped) {
+                return; // followed again meanwhile: its subscription stands
+            }
             let request = SubscribeRequest {
                 namespace: &config.namespace,
                 service_name: &service,
@@ -193,6 +198,7 @@ impl Source for NacosDiscovery {
         let (connection, epoch) = self.connection(service).await?;
         let config = &self.config;
         let grouped = wire::grouped(&config.group, service);
+        let order = connection.subscribing().await;
         // Follow pushes before subscribing, so none that follows the answer is missed.
         let pushes = connection.pushes(&grouped);
         let subscription = Subscription {
@@ -215,6 +221,7 @@ impl Source for NacosDiscovery {
             .call("SubscribeServiceRequest", &what, request)
             .await
             .map_err(|err| self.failed(service, epoch, err))?;
+        drop(order);
         let mut subscription = subscription;
         let info = response.service_info;
         subscription.last_ref_time = info.as_ref().map_or(0, |i| i.last_ref_time);
