@@ -440,6 +440,34 @@ async fn an_expired_token_is_renewed_not_taken_for_a_wrong_password() {
     registry.close().await;
 }
 
+#[tokio::test]
+async fn namespace_group_and_cluster_separate_registrations() {
+    let nacos = Nacos::start().await;
+    let dev = config(&nacos)
+        .namespace("dev")
+        .group("ORDERS")
+        .cluster("HZ");
+    let registry = NacosRegistry::new(dev.clone()).unwrap();
+    let a = Info::new("nacos.ns", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&a).await.unwrap();
+    let found = NacosDiscovery::new(dev).resolve("nacos.ns").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].addr, a.addr);
+    for other in [
+        config(&nacos),
+        config(&nacos).namespace("dev"),
+        config(&nacos).namespace("dev").group("ORDERS"),
+        config(&nacos).group("ORDERS").cluster("HZ"),
+    ] {
+        let seen = NacosDiscovery::new(other.clone())
+            .resolve("nacos.ns")
+            .await
+            .unwrap();
+        assert!(seen.is_empty(), "{other:?} sees {seen:?}");
+    }
+    registry.close().await;
+}
+
 /// Established TCP connections from this process to `port` on 127.0.0.1.
 fn connections_to(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();

@@ -96,10 +96,9 @@ impl Connection {
         let endpoint = Endpoint::from_shared(format!("http://{server}"))
             .map_err(|err| unreachable(format!("not a valid address: {err}")))?
             .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(config.heartbeat)
-            .keep_alive_timeout(config.request_timeout)
-            .keep_alive_while_idle(true);
+            .tcp_nodelay(true);
+        // No HTTP/2 pings: Java Nacos' gRPC server answers pings more often than every
+        // 5 minutes with GOAWAY (`permitKeepAliveTime`). The health check is the keep-alive.
         let channel = endpoint
             .connect()
             .await
