@@ -21,10 +21,10 @@ use super::auth::{login, Token};
 use super::config::NacosConfig;
 use super::error::NacosError;
 use super::proto::{NacosGrpc, Payload};
-use super::wire::{self, Ack, Empty, Envelope, Response, ServerRequest, ServiceInfo};
+use super::wire::{self, Empty, Envelope, Response, ServiceInfo};
 
 /// What the server answers when it does not know the connection a request came on.
-const UNREGISTERED: u16 = 301;
+pub(crate) const UNREGISTERED: u16 = 301;
 /// What the server answers when auth is on and the request carries no (valid) token.
 const FORBIDDEN: u16 = 403;
 /// Our client version, as the server lists it.
@@ -33,9 +33,21 @@ const CLIENT_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-type Pushes = Arc<Mutex<HashMap<String, watch::Sender<Option<Arc<ServiceInfo>>>>>>;
+/// The latest push per `group@@service`, for whoever follows it.
+pub(crate) type Pushes = Arc<Mutex<HashMap<String, watch::Sender<Option<Arc<ServiceInfo>>>>>>;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Records the first cause of a lost connection; later ones are dropped.
+pub(crate) fn mark_lost(lost: &watch::Sender<Option<String>>, cause: String) {
+    lost.send_if_modified(|slot| {
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(cause);
+        true
+    });
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update is one insert or remove: a poisoned lock is still consistent.
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
@@ -133,13 +145,13 @@ impl Connection {
             .bi_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
             .await
             .map_err(|status| unreachable(format!("cannot open the stream: {status}")))?;
-        connection.tasks.push(tokio::spawn(read_stream(
+        connection.tasks.push(tokio::spawn(super::stream::read(
             stream,
             outbound,
             connection.pushes.clone(),
             connection.lost.clone(),
         )));
-        connection.tasks.push(tokio::spawn(check_health(
+        connection.tasks.push(tokio::spawn(super::heartbeat::check(
             grpc,
             config.heartbeat,
             config.request_timeout,
@@ -191,13 +203,7 @@ impl Connection {
     }
 
     fn mark_lost(&self, cause: &str) {
-        self.lost.send_if_modified(|lost| {
-            if lost.is_some() {
-                return false;
-            }
-            *lost = Some(cause.to_string());
-            true
-        });
+        mark_lost(&self.lost, cause.to_string());
     }
 
     fn payload<T: Serialize>(&self, kind: &str, body: T) -> Payload {
@@ -370,106 +376,4 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
-}
-
-/// Reads the stream: answers each server request, hands pushes to their subscribers, and
-/// reports the stream's end.
-async fn read_stream(
-    mut stream: tonic::Streaming<Payload>,
-    outbound: mpsc::UnboundedSender<Payload>,
-    pushes: Pushes,
-    lost: watch::Sender<Option<String>>,
-) {
-    let cause = loop {
-        let payload = match stream.message().await {
-            Ok(Some(payload)) => payload,
-            Ok(None) => break "the server closed the stream".to_string(),
-            Err(status) => break format!("the stream failed: {status}"),
-        };
-        let kind = payload.kind().to_string();
-        let request: ServerRequest = serde_json::from_slice(payload.json()).unwrap_or_default();
-        if kind == "NotifySubscriberRequest" {
-            deliver(
-                &pushes,
-                request.group_name.as_deref(),
-                request.service_name.as_deref(),
-                request.service_info,
-            );
-        } else if kind == "ConnectResetRequest" {
-            // The server asks us to go elsewhere: this connection is done.
-            break "the server asked the client to reconnect".to_string();
-        }
-        if kind.ends_with("Request") {
-            let ack = Ack {
-                result_code: 200,
-                error_code: 0,
-                request_id: request.request_id.unwrap_or_default(),
-            };
-            let json = serde_json::to_vec(&ack).unwrap_or_default();
-            let answer = kind.trim_end_matches("Request").to_string() + "Response";
-            let _ = outbound.send(Payload::new(&answer, HashMap::new(), json));
-        }
-    };
-    tracing::debug!(%cause, "the Nacos stream ended");
-    lost.send_if_modified(|slot| {
-        if slot.is_some() {
-            return false;
-        }
-        *slot = Some(cause);
-        true
-    });
-}
-
-fn deliver(pushes: &Pushes, group: Option<&str>, service: Option<&str>, info: Option<ServiceInfo>) {
-    let (Some(service), Some(info)) = (service, info) else {
-        return;
-    };
-    let group = group.unwrap_or(super::config::DEFAULT_GROUP);
-    let key = wire::grouped(group, wire::ungrouped(service));
-    if let Some(tx) = lock(pushes).get(&key) {
-        tx.send_replace(Some(Arc::new(info)));
-    }
-}
-
-/// Sends a `HealthCheckRequest` every `every`; a failure or no answer within `limit` marks
-/// the connection lost.
-async fn check_health(
-    grpc: NacosGrpc,
-    every: Duration,
-    limit: Duration,
-    lost: watch::Sender<Option<String>>,
-) {
-    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let headers = HashMap::new();
-    let cause = loop {
-        tick.tick().await;
-        let body = Envelope {
-            module: "internal",
-            request_id: "0".to_string(),
-            headers: &headers,
-            body: Empty {},
-        };
-        let json = serde_json::to_vec(&body).unwrap_or_default();
-        let payload = Payload::new("HealthCheckRequest", HashMap::new(), json);
-        let sent = Instant::now();
-        match tokio::time::timeout(limit, grpc.request(payload)).await {
-            Ok(Ok(answer)) => {
-                let response: Response = serde_json::from_slice(answer.json()).unwrap_or_default();
-                if response.result_code != 200 && response.error_code == UNREGISTERED {
-                    break "the server no longer knows this connection".to_string();
-                }
-                crate::metrics::keepalive("nacos", sent.elapsed());
-            }
-            Ok(Err(status)) => break format!("the health check failed: {status}"),
-            Err(_) => break format!("the health check got no answer within {limit:?}"),
-        }
-    };
-    lost.send_if_modified(|slot| {
-        if slot.is_some() {
-            return false;
-        }
-        *slot = Some(cause);
-        true
-    });
 }

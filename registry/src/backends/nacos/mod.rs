@@ -10,9 +10,11 @@ mod config;
 mod connection;
 mod discovery;
 mod error;
+mod heartbeat;
 mod proto;
 mod registry;
 mod session;
+mod stream;
 mod wire;
 
 pub use config::{
