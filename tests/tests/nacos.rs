@@ -310,6 +310,35 @@ async fn restart_with_wiped_data_restores_every_registration() {
 }
 
 #[tokio::test]
+async fn registration_waits_out_a_nacos_that_is_down_at_startup() {
+    let mut nacos = Nacos::start().await;
+    nacos.stop();
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    let status = running
+        .status
+        .wait_for(|s| {
+            s.values()
+                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
+        })
+        .await
+        .unwrap();
+    let ServiceStatus::Retrying { last_error, .. } = &status["nacos.echo"] else {
+        unreachable!()
+    };
+    assert!(last_error.contains("cannot reach Nacos"), "{last_error}");
+    assert_eq!(
+        echo::call(running.addr, "serving").await.unwrap(),
+        "serving"
+    );
+    nacos.restart().await;
+    running.registered(Duration::from_secs(10)).await;
+    assert_eq!(listed(&nacos, "nacos.echo").await, vec![running.addr]);
+    running.stop().await;
+    registry.close().await;
+}
+
+#[tokio::test]
 async fn a_watch_follows_the_service_across_a_restart() {
     let mut nacos = Nacos::start().await;
     let registry = NacosRegistry::new(config(&nacos)).unwrap();
@@ -510,9 +539,13 @@ async fn three_hundred_services_share_one_connection() {
         1,
         "every registration shares one connection"
     );
-    // They stay through several health checks.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(listed(&nacos, "many.299").await, vec![infos[299].addr]);
+    // They stay through several health checks (every second here), on that one connection.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(listed(&nacos, "many.299").await, vec![infos[299].addr]);
+        assert_eq!(connections_to(nacos.grpc_port), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let closing = Instant::now();
     registry.close().await;
     println!("close deregistered 300 in {:?}", closing.elapsed());
