@@ -71,6 +71,13 @@ impl NacosError {
         matches!(self, Self::Unreachable { .. } | Self::Lost { .. })
     }
 
+    /// Whether nothing more can be written on this connection: it is gone, or the server no
+    /// longer accepts our credentials. Either way a new connection (and login) is needed; the
+    /// instances themselves are not at fault.
+    pub(crate) fn is_fatal(&self) -> bool {
+        self.is_connection() || matches!(self, Self::Unauthenticated { .. })
+    }
+
     /// The registry-side reading.
     pub(crate) fn into_registry(self) -> RegistryError {
         match &self {
@@ -122,6 +129,10 @@ mod tests {
             reason: "unknown user!".into(),
         };
         assert!(!auth.is_connection());
+        assert!(
+            auth.is_fatal(),
+            "credentials refused: log in again, keep the instances"
+        );
         let err = RegistryError::from(auth);
         assert!(matches!(&err, RegistryError::Unauthenticated { user, .. } if user == "u"));
         assert!(err.to_string().contains("`u`"), "{err}");

@@ -150,7 +150,7 @@ impl Session {
         let mut refusals = BTreeMap::new();
         for ((key, value), result) in writes.iter().zip(results) {
             match (value, result) {
-                (_, Err(err)) if err.is_connection() => failure = Some(err),
+                (_, Err(err)) if err.is_fatal() => failure = Some(err),
                 (None, Ok(())) => self.live.deleted(key),
                 (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
                 (Some(_), Ok(())) => {}
@@ -161,7 +161,8 @@ impl Session {
                 }
             }
         }
-        let failure = failure.map(NacosError::into_registry);
+        let fatal = failure;
+        let failure = fatal.clone().map(NacosError::into_registry);
         for (key, waiter) in std::mem::take(&mut self.pending_puts) {
             let result = match (&failure, refusals.get(&key)) {
                 (Some(err), _) | (None, Some(err)) => Err(err.clone()),
@@ -176,12 +177,9 @@ impl Session {
             self.close(&connection).await;
             return Ok(Established::Closed(Some(done)));
         }
-        match failure {
-            Some(RegistryError::Unavailable { source, .. }) => Err(NacosError::Lost {
-                server: self.config.grpc_addr(),
-                reason: source.to_string(),
-            }),
-            _ => Ok(Established::Live(connection)),
+        match fatal {
+            Some(err) => Err(err),
+            None => Ok(Established::Live(connection)),
         }
     }
 
@@ -228,7 +226,7 @@ impl Session {
                     for ((key, _), result) in deletes.iter().zip(results) {
                         match result {
                             Ok(()) => self.live.deleted(key),
-                            Err(err) if err.is_connection() => return Step::Lost(err.to_string()),
+                            Err(err) if err.is_fatal() => return Step::Lost(err.to_string()),
                             Err(err) => self.live.delete_failed(key, &err.into_registry()),
                         }
                     }
@@ -279,7 +277,7 @@ impl Session {
         let mut lost = None;
         for ((key, value), result) in ops.iter().zip(results) {
             match (value, result) {
-                (_, Err(err)) if err.is_connection() => {
+                (_, Err(err)) if err.is_fatal() => {
                     lost = Some(err.into_registry());
                 }
                 (None, Ok(())) => self.live.deleted(key),
