@@ -94,7 +94,18 @@ async fn a_black_holed_connection_is_detected_and_replaced_and_the_old_one_takes
     // Deregistered while unreachable: must not come back.
     let gone = info(7002);
     let _ = registry.deregister(&gone).await;
-    tokio::time::sleep(Duration::from_secs(1)).await; // hold the black hole past a few checks
+    // While it lasts, the server still holds the old connection and lists its instance: the
+    // registry keeps that connection open until a new one holds everything (closing it would
+    // take the instance away until then).
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(
+            listed(&nacos, "faults.svc").await,
+            vec![7001],
+            "during the black hole"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     proxy.set(Fault::Pass);
     until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
     let passed = Instant::now();

@@ -54,6 +54,11 @@ pub(crate) struct Session {
     pending_puts: Vec<(String, Reply)>,
     /// A close taken from the queue while (re)connecting.
     closing: Option<oneshot::Sender<()>>,
+    /// The connection that was lost, kept open until a new one holds every instance: a
+    /// connection we gave up on (a health check that timed out on a slow server) may still
+    /// be alive on the server, and closing it first would take its instances away for the
+    /// time it takes to register them again. A dead one costs nothing to keep.
+    stale: Option<Arc<Connection>>,
 }
 
 enum Step {
@@ -79,6 +84,7 @@ impl Session {
             commands,
             pending_puts: Vec::new(),
             closing: None,
+            stale: None,
         }
     }
 
@@ -113,6 +119,7 @@ impl Session {
                                 attempt: 0,
                                 last_error: cause.clone(),
                             });
+                            self.stale = Some(connection);
                             (self.unavailable(&cause), backoff.next_delay())
                         }
                     }
@@ -179,7 +186,12 @@ impl Session {
         }
         match fatal {
             Some(err) => Err(err),
-            None => Ok(Established::Live(connection)),
+            None => {
+                // Every instance is on the new connection: the old one may go (and with it
+                // whatever only it held, such as instances deregistered meanwhile).
+                self.stale = None;
+                Ok(Established::Live(connection))
+            }
         }
     }
 
