@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the fixtures need (etcd, ZooKeeper, protoc) with apt
-# when missing; the fixtures start and stop the servers themselves on free loopback ports.
+# and the Nacos server (rnacos, with cargo) when missing; the fixtures start and stop the servers
+# themselves on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,15 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# Nacos: rnacos (a Rust server speaking Nacos' HTTP and gRPC APIs), once per machine (~16 min
+# to build on 2 cores); it lands in cargo's bin directory, where the fixture looks for it.
+if ! command -v rnacos >/dev/null 2>&1 \
+  && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/rnacos" ] \
+  && [ ! -x "$HOME/.cargo/bin/rnacos" ]; then
+  echo "installing: rnacos 0.8.8 (cargo install)"
+  cargo install rnacos --locked --version 0.8.8
 fi
 
 cargo test --workspace --all-features "$@"

@@ -197,7 +197,7 @@ fn all_sources_failed(
 
 impl DiscoveryError {
     /// The discovery-side reading of a backend call's [`RegistryError`](crate::RegistryError).
-    #[cfg(any(feature = "etcd", feature = "zookeeper"))]
+    #[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
     pub(crate) fn from_registry(
         backend: &'static str,
         service: &str,

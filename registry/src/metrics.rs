@@ -95,7 +95,7 @@ pub(crate) fn recovered(registry: &str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
-#[cfg(feature = "etcd")]
+#[cfg(any(feature = "etcd", feature = "nacos"))]
 pub(crate) fn keepalive(registry: &'static str, round_trip: Duration) {
     metrics::histogram!(KEEPALIVE_SECONDS, "registry" => registry).record(round_trip.as_secs_f64());
 }

@@ -1,6 +1,6 @@
 //! One behaviour suite for every backend, as opendal runs its behaviour tests against each
 //! service: a scenario is written once against [`Backend`] and `tests/tests/conformance.rs` runs
-//! it on memory, etcd and ZooKeeper, one test per (backend, scenario).
+//! it on memory, etcd, ZooKeeper and Nacos, one test per (backend, scenario).
 //!
 //! Scenarios panic with the backend's name and what was observed. They wait on conditions with
 //! deadlines; the only sleeps hold an outage open past the lease TTL / session timeout.
@@ -227,6 +227,91 @@ mod zookeeper {
         }
         async fn recover(&mut self) {
             self.zk.restart().await;
+        }
+        async fn finish(&mut self) {
+            let registries = std::mem::take(&mut *self.registries.lock().unwrap());
+            for registry in registries {
+                let _ = tokio::time::timeout(Duration::from_secs(5), registry.close()).await;
+            }
+        }
+    }
+}
+
+#[cfg(feature = "nacos")]
+pub use self::nacos::NacosBackend;
+
+#[cfg(feature = "nacos")]
+mod nacos {
+    use super::*;
+    use crate::fixtures::nacos::Nacos;
+    use service_registry::nacos::{NacosConfig, NacosDiscovery, NacosRegistry};
+    use service_registry::Backoff;
+    use std::sync::Mutex;
+
+    /// An rnacos started by the fixture; clients check the connection every second.
+    pub struct NacosBackend {
+        pub nacos: Nacos,
+        registries: Mutex<Vec<NacosRegistry>>,
+    }
+
+    impl NacosBackend {
+        /// Starts rnacos and waits until it answers.
+        pub async fn start() -> Self {
+            Self {
+                nacos: Nacos::start().await,
+                registries: Mutex::default(),
+            }
+        }
+
+        /// The configuration every client here uses.
+        pub fn config(&self) -> NacosConfig {
+            NacosConfig::new("127.0.0.1", self.nacos.http_port)
+                .grpc_port(self.nacos.grpc_port)
+                .heartbeat(Duration::from_secs(1))
+                .request_timeout(Duration::from_secs(2))
+                .backoff(Backoff::new(
+                    Duration::from_millis(50),
+                    Duration::from_millis(500),
+                ))
+        }
+    }
+
+    #[async_trait]
+    impl Backend for NacosBackend {
+        fn name(&self) -> &'static str {
+            "nacos"
+        }
+        async fn registry(&self) -> Arc<dyn Registry> {
+            let registry = NacosRegistry::new(self.config()).expect("nacos registry");
+            self.registries.lock().unwrap().push(registry.clone());
+            Arc::new(registry)
+        }
+        async fn discovery(&self) -> Arc<dyn Discovery> {
+            Arc::new(NacosDiscovery::new(self.config()))
+        }
+        /// Nacos stores structured instances, not bytes: the nearest thing to unreadable data
+        /// is an instance Kitex's resolver would not use, which the server still lists.
+        /// `node` is its `ip:port`; it is registered through the HTTP open API with weight 0
+        /// and `bytes` (lossily) as metadata.
+        async fn put_raw(&self, service: &str, node: &str, bytes: &[u8]) {
+            let addr: SocketAddr = node.parse().expect("node is ip:port");
+            let metadata = serde_json::json!({ "raw": String::from_utf8_lossy(bytes) });
+            self.nacos
+                .register_http(
+                    service,
+                    &addr.ip().to_string(),
+                    addr.port(),
+                    0.0,
+                    &metadata,
+                    "",
+                )
+                .await;
+        }
+        async fn outage(&mut self) {
+            self.nacos.stop();
+        }
+        async fn recover(&mut self) {
+            self.nacos.restart().await;
         }
         async fn finish(&mut self) {
             let registries = std::mem::take(&mut *self.registries.lock().unwrap());

@@ -3,7 +3,7 @@
 //!
 //! Memory runs every scenario that applies to it: it cannot hold foreign (unreadable) bytes and
 //! has no server to take away, so `unreadable_data_is_left_out`, `outage_and_recovery` and
-//! `deregistration_during_outage_stays_gone` run on etcd and ZooKeeper only.
+//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only.
 
 use tests::conformance::{self, Backend};
 
@@ -46,6 +46,18 @@ conformance! {
 #[cfg(feature = "zookeeper")]
 conformance! {
     zookeeper = conformance::ZookeeperBackend::start().await;
+    register_then_resolve,
+    watch_snapshot_then_changes,
+    deregister_removes_at_once,
+    register_and_deregister_are_idempotent,
+    unreadable_data_is_left_out,
+    outage_and_recovery,
+    deregistration_during_outage_stays_gone,
+}
+
+#[cfg(feature = "nacos")]
+conformance! {
+    nacos = conformance::NacosBackend::start().await;
     register_then_resolve,
     watch_snapshot_then_changes,
     deregister_removes_at_once,

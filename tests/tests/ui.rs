@@ -6,7 +6,7 @@
 //! a second build of the etcd, ZooKeeper and TLS clients (minutes on two cores), so the snapshots
 //! run in the featureless pass of `scripts/test.sh` (`cargo test -p tests --test ui`) and are
 //! compiled out of the all-features pass.
-#![cfg(not(any(feature = "etcd", feature = "zookeeper")))]
+#![cfg(not(any(feature = "etcd", feature = "zookeeper", feature = "nacos")))]
 
 #[test]
 fn ui() {

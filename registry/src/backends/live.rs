@@ -77,6 +77,7 @@ impl LiveSet {
 
     /// Every pending removal is accepted for now (the registry is unreachable): waiters hear
     /// success, and the removals stay pending until done or their owner is gone.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub(crate) fn owner_pending(&mut self) {
         for waiters in self.doomed.values_mut() {
             for waiter in waiters.drain(..) {
@@ -95,6 +96,7 @@ impl LiveSet {
     }
 
     /// Whether `key` is to be kept.
+    #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     pub(crate) fn contains(&self, key: &str) -> bool {
         self.keys.contains_key(key)
     }
@@ -115,6 +117,7 @@ impl LiveSet {
     }
 
     /// Everything to write on a new lease or session: pending removals first, then every key.
+    #[cfg_attr(not(any(feature = "etcd", feature = "nacos")), allow(dead_code))]
     pub(crate) fn writes(&self) -> Vec<(String, Option<Vec<u8>>)> {
         self.doomed
             .keys()
@@ -129,6 +132,7 @@ impl LiveSet {
     }
 
     /// Every kept key.
+    #[cfg_attr(not(any(feature = "zookeeper", feature = "nacos")), allow(dead_code))]
     pub(crate) fn keys(&self) -> impl Iterator<Item = &String> {
         self.keys.keys()
     }

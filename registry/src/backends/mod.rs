@@ -3,13 +3,13 @@
 pub mod memory;
 pub(crate) mod watch;
 
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 pub(crate) mod cache;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod call;
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 pub(crate) mod handle;
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 pub(crate) mod live;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod names;
@@ -19,3 +19,6 @@ pub mod etcd;
 
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
+
+#[cfg(feature = "nacos")]
+pub mod nacos;

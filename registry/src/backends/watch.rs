@@ -135,11 +135,11 @@ impl Stream for Changes {
     }
 }
 
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 pub(crate) use self::remote::*;
 
 /// The parts only network backends need.
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 mod remote {
     use std::collections::BTreeMap;
     use std::future::Future;
@@ -410,7 +410,7 @@ mod remote {
         /// Drops the client of `epoch` (it failed), so the next call connects again; a newer
         /// client is kept. (A ZooKeeper client reconnects by itself; only its end counts, which
         /// `usable` sees.)
-        #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+        #[cfg_attr(not(any(feature = "etcd", feature = "nacos")), allow(dead_code))]
         pub(crate) fn forget(&self, epoch: u64) {
             let mut inner = lock(&self.inner);
             if matches!(inner.slot, Slot::Ready { epoch: e, .. } if e == epoch) {

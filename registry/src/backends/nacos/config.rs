@@ -1,0 +1,373 @@
+//! [`NacosConfig`]: where Nacos is, which namespace, group and cluster, and how to log in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+
+/// Kitex's variable for the Nacos host (`kitex-contrib/registry-nacos`, `nacos/env.go`);
+/// default `127.0.0.1`.
+pub const SERVER_ADDR_ENV: &str = "serverAddr";
+/// Kitex's variable for the Nacos HTTP port; default `8848`. The gRPC port is this + 1000
+/// (Nacos' convention) unless [`GRPC_PORT_ENV`] says otherwise.
+pub const SERVER_PORT_ENV: &str = "serverPort";
+/// Kitex's variable for the namespace id; default empty (Nacos' `public`).
+pub const NAMESPACE_ENV: &str = "namespace";
+/// Kitex's variable for extra metadata on every instance: `k1=v1,k2=v2`.
+pub const KITEX_TAGS_ENV: &str = "KITEX_NACOS_ENV_TAGS";
+/// The gRPC port when it is not the HTTP port + 1000 (not a Kitex variable).
+pub const GRPC_PORT_ENV: &str = "NACOS_GRPC_PORT";
+/// The user name to log in with (not a Kitex variable: Kitex passes credentials in code).
+pub const USERNAME_ENV: &str = "NACOS_USERNAME";
+/// The password for [`USERNAME_ENV`].
+pub const PASSWORD_ENV: &str = "NACOS_PASSWORD";
+
+/// Kitex's default group.
+pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
+/// Kitex's default cluster.
+pub const DEFAULT_CLUSTER: &str = "DEFAULT";
+
+/// Why a [`NacosConfig`] could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NacosConfigError {
+    /// The host is empty.
+    #[error("no Nacos server address: set one, e.g. `127.0.0.1` (or `serverAddr`)")]
+    NoServer,
+    /// `serverPort` (or `NACOS_GRPC_PORT`) is not a port number.
+    #[error("{variable} = `{value}` is not a port number (1-65535)")]
+    BadPort {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The registry's background task needs a Tokio runtime.
+    #[error(
+        "NacosRegistry must be built inside a Tokio runtime (its connection task is spawned there)"
+    )]
+    NoRuntime,
+}
+
+/// Connection settings shared by [`NacosRegistry`](super::NacosRegistry) and
+/// [`NacosDiscovery`](super::NacosDiscovery).
+///
+/// ```
+/// use std::time::Duration;
+/// use service_registry::nacos::NacosConfig;
+///
+/// let config = NacosConfig::new("127.0.0.1", 8848)
+///     .namespace("dev")
+///     .group("DEFAULT_GROUP")
+///     .cluster("DEFAULT")
+///     .user("nacos", "secret")
+///     .request_timeout(Duration::from_secs(3));
+/// assert_eq!(config.grpc_addr(), "127.0.0.1:9848");
+/// ```
+#[derive(Clone, Debug)]
+pub struct NacosConfig {
+    pub(crate) host: String,
+    pub(crate) http_port: u16,
+    pub(crate) grpc_port: u16,
+    pub(crate) namespace: String,
+    pub(crate) group: String,
+    pub(crate) cluster: String,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) extra_metadata: BTreeMap<String, String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) backoff: Backoff,
+    pub(crate) close_timeout: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) resolve_from_watch: bool,
+}
+
+impl NacosConfig {
+    /// Settings for Nacos at `host`, HTTP port `http_port` (gRPC on `http_port + 1000`), with
+    /// Kitex's defaults: namespace `public`, group `DEFAULT_GROUP`, cluster `DEFAULT`.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("10.0.0.5", 8848);
+    /// assert_eq!(c.http_addr(), "10.0.0.5:8848");
+    /// ```
+    pub fn new(host: impl Into<String>, http_port: u16) -> Self {
+        Self {
+            host: host.into(),
+            http_port,
+            grpc_port: http_port.wrapping_add(1000),
+            namespace: String::new(),
+            group: DEFAULT_GROUP.to_string(),
+            cluster: DEFAULT_CLUSTER.to_string(),
+            user: None,
+            extra_metadata: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(5),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+            close_timeout: Duration::from_secs(2),
+            concurrency: 64,
+            resolve_from_watch: true,
+        }
+    }
+
+    /// Whether [`NacosDiscovery::resolve`](super::NacosDiscovery) answers from a live watch of
+    /// the same service in the same discovery, while that watch is in sync (default `true`),
+    /// as the etcd and ZooKeeper discoveries do. Turn it off when a resolve must see a write
+    /// another client made a moment before: every resolve is then a query.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .resolve_from_watch(false);
+    /// # let _ = c;
+    /// ```
+    pub fn resolve_from_watch(mut self, enabled: bool) -> Self {
+        self.resolve_from_watch = enabled;
+        self
+    }
+
+    /// Settings from Kitex's variables: `serverAddr` (default `127.0.0.1`), `serverPort`
+    /// (default 8848), `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS`
+    /// (`k=v,k=v`, added to every instance's metadata); plus `NACOS_GRPC_PORT` (default
+    /// `serverPort + 1000`) and `NACOS_USERNAME` / `NACOS_PASSWORD`.
+    ///
+    /// ```
+    /// let config = service_registry::nacos::NacosConfig::from_env().unwrap();
+    /// assert!(!config.http_addr().is_empty());
+    /// ```
+    pub fn from_env() -> Result<Self, NacosConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let port = |variable: &'static str, value: String| {
+            value
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or(NacosConfigError::BadPort { variable, value })
+        };
+        let host = var(SERVER_ADDR_ENV).unwrap_or_else(|| "127.0.0.1".to_string());
+        let http_port = match var(SERVER_PORT_ENV) {
+            Some(value) => port(SERVER_PORT_ENV, value)?,
+            None => 8848,
+        };
+        let mut config = Self::new(host.trim(), http_port);
+        if let Some(value) = var(GRPC_PORT_ENV) {
+            config.grpc_port = port(GRPC_PORT_ENV, value)?;
+        }
+        if let Some(namespace) = var(NAMESPACE_ENV) {
+            config.namespace = namespace;
+        }
+        if let (Some(user), Some(password)) = (var(USERNAME_ENV), var(PASSWORD_ENV)) {
+            config.user = Some((user, password));
+        }
+        if let Some(tags) = var(KITEX_TAGS_ENV) {
+            config.extra_metadata = parse_tags(&tags);
+        }
+        Ok(config)
+    }
+
+    /// `host:http_port`, where the HTTP open API (and login) answers.
+    ///
+    /// See [`NacosConfig::new`] for an example.
+    pub fn http_addr(&self) -> String {
+        format!("{}:{}", self.host, self.http_port)
+    }
+
+    /// `host:grpc_port`, where the 2.x gRPC API answers.
+    ///
+    /// See [`NacosConfig`] for an example.
+    pub fn grpc_addr(&self) -> String {
+        format!("{}:{}", self.host, self.grpc_port)
+    }
+
+    /// The gRPC port, when it is not the HTTP port + 1000.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848).grpc_port(7000);
+    /// assert_eq!(c.grpc_addr(), "127.0.0.1:7000");
+    /// ```
+    pub fn grpc_port(mut self, port: u16) -> Self {
+        self.grpc_port = port;
+        self
+    }
+
+    /// The namespace id (default empty, which Nacos reads as `public`).
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848).namespace("dev");
+    /// # let _ = c;
+    /// ```
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The group (default `DEFAULT_GROUP`, as Kitex's `WithGroup`).
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848).group("ORDERS");
+    /// # let _ = c;
+    /// ```
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// The cluster (default `DEFAULT`, as Kitex's `WithCluster`). Discovery reads this
+    /// cluster only, as Kitex's resolver does.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848).cluster("HZ");
+    /// # let _ = c;
+    /// ```
+    pub fn cluster(mut self, cluster: impl Into<String>) -> Self {
+        self.cluster = cluster.into();
+        self
+    }
+
+    /// Log in as `user` with `password` (Nacos' `/nacos/v1/auth/login`; the token is sent
+    /// with every request and renewed before it expires).
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848).user("nacos", "nacos");
+    /// # let _ = c;
+    /// ```
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Metadata added to every instance registered (Kitex's `KITEX_NACOS_ENV_TAGS`); an
+    /// instance's own tags win over it.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .extra_metadata([("env", "prod")]);
+    /// # let _ = c;
+    /// ```
+    pub fn extra_metadata<I, K, V>(mut self, metadata: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.extra_metadata = metadata
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// How long connecting may take (default 3 s).
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .connect_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = c;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one request may take (default 5 s).
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .request_timeout(std::time::Duration::from_secs(2));
+    /// # let _ = c;
+    /// ```
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How often the connection is checked with a `HealthCheckRequest` (default 5 s, as the
+    /// Java client). A check that fails or gets no answer within the request timeout counts
+    /// as a lost connection: everything is registered again on a new one.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .heartbeat(std::time::Duration::from_secs(2));
+    /// # let _ = c;
+    /// ```
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every.max(Duration::from_millis(100));
+        self
+    }
+
+    /// The retry schedule for a lost connection (default 100 ms doubling to 2 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .backoff(service_registry::Backoff::new(Duration::from_millis(50), Duration::from_secs(1)));
+    /// # let _ = c;
+    /// ```
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long [`close`](super::NacosRegistry::close) may take (default 2 s); whatever is
+    /// left goes when the connection closes.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .close_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = c;
+    /// ```
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// The user name, or a placeholder when none is configured (for error messages).
+    pub(crate) fn user_name(&self) -> String {
+        self.user
+            .as_ref()
+            .map(|(user, _)| user.clone())
+            .unwrap_or_else(|| "(none: no user configured)".to_string())
+    }
+
+    pub(crate) fn check(&self) -> Result<(), NacosConfigError> {
+        if self.host.trim().is_empty() {
+            return Err(NacosConfigError::NoServer);
+        }
+        Ok(())
+    }
+}
+
+/// Kitex's `parseTags`: `k1=v1,k2=v2`; parts without exactly one `=` are skipped.
+fn parse_tags(text: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|part| {
+            let mut pieces = part.split('=');
+            match (pieces.next(), pieces.next(), pieces.next()) {
+                (Some(k), Some(v), None) => Some((k.to_string(), v.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_parse_as_kitex_does() {
+        let tags = parse_tags("env=prod,bad,a=b=c,idc=hz");
+        assert_eq!(tags.len(), 2);
+        assert_eq!(tags["env"], "prod");
+        assert_eq!(tags["idc"], "hz");
+    }
+
+    #[test]
+    fn grpc_port_follows_the_http_port() {
+        let c = NacosConfig::new("h", 18848);
+        assert_eq!(c.grpc_addr(), "h:19848");
+        assert_eq!(c.group, DEFAULT_GROUP);
+        assert_eq!(c.cluster, DEFAULT_CLUSTER);
+    }
+}

@@ -1,0 +1,379 @@
+//! One Nacos 2.x connection: the HTTP/2 channel, the bidirectional stream that makes the
+//! server know us (our ephemeral instances live exactly as long as it does), its reader
+//! (answers the server's requests and hands pushes to subscribers), and the health check.
+//!
+//! Liveness never waits behind work: the reader and the health check each run in a task of
+//! their own, whatever requests are in flight. The tasks end when the [`Connection`] is
+//! dropped, and with them the stream: the server then removes every instance registered on it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::Endpoint;
+
+use super::auth::{login, Token};
+use super::config::NacosConfig;
+use super::error::NacosError;
+use super::proto::{NacosGrpc, Payload};
+use super::wire::{self, Empty, Envelope, Response, ServiceInfo};
+
+/// What the server answers when it does not know the connection a request came on.
+pub(crate) const UNREGISTERED: u16 = 301;
+/// What the server answers when auth is on and the request carries no (valid) token.
+const FORBIDDEN: u16 = 403;
+/// Our client version, as the server lists it.
+const CLIENT_VERSION: &str = concat!(
+    "Nacos-Rust-Client:service-registry-",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// The latest push per `group@@service`, for whoever follows it.
+pub(crate) type Pushes = Arc<Mutex<HashMap<String, watch::Sender<Option<Arc<ServiceInfo>>>>>>;
+
+/// Records the first cause of a lost connection; later ones are dropped.
+pub(crate) fn mark_lost(lost: &watch::Sender<Option<String>>, cause: String) {
+    lost.send_if_modified(|slot| {
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(cause);
+        true
+    });
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update is one insert or remove: a poisoned lock is still consistent.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// A live connection. Dropping it closes the stream.
+pub(crate) struct Connection {
+    config: NacosConfig,
+    server: String,
+    grpc: NacosGrpc,
+    token: tokio::sync::Mutex<Option<Token>>,
+    lost: watch::Sender<Option<String>>,
+    pushes: Pushes,
+    /// Held while subscribing or unsubscribing: the server keeps one subscription per
+    /// connection and service, so these must reach it in the order they were decided.
+    subscribing: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Logs in (when a user is configured), connects, opens the stream and waits until the
+    /// server knows it; all within the connect and request timeouts.
+    pub(crate) async fn connect(config: &NacosConfig) -> Result<Arc<Self>, NacosError> {
+        let server = config.grpc_addr();
+        let limit = config.connect_timeout + config.request_timeout * 2;
+        match tokio::time::timeout(limit, Self::open(config)).await {
+            Ok(result) => result,
+            Err(_) => Err(NacosError::Unreachable {
+                server,
+                reason: format!("connecting took over {limit:?}"),
+            }),
+        }
+    }
+
+    async fn open(config: &NacosConfig) -> Result<Arc<Self>, NacosError> {
+        let server = config.grpc_addr();
+        let unreachable = |reason: String| NacosError::Unreachable {
+            server: server.clone(),
+            reason,
+        };
+        let token = login(config).await?;
+        let endpoint = Endpoint::from_shared(format!("http://{server}"))
+            .map_err(|err| unreachable(format!("not a valid address: {err}")))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true);
+        // No HTTP/2 pings: Java Nacos' gRPC server answers pings more often than every
+        // 5 minutes with GOAWAY (`permitKeepAliveTime`). The health check is the keep-alive.
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|err| unreachable(error_chain(&err)))?;
+        let grpc = NacosGrpc::new(channel);
+        let (lost, _) = watch::channel(None);
+        let (outbound, rx) = mpsc::unbounded_channel::<Payload>();
+        let mut connection = Self {
+            config: config.clone(),
+            server: server.clone(),
+            grpc: grpc.clone(),
+            token: tokio::sync::Mutex::new(token),
+            lost,
+            pushes: Arc::default(),
+            subscribing: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(1),
+            tasks: Vec::new(),
+        };
+        let check = connection
+            .call("ServerCheckRequest", "a server check", Empty {})
+            .await?;
+        tracing::debug!(connection_id = ?check.connection_id, "Nacos server check passed");
+        let setup = wire::SetupRequest {
+            client_version: CLIENT_VERSION,
+            tenant: &config.namespace,
+            labels: HashMap::from([("source", "sdk"), ("module", "naming")]),
+            ability_table: HashMap::new(),
+        };
+        let setup = connection.payload("ConnectionSetupRequest", setup);
+        let _ = outbound.send(setup);
+        let stream = grpc
+            .bi_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .map_err(|status| unreachable(format!("cannot open the stream: {status}")))?;
+        connection.tasks.push(tokio::spawn(super::stream::read(
+            stream,
+            outbound,
+            connection.pushes.clone(),
+            connection.lost.clone(),
+        )));
+        connection.tasks.push(tokio::spawn(super::heartbeat::check(
+            grpc,
+            config.heartbeat,
+            config.request_timeout,
+            connection.lost.clone(),
+        )));
+        connection.wait_known().await?;
+        Ok(Arc::new(connection))
+    }
+
+    /// The server registers the stream asynchronously: wait until a request on this
+    /// connection is accepted.
+    async fn wait_known(&self) -> Result<(), NacosError> {
+        let deadline = Instant::now() + self.config.connect_timeout;
+        loop {
+            match self
+                .call("HealthCheckRequest", "a health check", Empty {})
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(NacosError::Lost { reason, .. })
+                    if Instant::now() < deadline && self.lost_cause().is_none() =>
+                {
+                    tracing::trace!(%reason, "the server does not know the stream yet");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// `host:port` of the gRPC API.
+    pub(crate) fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Why the connection was lost, once it was.
+    pub(crate) fn lost_cause(&self) -> Option<String> {
+        self.lost.borrow().clone()
+    }
+
+    /// Completes with the cause once the connection is lost.
+    pub(crate) async fn lost(&self) -> String {
+        let mut rx = self.lost.subscribe();
+        let cause = match rx.wait_for(Option::is_some).await {
+            Ok(cause) => cause.clone().unwrap_or_default(),
+            Err(_) => "the connection was closed".to_string(),
+        };
+        cause
+    }
+
+    fn mark_lost(&self, cause: &str) {
+        mark_lost(&self.lost, cause.to_string());
+    }
+
+    fn payload<T: Serialize>(&self, kind: &str, body: T) -> Payload {
+        self.payload_with(kind, body, HashMap::new())
+    }
+
+    fn payload_with<T: Serialize>(
+        &self,
+        kind: &str,
+        body: T,
+        headers: HashMap<String, String>,
+    ) -> Payload {
+        let envelope = Envelope {
+            module: if kind.contains("Instance") || kind.contains("Service") {
+                "naming"
+            } else {
+                "internal"
+            },
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed).to_string(),
+            headers: &headers,
+            body,
+        };
+        // Plain strings, numbers and maps: serializing cannot fail.
+        let json = serde_json::to_vec(&envelope).unwrap_or_default();
+        Payload::new(kind, headers, json)
+    }
+
+    async fn headers(&self, renew: bool) -> Result<HashMap<String, String>, NacosError> {
+        let mut token = self.token.lock().await;
+        let stale = token
+            .as_ref()
+            .is_some_and(|t| renew || Instant::now() >= t.renew_at);
+        if stale {
+            match login(&self.config).await {
+                Ok(fresh) => *token = fresh,
+                // A renewal that fails for want of an answer keeps the old token (it may
+                // still be valid); refused credentials are the caller's error.
+                Err(err) if renew || !err.is_connection() => return Err(err),
+                Err(err) => tracing::warn!(error = %err, "cannot renew the Nacos access token yet"),
+            }
+        }
+        Ok(token
+            .as_ref()
+            .map(|t| HashMap::from([("accessToken".to_string(), t.value.clone())]))
+            .unwrap_or_default())
+    }
+
+    /// One request of type `kind`; `what` names it in errors. A token the server no longer
+    /// accepts is renewed once.
+    pub(crate) async fn call<T: Serialize + Clone>(
+        &self,
+        kind: &str,
+        what: &str,
+        body: T,
+    ) -> Result<Response, NacosError> {
+        let mut renewed = false;
+        loop {
+            let headers = self.headers(renewed).await?;
+            let payload = self.payload_with(kind, body.clone(), headers);
+            let response = self.send(what, payload).await?;
+            if response.result_code == 200 {
+                return Ok(response);
+            }
+            let message = response.message.clone().unwrap_or_default();
+            if response.error_code == UNREGISTERED || message.contains("unregistered") {
+                let cause = format!("the server no longer knows this connection ({message})");
+                return Err(NacosError::Lost {
+                    server: self.server.clone(),
+                    reason: cause,
+                });
+            }
+            if response.error_code == FORBIDDEN && message.contains("unknown user") {
+                if self.config.user.is_some() && !renewed {
+                    renewed = true;
+                    continue;
+                }
+                let reason = if self.config.user.is_some() {
+                    message
+                } else {
+                    format!("{message} (Nacos requires a login: configure a user)")
+                };
+                return Err(NacosError::Unauthenticated {
+                    user: self.config.user_name(),
+                    server: self.config.http_addr(),
+                    reason,
+                });
+            }
+            return Err(NacosError::Refused {
+                server: self.server.clone(),
+                what: what.to_string(),
+                code: response.error_code,
+                message,
+            });
+        }
+    }
+
+    async fn send(&self, what: &str, payload: Payload) -> Result<Response, NacosError> {
+        let limit = self.config.request_timeout;
+        let answer = match tokio::time::timeout(limit, self.grpc.request(payload)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(status)) => {
+                let reason = format!("{what} failed: {status}");
+                self.mark_lost(&reason);
+                return Err(NacosError::Lost {
+                    server: self.server.clone(),
+                    reason,
+                });
+            }
+            Err(_) => {
+                let reason = format!("{what} got no answer within {limit:?}");
+                self.mark_lost(&reason);
+                return Err(NacosError::Lost {
+                    server: self.server.clone(),
+                    reason,
+                });
+            }
+        };
+        serde_json::from_slice(answer.json()).map_err(|err| NacosError::Refused {
+            server: self.server.clone(),
+            what: what.to_string(),
+            code: 0,
+            message: format!("the answer ({}) is not Nacos JSON: {err}", answer.kind()),
+        })
+    }
+
+    /// Serializes subscriptions and unsubscriptions on this connection.
+    pub(crate) async fn subscribing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.subscribing.lock().await
+    }
+
+    /// Whether anybody follows the pushes of `grouped`.
+    pub(crate) fn followed(&self, grouped: &str) -> bool {
+        lock(&self.pushes).contains_key(grouped)
+    }
+
+    /// Pushes for `group@@service` from now on (the latest one; `None` before the first).
+    pub(crate) fn pushes(&self, grouped: &str) -> watch::Receiver<Option<Arc<ServiceInfo>>> {
+        let mut pushes = lock(&self.pushes);
+        match pushes.get(grouped) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                pushes.insert(grouped.to_string(), tx);
+                rx
+            }
+        }
+    }
+
+    /// Forgets the pushes of `grouped` when nobody follows them; whether it did.
+    pub(crate) fn forget_pushes(&self, grouped: &str) -> bool {
+        let mut pushes = lock(&self.pushes);
+        if pushes
+            .get(grouped)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            pushes.remove(grouped);
+            return true;
+        }
+        false
+    }
+}
+
+/// The chain of an error's sources, for messages.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,278 @@
+//! [`NacosDiscovery`]: resolve by query, watch by Nacos' push.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::config::NacosConfig;
+use super::connection::Connection;
+use super::error::NacosError;
+use super::wire::{self, QueryRequest, ServiceInfo, SubscribeRequest};
+use crate::backends::cache::WatchCache;
+use crate::backends::watch::{watch, Entries, SharedClient, Source, Step};
+use crate::backoff::Backoff;
+use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
+
+const BACKEND: &str = "nacos";
+
+/// Finds instances registered in Nacos by this crate or by Kitex's `registry-nacos` (Go).
+///
+/// Reads what Kitex's resolver reads: the configured group and cluster, healthy and enabled
+/// instances with a weight above 0, the weight truncated to an integer, the metadata as tags.
+/// Instances that fail these rules, or whose address cannot be read, are left out and logged.
+///
+/// [`watch`](Discovery::watch) subscribes to the service: Nacos pushes every change on the
+/// connection, and nothing polls. When the connection is lost, the watch connects again,
+/// subscribes again and reports the difference from what it showed last. All calls of one
+/// `NacosDiscovery` (and its clones) share one connection.
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// use service_registry::nacos::{NacosConfig, NacosDiscovery};
+/// use service_registry::Discovery;
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let discovery = NacosDiscovery::new(NacosConfig::from_env()?);
+/// println!("{:?}", discovery.resolve("echo").await?);
+/// let mut changes = discovery.watch("echo").await?;
+/// while let Some(change) = changes.next().await {
+///     println!("now {} instance(s)", change.all.len());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NacosDiscovery {
+    config: Arc<NacosConfig>,
+    client: SharedClient<Arc<Connection>>,
+    cache: WatchCache,
+}
+
+impl std::fmt::Debug for NacosDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NacosDiscovery")
+            .field("server", &self.config.grpc_addr())
+            .field("group", &self.config.group)
+            .field("cluster", &self.config.cluster)
+            .finish()
+    }
+}
+
+impl NacosDiscovery {
+    /// A discovery on `config`; connects on first use.
+    ///
+    /// ```
+    /// use service_registry::nacos::{NacosConfig, NacosDiscovery};
+    /// let discovery = NacosDiscovery::new(NacosConfig::new("127.0.0.1", 8848));
+    /// # let _ = discovery;
+    /// ```
+    pub fn new(config: NacosConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            client: SharedClient::default(),
+            cache: WatchCache::default(),
+        }
+    }
+
+    async fn connection(&self, service: &str) -> Result<(Arc<Connection>, u64), DiscoveryError> {
+        let config = self.config.clone();
+        self.client
+            .get(
+                |connection: &Arc<Connection>| connection.lost_cause().is_none(),
+                move || async move {
+                    Connection::connect(&config)
+                        .await
+                        .map_err(NacosError::into_registry)
+                },
+            )
+            .await
+            .map_err(|err| DiscoveryError::from_registry(BACKEND, service, err))
+    }
+
+    fn failed(&self, service: &str, epoch: u64, err: NacosError) -> DiscoveryError {
+        if err.is_connection() {
+            self.client.forget(epoch);
+        }
+        DiscoveryError::from_registry(BACKEND, service, err.into_registry())
+    }
+}
+
+/// The instances of `info` Kitex's resolver would use, by address.
+fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries {
+    let mut entries = BTreeMap::new();
+    for host in info.and_then(|i| i.hosts.as_ref()).into_iter().flatten() {
+        match wire::decode(host, cluster) {
+            Ok(instance) => {
+                entries.insert(instance.addr.to_string(), instance);
+            }
+            Err(why) => tracing::debug!(
+                service,
+                ip = host.ip,
+                port = host.port,
+                %why,
+                "instance left out"
+            ),
+        }
+    }
+    entries
+}
+
+#[async_trait]
+impl Discovery for NacosDiscovery {
+    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        if self.config.resolve_from_watch {
+            if let Some(instances) = self.cache.resolve(service) {
+                return Ok(instances);
+            }
+        }
+        let (connection, epoch) = self.connection(service).await?;
+        let config = &self.config;
+        let request = QueryRequest {
+            namespace: &config.namespace,
+            service_name: service,
+            group_name: &config.group,
+            cluster: &config.cluster,
+            healthy_only: false,
+            udp_port: 0,
+        };
+        let what = format!("the query of `{service}`");
+        let response = connection
+            .call("ServiceQueryRequest", &what, request)
+            .await
+            .map_err(|err| self.failed(service, epoch, err))?;
+        let found = entries(service, &config.cluster, response.service_info.as_ref());
+        Ok(found.into_values().collect())
+    }
+
+    async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
+        watch(self, service).await
+    }
+}
+
+/// A subscription on one connection: its pushes, and the unsubscription when dropped.
+pub(crate) struct Subscription {
+    connection: Arc<Connection>,
+    grouped: String,
+    service: String,
+    pushes: Option<watch::Receiver<Option<Arc<ServiceInfo>>>>,
+    config: Arc<NacosConfig>,
+    /// The `lastRefTime` of the state shown: an older push is stale and passed over.
+    last_ref_time: i64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.pushes.take());
+        if !self.connection.forget_pushes(&self.grouped) || self.connection.lost_cause().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (connection, config, service, grouped) = (
+            self.connection.clone(),
+            self.config.clone(),
+            std::mem::take(&mut self.service),
+            std::mem::take(&mut self.grouped),
+        );
+        runtime.spawn(async move {
+            let _order = connection.subscribing().await;
+            if connection.followed(&grouped) {
+                return; // followed again meanwhile: its subscription stands
+            }
+            let request = SubscribeRequest {
+                namespace: &config.namespace,
+                service_name: &service,
+                group_name: &config.group,
+                subscribe: false,
+                clusters: "",
+            };
+            if let Err(err) = connection
+                .call("SubscribeServiceRequest", "an unsubscription", request)
+                .await
+            {
+                tracing::debug!(service, error = %err, "unsubscribing failed; the subscription ends with the connection");
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Source for NacosDiscovery {
+    type Cursor = Subscription;
+
+    async fn open(&self, service: &str) -> Result<(Subscription, Entries), DiscoveryError> {
+        let (connection, epoch) = self.connection(service).await?;
+        let config = &self.config;
+        let grouped = wire::grouped(&config.group, service);
+        let order = connection.subscribing().await;
+        // Follow pushes before subscribing, so none that follows the answer is missed.
+        let pushes = connection.pushes(&grouped);
+        let subscription = Subscription {
+            connection: connection.clone(),
+            grouped,
+            service: service.to_string(),
+            pushes: Some(pushes),
+            config: config.clone(),
+            last_ref_time: 0,
+        };
+        let request = SubscribeRequest {
+            namespace: &config.namespace,
+            service_name: service,
+            group_name: &config.group,
+            subscribe: true,
+            clusters: "",
+        };
+        let what = format!("the subscription to `{service}`");
+        let response = connection
+            .call("SubscribeServiceRequest", &what, request)
+            .await
+            .map_err(|err| self.failed(service, epoch, err))?;
+        drop(order);
+        let mut subscription = subscription;
+        let info = response.service_info;
+        subscription.last_ref_time = info.as_ref().map_or(0, |i| i.last_ref_time);
+        let found = entries(service, &config.cluster, info.as_ref());
+        Ok((subscription, found))
+    }
+
+    async fn next(
+        &self,
+        service: &str,
+        cursor: &mut Subscription,
+        entries_now: &mut Entries,
+    ) -> Result<Step, String> {
+        let Some(pushes) = cursor.pushes.as_mut() else {
+            return Err("the subscription is closed".into());
+        };
+        loop {
+            tokio::select! {
+                cause = cursor.connection.lost() => return Err(cause),
+                changed = pushes.changed() => {
+                    if changed.is_err() {
+                        return Err("the connection dropped the subscription".into());
+                    }
+                    let Some(info) = pushes.borrow_and_update().clone() else { continue };
+                    if info.last_ref_time > 0 && info.last_ref_time < cursor.last_ref_time {
+                        tracing::debug!(service, "stale push passed over");
+                        continue;
+                    }
+                    cursor.last_ref_time = info.last_ref_time;
+                    *entries_now = entries(service, &self.config.cluster, Some(&info));
+                    return Ok(Step::Applied);
+                }
+            }
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.config.backoff.clone()
+    }
+
+    fn cache(&self) -> &WatchCache {
+        &self.cache
+    }
+
+    const BACKEND: &'static str = BACKEND;
+}

@@ -1,0 +1,50 @@
+//! The connection's heartbeat: a `HealthCheckRequest` on its own schedule, in a task of its
+//! own, whatever else is in flight. It keeps the server's idle detection satisfied and tells us
+//! when the connection is dead although nothing closed it (a hung server, a black hole).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::connection::{mark_lost, UNREGISTERED};
+use super::proto::{NacosGrpc, Payload};
+use super::wire::{Empty, Envelope, Response};
+
+/// Sends a `HealthCheckRequest` every `every`; a failure or no answer within `limit` marks
+/// the connection lost.
+pub(crate) async fn check(
+    grpc: NacosGrpc,
+    every: Duration,
+    limit: Duration,
+    lost: watch::Sender<Option<String>>,
+) {
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let headers = HashMap::new();
+    let cause = loop {
+        tick.tick().await;
+        let body = Envelope {
+            module: "internal",
+            request_id: "0".to_string(),
+            headers: &headers,
+            body: Empty {},
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let payload = Payload::new("HealthCheckRequest", HashMap::new(), json);
+        let sent = Instant::now();
+        match tokio::time::timeout(limit, grpc.request(payload)).await {
+            Ok(Ok(answer)) => {
+                let response: Response = serde_json::from_slice(answer.json()).unwrap_or_default();
+                if response.result_code != 200 && response.error_code == UNREGISTERED {
+                    break "the server no longer knows this connection".to_string();
+                }
+                crate::metrics::keepalive("nacos", sent.elapsed());
+            }
+            Ok(Err(status)) => break format!("the health check failed: {status}"),
+            Err(_) => break format!("the health check got no answer within {limit:?}"),
+        }
+    };
+    mark_lost(&lost, cause);
+}

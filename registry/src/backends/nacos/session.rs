@@ -1,0 +1,442 @@
+//! The registry's session: one connection for the whole process, the live set written on it,
+//! and recovery (a new connection, every live instance registered again) whenever it is lost.
+//!
+//! One task owns the live set and writes; [`NacosRegistry`](super::NacosRegistry) handles talk
+//! to it through a channel. Commands queued together are applied to the live set in order and
+//! written concurrently, one request per instance whose state changed. The connection's own
+//! tasks keep it alive (stream reader, health check); they never wait behind a write.
+//!
+//! A key is `{addr}|{service}`; its value is the JSON of the Nacos instance to register.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::config::NacosConfig;
+use super::connection::Connection;
+use super::error::NacosError;
+use super::wire::{InstanceRequest, NacosInstance};
+use crate::backends::handle::{Command, Reply};
+use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::backoff::Backoff;
+use crate::info::Info;
+use crate::registry::{Health, RegistryError};
+
+/// The first retry of a pending deregistration; retries back off up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The live-set key of `info`.
+pub(crate) fn key(info: &Info) -> String {
+    format!("{}|{}", info.addr, info.service_name)
+}
+
+/// The address and service of a key.
+fn parse_key(key: &str) -> Option<(SocketAddr, &str)> {
+    let (addr, service) = key.split_once('|')?;
+    Some((addr.parse().ok()?, service))
+}
+
+/// One write: register (`Some` instance JSON) or deregister (`None`).
+type Op = (String, Option<Vec<u8>>);
+
+pub(crate) struct Session {
+    config: NacosConfig,
+    live: LiveSet,
+    health: watch::Sender<Health>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Puts taken from the queue while (re)connecting, answered once the live set is written.
+    pending_puts: Vec<(String, Reply)>,
+    /// A close taken from the queue while (re)connecting.
+    closing: Option<oneshot::Sender<()>>,
+    /// The connection that was lost, kept open until a new one holds every instance: a
+    /// connection we gave up on (a health check that timed out on a slow server) may still
+    /// be alive on the server, and closing it first would take its instances away for the
+    /// time it takes to register them again. A dead one costs nothing to keep.
+    stale: Option<Arc<Connection>>,
+}
+
+enum Step {
+    Lost(String),
+    Stop(Option<oneshot::Sender<()>>),
+}
+
+enum Established {
+    Live(Arc<Connection>),
+    Closed(Option<oneshot::Sender<()>>),
+}
+
+impl Session {
+    pub(crate) fn new(
+        config: NacosConfig,
+        health: watch::Sender<Health>,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        Self {
+            config,
+            live: LiveSet::default(),
+            health,
+            commands,
+            pending_puts: Vec::new(),
+            closing: None,
+            stale: None,
+        }
+    }
+
+    fn unavailable(&self, cause: &str) -> RegistryError {
+        NacosError::Lost {
+            server: self.config.grpc_addr(),
+            reason: cause.to_string(),
+        }
+        .into_registry()
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut backoff = self.config.backoff.clone();
+        let mut failures = 0u32;
+        loop {
+            let (cause, delay) = match self.establish().await {
+                Ok(Established::Closed(done)) => return finish(done),
+                Ok(Established::Live(connection)) => {
+                    failures = 0;
+                    backoff.reset();
+                    let _ = self.health.send(Health::Healthy);
+                    tracing::info!(
+                        server = connection.server(),
+                        instances = self.live.len(),
+                        "Nacos connection up; registrations live"
+                    );
+                    match self.serve(&connection).await {
+                        Step::Stop(done) => return finish(done),
+                        Step::Lost(cause) => {
+                            tracing::warn!(%cause, "Nacos connection lost; registering everything again on a new one");
+                            let _ = self.health.send(Health::Recovering {
+                                attempt: 0,
+                                last_error: cause.clone(),
+                            });
+                            self.stale = Some(connection);
+                            (self.unavailable(&cause), backoff.next_delay())
+                        }
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(attempt = failures, error = %err, retry_in = ?delay, "cannot connect to Nacos");
+                    let _ = self.health.send(Health::Recovering {
+                        attempt: failures,
+                        last_error: err.to_string(),
+                    });
+                    (err.into_registry(), delay)
+                }
+            };
+            if let Some(done) =
+                wait_offline(&mut self.commands, &mut self.live, delay, &cause).await
+            {
+                // Closed while Nacos is away: the old connection is gone, and its instances
+                // with it.
+                self.live.clear();
+                return finish(done);
+            }
+        }
+    }
+
+    /// Connects, then writes the live set (pending deregistrations first), with every command
+    /// queued meanwhile applied first.
+    async fn establish(&mut self) -> Result<Established, NacosError> {
+        let connection = Connection::connect(&self.config).await?;
+        self.absorb();
+        let writes = self.live.writes();
+        let results = write(&self.config, &connection, writes.clone()).await;
+        let mut failure: Option<NacosError> = None;
+        let mut refusals = BTreeMap::new();
+        for ((key, value), result) in writes.iter().zip(results) {
+            match (value, result) {
+                (_, Err(err)) if err.is_fatal() => failure = Some(err),
+                (None, Ok(())) => self.live.deleted(key),
+                (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
+                (Some(_), Ok(())) => {}
+                (Some(value), Err(err)) => {
+                    tracing::warn!(key, error = %err, "Nacos refused a registration");
+                    self.live.refused(key, value);
+                    refusals.insert(key.clone(), err.into_registry());
+                }
+            }
+        }
+        let fatal = failure;
+        let failure = fatal.clone().map(NacosError::into_registry);
+        for (key, waiter) in std::mem::take(&mut self.pending_puts) {
+            let result = match (&failure, refusals.get(&key)) {
+                (Some(err), _) | (None, Some(err)) => Err(err.clone()),
+                (None, None) => Ok(()),
+            };
+            let _ = waiter.send(result);
+        }
+        if let Some(err) = &failure {
+            self.live.deletes_failed(err);
+        }
+        if let Some(done) = self.closing.take() {
+            self.close(&connection).await;
+            return Ok(Established::Closed(Some(done)));
+        }
+        match fatal {
+            Some(err) => Err(err),
+            None => {
+                // Every instance is on the new connection: the old one may go (and with it
+                // whatever only it held, such as instances deregistered meanwhile).
+                self.stale = None;
+                Ok(Established::Live(connection))
+            }
+        }
+    }
+
+    fn absorb(&mut self) {
+        if self.closing.is_some() {
+            return;
+        }
+        let absorbed = absorb_queued(&mut self.commands, &mut self.live);
+        self.pending_puts.extend(absorbed.puts);
+        self.closing = absorbed.close;
+    }
+
+    /// Serves commands until the connection is lost or the registry closes; retries pending
+    /// deregistrations.
+    async fn serve(&mut self, connection: &Arc<Connection>) -> Step {
+        let mut retry_backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+        let retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry);
+        let mut retrying = false;
+        loop {
+            let retry_due = self.live.has_doomed();
+            if retry_due && !retrying {
+                retry_backoff.reset();
+                retry
+                    .as_mut()
+                    .reset(Instant::now() + retry_backoff.next_delay());
+            }
+            retrying = retry_due;
+            tokio::select! {
+                biased;
+                cause = connection.lost() => return Step::Lost(cause),
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        self.close(connection).await;
+                        return Step::Stop(None);
+                    };
+                    if let Some(step) = self.apply_batch(connection, command).await {
+                        return step;
+                    }
+                }
+                () = &mut retry, if retry_due => {
+                    let deletes: Vec<Op> = self.live.doomed_keys().into_iter().map(|k| (k, None)).collect();
+                    let results = write(&self.config, connection, deletes.clone()).await;
+                    for ((key, _), result) in deletes.iter().zip(results) {
+                        match result {
+                            Ok(()) => self.live.deleted(key),
+                            Err(err) if err.is_fatal() => return Step::Lost(err.to_string()),
+                            Err(err) => self.live.delete_failed(key, &err.into_registry()),
+                        }
+                    }
+                    retry.as_mut().reset(Instant::now() + retry_backoff.next_delay());
+                }
+            }
+        }
+    }
+
+    /// Applies `first` and every command queued behind it to the live set, in order, then
+    /// writes the final state of each instance they touched, concurrently.
+    async fn apply_batch(&mut self, connection: &Arc<Connection>, first: Command) -> Option<Step> {
+        let mut batch = vec![first];
+        while let Ok(command) = self.commands.try_recv() {
+            batch.push(command);
+        }
+        let mut close = None;
+        let mut touched: Vec<String> = Vec::new();
+        let mut put_waiters: Vec<(String, Reply)> = Vec::new();
+        for command in batch {
+            match command {
+                Command::Put { key, value, done } => {
+                    self.live.put(key.clone(), value);
+                    touched.push(key.clone());
+                    put_waiters.push((key, done));
+                }
+                Command::Delete { key, done } => {
+                    self.live.delete(key.clone(), Some(done));
+                    touched.push(key);
+                }
+                Command::Close { done } => {
+                    close = Some(done);
+                    break;
+                }
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        let ops: Vec<Op> = touched
+            .into_iter()
+            .map(|key| {
+                let value = self.live.value(&key).map(<[u8]>::to_vec);
+                (key, value)
+            })
+            .collect();
+        let results = write(&self.config, connection, ops.clone()).await;
+        let mut outcome: BTreeMap<String, Result<(), RegistryError>> = BTreeMap::new();
+        let mut lost = None;
+        for ((key, value), result) in ops.iter().zip(results) {
+            match (value, result) {
+                (_, Err(err)) if err.is_fatal() => {
+                    lost = Some(err.into_registry());
+                }
+                (None, Ok(())) => self.live.deleted(key),
+                (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
+                (Some(_), Ok(())) => {
+                    outcome.insert(key.clone(), Ok(()));
+                }
+                (Some(value), Err(err)) => {
+                    tracing::warn!(key, error = %err, "Nacos refused a registration");
+                    self.live.refused(key, value);
+                    outcome.insert(key.clone(), Err(err.into_registry()));
+                }
+            }
+        }
+        if let Some(err) = &lost {
+            // Everything stays in the live set and is written on the next connection.
+            self.live.deletes_failed(err);
+        }
+        for (key, waiter) in put_waiters {
+            let result = match &lost {
+                Some(err) => Err(err.clone()),
+                // Deleted later in the same batch: the put was done, then undone.
+                None => outcome.get(&key).cloned().unwrap_or(Ok(())),
+            };
+            let _ = waiter.send(result);
+        }
+        if let Some(done) = close {
+            self.close(connection).await;
+            return Some(Step::Stop(Some(done)));
+        }
+        lost.map(|err| Step::Lost(err.to_string()))
+    }
+
+    /// Deregisters everything (within the close timeout) before the connection closes;
+    /// whatever is left goes with the connection.
+    async fn close(&mut self, connection: &Arc<Connection>) {
+        let limit = self.config.close_timeout;
+        let ops: Vec<Op> = self
+            .live
+            .doomed_keys()
+            .into_iter()
+            .chain(self.live.keys().cloned())
+            .map(|k| (k, None))
+            .collect();
+        let count = ops.len();
+        match tokio::time::timeout(limit, write(&self.config, connection, ops)).await {
+            Ok(results) => {
+                let failed = results.iter().filter(|r| r.is_err()).count();
+                if failed > 0 {
+                    tracing::warn!(failed, "some deregistrations failed at close; those instances go when the connection closes");
+                } else {
+                    tracing::info!(
+                        instances = count,
+                        "Nacos registry closed; instances deregistered"
+                    );
+                }
+            }
+            Err(_) => tracing::warn!(
+                ?limit,
+                "close ran out of time; the remaining instances go when the connection closes"
+            ),
+        }
+        self.live.clear();
+    }
+}
+
+/// Writes `ops` on `connection`, up to the configured concurrency at once; one result per op,
+/// in order.
+async fn write(
+    config: &NacosConfig,
+    connection: &Arc<Connection>,
+    ops: Vec<Op>,
+) -> Vec<Result<(), NacosError>> {
+    let requests = ops.into_iter().map(|(key, value)| {
+        let connection = connection.clone();
+        async move { write_one(config, &connection, &key, value.as_deref()).await }
+    });
+    futures_util::stream::iter(requests)
+        .buffered(config.concurrency.max(1))
+        .collect()
+        .await
+}
+
+async fn write_one(
+    config: &NacosConfig,
+    connection: &Connection,
+    key: &str,
+    value: Option<&[u8]>,
+) -> Result<(), NacosError> {
+    let refused = |message: String| NacosError::Refused {
+        server: connection.server().to_string(),
+        what: format!("the instance `{key}`"),
+        code: 0,
+        message,
+    };
+    let (addr, service) = parse_key(key).ok_or_else(|| refused("not an instance key".into()))?;
+    let (kind, instance) = match value {
+        Some(json) => {
+            let instance: NacosInstance = serde_json::from_slice(json)
+                .map_err(|err| refused(format!("unreadable instance: {err}")))?;
+            ("registerInstance", instance)
+        }
+        None => (
+            "deregisterInstance",
+            NacosInstance {
+                ip: addr.ip().to_string(),
+                port: u32::from(addr.port()),
+                weight: 1.0,
+                healthy: true,
+                enabled: true,
+                ephemeral: true,
+                cluster_name: config.cluster.clone(),
+                service_name: service.to_string(),
+                ..Default::default()
+            },
+        ),
+    };
+    let request = InstanceRequest {
+        namespace: &config.namespace,
+        service_name: service,
+        group_name: &config.group,
+        kind,
+        instance: &instance,
+    };
+    let what = format!("{kind} of `{service}` at {addr}");
+    connection
+        .call("InstanceRequest", &what, request)
+        .await
+        .map(|_| ())
+}
+
+fn finish(done: Option<oneshot::Sender<()>>) {
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_address_and_the_service() {
+        let info = Info::new("a|b", "[fd00::1]:80".parse().unwrap());
+        let key = key(&info);
+        assert_eq!(key, "[fd00::1]:80|a|b");
+        assert_eq!(parse_key(&key), Some((info.addr, "a|b")));
+        assert_eq!(parse_key("nonsense"), None);
+    }
+}

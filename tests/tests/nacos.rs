@@ -1,0 +1,557 @@
+//! The Nacos backend against a real Nacos server (rnacos) started by the fixture.
+#![cfg(feature = "nacos")]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use service_registry::nacos::{NacosConfig, NacosDiscovery, NacosRegistry};
+use service_registry::{
+    service, Backoff, Discovery, Health, Info, Registry, RegistryError, ServiceStatus,
+};
+use tests::child::spawn_example;
+use tests::fixtures::nacos::{Nacos, NacosOptions};
+use tests::running::Running;
+use tests::{echo, poll};
+
+#[service(name = "nacos.echo", weight = 30, tag(idc = "hz"))]
+pub struct NacosEcho;
+
+#[service(name = "nacos.other", warmup = "2s")]
+pub struct NacosOther;
+
+const OURS: [&str; 2] = ["nacos.echo", "nacos.other"];
+
+fn config(nacos: &Nacos) -> NacosConfig {
+    NacosConfig::new("127.0.0.1", nacos.http_port)
+        .grpc_port(nacos.grpc_port)
+        .heartbeat(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(2))
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ))
+}
+
+/// `ip:port` of every instance the open API lists for `service`.
+async fn listed(nacos: &Nacos, service: &str) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = nacos
+        .list(service)
+        .await
+        .iter()
+        .map(|h| {
+            format!("{}:{}", h["ip"].as_str().unwrap(), h["port"])
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// Waits until the open API lists exactly `want` for `service`; how long it took.
+async fn until_listed(
+    nacos: &Nacos,
+    service: &str,
+    want: &[SocketAddr],
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let mut want = want.to_vec();
+    want.sort();
+    poll::until(limit, &format!("{service} listed as {want:?}"), || {
+        let want = want.clone();
+        async move { (listed(nacos, service).await == want).then(|| started.elapsed()) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn register_resolve_watch_and_graceful_stop() {
+    let nacos = Nacos::start().await;
+    let discovery = NacosDiscovery::new(config(&nacos));
+    let mut watch = discovery.watch("nacos.echo").await.unwrap();
+    assert!(watch.next().await.unwrap().all.is_empty());
+
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+
+    // With a watch on the service live in this discovery, resolve answers from the watch: as
+    // fresh as the watch, so read the watch's change first.
+    let added = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("a push within 5 s")
+        .unwrap();
+    assert_eq!(added.added.len(), 1);
+    let found = discovery.resolve("nacos.echo").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].addr, running.addr);
+    assert_eq!(found[0].weight, 30);
+    assert_eq!(found[0].tags.get("idc").map(String::as_str), Some("hz"));
+    assert_eq!(
+        found[0].tags.len(),
+        1,
+        "our extra metadata is not a tag: {:?}",
+        found[0].tags
+    );
+    let other = discovery.resolve("nacos.other").await.unwrap();
+    assert_eq!(other[0].warmup, Duration::from_secs(2));
+    assert!(other[0].start_time.is_some());
+
+    assert_eq!(
+        echo::call(added.added[0].addr, "via nacos").await.unwrap(),
+        "via nacos"
+    );
+
+    let stopping = Instant::now();
+    running.stop().await;
+    // Graceful stop deregisters at once: no waiting for a heartbeat timeout.
+    assert!(listed(&nacos, "nacos.echo").await.is_empty());
+    assert!(listed(&nacos, "nacos.other").await.is_empty());
+    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the removal is pushed within 5 s")
+        .unwrap();
+    assert_eq!(removed.removed.len(), 1);
+    assert!(removed.all.is_empty());
+    println!(
+        "graceful stop to removal seen by a watch: {:?}",
+        stopping.elapsed()
+    );
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn the_open_api_shows_kitex_fields() {
+    let nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+
+    // What nacos-sdk-go (and so Kitex's resolver) reads: /nacos/v1/ns/instance/list.
+    let hosts = nacos.list("nacos.echo").await;
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    let host = &hosts[0];
+    assert_eq!(host["ip"], "127.0.0.1");
+    assert_eq!(host["port"], running.addr.port());
+    assert_eq!(host["weight"].as_f64(), Some(30.0));
+    assert_eq!(host["healthy"], true);
+    assert_eq!(host["enabled"], true);
+    assert_eq!(host["ephemeral"], true);
+    assert_eq!(host["clusterName"], "DEFAULT");
+    assert_eq!(host["metadata"]["idc"], "hz");
+    assert!(
+        host["serviceName"]
+            .as_str()
+            .unwrap()
+            .ends_with("nacos.echo"),
+        "{host}"
+    );
+    assert!(
+        host["metadata"]["service-registry.start_time_ms"].is_string(),
+        "{host}"
+    );
+    running.stop().await;
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn resolves_kitex_shaped_instances_and_skips_what_kitex_skips() {
+    let nacos = Nacos::start().await;
+    let service = "kitex.hello";
+    // As Kitex's v1 registry writes: metadata = tags + cloudwego.nacos.client=kitex.
+    let kitex_tags = json!({"cloudwego.nacos.client": "kitex", "idc": "sh"});
+    nacos
+        .register_http(service, "127.0.0.1", 9001, 20.0, &kitex_tags, "")
+        .await;
+    // What the resolver must leave out: disabled, weight 0, another cluster.
+    nacos
+        .register_http(
+            service,
+            "127.0.0.1",
+            9002,
+            10.0,
+            &json!({}),
+            "enabled=false",
+        )
+        .await;
+    nacos
+        .register_http(service, "127.0.0.1", 9003, 0.0, &json!({}), "")
+        .await;
+    nacos
+        .register_http(
+            service,
+            "127.0.0.1",
+            9004,
+            10.0,
+            &json!({}),
+            "clusterName=OTHER",
+        )
+        .await;
+    let stored = nacos.list(service).await;
+    println!("the open API lists {stored:?}");
+    assert!(stored.len() >= 3, "{stored:?}");
+
+    let discovery = NacosDiscovery::new(config(&nacos));
+    let found = discovery.resolve(service).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].addr, "127.0.0.1:9001".parse().unwrap());
+    assert_eq!(found[0].weight, 20);
+    assert_eq!(found[0].tags["idc"], "sh");
+    assert_eq!(found[0].tags["cloudwego.nacos.client"], "kitex");
+    assert_eq!(found[0].start_time, None);
+
+    let mut watch = discovery.watch(service).await.unwrap();
+    let snapshot = watch.next().await.unwrap();
+    assert_eq!(snapshot.all, found);
+
+    // Another cluster is read when configured, as Kitex's `WithCluster`.
+    let other = NacosDiscovery::new(config(&nacos).cluster("OTHER"));
+    let found = other.resolve(service).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].addr.port(), 9004);
+}
+
+#[tokio::test]
+async fn sigkilled_process_disappears_when_its_connection_closes() {
+    let nacos = Nacos::start().await;
+    let (mut child, registered) = spawn_example(
+        "nacos",
+        &[
+            ("serverAddr", "127.0.0.1".to_string()),
+            ("serverPort", nacos.http_port.to_string()),
+            ("NACOS_GRPC_PORT", nacos.grpc_port.to_string()),
+        ],
+    )
+    .await;
+    for (service, addr) in &registered {
+        assert_eq!(listed(&nacos, service).await, vec![*addr]);
+    }
+
+    child.start_kill().unwrap();
+    let killed = Instant::now();
+    child.wait().await.unwrap();
+    for (service, _) in &registered {
+        until_listed(&nacos, service, &[], Duration::from_secs(5)).await;
+    }
+    let gone = killed.elapsed();
+    println!("SIGKILLed instances gone after {gone:?}");
+    assert!(gone <= Duration::from_secs(5), "gone after {gone:?}");
+}
+
+async fn wait_health(
+    registry: &NacosRegistry,
+    what: &str,
+    check: impl Fn(&Health) -> bool,
+) -> Health {
+    let mut health = registry.health().unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(20), health.wait_for(|h| check(h)))
+        .await
+        .unwrap_or_else(|_| panic!("health never became {what}"))
+        .unwrap()
+        .clone();
+    seen
+}
+
+async fn restart_restores_every_registration(wipe: bool) {
+    let mut nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+    let deregistered = Info::new("nacos.gone", "127.0.0.1:9999".parse().unwrap());
+    registry.register(&deregistered).await.unwrap();
+    registry.deregister(&deregistered).await.unwrap();
+
+    nacos.stop();
+    if wipe {
+        nacos.wipe();
+    }
+    // The registrar shows the outage.
+    let status = running
+        .status
+        .wait_for(|s| {
+            s.values()
+                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
+        })
+        .await
+        .unwrap();
+    println!("during the outage: {status:?}");
+    wait_health(&registry, "recovering", |h| {
+        matches!(h, Health::Recovering { .. })
+    })
+    .await;
+
+    nacos.restart().await;
+    let back = Instant::now();
+    for service in OURS {
+        until_listed(&nacos, service, &[running.addr], Duration::from_secs(10)).await;
+    }
+    println!(
+        "restart (wiped: {wipe}): everything back {:?} after the server answered",
+        back.elapsed()
+    );
+    running.registered(Duration::from_secs(10)).await;
+    assert!(listed(&nacos, "nacos.gone").await.is_empty());
+    running.stop().await;
+    for service in OURS {
+        until_listed(&nacos, service, &[], Duration::from_secs(5)).await;
+    }
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn restart_with_same_data_restores_every_registration() {
+    restart_restores_every_registration(false).await;
+}
+
+#[tokio::test]
+async fn restart_with_wiped_data_restores_every_registration() {
+    restart_restores_every_registration(true).await;
+}
+
+#[tokio::test]
+async fn registration_waits_out_a_nacos_that_is_down_at_startup() {
+    let mut nacos = Nacos::start().await;
+    nacos.stop();
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let running = Running::start(registry.clone(), &OURS).await;
+    let status = running
+        .status
+        .wait_for(|s| {
+            s.values()
+                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
+        })
+        .await
+        .unwrap();
+    let ServiceStatus::Retrying { last_error, .. } = &status["nacos.echo"] else {
+        unreachable!()
+    };
+    assert!(last_error.contains("cannot reach Nacos"), "{last_error}");
+    assert_eq!(
+        echo::call(running.addr, "serving").await.unwrap(),
+        "serving"
+    );
+    nacos.restart().await;
+    running.registered(Duration::from_secs(10)).await;
+    assert_eq!(listed(&nacos, "nacos.echo").await, vec![running.addr]);
+    running.stop().await;
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn a_watch_follows_the_service_across_a_restart() {
+    let mut nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let discovery = NacosDiscovery::new(config(&nacos));
+    let a = Info::new("nacos.watched", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&a).await.unwrap();
+    let mut watch = discovery.watch("nacos.watched").await.unwrap();
+    let snapshot = watch.next().await.unwrap();
+    assert_eq!(snapshot.all.len(), 1);
+
+    nacos.restart().await;
+    // Registered again after the restart, and a change made after it is seen too.
+    let b = Info::new("nacos.watched", "127.0.0.1:7002".parse().unwrap());
+    poll::until(
+        Duration::from_secs(10),
+        "registering b after the restart",
+        || async { registry.register(&b).await.ok() },
+    )
+    .await;
+    let want: Vec<SocketAddr> = vec![a.addr, b.addr];
+    let started = Instant::now();
+    let mut latest = Vec::new();
+    while latest != want {
+        let change = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("the watch did not reach {want:?}; latest {latest:?}"))
+            .expect("the watch ended");
+        latest = change.all.iter().map(|i| i.addr).collect();
+        latest.sort();
+    }
+    println!("watch caught up {:?} after the restart", started.elapsed());
+    registry.deregister(&a).await.unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.removed.len(), 1);
+    assert_eq!(change.removed[0].addr, a.addr);
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_clear_error_naming_user_and_server() {
+    let nacos = Nacos::start_with(NacosOptions {
+        auth: Some(("admin".into(), "right-password".into())),
+        ..Default::default()
+    })
+    .await;
+    let bad = NacosRegistry::new(config(&nacos).user("admin", "wrong-password")).unwrap();
+    let running = Running::start(bad.clone(), &OURS).await;
+    let status = running
+        .status
+        .wait_for(|s| {
+            s.values()
+                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
+        })
+        .await
+        .unwrap();
+    let ServiceStatus::Retrying { last_error, .. } = &status["nacos.echo"] else {
+        unreachable!()
+    };
+    assert!(
+        last_error.contains("refused the credentials of user `admin`"),
+        "{last_error}"
+    );
+    assert!(
+        last_error.contains(&nacos.http_addr()),
+        "must name the server: {last_error}"
+    );
+    assert_eq!(echo::call(running.addr, "still").await.unwrap(), "still");
+    let direct = bad
+        .register(&Info::new("x", "127.0.0.1:1".parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(direct, RegistryError::Unauthenticated { ref user, .. } if user == "admin"),
+        "{direct}"
+    );
+    running.stop().await;
+    bad.close().await;
+
+    // No user at all: the server's refusal says a login is needed.
+    let anonymous = NacosDiscovery::new(config(&nacos));
+    let err = anonymous
+        .resolve("nacos.echo")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("requires a login"), "{err}");
+
+    let good = NacosRegistry::new(config(&nacos).user("admin", "right-password")).unwrap();
+    let running = Running::start(good.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+    let found = NacosDiscovery::new(config(&nacos).user("admin", "right-password"))
+        .resolve("nacos.echo")
+        .await
+        .unwrap();
+    assert_eq!(found[0].addr, running.addr);
+    running.stop().await;
+    good.close().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_renewed_not_taken_for_a_wrong_password() {
+    let nacos = Nacos::start_with(NacosOptions {
+        auth: Some(("admin".into(), "secret".into())),
+        token_ttl: Some(2),
+    })
+    .await;
+    let config = config(&nacos).user("admin", "secret");
+    let registry = NacosRegistry::new(config.clone()).unwrap();
+    let discovery = NacosDiscovery::new(config);
+    let a = Info::new("nacos.token", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&a).await.unwrap();
+    assert_eq!(discovery.resolve("nacos.token").await.unwrap().len(), 1);
+    // Past the token's life the server refuses it (checked with a token of the same age).
+    let old = nacos.login().await.unwrap();
+    let path = format!("/nacos/v1/ns/instance/list?serviceName=nacos.token&accessToken={old}");
+    assert_eq!(nacos.http("GET", &path, "").await.unwrap().0, 200);
+    poll::until(Duration::from_secs(10), "the token to expire", || async {
+        (nacos.http("GET", &path, "").await.unwrap().0 == 403).then_some(())
+    })
+    .await;
+    let b = Info::new("nacos.token", "127.0.0.1:7002".parse().unwrap());
+    registry.register(&b).await.unwrap();
+    assert_eq!(discovery.resolve("nacos.token").await.unwrap().len(), 2);
+    assert_eq!(registry.health().unwrap().borrow().clone(), Health::Healthy);
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn namespace_group_and_cluster_separate_registrations() {
+    let nacos = Nacos::start().await;
+    let dev = config(&nacos)
+        .namespace("dev")
+        .group("ORDERS")
+        .cluster("HZ");
+    let registry = NacosRegistry::new(dev.clone()).unwrap();
+    let a = Info::new("nacos.ns", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&a).await.unwrap();
+    let found = NacosDiscovery::new(dev).resolve("nacos.ns").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].addr, a.addr);
+    for other in [
+        config(&nacos),
+        config(&nacos).namespace("dev"),
+        config(&nacos).namespace("dev").group("ORDERS"),
+        config(&nacos).group("ORDERS").cluster("HZ"),
+    ] {
+        let seen = NacosDiscovery::new(other.clone())
+            .resolve("nacos.ns")
+            .await
+            .unwrap();
+        assert!(seen.is_empty(), "{other:?} sees {seen:?}");
+    }
+    registry.close().await;
+}
+
+/// Established TCP connections from this process to `port` on 127.0.0.1.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn three_hundred_services_share_one_connection() {
+    let nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let infos: Vec<Info> = (0..300)
+        .map(|i| {
+            Info::new(
+                format!("many.{i}"),
+                SocketAddr::from(([127, 0, 0, 1], 10_000 + i)),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let results = futures_util::future::join_all(infos.iter().map(|i| registry.register(i))).await;
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    println!("300 registrations in {:?}", started.elapsed());
+    for info in infos.iter().step_by(37) {
+        assert_eq!(listed(&nacos, &info.service_name).await, vec![info.addr]);
+    }
+    assert_eq!(
+        connections_to(nacos.grpc_port),
+        1,
+        "every registration shares one connection"
+    );
+    // They stay through several health checks (every second here), on that one connection.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(listed(&nacos, "many.299").await, vec![infos[299].addr]);
+        assert_eq!(connections_to(nacos.grpc_port), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let closing = Instant::now();
+    registry.close().await;
+    println!("close deregistered 300 in {:?}", closing.elapsed());
+    for info in infos.iter().step_by(37) {
+        assert!(listed(&nacos, &info.service_name).await.is_empty());
+    }
+}

@@ -1,0 +1,175 @@
+//! The Nacos backend when the connection breaks: cut (reset) and black-holed by a fault proxy
+//! between the registry and a real Nacos (rnacos).
+#![cfg(feature = "nacos")]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use service_registry::nacos::{NacosConfig, NacosRegistry};
+use service_registry::{Backoff, Health, Info, Registry};
+use tests::fixtures::nacos::Nacos;
+use tests::proxy::{Fault, FaultProxy};
+
+fn config(nacos: &Nacos, proxy: &FaultProxy) -> NacosConfig {
+    NacosConfig::new("127.0.0.1", nacos.http_port)
+        .grpc_port(proxy.addr().port())
+        .heartbeat(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ))
+}
+
+async fn listed(nacos: &Nacos, service: &str) -> Vec<u16> {
+    nacos
+        .list(service)
+        .await
+        .iter()
+        .filter_map(|h| h["port"].as_u64().map(|p| p as u16))
+        .collect()
+}
+
+async fn until_health(registry: &NacosRegistry, what: &str, check: impl Fn(&Health) -> bool) {
+    let mut health = registry.health().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), health.wait_for(|h| check(h)))
+        .await
+        .unwrap_or_else(|_| panic!("health never became {what}"))
+        .unwrap();
+}
+
+fn info(port: u16) -> Info {
+    Info::new("faults.svc", SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+#[tokio::test]
+async fn a_cut_connection_is_replaced_and_everything_registered_again() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    let registry = NacosRegistry::new(config(&nacos, &proxy)).unwrap();
+    registry.register(&info(7001)).await.unwrap();
+    registry.register(&info(7002)).await.unwrap();
+    registry.deregister(&info(7002)).await.unwrap();
+    assert_eq!(listed(&nacos, "faults.svc").await, vec![7001]);
+
+    let mut health = registry.health().unwrap();
+    health.borrow_and_update();
+    let cut = Instant::now();
+    proxy.cut();
+    // The registry notices (its health changes) and registers everything on a new connection;
+    // the server drops what the old connection held, which must not take the new one along.
+    tokio::time::timeout(Duration::from_secs(5), health.changed())
+        .await
+        .expect("the registry notices the cut")
+        .unwrap();
+    until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
+    let back = cut.elapsed();
+    println!("after a cut: connected and registered again within {back:?}");
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(listed(&nacos, "faults.svc").await, vec![7001]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it is a live registration: a deregistration still works.
+    registry.deregister(&info(7001)).await.unwrap();
+    assert!(listed(&nacos, "faults.svc").await.is_empty());
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn a_black_holed_connection_is_detected_and_replaced_and_the_old_one_takes_nothing_along() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    let registry = NacosRegistry::new(config(&nacos, &proxy)).unwrap();
+    registry.register(&info(7001)).await.unwrap();
+
+    proxy.set(Fault::Blackhole);
+    let holed = Instant::now();
+    until_health(&registry, "recovering", |h| {
+        matches!(h, Health::Recovering { .. })
+    })
+    .await;
+    println!("black hole detected after {:?}", holed.elapsed());
+    // Deregistered while unreachable: must not come back.
+    let gone = info(7002);
+    let _ = registry.deregister(&gone).await;
+    // While it lasts, the server still holds the old connection and lists its instance: the
+    // registry keeps that connection open until a new one holds everything (closing it would
+    // take the instance away until then).
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(
+            listed(&nacos, "faults.svc").await,
+            vec![7001],
+            "during the black hole"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.set(Fault::Pass);
+    until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
+    let passed = Instant::now();
+    assert_eq!(listed(&nacos, "faults.svc").await, vec![7001]);
+
+    // The server still holds the old, black-holed connection until its own detection (15 s
+    // idle + 3 s) closes it; closing it must not remove what the new connection registered.
+    let until = passed + Duration::from_secs(22);
+    while Instant::now() < until {
+        assert_eq!(
+            listed(&nacos, "faults.svc").await,
+            vec![7001],
+            "{:?} after traffic passed again",
+            passed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    registry.close().await;
+    assert!(listed(&nacos, "faults.svc").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_hung_process_is_dropped_after_the_servers_detection_timeout() {
+    // A process that hangs (or a host that vanishes) closes nothing: the server finds out by
+    // its own checks. rnacos: a connection idle for 15 s gets a ClientDetectionRequest, and is
+    // closed (its instances removed) when nothing answers within 3 s.
+    let nacos = Nacos::start().await;
+    let (mut child, registered) = tests::child::spawn_example(
+        "nacos",
+        &[
+            ("serverAddr", "127.0.0.1".to_string()),
+            ("serverPort", nacos.http_port.to_string()),
+            ("NACOS_GRPC_PORT", nacos.grpc_port.to_string()),
+        ],
+    )
+    .await;
+    let (service, addr) = registered[0].clone();
+    assert_eq!(listed(&nacos, &service).await, vec![addr.port()]);
+    let pid = child.id().unwrap().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let hung = Instant::now();
+    let gone = tests::poll::until(
+        Duration::from_secs(40),
+        "the server to drop the hung process",
+        || async {
+            listed(&nacos, &service)
+                .await
+                .is_empty()
+                .then(|| hung.elapsed())
+        },
+    )
+    .await;
+    println!("a hung process's instances dropped by the server after {gone:?}");
+    assert!(
+        gone >= Duration::from_secs(10),
+        "dropped after {gone:?}: too early to be the timeout"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
