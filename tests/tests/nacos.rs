@@ -23,6 +23,12 @@ pub struct NacosOther;
 
 const OURS: [&str; 2] = ["nacos.echo", "nacos.other"];
 
+/// For servers with auth: a login hashes the password, which can take seconds on a busy
+/// machine; a login that times out is (rightly) "unreachable", not "refused".
+fn auth_config(nacos: &Nacos) -> NacosConfig {
+    config(nacos).request_timeout(Duration::from_secs(10))
+}
+
 fn config(nacos: &Nacos) -> NacosConfig {
     NacosConfig::new("127.0.0.1", nacos.http_port)
         .grpc_port(nacos.grpc_port)
@@ -389,7 +395,7 @@ async fn wrong_password_is_a_clear_error_naming_user_and_server() {
         ..Default::default()
     })
     .await;
-    let bad = NacosRegistry::new(config(&nacos).user("admin", "wrong-password")).unwrap();
+    let bad = NacosRegistry::new(auth_config(&nacos).user("admin", "wrong-password")).unwrap();
     let running = Running::start(bad.clone(), &OURS).await;
     let status = running
         .status
@@ -423,7 +429,7 @@ async fn wrong_password_is_a_clear_error_naming_user_and_server() {
     bad.close().await;
 
     // No user at all: the server's refusal says a login is needed.
-    let anonymous = NacosDiscovery::new(config(&nacos));
+    let anonymous = NacosDiscovery::new(auth_config(&nacos));
     let err = anonymous
         .resolve("nacos.echo")
         .await
@@ -431,10 +437,10 @@ async fn wrong_password_is_a_clear_error_naming_user_and_server() {
         .to_string();
     assert!(err.contains("requires a login"), "{err}");
 
-    let good = NacosRegistry::new(config(&nacos).user("admin", "right-password")).unwrap();
+    let good = NacosRegistry::new(auth_config(&nacos).user("admin", "right-password")).unwrap();
     let running = Running::start(good.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
-    let found = NacosDiscovery::new(config(&nacos).user("admin", "right-password"))
+    let found = NacosDiscovery::new(auth_config(&nacos).user("admin", "right-password"))
         .resolve("nacos.echo")
         .await
         .unwrap();
@@ -450,7 +456,7 @@ async fn an_expired_token_is_renewed_not_taken_for_a_wrong_password() {
         token_ttl: Some(2),
     })
     .await;
-    let config = config(&nacos).user("admin", "secret");
+    let config = auth_config(&nacos).user("admin", "secret");
     let registry = NacosRegistry::new(config.clone()).unwrap();
     let discovery = NacosDiscovery::new(config);
     let a = Info::new("nacos.token", "127.0.0.1:7001".parse().unwrap());
@@ -554,4 +560,59 @@ async fn three_hundred_services_share_one_connection() {
     for info in infos.iter().step_by(37) {
         assert!(listed(&nacos, &info.service_name).await.is_empty());
     }
+}
+
+#[tokio::test]
+async fn dropping_the_registry_closes_its_connection_and_nacos_drops_its_instances() {
+    let nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let a = Info::new("nacos.dropped", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&a).await.unwrap();
+    assert_eq!(connections_to(nacos.grpc_port), 1);
+    let dropped = Instant::now();
+    drop(registry);
+    until_listed(&nacos, "nacos.dropped", &[], Duration::from_secs(5)).await;
+    poll::until(
+        Duration::from_secs(5),
+        "the connection to close",
+        || async { (connections_to(nacos.grpc_port) == 0).then_some(()) },
+    )
+    .await;
+    println!(
+        "dropped registry: instance gone after {:?}",
+        dropped.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn watches_share_one_connection_and_end_with_their_streams() {
+    let nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let discovery = NacosDiscovery::new(config(&nacos));
+    let mut watches = Vec::new();
+    for i in 0..50 {
+        let mut watch = discovery.watch(&format!("nacos.w{i}")).await.unwrap();
+        assert!(watch.next().await.unwrap().all.is_empty());
+        watches.push(watch);
+    }
+    // The registry's connection and the discovery's: two in all, for 50 watches.
+    registry
+        .register(&Info::new("nacos.w7", "127.0.0.1:7007".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(connections_to(nacos.grpc_port), 2);
+    let change = tokio::time::timeout(Duration::from_secs(5), watches[7].next())
+        .await
+        .expect("a push within 5 s")
+        .unwrap();
+    assert_eq!(change.added.len(), 1);
+    drop(watches);
+    drop(discovery);
+    poll::until(
+        Duration::from_secs(5),
+        "the discovery connection to close",
+        || async { (connections_to(nacos.grpc_port) == 1).then_some(()) },
+    )
+    .await;
+    registry.close().await;
 }

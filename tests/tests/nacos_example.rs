@@ -18,11 +18,16 @@ async fn example_exits_zero_on_sigterm_and_deregisters() {
             ("serverPort", nacos.http_port.to_string()),
             ("NACOS_GRPC_PORT", nacos.grpc_port.to_string()),
             ("KITEX_NACOS_ENV_TAGS", "env=test".to_string()),
+            ("namespace", "dev".to_string()),
         ],
     )
     .await;
     for (service, addr) in &registered {
-        let hosts: Vec<Value> = nacos.list(service).await;
+        assert!(
+            nacos.list(service).await.is_empty(),
+            "{service} is in namespace dev only"
+        );
+        let hosts: Vec<Value> = nacos.list_in("dev", service).await;
         assert_eq!(hosts.len(), 1, "{service}: {hosts:?}");
         assert_eq!(hosts[0]["port"], addr.port());
         assert_eq!(
@@ -41,7 +46,7 @@ async fn example_exits_zero_on_sigterm_and_deregisters() {
     );
     for (service, _) in &registered {
         assert!(
-            nacos.list(service).await.is_empty(),
+            nacos.list_in("dev", service).await.is_empty(),
             "{service} must be gone once the example has exited"
         );
     }

@@ -231,8 +231,15 @@ impl Connection {
         Payload::new(kind, headers, json)
     }
 
-    async fn headers(&self, renew: bool) -> Result<HashMap<String, String>, NacosError> {
+    /// The headers of a request: the access token, renewed when it is half-way through its
+    /// life or when the server refused it (`refused`: the token it refused; a token renewed
+    /// meanwhile by a concurrent call is used as it is).
+    async fn headers(
+        &self,
+        refused: Option<&str>,
+    ) -> Result<(HashMap<String, String>, Option<String>), NacosError> {
         let mut token = self.token.lock().await;
+        let renew = refused.is_some_and(|r| token.as_ref().is_some_and(|t| t.value == r));
         let stale = token
             .as_ref()
             .is_some_and(|t| renew || Instant::now() >= t.renew_at);
@@ -245,10 +252,12 @@ impl Connection {
                 Err(err) => tracing::warn!(error = %err, "cannot renew the Nacos access token yet"),
             }
         }
-        Ok(token
-            .as_ref()
-            .map(|t| HashMap::from([("accessToken".to_string(), t.value.clone())]))
-            .unwrap_or_default())
+        let value = token.as_ref().map(|t| t.value.clone());
+        let headers = value
+            .iter()
+            .map(|v| ("accessToken".to_string(), v.clone()))
+            .collect();
+        Ok((headers, value))
     }
 
     /// One request of type `kind`; `what` names it in errors. A token the server no longer
@@ -259,9 +268,10 @@ impl Connection {
         what: &str,
         body: T,
     ) -> Result<Response, NacosError> {
+        let mut refused: Option<String> = None;
         let mut renewed = false;
         loop {
-            let headers = self.headers(renewed).await?;
+            let (headers, used) = self.headers(refused.as_deref()).await?;
             let payload = self.payload_with(kind, body.clone(), headers);
             let response = self.send(what, payload).await?;
             if response.result_code == 200 {
@@ -278,6 +288,7 @@ impl Connection {
             if response.error_code == FORBIDDEN && message.contains("unknown user") {
                 if self.config.user.is_some() && !renewed {
                     renewed = true;
+                    refused = used;
                     continue;
                 }
                 let reason = if self.config.user.is_some() {
