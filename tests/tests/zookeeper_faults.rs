@@ -348,6 +348,54 @@ async fn a_registration_after_thousands_is_not_held_up_by_watching_their_directo
     registry.close().await;
 }
 
+/// A node of ours deleted by someone else before the watch over its directory is in place (the
+/// watches of thousands of new directories take a moment) is restored too: once a directory's
+/// watch is in place, the guard lists it and the session puts back what is missing. Before that,
+/// such a deletion went unnoticed for the rest of the session.
+#[tokio::test]
+async fn a_node_deleted_before_its_directory_is_watched_is_restored() {
+    const SERVICES: usize = 2_000;
+    const DELETED: usize = 20;
+    let zk = ZooKeeper::start().await;
+    let registry = ZookeeperRegistry::new(config(zk.connect_string())).unwrap();
+    let raw = zk.client(None).await;
+    let infos: Vec<Info> = (0..SERVICES)
+        .map(|i| info(&format!("zkf.early{i}"), 7100))
+        .collect();
+    let results = futures_util::future::join_all(infos.iter().map(|i| registry.register(i))).await;
+    assert!(
+        results.iter().all(Result::is_ok),
+        "every registration answered Ok"
+    );
+    // At once, while most of the new directories' watches are still being added: the last
+    // services registered are the last to be watched.
+    let paths: Vec<String> = infos[SERVICES - DELETED..]
+        .iter()
+        .map(|i| format!("/{}/{}", i.service_name, i.addr))
+        .collect();
+    let deleted = Instant::now();
+    for result in futures_util::future::join_all(paths.iter().map(|p| raw.delete(p, None))).await {
+        result.unwrap();
+    }
+    let session = registry.session().unwrap().id().0;
+    let took = poll::until(
+        Duration::from_secs(5),
+        "every node deleted before its directory was watched restored",
+        || async {
+            for path in &paths {
+                let (_, stat) = raw.get_data(path).await.ok()?;
+                if stat.ephemeral_owner != session {
+                    return None;
+                }
+            }
+            Some(deleted.elapsed())
+        },
+    )
+    .await;
+    println!("{DELETED} nodes deleted early restored after {took:?}");
+    registry.close().await;
+}
+
 /// Defect 13: a session that ends between being established and the session task watching its
 /// state must not leave the registry reporting `Healthy` on a dead client (the task used to
 /// subscribe to state changes only after establishing, and a terminal state that came first was

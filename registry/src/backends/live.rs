@@ -131,6 +131,21 @@ impl LiveSet {
         self.doomed.keys().cloned().collect()
     }
 
+    /// The kept keys that start with `prefix`, in order.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+    pub(crate) fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        self.keys
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(key, _)| key)
+            .take_while(move |key| key.starts_with(prefix))
+    }
+
     /// Every kept key.
     #[cfg_attr(not(any(feature = "zookeeper", feature = "nacos")), allow(dead_code))]
     pub(crate) fn keys(&self) -> impl Iterator<Item = &String> {

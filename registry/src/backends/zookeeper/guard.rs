@@ -1,6 +1,7 @@
 //! Anti-entropy for the ZooKeeper session: persistent recursive watches over the directories of
 //! our nodes, so that a node of ours deleted or overwritten by someone else is seen (and the
-//! session task restores it).
+//! session task restores it). Once a directory's watch is in place the directory is listed
+//! once, so that a node deleted before the watch was in place is seen too.
 //!
 //! Watches are added off the session task: one task per directory adds its watch (a bounded
 //! number of `AddWatch` requests in flight at once, pipelined on the session's connection) and
@@ -8,12 +9,15 @@
 //! close and session-state changes never wait for thousands of directories to be watched.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use zookeeper_client::{AddWatchMode, Client, EventType, SessionState, WatchedEvent};
+use zookeeper_client::{
+    AddWatchMode, Client, Error as ZkError, EventType, SessionState, StateWatcher,
+};
 
 use super::config::ZookeeperConfig;
 use super::error::request;
@@ -26,14 +30,23 @@ const WATCHES_IN_FLIGHT: usize = 64;
 /// After a failed `AddWatch`, how long to wait before trying again (once connected).
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
-/// The watches over our directories within one session, and their events. Its tasks end when it
-/// is dropped (with the session).
+/// What the guard saw below our directories.
+#[derive(Debug)]
+pub(super) enum Seen {
+    /// The node at this path was deleted or its data changed.
+    Changed(String),
+    /// The watch over `dir` is in place, and these were its children right after.
+    Listed { dir: String, children: Vec<String> },
+}
+
+/// The watches over our directories within one session, and what they see. Its tasks end when
+/// it is dropped (with the session).
 pub(super) struct Guard {
     client: Client,
     config: ZookeeperConfig,
     permits: Arc<Semaphore>,
-    sender: mpsc::UnboundedSender<WatchedEvent>,
-    events: mpsc::UnboundedReceiver<WatchedEvent>,
+    sender: mpsc::UnboundedSender<Seen>,
+    events: mpsc::UnboundedReceiver<Seen>,
     dirs: BTreeMap<String, JoinHandle<()>>,
 }
 
@@ -75,8 +88,9 @@ impl Guard {
         }
     }
 
-    /// The next deletion or data change under a watched directory.
-    pub(super) async fn next(&mut self) -> WatchedEvent {
+    /// The next deletion or data change under a watched directory, or the listing of a
+    /// directory whose watch was just put in place.
+    pub(super) async fn next(&mut self) -> Seen {
         match self.events.recv().await {
             Some(event) => event,
             // Cannot happen: the guard holds a sender itself.
@@ -86,42 +100,37 @@ impl Guard {
 }
 
 /// Adds a persistent recursive watch on `dir` (retried until it is in place or the session
-/// ends), then forwards deletions and data changes below it.
+/// ends), lists the directory once, then forwards deletions and data changes below it.
 async fn watch_dir(
     client: Client,
     config: ZookeeperConfig,
     dir: String,
     permits: Arc<Semaphore>,
-    events: mpsc::UnboundedSender<WatchedEvent>,
+    events: mpsc::UnboundedSender<Seen>,
 ) {
     let mut states = client.state_watcher();
-    let mut watcher = loop {
-        let result = {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            request(&client, &config, config.request_timeout, || {
-                client.watch(&dir, AddWatchMode::PersistentRecursive)
-            })
-            .await
-        };
-        match result {
-            Ok(watcher) => break watcher,
-            Err(err) => {
-                tracing::debug!(dir, error = %err, "cannot watch a directory of ours yet; retrying once connected");
-                tokio::time::sleep(RETRY_AFTER).await;
-                loop {
-                    match client.state() {
-                        SessionState::SyncConnected => break,
-                        state if state.is_terminated() => return,
-                        _ => {
-                            states.changed().await;
-                        }
-                    }
-                }
-            }
-        }
+    let watching = retrying(&client, &config, &permits, &mut states, &dir, || {
+        client.watch(&dir, AddWatchMode::PersistentRecursive)
+    });
+    let Some(mut watcher) = watching.await else {
+        return;
     };
+    // What was deleted before the watch was in place is not among the children.
+    let listing = retrying(&client, &config, &permits, &mut states, &dir, || {
+        client.list_children(&dir)
+    });
+    let Some(children) = listing.await else {
+        return;
+    };
+    if events
+        .send(Seen::Listed {
+            dir: dir.clone(),
+            children,
+        })
+        .is_err()
+    {
+        return;
+    }
     // The session's own handle is not kept past this point: the watcher alone forwards events.
     drop(client);
     loop {
@@ -131,8 +140,45 @@ async fn watch_dir(
             EventType::NodeDeleted | EventType::NodeDataChanged => true,
             _ => false,
         };
-        if forward && events.send(event).is_err() {
+        if forward && events.send(Seen::Changed(event.path)).is_err() {
             return;
+        }
+    }
+}
+
+/// One request about `dir` under a permit, tried again once connected until it succeeds;
+/// `None` when the session ends first.
+async fn retrying<T, Fut>(
+    client: &Client,
+    config: &ZookeeperConfig,
+    permits: &Semaphore,
+    states: &mut StateWatcher,
+    dir: &str,
+    call: impl Fn() -> Fut,
+) -> Option<T>
+where
+    Fut: Future<Output = Result<T, ZkError>>,
+{
+    loop {
+        let result = {
+            let _permit = permits.acquire().await.ok()?;
+            request(client, config, config.request_timeout, &call).await
+        };
+        match result {
+            Ok(value) => return Some(value),
+            Err(err) => {
+                tracing::debug!(dir, error = %err, "cannot watch or list a directory of ours yet; retrying once connected");
+                tokio::time::sleep(RETRY_AFTER).await;
+                loop {
+                    match client.state() {
+                        SessionState::SyncConnected => break,
+                        state if state.is_terminated() => return None,
+                        _ => {
+                            states.changed().await;
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use zookeeper_client::{
 
 use super::config::ZookeeperConfig;
 use super::error::{bounded, registry_error, request, while_connected};
-use super::guard::Guard;
+use super::guard::{Guard, Seen};
 use super::sentinel::Sentinel;
 use crate::backends::handle::{Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
@@ -510,11 +510,32 @@ impl Session {
                 }
                 // Read again at the top of the loop.
                 _ = states.changed() => {}
-                event = guard.next() => {
-                    if self.live.contains(&event.path) && !self.unwritten.contains(&event.path) {
-                        self.restore(client, &event.path).await;
+                seen = guard.next() => match seen {
+                    Seen::Changed(path) => {
+                        if self.live.contains(&path) && !self.unwritten.contains(&path) {
+                            self.restore(client, &path).await;
+                        }
                     }
-                }
+                    // Nodes of ours missing from a directory just watched: deleted before the
+                    // watch was in place (rare; each is checked and put back).
+                    Seen::Listed { dir, children } => {
+                        let prefix = format!("{dir}/");
+                        let missing: Vec<String> = self
+                            .live
+                            .keys_with_prefix(&prefix)
+                            .filter(|key| {
+                                let name = &key[prefix.len()..];
+                                !name.contains('/')
+                                    && !children.iter().any(|child| child == name)
+                                    && !self.unwritten.contains(*key)
+                            })
+                            .cloned()
+                            .collect();
+                        for path in missing {
+                            self.restore(client, &path).await;
+                        }
+                    }
+                },
                 fresh = sentinel.refused() => return Step::Replaced(fresh),
                 _ = retry.tick(), if !disconnected && (self.live.has_doomed() || !self.unwritten.is_empty()) => {
                     self.delete_doomed(client).await;
