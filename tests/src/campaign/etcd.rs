@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry, DEFAULT_PREFIX};
-use service_registry::{Discovery, Info, Registry};
+use service_registry::{Info, Registry};
 use tokio::task::JoinHandle;
 
 use super::gaps::GapWatcher;
@@ -627,15 +627,7 @@ pub(crate) async fn member_kills(ctx: Ctx) -> Section {
         registries.push(registry);
     }
     let discovery = EtcdDiscovery::new(config.clone());
-    let stream = discovery
-        .watch("campaign.watched")
-        .await
-        .expect("watch campaign.watched");
-    let mut gaps = GapWatcher::start(stream, 3);
-    assert!(
-        gaps.wait_armed(Duration::from_secs(30)).await,
-        "the watcher never saw the 3 instances"
-    );
+    let gaps = GapWatcher::armed(&discovery, "campaign.watched", 3).await;
     let expected: BTreeSet<String> = (0..3u16)
         .map(|i| format!("{DEFAULT_PREFIX}/campaign.watched/{}", loopback(21_001 + i)))
         .collect();

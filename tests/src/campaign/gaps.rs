@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use service_registry::WatchStream;
+use service_registry::{Discovery, WatchStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -68,6 +68,21 @@ impl GapWatcher {
             }
         });
         Self { state, armed, task }
+    }
+
+    /// Watches `service` through `discovery` and waits (30 s at most) until the watch has seen
+    /// all `expected` instances once.
+    pub(crate) async fn armed<D: Discovery>(discovery: &D, service: &str, expected: usize) -> Self {
+        let stream = discovery
+            .watch(service)
+            .await
+            .unwrap_or_else(|err| panic!("watch {service}: {err}"));
+        let mut gaps = Self::start(stream, expected);
+        assert!(
+            gaps.wait_armed(Duration::from_secs(30)).await,
+            "the watcher never saw the {expected} instances of {service}"
+        );
+        gaps
     }
 
     /// Waits until the full set was seen once; false after `limit`.

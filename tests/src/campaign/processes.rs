@@ -390,7 +390,7 @@ where
         .await;
         leave.registered(Duration::from_secs(30)).await;
         let addr = leave.addr;
-        let seen = super::util::wait_for(
+        let seen = crate::poll::within(
             Duration::from_secs(10),
             Duration::from_millis(5),
             || async { current.lock().unwrap().contains(&addr).then_some(()) },
@@ -402,7 +402,7 @@ where
         *stopping.lock().unwrap() = Some((addr, began));
         leave.stop().await;
         stop_took.push(began.elapsed());
-        let removed = super::util::wait_for(
+        let removed = crate::poll::within(
             Duration::from_secs(10),
             Duration::from_millis(5),
             || async { removed_at.lock().unwrap().get(&addr).copied() },

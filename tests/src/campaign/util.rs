@@ -2,7 +2,6 @@
 //! loop that behaves like the registrar's, a byte-counting relay, and the example binaries.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -280,24 +279,6 @@ pub(crate) async fn register_all<R: Registry + Clone>(
         done += 1;
     }
     total - done
-}
-
-/// Polls `check` every `every` until it returns `Some`, or `None` after `limit`.
-pub(crate) async fn wait_for<T, F, Fut>(limit: Duration, every: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(every).await;
-    }
 }
 
 /// A loopback TCP relay that counts the bytes it forwards each way.

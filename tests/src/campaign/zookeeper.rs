@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery, ZookeeperRegistry};
-use service_registry::{Discovery, Info};
+use service_registry::Info;
 use zookeeper_client::Client;
 
 use super::gaps::GapWatcher;
@@ -191,7 +191,7 @@ pub(crate) async fn expiries(ctx: Ctx) -> Section {
     for n in 0..count {
         let r = n % PROCESSES;
         let registry = &registries[r];
-        let Some(session) = super::util::wait_for(
+        let Some(session) = crate::poll::within(
             Duration::from_secs(10),
             Duration::from_millis(10),
             || async { registry.session() },
@@ -215,7 +215,7 @@ pub(crate) async fn expiries(ctx: Ctx) -> Section {
             drop(thief);
             let closed = Instant::now();
             let changed =
-                super::util::wait_for(Duration::from_secs(3), Duration::from_millis(5), || async {
+                crate::poll::within(Duration::from_secs(3), Duration::from_millis(5), || async {
                     registry
                         .session()
                         .is_none_or(|s| s.id() != old)
@@ -461,15 +461,7 @@ pub(crate) async fn leader_kills(ctx: Ctx) -> Section {
         registries.push(registry);
     }
     let discovery = ZookeeperDiscovery::new(config.clone());
-    let stream = discovery
-        .watch("campaign.watched")
-        .await
-        .expect("watch campaign.watched");
-    let mut gaps = GapWatcher::start(stream, 3);
-    assert!(
-        gaps.wait_armed(Duration::from_secs(30)).await,
-        "the watcher never saw the 3 instances"
-    );
+    let gaps = GapWatcher::armed(&discovery, "campaign.watched", 3).await;
     let expected: BTreeSet<String> = owners.keys().cloned().collect();
     let mut reader = ZkReader::new(servers.clone(), owners, registries.clone());
     let mut elections = Dist::default();
