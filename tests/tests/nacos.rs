@@ -616,3 +616,43 @@ async fn watches_share_one_connection_and_end_with_their_streams() {
     .await;
     registry.close().await;
 }
+
+/// Local ports of this machine's established TCP connections to `port` on 127.0.0.1.
+fn local_ports_to(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!("0100007F:{port:04X}");
+    let mut ports: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01"))
+                .then(|| fields[1].to_string())
+        })
+        .collect();
+    ports.sort();
+    ports
+}
+
+#[tokio::test]
+async fn a_request_that_fails_on_its_own_keeps_the_connection() {
+    let nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let small = Info::new("nacos.small", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&small).await.unwrap();
+    // rnacos takes a 5 MiB registration; its answer to a query is then over the 4 MiB a gRPC
+    // client decodes: that query fails with a gRPC error of its own (OutOfRange).
+    let mut big = Info::new("nacos.big", "127.0.0.1:7002".parse().unwrap());
+    big.tags.insert("blob".into(), "x".repeat(5 << 20));
+    registry.register(&big).await.unwrap();
+    let discovery = NacosDiscovery::new(config(&nacos));
+    assert_eq!(discovery.resolve("nacos.small").await.unwrap().len(), 1);
+    let before = local_ports_to(nacos.grpc_port);
+    assert_eq!(before.len(), 2, "the registry's and the discovery's");
+    let err = discovery.resolve("nacos.big").await.unwrap_err();
+    println!("the oversized answer: {err}");
+    // The connection is fine: the next query uses it, and nothing reconnects.
+    assert_eq!(discovery.resolve("nacos.small").await.unwrap().len(), 1);
+    assert_eq!(local_ports_to(nacos.grpc_port), before, "the same connections");
+    registry.close().await;
+}

@@ -311,25 +311,35 @@ impl Connection {
         }
     }
 
+    /// One request and its answer. Ends as soon as the connection is known to be lost, whoever
+    /// found out; only a transport failure (or no answer in time) marks it lost: any other gRPC
+    /// error is this request's own.
     async fn send(&self, what: &str, payload: Payload) -> Result<Response, NacosError> {
+        let lost = |reason: String| NacosError::Lost {
+            server: self.server.clone(),
+            reason,
+        };
+        if let Some(cause) = self.lost_cause() {
+            return Err(lost(format!("{what} not sent: {cause}")));
+        }
         let limit = self.config.request_timeout;
-        let answer = match tokio::time::timeout(limit, self.grpc.request(payload)).await {
+        let answer = tokio::select! {
+            biased;
+            cause = self.lost() => return Err(lost(format!("{what} abandoned: {cause}"))),
+            answer = tokio::time::timeout(limit, self.grpc.request(payload)) => answer,
+        };
+        let answer = match answer {
             Ok(Ok(answer)) => answer,
-            Ok(Err(status)) => {
+            Ok(Err(status)) if is_transport(status.code()) => {
                 let reason = format!("{what} failed: {status}");
                 self.mark_lost(&reason);
-                return Err(NacosError::Lost {
-                    server: self.server.clone(),
-                    reason,
-                });
+                return Err(lost(reason));
             }
+            Ok(Err(status)) => return Err(rejection(&self.server, what, &status)),
             Err(_) => {
                 let reason = format!("{what} got no answer within {limit:?}");
                 self.mark_lost(&reason);
-                return Err(NacosError::Lost {
-                    server: self.server.clone(),
-                    reason,
-                });
+                return Err(lost(reason));
             }
         };
         serde_json::from_slice(answer.json()).map_err(|err| NacosError::Refused {
@@ -377,6 +387,37 @@ impl Connection {
     }
 }
 
+/// Whether a gRPC status says the connection (not the request) failed.
+fn is_transport(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+/// A gRPC error that is the request's own: too large or malformed is rejected for good (it
+/// would be again), anything else is refused this time.
+fn rejection(server: &str, what: &str, status: &tonic::Status) -> NacosError {
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+            NacosError::Rejected {
+                server: server.to_string(),
+                what: what.to_string(),
+                reason: status.to_string(),
+            }
+        }
+        _ => NacosError::Refused {
+            server: server.to_string(),
+            what: what.to_string(),
+            code: 0,
+            message: status.to_string(),
+        },
+    }
+}
+
 /// The chain of an error's sources, for messages.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -387,4 +428,33 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transport_failures_lose_the_connection() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Cancelled,
+            tonic::Code::Unknown,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(is_transport(code), "{code:?}");
+        }
+        let big = tonic::Status::resource_exhausted("message too large");
+        assert!(!is_transport(big.code()));
+        assert!(matches!(
+            rejection("h:1", "a registration", &big),
+            NacosError::Rejected { .. }
+        ));
+        let other = tonic::Status::internal("oops");
+        assert!(!is_transport(other.code()));
+        assert!(matches!(
+            rejection("h:1", "a registration", &other),
+            NacosError::Refused { .. }
+        ));
+    }
 }

@@ -51,6 +51,17 @@ pub enum NacosError {
         /// What Nacos said.
         reason: String,
     },
+    /// Nacos rejected a request as invalid (Java Nacos' code 400, or a gRPC error such as a
+    /// message over the server's size limit): it would be rejected again.
+    #[error("Nacos at {server} rejected {what} as invalid: {reason}")]
+    Rejected {
+        /// `host:port`.
+        server: String,
+        /// What was asked.
+        what: String,
+        /// What Nacos said.
+        reason: String,
+    },
     /// Nacos answered a request with an error of its own.
     #[error("Nacos at {server} refused {what}: code {code}: {message}")]
     Refused {
@@ -94,7 +105,7 @@ impl NacosError {
                 user: user.clone(),
                 source: Arc::new(self),
             },
-            Self::Refused { .. } => RegistryError::Backend {
+            Self::Refused { .. } | Self::Rejected { .. } => RegistryError::Backend {
                 backend: BACKEND,
                 source: Arc::new(self),
             },
