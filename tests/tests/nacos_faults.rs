@@ -23,12 +23,14 @@ fn config(nacos: &Nacos, proxy: &FaultProxy) -> NacosConfig {
 }
 
 async fn listed(nacos: &Nacos, service: &str) -> Vec<u16> {
-    nacos
+    let mut ports: Vec<u16> = nacos
         .list(service)
         .await
         .iter()
         .filter_map(|h| h["port"].as_u64().map(|p| p as u16))
-        .collect()
+        .collect();
+    ports.sort();
+    ports
 }
 
 async fn until_health(registry: &NacosRegistry, what: &str, check: impl Fn(&Health) -> bool) {
@@ -172,4 +174,74 @@ async fn a_hung_process_is_dropped_after_the_servers_detection_timeout() {
         .status();
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_close_while_reconnecting_returns_at_once_and_registers_nothing_again() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    // A second between attempts, so that each phase (waiting, connecting) is seen.
+    let config = config(&nacos, &proxy).backoff(Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    ));
+    let registry = NacosRegistry::new(config).unwrap();
+    registry.register(&info(7001)).await.unwrap();
+    proxy.set(Fault::Blackhole);
+    until_health(&registry, "recovering", |h| {
+        matches!(h, Health::Recovering { attempt, .. } if *attempt >= 1)
+    })
+    .await;
+    // A connect failed; its connection closes, and the next connect opens one beside the old,
+    // black-holed connection. That connect hangs until its own timeout (1 s + 2 × 2 s here).
+    tests::poll::until(Duration::from_secs(5), "the failed connect closed", || async {
+        (proxy.connections() <= 1).then_some(())
+    })
+    .await;
+    tests::poll::until(Duration::from_secs(5), "a connect in progress", || async {
+        (proxy.connections() >= 2).then_some(())
+    })
+    .await;
+    // The close must not wait for the connect (nor for the close timeout, 2 s).
+    let closing = Instant::now();
+    registry.close().await;
+    let took = closing.elapsed();
+    println!("close while reconnecting took {took:?}");
+    assert!(took < Duration::from_secs(1), "close took {took:?}");
+    // And the connect is abandoned, not completed later to register everything again: every
+    // connection is closed.
+    tests::poll::until(Duration::from_secs(1), "every connection closed", || async {
+        (proxy.connections() == 0).then_some(())
+    })
+    .await;
+    proxy.set(Fault::Pass);
+}
+
+#[tokio::test]
+async fn calls_in_flight_end_as_soon_as_the_connection_is_known_dead() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    let registry = NacosRegistry::new(config(&nacos, &proxy)).unwrap();
+    registry.register(&info(7000)).await.unwrap();
+    proxy.set(Fault::Blackhole);
+    // 320 writes at 64 at a time: five rounds of the 2 s request timeout if each call waited
+    // out its own timeout; the first one that times out (or the heartbeat) ends them all.
+    let infos: Vec<Info> = (0..320).map(|i| info(8000 + i)).collect();
+    let started = Instant::now();
+    let results = futures_util::future::join_all(infos.iter().map(|i| registry.register(i))).await;
+    let took = started.elapsed();
+    println!("320 registrations on a dead connection answered after {took:?}");
+    assert!(results.iter().all(Result::is_err));
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    until_health(&registry, "recovering", |h| {
+        matches!(h, Health::Recovering { .. })
+    })
+    .await;
+    proxy.set(Fault::Pass);
+    until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
+    tests::poll::until(Duration::from_secs(10), "all 321 listed", || async {
+        (listed(&nacos, "faults.svc").await.len() == 321).then_some(())
+    })
+    .await;
+    registry.close().await;
 }

@@ -27,6 +27,8 @@ use super::wire::{self, Empty, Envelope, Response, ServiceInfo};
 pub(crate) const UNREGISTERED: u16 = 301;
 /// What the server answers when auth is on and the request carries no (valid) token.
 const FORBIDDEN: u16 = 403;
+/// Java Nacos' `INVALID_PARAM`: the request itself is wrong and always will be.
+const INVALID_PARAM: u16 = 400;
 /// Our client version, as the server lists it.
 const CLIENT_VERSION: &str = concat!(
     "Nacos-Rust-Client:service-registry-",
@@ -300,6 +302,13 @@ impl Connection {
                     user: self.config.user_name(),
                     server: self.config.http_addr(),
                     reason,
+                });
+            }
+            if response.error_code == INVALID_PARAM {
+                return Err(NacosError::Rejected {
+                    server: self.server.clone(),
+                    what: what.to_string(),
+                    reason: message,
                 });
             }
             return Err(NacosError::Refused {

@@ -89,6 +89,12 @@ impl NacosError {
         self.is_connection() || matches!(self, Self::Unauthenticated { .. })
     }
 
+    /// Whether the request itself is at fault and would be rejected again (a validation
+    /// error); everything else may succeed on a later attempt.
+    pub(crate) fn is_invalid(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+
     /// The registry-side reading.
     pub(crate) fn into_registry(self) -> RegistryError {
         match &self {
