@@ -287,7 +287,7 @@ impl Connection {
                     reason: cause,
                 });
             }
-            if response.error_code == FORBIDDEN && message.contains("unknown user") {
+            if forbidden(&response) {
                 if self.config.user.is_some() && !renewed {
                     renewed = true;
                     refused = used;
@@ -396,6 +396,13 @@ impl Connection {
     }
 }
 
+/// Whether the server refused the request's credentials. rnacos says "unknown user!", Java
+/// Nacos "token expired!" or "token invalid!": whatever the wording, the token is renewed once,
+/// and a refusal after that is `Unauthenticated`.
+fn forbidden(response: &Response) -> bool {
+    response.error_code == FORBIDDEN || response.result_code == FORBIDDEN
+}
+
 /// Whether a gRPC status says the connection (not the request) failed.
 fn is_transport(code: tonic::Code) -> bool {
     matches!(
@@ -442,6 +449,19 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_403_is_a_refused_token_whatever_its_wording() {
+        for json in [
+            r#"{"resultCode":500,"errorCode":403,"message":"unknown user!"}"#,
+            r#"{"resultCode":500,"errorCode":403,"message":"token expired!"}"#,
+            r#"{"resultCode":500,"errorCode":403,"message":"token invalid!"}"#,
+        ] {
+            assert!(forbidden(&serde_json::from_str(json).unwrap()), "{json}");
+        }
+        let other: Response = serde_json::from_str(r#"{"resultCode":500,"errorCode":500}"#).unwrap();
+        assert!(!forbidden(&other));
+    }
 
     #[test]
     fn only_transport_failures_lose_the_connection() {
