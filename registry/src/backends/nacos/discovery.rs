@@ -101,7 +101,8 @@ impl NacosDiscovery {
 /// The instances of `info` Kitex's resolver would use, by address.
 fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries {
     let mut entries = BTreeMap::new();
-    for host in info.and_then(|i| i.hosts.as_ref()).into_iter().flatten() {
+    let hosts = info.map(|i| i.instances(service)).unwrap_or_default();
+    for host in &hosts {
         match wire::decode(host, cluster) {
             Ok(instance) => {
                 entries.insert(instance.addr.to_string(), instance);

@@ -27,7 +27,15 @@ pub(crate) async fn read(
             Err(status) => break format!("the stream failed: {status}"),
         };
         let kind = payload.kind().to_string();
-        let request: ServerRequest = serde_json::from_slice(payload.json()).unwrap_or_default();
+        let request: ServerRequest = match serde_json::from_slice(payload.json()) {
+            Ok(request) => request,
+            Err(err) => {
+                // Without its request id there is nothing to answer; the server tries again
+                // (a push) or decides on its own (a detection).
+                tracing::warn!(kind, error = %err, "unreadable request from the server left out");
+                continue;
+            }
+        };
         if kind == "NotifySubscriberRequest" {
             deliver(
                 &pushes,

@@ -127,12 +127,30 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     })
 }
 
-/// A service's instances as a query or a push carries them.
+/// A service's instances as a query or a push carries them. Each host is read on its own (see
+/// [`ServiceInfo::instances`]): one the server wrote oddly leaves out only itself.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct ServiceInfo {
-    pub hosts: Option<Vec<NacosInstance>>,
+    pub hosts: Option<Vec<serde_json::Value>>,
     pub last_ref_time: i64,
+}
+
+impl ServiceInfo {
+    /// Every host that reads as an instance; each one that does not is logged and left out.
+    pub(crate) fn instances(&self, service: &str) -> Vec<NacosInstance> {
+        self.hosts
+            .iter()
+            .flatten()
+            .filter_map(|host| match NacosInstance::deserialize(host) {
+                Ok(instance) => Some(instance),
+                Err(err) => {
+                    tracing::warn!(service, %host, error = %err, "unreadable instance left out");
+                    None
+                }
+            })
+            .collect()
+    }
 }
 
 /// Every request body: `module`, `requestId` and `headers` besides its own fields.
@@ -325,6 +343,22 @@ mod tests {
             decode(&kitex(&bad_port), "DEFAULT"),
             Err(Skipped::Address { .. })
         ));
+    }
+
+    #[test]
+    fn one_unreadable_host_leaves_out_only_itself() {
+        let info: ServiceInfo = serde_json::from_str(
+            r#"{"lastRefTime":5,"hosts":[
+                {"ip":null,"port":1,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"DEFAULT"},
+                {"ip":"10.0.0.8","port":2,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"DEFAULT"},
+                {"ip":"10.0.0.9","port":"three","weight":1.0}
+            ]}"#,
+        )
+        .unwrap();
+        let read = info.instances("echo");
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(read[0].ip, "10.0.0.8");
+        assert_eq!(info.last_ref_time, 5);
     }
 
     #[test]
