@@ -132,7 +132,9 @@ async fn register_resolve_watch_and_graceful_stop() {
 #[tokio::test]
 async fn the_open_api_shows_kitex_fields() {
     let nacos = Nacos::start().await;
-    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    // KITEX_NACOS_ENV_TAGS over the instance's own tags, as Kitex's mergeTags.
+    let config = config(&nacos).extra_metadata([("idc", "sh"), ("env", "prod")]);
+    let registry = NacosRegistry::new(config).unwrap();
     let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
 
@@ -147,7 +149,8 @@ async fn the_open_api_shows_kitex_fields() {
     assert_eq!(host["enabled"], true);
     assert_eq!(host["ephemeral"], true);
     assert_eq!(host["clusterName"], "DEFAULT");
-    assert_eq!(host["metadata"]["idc"], "hz");
+    assert_eq!(host["metadata"]["idc"], "sh", "{host}");
+    assert_eq!(host["metadata"]["env"], "prod", "{host}");
     assert!(
         host["serviceName"]
             .as_str()
@@ -172,7 +175,7 @@ async fn resolves_kitex_shaped_instances_and_skips_what_kitex_skips() {
     nacos
         .register_http(service, "127.0.0.1", 9001, 20.0, &kitex_tags, "")
         .await;
-    // What the resolver must leave out: disabled, weight 0, another cluster.
+    // What the resolver must leave out: disabled, weight 0 (or below 1), another cluster.
     nacos
         .register_http(
             service,
@@ -185,6 +188,10 @@ async fn resolves_kitex_shaped_instances_and_skips_what_kitex_skips() {
         .await;
     nacos
         .register_http(service, "127.0.0.1", 9003, 0.0, &json!({}), "")
+        .await;
+    // Kitex reads int(0.5) = 0, and its balancers skip weight 0.
+    nacos
+        .register_http(service, "127.0.0.1", 9005, 0.5, &json!({}), "")
         .await;
     nacos
         .register_http(
