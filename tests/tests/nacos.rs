@@ -276,6 +276,9 @@ async fn restart_restores_every_registration(wipe: bool) {
     let deregistered = Info::new("nacos.gone", "127.0.0.1:9999".parse().unwrap());
     registry.register(&deregistered).await.unwrap();
     registry.deregister(&deregistered).await.unwrap();
+    let leaving = Info::new("nacos.gone", "127.0.0.1:9998".parse().unwrap());
+    registry.register(&leaving).await.unwrap();
+    assert_eq!(listed(&nacos, "nacos.gone").await, vec![leaving.addr]);
 
     nacos.stop();
     if wipe {
@@ -295,6 +298,8 @@ async fn restart_restores_every_registration(wipe: bool) {
         matches!(h, Health::Recovering { .. })
     })
     .await;
+    // Deregistered while the server is down: must not come back with the others.
+    registry.deregister(&leaving).await.unwrap();
 
     nacos.restart().await;
     let back = Instant::now();
