@@ -252,3 +252,38 @@ async fn calls_in_flight_end_as_soon_as_the_connection_is_known_dead() {
     .await;
     registry.close().await;
 }
+
+#[tokio::test]
+async fn a_deregistration_while_away_reaches_the_server_on_the_old_connection() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    let registry = NacosRegistry::new(config(&nacos, &proxy)).unwrap();
+    registry.register(&info(7001)).await.unwrap();
+    let gone = info(7002);
+    registry.register(&gone).await.unwrap();
+    // A round trip of 3 s, over the 2 s request timeout: the registry gives the connection up
+    // (and cannot make a new one), but the server still holds it, and our instances with it.
+    proxy.set_latency(Duration::from_millis(1500));
+    until_health(&registry, "recovering", |h| {
+        matches!(h, Health::Recovering { .. })
+    })
+    .await;
+    registry.deregister(&gone).await.unwrap();
+    let deregistered = Instant::now();
+    // Only that connection can remove 7002 (rnacos ignores a deregistration from another
+    // connection), and it is still there: the deregistration must reach the server on it.
+    tests::poll::until(
+        Duration::from_secs(6),
+        "7002 gone while the connection is away",
+        || async { (listed(&nacos, "faults.svc").await == vec![7001]).then_some(()) },
+    )
+    .await;
+    println!(
+        "deregistered on the old connection after {:?}",
+        deregistered.elapsed()
+    );
+    proxy.set_latency(Duration::ZERO);
+    until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
+    assert_eq!(listed(&nacos, "faults.svc").await, vec![7001]);
+    registry.close().await;
+}

@@ -7,7 +7,7 @@
 //! dropped, and with them the stream: the server then removes every instance registered on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,6 +61,9 @@ pub(crate) struct Connection {
     grpc: NacosGrpc,
     token: tokio::sync::Mutex<Option<Token>>,
     lost: watch::Sender<Option<String>>,
+    /// Whether the stream is still open: a connection given up on (lost) may still be alive
+    /// on the server, holding our instances, as long as it is.
+    stream_open: Arc<AtomicBool>,
     pushes: Pushes,
     /// Held while subscribing or unsubscribing: the server keeps one subscription per
     /// connection and service, so these must reach it in the order they were decided.
@@ -126,6 +129,7 @@ impl Connection {
             grpc: grpc.clone(),
             token: tokio::sync::Mutex::new(token),
             lost,
+            stream_open: Arc::new(AtomicBool::new(true)),
             pushes: Arc::default(),
             subscribing: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -152,6 +156,7 @@ impl Connection {
             outbound,
             connection.pushes.clone(),
             connection.lost.clone(),
+            connection.stream_open.clone(),
         )));
         connection.tasks.push(tokio::spawn(super::heartbeat::check(
             grpc,
@@ -187,6 +192,11 @@ impl Connection {
     /// `host:port` of the gRPC API.
     pub(crate) fn server(&self) -> &str {
         &self.server
+    }
+
+    /// Whether the stream is still open (the server may still know this connection).
+    pub(crate) fn stream_open(&self) -> bool {
+        self.stream_open.load(Ordering::SeqCst)
     }
 
     /// Why the connection was lost, once it was.
@@ -270,12 +280,37 @@ impl Connection {
         what: &str,
         body: T,
     ) -> Result<Response, NacosError> {
+        self.call_on(kind, what, body, true).await
+    }
+
+    /// [`call`](Self::call) on a connection given up on (lost) whose stream is still open: a
+    /// last word to a server that may still hold it. Its failure changes nothing.
+    pub(crate) async fn call_stale<T: Serialize + Clone>(
+        &self,
+        kind: &str,
+        what: &str,
+        body: T,
+    ) -> Result<Response, NacosError> {
+        self.call_on(kind, what, body, false).await
+    }
+
+    async fn call_on<T: Serialize + Clone>(
+        &self,
+        kind: &str,
+        what: &str,
+        body: T,
+        live: bool,
+    ) -> Result<Response, NacosError> {
         let mut refused: Option<String> = None;
         let mut renewed = false;
         loop {
             let (headers, used) = self.headers(refused.as_deref()).await?;
             let payload = self.payload_with(kind, body.clone(), headers);
-            let response = self.send(what, payload).await?;
+            let response = if live {
+                self.send(what, payload).await?
+            } else {
+                self.send_stale(what, payload).await?
+            };
             if response.result_code == 200 {
                 return Ok(response);
             }
@@ -356,6 +391,26 @@ impl Connection {
             what: what.to_string(),
             code: 0,
             message: format!("the answer ({}) is not Nacos JSON: {err}", answer.kind()),
+        })
+    }
+
+    /// One request on a lost connection, within the request timeout; marks nothing.
+    async fn send_stale(&self, what: &str, payload: Payload) -> Result<Response, NacosError> {
+        let limit = self.config.request_timeout;
+        let failed = |reason: String| NacosError::Lost {
+            server: self.server.clone(),
+            reason,
+        };
+        let answer = match tokio::time::timeout(limit, self.grpc.request(payload)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(status)) => return Err(failed(format!("{what} failed: {status}"))),
+            Err(_) => return Err(failed(format!("{what} got no answer within {limit:?}"))),
+        };
+        serde_json::from_slice(answer.json()).map_err(|err| {
+            failed(format!(
+                "the answer ({}) is not Nacos JSON: {err}",
+                answer.kind()
+            ))
         })
     }
 

@@ -22,7 +22,7 @@ use super::connection::Connection;
 use super::error::NacosError;
 use super::wire::{InstanceRequest, NacosInstance};
 use crate::backends::handle::{Command, Reply};
-use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::backends::live::{absorb_queued, LiveSet};
 use crate::backoff::Backoff;
 use crate::info::Info;
 use crate::registry::{Health, RegistryError};
@@ -65,6 +65,9 @@ pub(crate) struct Session {
     /// be alive on the server, and closing it first would take its instances away for the
     /// time it takes to register them again. A dead one costs nothing to keep.
     stale: Option<Arc<Connection>>,
+    /// Deregistrations sent on the stale connection while it is away (see
+    /// [`Session::delete_on_stale`]); each ends within the request timeout.
+    stale_deletes: tokio::task::JoinSet<()>,
 }
 
 enum Step {
@@ -91,6 +94,7 @@ impl Session {
             pending_puts: Vec::new(),
             closing: None,
             stale: None,
+            stale_deletes: tokio::task::JoinSet::new(),
             unwritten: BTreeSet::new(),
             unwritten_error: String::new(),
         }
@@ -143,9 +147,7 @@ impl Session {
                     (err.into_registry(), delay)
                 }
             };
-            if let Some(done) =
-                wait_offline(&mut self.commands, &mut self.live, delay, &cause).await
-            {
+            if let Some(done) = self.wait_offline(delay, &cause).await {
                 // Closed while Nacos is away: the old connection is gone, and its instances
                 // with it.
                 self.live.clear();
@@ -226,7 +228,8 @@ impl Session {
     /// Connects, applying commands as they arrive meanwhile; `Ok(None)` once a close arrives
     /// (the connect is abandoned).
     async fn connect(&mut self) -> Result<Option<Arc<Connection>>, NacosError> {
-        let connecting = Connection::connect(&self.config);
+        let config = self.config.clone();
+        let connecting = Connection::connect(&config);
         tokio::pin!(connecting);
         while self.closing.is_none() {
             tokio::select! {
@@ -237,12 +240,68 @@ impl Session {
                         self.live.put(key.clone(), value);
                         self.pending_puts.push((key, done));
                     }
-                    Some(Command::Delete { key, done }) => self.live.delete(key, Some(done)),
+                    Some(Command::Delete { key, done }) => {
+                        self.delete_on_stale(&key);
+                        self.live.delete(key, Some(done));
+                    }
                     Some(Command::Close { done }) => self.closing = Some(Some(done)),
                 },
             }
         }
         Ok(None)
+    }
+
+    /// While no connection is up: answers commands for `delay`. Puts and deletes apply to the
+    /// live set at once. A put is answered with `cause` (it is written once Nacos is back; the
+    /// registrar shows `Retrying`); a delete succeeds: it is sent on the stale connection at
+    /// once (see [`delete_on_stale`](Self::delete_on_stale)) and on the next one, and goes
+    /// with the stale connection in any case. Returns the close request's reply once the
+    /// registry is closed (or every handle is gone: `Some(None)`).
+    async fn wait_offline(
+        &mut self,
+        delay: Duration,
+        cause: &RegistryError,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let deadline = tokio::time::sleep(delay);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return None,
+                command = self.commands.recv() => match command {
+                    None => return Some(None),
+                    Some(Command::Put { key, value, done }) => {
+                        self.live.put(key, value);
+                        let _ = done.send(Err(cause.clone()));
+                    }
+                    Some(Command::Delete { key, done }) => {
+                        self.delete_on_stale(&key);
+                        self.live.delete(key, None);
+                        let _ = done.send(Ok(()));
+                    }
+                    Some(Command::Close { done }) => return Some(Some(done)),
+                },
+            }
+        }
+    }
+
+    /// A connection we gave up on may still be alive on the server (a slow server, a refused
+    /// token), holding the instance, and a new connection cannot remove it (rnacos ignores a
+    /// deregistration from a connection other than the one that registered). So while the
+    /// stale connection's stream is open, the deregistration goes out on it too, at once.
+    fn delete_on_stale(&mut self, key: &str) {
+        while self.stale_deletes.try_join_next().is_some() {}
+        let Some(stale) = self.stale.clone().filter(|c| c.stream_open()) else {
+            return;
+        };
+        let (config, key) = (self.config.clone(), key.to_string());
+        self.stale_deletes.spawn(async move {
+            match write_one(&config, &stale, &key, None, false).await {
+                Ok(()) => tracing::debug!(key, "deregistered on the stale connection"),
+                Err(err) => {
+                    tracing::debug!(key, error = %err, "deregistering on the stale connection failed")
+                }
+            }
+        });
     }
 
     /// Closed while (re)connecting: nothing is written; what the connections hold goes with
@@ -499,7 +558,7 @@ async fn write(
 ) -> Vec<Result<(), NacosError>> {
     let requests = ops.into_iter().map(|(key, value)| {
         let connection = connection.clone();
-        async move { write_one(config, &connection, &key, value.as_deref()).await }
+        async move { write_one(config, &connection, &key, value.as_deref(), true).await }
     });
     futures_util::stream::iter(requests)
         .buffered(config.concurrency.max(1))
@@ -512,6 +571,7 @@ async fn write_one(
     connection: &Connection,
     key: &str,
     value: Option<&[u8]>,
+    live: bool,
 ) -> Result<(), NacosError> {
     let refused = |reason: String| NacosError::Rejected {
         server: connection.server().to_string(),
@@ -548,10 +608,12 @@ async fn write_one(
         instance: &instance,
     };
     let what = format!("{kind} of `{service}` at {addr}");
-    connection
-        .call("InstanceRequest", &what, request)
-        .await
-        .map(|_| ())
+    let answer = if live {
+        connection.call("InstanceRequest", &what, request).await
+    } else {
+        connection.call_stale("InstanceRequest", &what, request).await
+    };
+    answer.map(|_| ())
 }
 
 /// What becomes of a kept key whose registration failed (not for want of a connection).

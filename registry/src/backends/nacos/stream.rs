@@ -4,6 +4,7 @@
 //! stream's end. It runs in a task of its own, so it never waits behind our requests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -19,6 +20,7 @@ pub(crate) async fn read(
     outbound: mpsc::UnboundedSender<Payload>,
     pushes: Pushes,
     lost: watch::Sender<Option<String>>,
+    open: Arc<AtomicBool>,
 ) {
     let cause = loop {
         let payload = match stream.message().await {
@@ -59,6 +61,7 @@ pub(crate) async fn read(
         }
     };
     tracing::debug!(%cause, "the Nacos stream ended");
+    open.store(false, Ordering::SeqCst);
     mark_lost(&lost, cause);
 }
 
