@@ -665,6 +665,10 @@ async fn a_request_that_fails_on_its_own_keeps_the_connection() {
     println!("the oversized answer: {err}");
     // The connection is fine: the next query uses it, and nothing reconnects.
     assert_eq!(discovery.resolve("nacos.small").await.unwrap().len(), 1);
-    assert_eq!(local_ports_to(nacos.grpc_port), before, "the same connections");
+    assert_eq!(
+        local_ports_to(nacos.grpc_port),
+        before,
+        "the same connections"
+    );
     registry.close().await;
 }

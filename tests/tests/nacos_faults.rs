@@ -114,9 +114,11 @@ async fn a_black_holed_connection_is_detected_and_replaced_and_the_old_one_takes
     let passed = Instant::now();
     // The deregistration is applied once traffic passes (the old connection, which held 7002,
     // is closed once the new one holds everything).
-    tests::poll::until(Duration::from_secs(5), "7002 gone after recovery", || async {
-        (listed(&nacos, "faults.svc").await == vec![7001]).then_some(())
-    })
+    tests::poll::until(
+        Duration::from_secs(5),
+        "7002 gone after recovery",
+        || async { (listed(&nacos, "faults.svc").await == vec![7001]).then_some(()) },
+    )
     .await;
 
     // The server may still hold the old, black-holed connection until its own detection (15 s
@@ -188,22 +190,24 @@ async fn a_close_while_reconnecting_returns_at_once_and_registers_nothing_again(
     let nacos = Nacos::start().await;
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
     // A second between attempts, so that each phase (waiting, connecting) is seen.
-    let config = config(&nacos, &proxy).backoff(Backoff::new(
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-    ));
+    let config = config(&nacos, &proxy)
+        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)));
     let registry = NacosRegistry::new(config).unwrap();
     registry.register(&info(7001)).await.unwrap();
     proxy.set(Fault::Blackhole);
-    until_health(&registry, "recovering", |h| {
-        matches!(h, Health::Recovering { attempt, .. } if *attempt >= 1)
-    })
+    until_health(
+        &registry,
+        "recovering",
+        |h| matches!(h, Health::Recovering { attempt, .. } if *attempt >= 1),
+    )
     .await;
     // A connect failed; its connection closes, and the next connect opens one beside the old,
     // black-holed connection. That connect hangs until its own timeout (1 s + 2 × 2 s here).
-    tests::poll::until(Duration::from_secs(5), "the failed connect closed", || async {
-        (proxy.connections() <= 1).then_some(())
-    })
+    tests::poll::until(
+        Duration::from_secs(5),
+        "the failed connect closed",
+        || async { (proxy.connections() <= 1).then_some(()) },
+    )
     .await;
     tests::poll::until(Duration::from_secs(5), "a connect in progress", || async {
         (proxy.connections() >= 2).then_some(())
@@ -217,9 +221,11 @@ async fn a_close_while_reconnecting_returns_at_once_and_registers_nothing_again(
     assert!(took < Duration::from_secs(1), "close took {took:?}");
     // And the connect is abandoned, not completed later to register everything again: every
     // connection is closed.
-    tests::poll::until(Duration::from_secs(1), "every connection closed", || async {
-        (proxy.connections() == 0).then_some(())
-    })
+    tests::poll::until(
+        Duration::from_secs(1),
+        "every connection closed",
+        || async { (proxy.connections() == 0).then_some(()) },
+    )
     .await;
     proxy.set(Fault::Pass);
 }

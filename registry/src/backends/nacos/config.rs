@@ -158,7 +158,9 @@ impl NacosConfig {
             None if config.grpc_port == 0 => {
                 return Err(NacosConfigError::BadPort {
                     variable: SERVER_PORT_ENV,
-                    value: format!("{http_port} (its gRPC port, + 1000, is over 65535: set {GRPC_PORT_ENV})"),
+                    value: format!(
+                        "{http_port} (its gRPC port, + 1000, is over 65535: set {GRPC_PORT_ENV})"
+                    ),
                 })
             }
             None => {}
@@ -346,10 +348,7 @@ impl NacosConfig {
         if self.grpc_port == 0 {
             return Err(NacosConfigError::BadPort {
                 variable: GRPC_PORT_ENV,
-                value: format!(
-                    "{} + 1000 (over 65535: set the gRPC port)",
-                    self.http_port
-                ),
+                value: format!("{} + 1000 (over 65535: set the gRPC port)", self.http_port),
             });
         }
         Ok(())

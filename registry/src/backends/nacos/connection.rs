@@ -514,7 +514,8 @@ mod tests {
         ] {
             assert!(forbidden(&serde_json::from_str(json).unwrap()), "{json}");
         }
-        let other: Response = serde_json::from_str(r#"{"resultCode":500,"errorCode":500}"#).unwrap();
+        let other: Response =
+            serde_json::from_str(r#"{"resultCode":500,"errorCode":500}"#).unwrap();
         assert!(!forbidden(&other));
     }
 

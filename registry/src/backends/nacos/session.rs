@@ -611,7 +611,9 @@ async fn write_one(
     let answer = if live {
         connection.call("InstanceRequest", &what, request).await
     } else {
-        connection.call_stale("InstanceRequest", &what, request).await
+        connection
+            .call_stale("InstanceRequest", &what, request)
+            .await
     };
     answer.map(|_| ())
 }
