@@ -31,6 +31,9 @@ use crate::registry::{Health, RegistryError};
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// The most connections kept for the instances they may hold (see `Session::stale`).
+const MAX_STALE: usize = 4;
+
 /// The live-set key of `info`.
 pub(crate) fn key(info: &Info) -> String {
     format!("{}|{}", info.addr, info.service_name)
@@ -60,11 +63,14 @@ pub(crate) struct Session {
     unwritten: BTreeSet<String>,
     /// Why the last attempt at an unwritten key failed.
     unwritten_error: String,
-    /// The connection that was lost, kept open until a new one holds every instance: a
-    /// connection we gave up on (a health check that timed out on a slow server) may still
-    /// be alive on the server, and closing it first would take its instances away for the
-    /// time it takes to register them again. A dead one costs nothing to keep.
-    stale: Option<Arc<Connection>>,
+    /// Connections that may still hold instances, kept open until a new one holds every
+    /// instance: the one that was lost (a connection we gave up on, say a health check that
+    /// timed out on a slow server, may still be alive on the server, and closing it first
+    /// would take its instances away for the time it takes to register them again), and new
+    /// ones that took some registrations before they failed (a registration moves the
+    /// instance to the connection it came on). Those whose stream ended hold nothing and go;
+    /// at most [`MAX_STALE`] are kept.
+    stale: Vec<Arc<Connection>>,
     /// Deregistrations sent on the stale connection while it is away (see
     /// [`Session::delete_on_stale`]); each ends within the request timeout.
     stale_deletes: tokio::task::JoinSet<()>,
@@ -93,7 +99,7 @@ impl Session {
             commands,
             pending_puts: Vec::new(),
             closing: None,
-            stale: None,
+            stale: Vec::new(),
             stale_deletes: tokio::task::JoinSet::new(),
             unwritten: BTreeSet::new(),
             unwritten_error: String::new(),
@@ -131,7 +137,7 @@ impl Session {
                                 attempt: 0,
                                 last_error: cause.clone(),
                             });
-                            self.stale = Some(connection);
+                            self.keep_stale(connection);
                             (self.unavailable(&cause), backoff.next_delay())
                         }
                     }
@@ -184,12 +190,14 @@ impl Session {
         let mut failure: Option<NacosError> = None;
         let mut refusals = BTreeMap::new();
         let waiting: BTreeSet<String> = self.pending_puts.iter().map(|(k, _)| k.clone()).collect();
+        let mut accepted = 0usize;
         for ((key, value), result) in writes.iter().zip(results) {
             match (value, result) {
                 (_, Err(err)) if err.is_fatal() => failure = Some(err),
                 (None, Ok(())) => self.live.deleted(key),
                 (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
                 (Some(_), Ok(())) => {
+                    accepted += 1;
                     self.unwritten.remove(key);
                 }
                 (Some(value), Err(err)) => {
@@ -212,13 +220,20 @@ impl Session {
             self.live.deletes_failed(err);
         }
         match fatal {
-            Some(err) => Err(err),
+            Some(err) => {
+                // The instances it took are on it now: closing it would take them away until
+                // the next attempt. Kept while its stream is open.
+                if worth_keeping(accepted, connection.stream_open()) {
+                    self.keep_stale(connection);
+                }
+                Err(err)
+            }
             None => {
                 // Every instance is on the new connection: the old one may go (and with it
                 // whatever only it held, such as instances deregistered meanwhile). While some
                 // are not, it keeps them listed.
                 if self.unwritten.is_empty() {
-                    self.stale = None;
+                    self.stale.clear();
                 }
                 Ok(Established::Live(connection))
             }
@@ -290,18 +305,30 @@ impl Session {
     /// stale connection's stream is open, the deregistration goes out on it too, at once.
     fn delete_on_stale(&mut self, key: &str) {
         while self.stale_deletes.try_join_next().is_some() {}
-        let Some(stale) = self.stale.clone().filter(|c| c.stream_open()) else {
-            return;
-        };
-        let (config, key) = (self.config.clone(), key.to_string());
-        self.stale_deletes.spawn(async move {
-            match write_one(&config, &stale, &key, None, false).await {
-                Ok(()) => tracing::debug!(key, "deregistered on the stale connection"),
-                Err(err) => {
-                    tracing::debug!(key, error = %err, "deregistering on the stale connection failed")
+        for stale in self.stale.iter().filter(|c| c.stream_open()) {
+            let (config, key, stale) = (self.config.clone(), key.to_string(), stale.clone());
+            self.stale_deletes.spawn(async move {
+                match write_one(&config, &stale, &key, None, false).await {
+                    Ok(()) => tracing::debug!(key, "deregistered on a stale connection"),
+                    Err(err) => {
+                        tracing::debug!(key, error = %err, "deregistering on a stale connection failed")
+                    }
                 }
-            }
-        });
+            });
+        }
+    }
+
+    /// Keeps `connection` open for the instances it may hold, beside the others kept.
+    fn keep_stale(&mut self, connection: Arc<Connection>) {
+        self.stale.retain(|c| c.stream_open());
+        self.stale.push(connection);
+        if self.stale.len() > MAX_STALE {
+            tracing::warn!(
+                kept = MAX_STALE,
+                "closing the oldest connection kept for its instances"
+            );
+            self.stale.remove(0);
+        }
     }
 
     /// Closed while (re)connecting: nothing is written; what the connections hold goes with
@@ -315,7 +342,7 @@ impl Session {
             let _ = waiter.send(Err(closed()));
         }
         self.live.clear();
-        self.stale = None;
+        self.stale.clear();
         tracing::info!("Nacos registry closed while connecting; its connections closed");
         Established::Closed(self.closing.take().flatten())
     }
@@ -384,7 +411,7 @@ impl Session {
         loop {
             self.unwritten.retain(|key| self.live.value(key).is_some());
             if self.unwritten.is_empty() {
-                self.stale = None;
+                self.stale.clear();
                 attempt = 0;
             }
             self.report(attempt);
@@ -635,6 +662,12 @@ fn put_outcome(err: &NacosError, waiting: bool) -> PutOutcome {
     }
 }
 
+/// Whether a new connection that failed while the live set was written on it may hold
+/// instances: it took some, and the server may still know it.
+fn worth_keeping(accepted: usize, stream_open: bool) -> bool {
+    accepted > 0 && stream_open
+}
+
 fn finish(done: Option<oneshot::Sender<()>>) {
     if let Some(done) = done {
         let _ = done.send(());
@@ -667,6 +700,16 @@ mod tests {
         assert_eq!(put_outcome(&invalid, true), PutOutcome::Refused);
         // Re-registering on a new connection: nobody waits, nothing is dropped.
         assert_eq!(put_outcome(&invalid, false), PutOutcome::Retry);
+    }
+
+    #[test]
+    fn a_failed_new_connection_is_kept_while_it_may_hold_instances() {
+        assert!(worth_keeping(3, true));
+        assert!(!worth_keeping(0, true), "it took nothing");
+        assert!(
+            !worth_keeping(3, false),
+            "the server closed it, and its instances"
+        );
     }
 
     #[test]
