@@ -132,7 +132,9 @@ async fn register_resolve_watch_and_graceful_stop() {
 #[tokio::test]
 async fn the_open_api_shows_kitex_fields() {
     let nacos = Nacos::start().await;
-    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    // KITEX_NACOS_ENV_TAGS over the instance's own tags, as Kitex's mergeTags.
+    let config = config(&nacos).extra_metadata([("idc", "sh"), ("env", "prod")]);
+    let registry = NacosRegistry::new(config).unwrap();
     let running = Running::start(registry.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
 
@@ -147,7 +149,8 @@ async fn the_open_api_shows_kitex_fields() {
     assert_eq!(host["enabled"], true);
     assert_eq!(host["ephemeral"], true);
     assert_eq!(host["clusterName"], "DEFAULT");
-    assert_eq!(host["metadata"]["idc"], "hz");
+    assert_eq!(host["metadata"]["idc"], "sh", "{host}");
+    assert_eq!(host["metadata"]["env"], "prod", "{host}");
     assert!(
         host["serviceName"]
             .as_str()
@@ -172,7 +175,7 @@ async fn resolves_kitex_shaped_instances_and_skips_what_kitex_skips() {
     nacos
         .register_http(service, "127.0.0.1", 9001, 20.0, &kitex_tags, "")
         .await;
-    // What the resolver must leave out: disabled, weight 0, another cluster.
+    // What the resolver must leave out: disabled, weight 0 (or below 1), another cluster.
     nacos
         .register_http(
             service,
@@ -185,6 +188,10 @@ async fn resolves_kitex_shaped_instances_and_skips_what_kitex_skips() {
         .await;
     nacos
         .register_http(service, "127.0.0.1", 9003, 0.0, &json!({}), "")
+        .await;
+    // Kitex reads int(0.5) = 0, and its balancers skip weight 0.
+    nacos
+        .register_http(service, "127.0.0.1", 9005, 0.5, &json!({}), "")
         .await;
     nacos
         .register_http(
@@ -269,6 +276,9 @@ async fn restart_restores_every_registration(wipe: bool) {
     let deregistered = Info::new("nacos.gone", "127.0.0.1:9999".parse().unwrap());
     registry.register(&deregistered).await.unwrap();
     registry.deregister(&deregistered).await.unwrap();
+    let leaving = Info::new("nacos.gone", "127.0.0.1:9998".parse().unwrap());
+    registry.register(&leaving).await.unwrap();
+    assert_eq!(listed(&nacos, "nacos.gone").await, vec![leaving.addr]);
 
     nacos.stop();
     if wipe {
@@ -288,6 +298,8 @@ async fn restart_restores_every_registration(wipe: bool) {
         matches!(h, Health::Recovering { .. })
     })
     .await;
+    // Deregistered while the server is down: must not come back with the others.
+    registry.deregister(&leaving).await.unwrap();
 
     nacos.restart().await;
     let back = Instant::now();
@@ -614,5 +626,49 @@ async fn watches_share_one_connection_and_end_with_their_streams() {
         || async { (connections_to(nacos.grpc_port) == 1).then_some(()) },
     )
     .await;
+    registry.close().await;
+}
+
+/// Local ports of this machine's established TCP connections to `port` on 127.0.0.1.
+fn local_ports_to(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!("0100007F:{port:04X}");
+    let mut ports: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01"))
+                .then(|| fields[1].to_string())
+        })
+        .collect();
+    ports.sort();
+    ports
+}
+
+#[tokio::test]
+async fn a_request_that_fails_on_its_own_keeps_the_connection() {
+    let nacos = Nacos::start().await;
+    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    let small = Info::new("nacos.small", "127.0.0.1:7001".parse().unwrap());
+    registry.register(&small).await.unwrap();
+    // rnacos takes a 5 MiB registration; its answer to a query is then over the 4 MiB a gRPC
+    // client decodes: that query fails with a gRPC error of its own (OutOfRange).
+    let mut big = Info::new("nacos.big", "127.0.0.1:7002".parse().unwrap());
+    big.tags.insert("blob".into(), "x".repeat(5 << 20));
+    registry.register(&big).await.unwrap();
+    let discovery = NacosDiscovery::new(config(&nacos));
+    assert_eq!(discovery.resolve("nacos.small").await.unwrap().len(), 1);
+    let before = local_ports_to(nacos.grpc_port);
+    assert_eq!(before.len(), 2, "the registry's and the discovery's");
+    let err = discovery.resolve("nacos.big").await.unwrap_err();
+    println!("the oversized answer: {err}");
+    // The connection is fine: the next query uses it, and nothing reconnects.
+    assert_eq!(discovery.resolve("nacos.small").await.unwrap().len(), 1);
+    assert_eq!(
+        local_ports_to(nacos.grpc_port),
+        before,
+        "the same connections"
+    );
     registry.close().await;
 }

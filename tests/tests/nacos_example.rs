@@ -19,6 +19,9 @@ async fn example_exits_zero_on_sigterm_and_deregisters() {
             ("NACOS_GRPC_PORT", nacos.grpc_port.to_string()),
             ("KITEX_NACOS_ENV_TAGS", "env=test".to_string()),
             ("namespace", "dev".to_string()),
+            // SIGTERM deregisters, then serves 3 s more with the connection open: what is
+            // gone by then was deregistered, not taken along by a closing connection.
+            ("SERVICE_REGISTRY_DRAIN_DELAY", "3s".to_string()),
         ],
     )
     .await;
@@ -36,6 +39,24 @@ async fn example_exits_zero_on_sigterm_and_deregisters() {
         );
     }
     terminate(&server);
+    let terminated = std::time::Instant::now();
+    for (service, _) in &registered {
+        tests::poll::until(
+            Duration::from_secs(2),
+            &format!("{service} deregistered"),
+            || async { nacos.list_in("dev", service).await.is_empty().then_some(()) },
+        )
+        .await;
+    }
+    println!("deregistered {:?} after SIGTERM", terminated.elapsed());
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the example must still run (draining) when its instances are gone"
+    );
+    assert!(
+        terminated.elapsed() < Duration::from_secs(3),
+        "deregistered only after the drain"
+    );
     let exit = tokio::time::timeout(Duration::from_secs(10), server.wait())
         .await
         .unwrap()

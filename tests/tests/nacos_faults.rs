@@ -23,12 +23,14 @@ fn config(nacos: &Nacos, proxy: &FaultProxy) -> NacosConfig {
 }
 
 async fn listed(nacos: &Nacos, service: &str) -> Vec<u16> {
-    nacos
+    let mut ports: Vec<u16> = nacos
         .list(service)
         .await
         .iter()
         .filter_map(|h| h["port"].as_u64().map(|p| p as u16))
-        .collect()
+        .collect();
+    ports.sort();
+    ports
 }
 
 async fn until_health(registry: &NacosRegistry, what: &str, check: impl Fn(&Health) -> bool) {
@@ -83,6 +85,9 @@ async fn a_black_holed_connection_is_detected_and_replaced_and_the_old_one_takes
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
     let registry = NacosRegistry::new(config(&nacos, &proxy)).unwrap();
     registry.register(&info(7001)).await.unwrap();
+    let gone = info(7002);
+    registry.register(&gone).await.unwrap();
+    assert_eq!(listed(&nacos, "faults.svc").await, vec![7001, 7002]);
 
     proxy.set(Fault::Blackhole);
     let holed = Instant::now();
@@ -92,16 +97,14 @@ async fn a_black_holed_connection_is_detected_and_replaced_and_the_old_one_takes
     .await;
     println!("black hole detected after {:?}", holed.elapsed());
     // Deregistered while unreachable: must not come back.
-    let gone = info(7002);
-    let _ = registry.deregister(&gone).await;
-    // While it lasts, the server still holds the old connection and lists its instance: the
-    // registry keeps that connection open until a new one holds everything (closing it would
-    // take the instance away until then).
+    registry.deregister(&gone).await.unwrap();
+    // While it lasts, the server still holds the old connection and lists its instances (no
+    // deletion gets through the black hole): the registry keeps that connection open until a
+    // new one holds everything (closing it would take 7001 away until then).
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
-        assert_eq!(
-            listed(&nacos, "faults.svc").await,
-            vec![7001],
+        assert!(
+            listed(&nacos, "faults.svc").await.contains(&7001),
             "during the black hole"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -109,10 +112,18 @@ async fn a_black_holed_connection_is_detected_and_replaced_and_the_old_one_takes
     proxy.set(Fault::Pass);
     until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
     let passed = Instant::now();
-    assert_eq!(listed(&nacos, "faults.svc").await, vec![7001]);
+    // The deregistration is applied once traffic passes (the old connection, which held 7002,
+    // is closed once the new one holds everything).
+    tests::poll::until(
+        Duration::from_secs(5),
+        "7002 gone after recovery",
+        || async { (listed(&nacos, "faults.svc").await == vec![7001]).then_some(()) },
+    )
+    .await;
 
-    // The server still holds the old, black-holed connection until its own detection (15 s
-    // idle + 3 s) closes it; closing it must not remove what the new connection registered.
+    // The server may still hold the old, black-holed connection until its own detection (15 s
+    // idle + 3 s) closes it; closing it must not remove what the new connection registered,
+    // nor bring back what was deregistered.
     let until = passed + Duration::from_secs(22);
     while Instant::now() < until {
         assert_eq!(
@@ -172,4 +183,113 @@ async fn a_hung_process_is_dropped_after_the_servers_detection_timeout() {
         .status();
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_close_while_reconnecting_returns_at_once_and_registers_nothing_again() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    // A second between attempts, so that each phase (waiting, connecting) is seen.
+    let config = config(&nacos, &proxy)
+        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)));
+    let registry = NacosRegistry::new(config).unwrap();
+    registry.register(&info(7001)).await.unwrap();
+    proxy.set(Fault::Blackhole);
+    until_health(
+        &registry,
+        "recovering",
+        |h| matches!(h, Health::Recovering { attempt, .. } if *attempt >= 1),
+    )
+    .await;
+    // A connect failed; its connection closes, and the next connect opens one beside the old,
+    // black-holed connection. That connect hangs until its own timeout (1 s + 2 × 2 s here).
+    tests::poll::until(
+        Duration::from_secs(5),
+        "the failed connect closed",
+        || async { (proxy.connections() <= 1).then_some(()) },
+    )
+    .await;
+    tests::poll::until(Duration::from_secs(5), "a connect in progress", || async {
+        (proxy.connections() >= 2).then_some(())
+    })
+    .await;
+    // The close must not wait for the connect (nor for the close timeout, 2 s).
+    let closing = Instant::now();
+    registry.close().await;
+    let took = closing.elapsed();
+    println!("close while reconnecting took {took:?}");
+    assert!(took < Duration::from_secs(1), "close took {took:?}");
+    // And the connect is abandoned, not completed later to register everything again: every
+    // connection is closed.
+    tests::poll::until(
+        Duration::from_secs(1),
+        "every connection closed",
+        || async { (proxy.connections() == 0).then_some(()) },
+    )
+    .await;
+    proxy.set(Fault::Pass);
+}
+
+#[tokio::test]
+async fn calls_in_flight_end_as_soon_as_the_connection_is_known_dead() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    let registry = NacosRegistry::new(config(&nacos, &proxy)).unwrap();
+    registry.register(&info(7000)).await.unwrap();
+    proxy.set(Fault::Blackhole);
+    // 320 writes at 64 at a time: five rounds of the 2 s request timeout if each call waited
+    // out its own timeout; the first one that times out (or the heartbeat) ends them all.
+    let infos: Vec<Info> = (0..320).map(|i| info(8000 + i)).collect();
+    let started = Instant::now();
+    let results = futures_util::future::join_all(infos.iter().map(|i| registry.register(i))).await;
+    let took = started.elapsed();
+    println!("320 registrations on a dead connection answered after {took:?}");
+    assert!(results.iter().all(Result::is_err));
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    until_health(&registry, "recovering", |h| {
+        matches!(h, Health::Recovering { .. })
+    })
+    .await;
+    proxy.set(Fault::Pass);
+    until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
+    tests::poll::until(Duration::from_secs(10), "all 321 listed", || async {
+        (listed(&nacos, "faults.svc").await.len() == 321).then_some(())
+    })
+    .await;
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn a_deregistration_while_away_reaches_the_server_on_the_old_connection() {
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], nacos.grpc_port))).await;
+    let registry = NacosRegistry::new(config(&nacos, &proxy)).unwrap();
+    registry.register(&info(7001)).await.unwrap();
+    let gone = info(7002);
+    registry.register(&gone).await.unwrap();
+    // A round trip of 3 s, over the 2 s request timeout: the registry gives the connection up
+    // (and cannot make a new one), but the server still holds it, and our instances with it.
+    proxy.set_latency(Duration::from_millis(1500));
+    until_health(&registry, "recovering", |h| {
+        matches!(h, Health::Recovering { .. })
+    })
+    .await;
+    registry.deregister(&gone).await.unwrap();
+    let deregistered = Instant::now();
+    // Only that connection can remove 7002 (rnacos ignores a deregistration from another
+    // connection), and it is still there: the deregistration must reach the server on it.
+    tests::poll::until(
+        Duration::from_secs(6),
+        "7002 gone while the connection is away",
+        || async { (listed(&nacos, "faults.svc").await == vec![7001]).then_some(()) },
+    )
+    .await;
+    println!(
+        "deregistered on the old connection after {:?}",
+        deregistered.elapsed()
+    );
+    proxy.set_latency(Duration::ZERO);
+    until_health(&registry, "healthy", |h| *h == Health::Healthy).await;
+    assert_eq!(listed(&nacos, "faults.svc").await, vec![7001]);
+    registry.close().await;
 }

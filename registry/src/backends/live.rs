@@ -198,6 +198,7 @@ pub(crate) fn absorb_queued(
 /// registrar shows `Retrying`); a delete succeeds (the key is deleted once the registry is
 /// back, or goes with its lease or session). Nobody is held up by an outage. Returns the
 /// close request's reply once the registry is closed (or all handles are gone: `Some(None)`).
+#[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
 pub(crate) async fn wait_offline(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     live: &mut LiveSet,

@@ -78,12 +78,22 @@ pub(crate) async fn login(config: &NacosConfig) -> Result<Option<Token>, NacosEr
         .access_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| refused(format!("the login answer has no access token: {text}")))?;
-    let ttl = Duration::from_secs(answer.token_ttl.max(10));
     Ok(Some(Token {
         value,
-        renew_at: Instant::now() + ttl / 2,
+        renew_at: Instant::now() + renew_after(answer.token_ttl),
     }))
 }
+
+/// When to renew a token the server says lives `ttl` seconds: half-way through, so that it is
+/// never used past its life (a refusal renews it as well). A server that names no TTL gets Java
+/// Nacos' default (18000 s).
+fn renew_after(ttl: u64) -> Duration {
+    let ttl = if ttl == 0 { DEFAULT_TTL } else { ttl };
+    Duration::from_secs(ttl) / 2
+}
+
+/// Java Nacos' default token life (`nacos.core.auth.default.token.expire.seconds`).
+const DEFAULT_TTL: u64 = 18_000;
 
 /// `application/x-www-form-urlencoded` encoding of one value.
 fn form_encode(value: &str) -> String {
@@ -155,6 +165,13 @@ fn dechunk(mut rest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_renewed_half_way_through_the_servers_ttl() {
+        assert_eq!(renew_after(2), Duration::from_secs(1));
+        assert_eq!(renew_after(3600), Duration::from_secs(1800));
+        assert_eq!(renew_after(0), Duration::from_secs(9000));
+    }
 
     #[test]
     fn form_values_are_encoded() {

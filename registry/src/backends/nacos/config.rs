@@ -84,7 +84,8 @@ pub struct NacosConfig {
 }
 
 impl NacosConfig {
-    /// Settings for Nacos at `host`, HTTP port `http_port` (gRPC on `http_port + 1000`), with
+    /// Settings for Nacos at `host`, HTTP port `http_port` (gRPC on `http_port + 1000`; above
+    /// 64535 set [`grpc_port`](Self::grpc_port), or the registry refuses the settings), with
     /// Kitex's defaults: namespace `public`, group `DEFAULT_GROUP`, cluster `DEFAULT`.
     ///
     /// ```
@@ -95,7 +96,7 @@ impl NacosConfig {
         Self {
             host: host.into(),
             http_port,
-            grpc_port: http_port.wrapping_add(1000),
+            grpc_port: grpc_port_of(http_port),
             namespace: String::new(),
             group: DEFAULT_GROUP.to_string(),
             cluster: DEFAULT_CLUSTER.to_string(),
@@ -127,7 +128,8 @@ impl NacosConfig {
     }
 
     /// Settings from Kitex's variables: `serverAddr` (default `127.0.0.1`), `serverPort`
-    /// (default 8848), `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS`
+    /// (default 8848; unlike Kitex, which falls back to 8848, a `serverPort` that is not a port,
+    /// or whose gRPC port would be over 65535 without `NACOS_GRPC_PORT`, is an error), `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS`
     /// (`k=v,k=v`, added to every instance's metadata); plus `NACOS_GRPC_PORT` (default
     /// `serverPort + 1000`) and `NACOS_USERNAME` / `NACOS_PASSWORD`.
     ///
@@ -151,8 +153,17 @@ impl NacosConfig {
             None => 8848,
         };
         let mut config = Self::new(host.trim(), http_port);
-        if let Some(value) = var(GRPC_PORT_ENV) {
-            config.grpc_port = port(GRPC_PORT_ENV, value)?;
+        match var(GRPC_PORT_ENV) {
+            Some(value) => config.grpc_port = port(GRPC_PORT_ENV, value)?,
+            None if config.grpc_port == 0 => {
+                return Err(NacosConfigError::BadPort {
+                    variable: SERVER_PORT_ENV,
+                    value: format!(
+                        "{http_port} (its gRPC port, + 1000, is over 65535: set {GRPC_PORT_ENV})"
+                    ),
+                })
+            }
+            None => {}
         }
         if let Some(namespace) = var(NAMESPACE_ENV) {
             config.namespace = namespace;
@@ -334,8 +345,19 @@ impl NacosConfig {
         if self.host.trim().is_empty() {
             return Err(NacosConfigError::NoServer);
         }
+        if self.grpc_port == 0 {
+            return Err(NacosConfigError::BadPort {
+                variable: GRPC_PORT_ENV,
+                value: format!("{} + 1000 (over 65535: set the gRPC port)", self.http_port),
+            });
+        }
         Ok(())
     }
+}
+
+/// Nacos' convention: the HTTP port + 1000; 0 (no port) when that is over 65535.
+fn grpc_port_of(http_port: u16) -> u16 {
+    http_port.checked_add(1000).unwrap_or(0)
 }
 
 /// Kitex's `parseTags`: `k1=v1,k2=v2`; parts without exactly one `=` are skipped.
@@ -361,6 +383,14 @@ mod tests {
         assert_eq!(tags.len(), 2);
         assert_eq!(tags["env"], "prod");
         assert_eq!(tags["idc"], "hz");
+    }
+
+    #[test]
+    fn an_http_port_without_room_for_the_grpc_port_is_an_error() {
+        let c = NacosConfig::new("h", 65000);
+        assert!(matches!(c.check(), Err(NacosConfigError::BadPort { .. })));
+        assert!(c.clone().grpc_port(9848).check().is_ok());
+        assert!(NacosConfig::new("h", 64535).check().is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! dropped, and with them the stream: the server then removes every instance registered on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ use super::wire::{self, Empty, Envelope, Response, ServiceInfo};
 pub(crate) const UNREGISTERED: u16 = 301;
 /// What the server answers when auth is on and the request carries no (valid) token.
 const FORBIDDEN: u16 = 403;
+/// Java Nacos' `INVALID_PARAM`: the request itself is wrong and always will be.
+const INVALID_PARAM: u16 = 400;
 /// Our client version, as the server lists it.
 const CLIENT_VERSION: &str = concat!(
     "Nacos-Rust-Client:service-registry-",
@@ -59,6 +61,9 @@ pub(crate) struct Connection {
     grpc: NacosGrpc,
     token: tokio::sync::Mutex<Option<Token>>,
     lost: watch::Sender<Option<String>>,
+    /// Whether the stream is still open: a connection given up on (lost) may still be alive
+    /// on the server, holding our instances, as long as it is.
+    stream_open: Arc<AtomicBool>,
     pushes: Pushes,
     /// Held while subscribing or unsubscribing: the server keeps one subscription per
     /// connection and service, so these must reach it in the order they were decided.
@@ -124,6 +129,7 @@ impl Connection {
             grpc: grpc.clone(),
             token: tokio::sync::Mutex::new(token),
             lost,
+            stream_open: Arc::new(AtomicBool::new(true)),
             pushes: Arc::default(),
             subscribing: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -150,6 +156,7 @@ impl Connection {
             outbound,
             connection.pushes.clone(),
             connection.lost.clone(),
+            connection.stream_open.clone(),
         )));
         connection.tasks.push(tokio::spawn(super::heartbeat::check(
             grpc,
@@ -185,6 +192,11 @@ impl Connection {
     /// `host:port` of the gRPC API.
     pub(crate) fn server(&self) -> &str {
         &self.server
+    }
+
+    /// Whether the stream is still open (the server may still know this connection).
+    pub(crate) fn stream_open(&self) -> bool {
+        self.stream_open.load(Ordering::SeqCst)
     }
 
     /// Why the connection was lost, once it was.
@@ -268,12 +280,37 @@ impl Connection {
         what: &str,
         body: T,
     ) -> Result<Response, NacosError> {
+        self.call_on(kind, what, body, true).await
+    }
+
+    /// [`call`](Self::call) on a connection given up on (lost) whose stream is still open: a
+    /// last word to a server that may still hold it. Its failure changes nothing.
+    pub(crate) async fn call_stale<T: Serialize + Clone>(
+        &self,
+        kind: &str,
+        what: &str,
+        body: T,
+    ) -> Result<Response, NacosError> {
+        self.call_on(kind, what, body, false).await
+    }
+
+    async fn call_on<T: Serialize + Clone>(
+        &self,
+        kind: &str,
+        what: &str,
+        body: T,
+        live: bool,
+    ) -> Result<Response, NacosError> {
         let mut refused: Option<String> = None;
         let mut renewed = false;
         loop {
             let (headers, used) = self.headers(refused.as_deref()).await?;
             let payload = self.payload_with(kind, body.clone(), headers);
-            let response = self.send(what, payload).await?;
+            let response = if live {
+                self.send(what, payload).await?
+            } else {
+                self.send_stale(what, payload).await?
+            };
             if response.result_code == 200 {
                 return Ok(response);
             }
@@ -285,7 +322,7 @@ impl Connection {
                     reason: cause,
                 });
             }
-            if response.error_code == FORBIDDEN && message.contains("unknown user") {
+            if forbidden(&response) {
                 if self.config.user.is_some() && !renewed {
                     renewed = true;
                     refused = used;
@@ -302,6 +339,13 @@ impl Connection {
                     reason,
                 });
             }
+            if response.error_code == INVALID_PARAM {
+                return Err(NacosError::Rejected {
+                    server: self.server.clone(),
+                    what: what.to_string(),
+                    reason: message,
+                });
+            }
             return Err(NacosError::Refused {
                 server: self.server.clone(),
                 what: what.to_string(),
@@ -311,25 +355,35 @@ impl Connection {
         }
     }
 
+    /// One request and its answer. Ends as soon as the connection is known to be lost, whoever
+    /// found out; only a transport failure (or no answer in time) marks it lost: any other gRPC
+    /// error is this request's own.
     async fn send(&self, what: &str, payload: Payload) -> Result<Response, NacosError> {
+        let lost = |reason: String| NacosError::Lost {
+            server: self.server.clone(),
+            reason,
+        };
+        if let Some(cause) = self.lost_cause() {
+            return Err(lost(format!("{what} not sent: {cause}")));
+        }
         let limit = self.config.request_timeout;
-        let answer = match tokio::time::timeout(limit, self.grpc.request(payload)).await {
+        let answer = tokio::select! {
+            biased;
+            cause = self.lost() => return Err(lost(format!("{what} abandoned: {cause}"))),
+            answer = tokio::time::timeout(limit, self.grpc.request(payload)) => answer,
+        };
+        let answer = match answer {
             Ok(Ok(answer)) => answer,
-            Ok(Err(status)) => {
+            Ok(Err(status)) if is_transport(status.code()) => {
                 let reason = format!("{what} failed: {status}");
                 self.mark_lost(&reason);
-                return Err(NacosError::Lost {
-                    server: self.server.clone(),
-                    reason,
-                });
+                return Err(lost(reason));
             }
+            Ok(Err(status)) => return Err(rejection(&self.server, what, &status)),
             Err(_) => {
                 let reason = format!("{what} got no answer within {limit:?}");
                 self.mark_lost(&reason);
-                return Err(NacosError::Lost {
-                    server: self.server.clone(),
-                    reason,
-                });
+                return Err(lost(reason));
             }
         };
         serde_json::from_slice(answer.json()).map_err(|err| NacosError::Refused {
@@ -337,6 +391,26 @@ impl Connection {
             what: what.to_string(),
             code: 0,
             message: format!("the answer ({}) is not Nacos JSON: {err}", answer.kind()),
+        })
+    }
+
+    /// One request on a lost connection, within the request timeout; marks nothing.
+    async fn send_stale(&self, what: &str, payload: Payload) -> Result<Response, NacosError> {
+        let limit = self.config.request_timeout;
+        let failed = |reason: String| NacosError::Lost {
+            server: self.server.clone(),
+            reason,
+        };
+        let answer = match tokio::time::timeout(limit, self.grpc.request(payload)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(status)) => return Err(failed(format!("{what} failed: {status}"))),
+            Err(_) => return Err(failed(format!("{what} got no answer within {limit:?}"))),
+        };
+        serde_json::from_slice(answer.json()).map_err(|err| {
+            failed(format!(
+                "the answer ({}) is not Nacos JSON: {err}",
+                answer.kind()
+            ))
         })
     }
 
@@ -377,6 +451,44 @@ impl Connection {
     }
 }
 
+/// Whether the server refused the request's credentials. rnacos says "unknown user!", Java
+/// Nacos "token expired!" or "token invalid!": whatever the wording, the token is renewed once,
+/// and a refusal after that is `Unauthenticated`.
+fn forbidden(response: &Response) -> bool {
+    response.error_code == FORBIDDEN || response.result_code == FORBIDDEN
+}
+
+/// Whether a gRPC status says the connection (not the request) failed.
+fn is_transport(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+/// A gRPC error that is the request's own: too large or malformed is rejected for good (it
+/// would be again), anything else is refused this time.
+fn rejection(server: &str, what: &str, status: &tonic::Status) -> NacosError {
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+            NacosError::Rejected {
+                server: server.to_string(),
+                what: what.to_string(),
+                reason: status.to_string(),
+            }
+        }
+        _ => NacosError::Refused {
+            server: server.to_string(),
+            what: what.to_string(),
+            code: 0,
+            message: status.to_string(),
+        },
+    }
+}
+
 /// The chain of an error's sources, for messages.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -387,4 +499,47 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_403_is_a_refused_token_whatever_its_wording() {
+        for json in [
+            r#"{"resultCode":500,"errorCode":403,"message":"unknown user!"}"#,
+            r#"{"resultCode":500,"errorCode":403,"message":"token expired!"}"#,
+            r#"{"resultCode":500,"errorCode":403,"message":"token invalid!"}"#,
+        ] {
+            assert!(forbidden(&serde_json::from_str(json).unwrap()), "{json}");
+        }
+        let other: Response =
+            serde_json::from_str(r#"{"resultCode":500,"errorCode":500}"#).unwrap();
+        assert!(!forbidden(&other));
+    }
+
+    #[test]
+    fn only_transport_failures_lose_the_connection() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Cancelled,
+            tonic::Code::Unknown,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(is_transport(code), "{code:?}");
+        }
+        let big = tonic::Status::resource_exhausted("message too large");
+        assert!(!is_transport(big.code()));
+        assert!(matches!(
+            rejection("h:1", "a registration", &big),
+            NacosError::Rejected { .. }
+        ));
+        let other = tonic::Status::internal("oops");
+        assert!(!is_transport(other.code()));
+        assert!(matches!(
+            rejection("h:1", "a registration", &other),
+            NacosError::Refused { .. }
+        ));
+    }
 }

@@ -20,7 +20,8 @@ const BACKEND: &str = "nacos";
 /// Finds instances registered in Nacos by this crate or by Kitex's `registry-nacos` (Go).
 ///
 /// Reads what Kitex's resolver reads: the configured group and cluster, healthy and enabled
-/// instances with a weight above 0, the weight truncated to an integer, the metadata as tags.
+/// instances, the weight truncated to an integer and left out when that is 0 (Kitex's balancers
+/// skip weight 0), the metadata as tags.
 /// Instances that fail these rules, or whose address cannot be read, are left out and logged.
 ///
 /// [`watch`](Discovery::watch) subscribes to the service: Nacos pushes every change on the
@@ -101,7 +102,8 @@ impl NacosDiscovery {
 /// The instances of `info` Kitex's resolver would use, by address.
 fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries {
     let mut entries = BTreeMap::new();
-    for host in info.and_then(|i| i.hosts.as_ref()).into_iter().flatten() {
+    let hosts = info.map(|i| i.instances(service)).unwrap_or_default();
+    for host in &hosts {
         match wire::decode(host, cluster) {
             Ok(instance) => {
                 entries.insert(instance.addr.to_string(), instance);

@@ -51,6 +51,17 @@ pub enum NacosError {
         /// What Nacos said.
         reason: String,
     },
+    /// Nacos rejected a request as invalid (Java Nacos' code 400, or a gRPC error such as a
+    /// message over the server's size limit): it would be rejected again.
+    #[error("Nacos at {server} rejected {what} as invalid: {reason}")]
+    Rejected {
+        /// `host:port`.
+        server: String,
+        /// What was asked.
+        what: String,
+        /// What Nacos said.
+        reason: String,
+    },
     /// Nacos answered a request with an error of its own.
     #[error("Nacos at {server} refused {what}: code {code}: {message}")]
     Refused {
@@ -78,6 +89,12 @@ impl NacosError {
         self.is_connection() || matches!(self, Self::Unauthenticated { .. })
     }
 
+    /// Whether the request itself is at fault and would be rejected again (a validation
+    /// error); everything else may succeed on a later attempt.
+    pub(crate) fn is_invalid(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+
     /// The registry-side reading.
     pub(crate) fn into_registry(self) -> RegistryError {
         match &self {
@@ -94,7 +111,7 @@ impl NacosError {
                 user: user.clone(),
                 source: Arc::new(self),
             },
-            Self::Refused { .. } => RegistryError::Backend {
+            Self::Refused { .. } | Self::Rejected { .. } => RegistryError::Backend {
                 backend: BACKEND,
                 source: Arc::new(self),
             },

@@ -36,9 +36,8 @@ pub(crate) async fn check(
         let sent = Instant::now();
         match tokio::time::timeout(limit, grpc.request(payload)).await {
             Ok(Ok(answer)) => {
-                let response: Response = serde_json::from_slice(answer.json()).unwrap_or_default();
-                if response.result_code != 200 && response.error_code == UNREGISTERED {
-                    break "the server no longer knows this connection".to_string();
+                if let Some(cause) = verdict(serde_json::from_slice(answer.json())) {
+                    break cause;
                 }
                 crate::metrics::keepalive("nacos", sent.elapsed());
             }
@@ -47,4 +46,29 @@ pub(crate) async fn check(
         }
     };
     mark_lost(&lost, cause);
+}
+
+/// Why a health check's answer says the connection is gone; `None` when it says it lives. An
+/// answer that cannot be read says nothing good.
+fn verdict(answer: Result<Response, serde_json::Error>) -> Option<String> {
+    match answer {
+        Err(err) => Some(format!("the health check got an unreadable answer: {err}")),
+        Ok(response) if response.result_code != 200 && response.error_code == UNREGISTERED => {
+            Some("the server no longer knows this connection".to_string())
+        }
+        Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_readable_answer_keeps_the_connection() {
+        let read = |json: &str| verdict(serde_json::from_str(json));
+        assert_eq!(read(r#"{"resultCode":200,"errorCode":0}"#), None);
+        assert!(read(r#"{"resultCode":500,"errorCode":301}"#).is_some());
+        assert!(read("not json").is_some());
+    }
 }

@@ -8,7 +8,7 @@
 //!
 //! A key is `{addr}|{service}`; its value is the JSON of the Nacos instance to register.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use super::connection::Connection;
 use super::error::NacosError;
 use super::wire::{InstanceRequest, NacosInstance};
 use crate::backends::handle::{Command, Reply};
-use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::backends::live::{absorb_queued, LiveSet};
 use crate::backoff::Backoff;
 use crate::info::Info;
 use crate::registry::{Health, RegistryError};
@@ -30,6 +30,9 @@ use crate::registry::{Health, RegistryError};
 /// The first retry of a pending deregistration; retries back off up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The most connections kept for the instances they may hold (see `Session::stale`).
+const MAX_STALE: usize = 4;
 
 /// The live-set key of `info`.
 pub(crate) fn key(info: &Info) -> String {
@@ -52,13 +55,25 @@ pub(crate) struct Session {
     commands: mpsc::UnboundedReceiver<Command>,
     /// Puts taken from the queue while (re)connecting, answered once the live set is written.
     pending_puts: Vec<(String, Reply)>,
-    /// A close taken from the queue while (re)connecting.
-    closing: Option<oneshot::Sender<()>>,
-    /// The connection that was lost, kept open until a new one holds every instance: a
-    /// connection we gave up on (a health check that timed out on a slow server) may still
-    /// be alive on the server, and closing it first would take its instances away for the
-    /// time it takes to register them again. A dead one costs nothing to keep.
-    stale: Option<Arc<Connection>>,
+    /// A close taken from the queue while (re)connecting (`Some(None)`: every handle is gone).
+    closing: Option<Option<oneshot::Sender<()>>>,
+    /// Kept keys whose registration failed on this connection for a reason of the moment (a
+    /// server error, an unreadable answer): retried with backoff, the health `Recovering`
+    /// until every one is written. Never dropped from the live set for it.
+    unwritten: BTreeSet<String>,
+    /// Why the last attempt at an unwritten key failed.
+    unwritten_error: String,
+    /// Connections that may still hold instances, kept open until a new one holds every
+    /// instance: the one that was lost (a connection we gave up on, say a health check that
+    /// timed out on a slow server, may still be alive on the server, and closing it first
+    /// would take its instances away for the time it takes to register them again), and new
+    /// ones that took some registrations before they failed (a registration moves the
+    /// instance to the connection it came on). Those whose stream ended hold nothing and go;
+    /// at most [`MAX_STALE`] are kept.
+    stale: Vec<Arc<Connection>>,
+    /// Deregistrations sent on the stale connection while it is away (see
+    /// [`Session::delete_on_stale`]); each ends within the request timeout.
+    stale_deletes: tokio::task::JoinSet<()>,
 }
 
 enum Step {
@@ -84,7 +99,10 @@ impl Session {
             commands,
             pending_puts: Vec::new(),
             closing: None,
-            stale: None,
+            stale: Vec::new(),
+            stale_deletes: tokio::task::JoinSet::new(),
+            unwritten: BTreeSet::new(),
+            unwritten_error: String::new(),
         }
     }
 
@@ -105,7 +123,7 @@ impl Session {
                 Ok(Established::Live(connection)) => {
                     failures = 0;
                     backoff.reset();
-                    let _ = self.health.send(Health::Healthy);
+                    self.report(0);
                     tracing::info!(
                         server = connection.server(),
                         instances = self.live.len(),
@@ -119,7 +137,7 @@ impl Session {
                                 attempt: 0,
                                 last_error: cause.clone(),
                             });
-                            self.stale = Some(connection);
+                            self.keep_stale(connection);
                             (self.unavailable(&cause), backoff.next_delay())
                         }
                     }
@@ -135,9 +153,7 @@ impl Session {
                     (err.into_registry(), delay)
                 }
             };
-            if let Some(done) =
-                wait_offline(&mut self.commands, &mut self.live, delay, &cause).await
-            {
+            if let Some(done) = self.wait_offline(delay, &cause).await {
                 // Closed while Nacos is away: the old connection is gone, and its instances
                 // with it.
                 self.live.clear();
@@ -147,24 +163,47 @@ impl Session {
     }
 
     /// Connects, then writes the live set (pending deregistrations first), with every command
-    /// queued meanwhile applied first.
+    /// queued meanwhile applied first. A close that arrives meanwhile ends it at once: nothing
+    /// is written, and the connections close (taking their instances along).
     async fn establish(&mut self) -> Result<Established, NacosError> {
-        let connection = Connection::connect(&self.config).await?;
+        let connection = match self.connect().await {
+            Ok(connection) => connection,
+            Err(err) => {
+                // As while offline: puts are written once Nacos is back, deletes go then or
+                // with the old connection.
+                for (_, waiter) in std::mem::take(&mut self.pending_puts) {
+                    let _ = waiter.send(Err(err.clone().into_registry()));
+                }
+                self.live.owner_pending();
+                return Err(err);
+            }
+        };
+        let Some(connection) = connection else {
+            return Ok(self.closed());
+        };
         self.absorb();
+        if self.closing.is_some() {
+            return Ok(self.closed());
+        }
         let writes = self.live.writes();
         let results = write(&self.config, &connection, writes.clone()).await;
         let mut failure: Option<NacosError> = None;
         let mut refusals = BTreeMap::new();
+        let waiting: BTreeSet<String> = self.pending_puts.iter().map(|(k, _)| k.clone()).collect();
+        let mut accepted = 0usize;
         for ((key, value), result) in writes.iter().zip(results) {
             match (value, result) {
                 (_, Err(err)) if err.is_fatal() => failure = Some(err),
                 (None, Ok(())) => self.live.deleted(key),
                 (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
-                (Some(_), Ok(())) => {}
+                (Some(_), Ok(())) => {
+                    accepted += 1;
+                    self.unwritten.remove(key);
+                }
                 (Some(value), Err(err)) => {
-                    tracing::warn!(key, error = %err, "Nacos refused a registration");
-                    self.live.refused(key, value);
-                    refusals.insert(key.clone(), err.into_registry());
+                    if let Some(err) = self.put_failed(key, value, err, waiting.contains(key)) {
+                        refusals.insert(key.clone(), err);
+                    }
                 }
             }
         }
@@ -180,19 +219,176 @@ impl Session {
         if let Some(err) = &failure {
             self.live.deletes_failed(err);
         }
-        if let Some(done) = self.closing.take() {
-            self.close(&connection).await;
-            return Ok(Established::Closed(Some(done)));
-        }
         match fatal {
-            Some(err) => Err(err),
+            Some(err) => {
+                // The instances it took are on it now: closing it would take them away until
+                // the next attempt. Kept while its stream is open.
+                if worth_keeping(accepted, connection.stream_open()) {
+                    self.keep_stale(connection);
+                }
+                Err(err)
+            }
             None => {
                 // Every instance is on the new connection: the old one may go (and with it
-                // whatever only it held, such as instances deregistered meanwhile).
-                self.stale = None;
+                // whatever only it held, such as instances deregistered meanwhile). While some
+                // are not, it keeps them listed.
+                if self.unwritten.is_empty() {
+                    self.stale.clear();
+                }
                 Ok(Established::Live(connection))
             }
         }
+    }
+
+    /// Connects, applying commands as they arrive meanwhile; `Ok(None)` once a close arrives
+    /// (the connect is abandoned).
+    async fn connect(&mut self) -> Result<Option<Arc<Connection>>, NacosError> {
+        let config = self.config.clone();
+        let connecting = Connection::connect(&config);
+        tokio::pin!(connecting);
+        while self.closing.is_none() {
+            tokio::select! {
+                result = &mut connecting => return result.map(Some),
+                command = self.commands.recv() => match command {
+                    None => self.closing = Some(None),
+                    Some(Command::Put { key, value, done }) => {
+                        self.live.put(key.clone(), value);
+                        self.pending_puts.push((key, done));
+                    }
+                    Some(Command::Delete { key, done }) => {
+                        self.delete_on_stale(&key);
+                        self.live.delete(key, Some(done));
+                    }
+                    Some(Command::Close { done }) => self.closing = Some(Some(done)),
+                },
+            }
+        }
+        Ok(None)
+    }
+
+    /// While no connection is up: answers commands for `delay`. Puts and deletes apply to the
+    /// live set at once. A put is answered with `cause` (it is written once Nacos is back; the
+    /// registrar shows `Retrying`); a delete succeeds: it is sent on the stale connection at
+    /// once (see [`delete_on_stale`](Self::delete_on_stale)) and on the next one, and goes
+    /// with the stale connection in any case. Returns the close request's reply once the
+    /// registry is closed (or every handle is gone: `Some(None)`).
+    async fn wait_offline(
+        &mut self,
+        delay: Duration,
+        cause: &RegistryError,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let deadline = tokio::time::sleep(delay);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return None,
+                command = self.commands.recv() => match command {
+                    None => return Some(None),
+                    Some(Command::Put { key, value, done }) => {
+                        self.live.put(key, value);
+                        let _ = done.send(Err(cause.clone()));
+                    }
+                    Some(Command::Delete { key, done }) => {
+                        self.delete_on_stale(&key);
+                        self.live.delete(key, None);
+                        let _ = done.send(Ok(()));
+                    }
+                    Some(Command::Close { done }) => return Some(Some(done)),
+                },
+            }
+        }
+    }
+
+    /// A connection we gave up on may still be alive on the server (a slow server, a refused
+    /// token), holding the instance, and a new connection cannot remove it (rnacos ignores a
+    /// deregistration from a connection other than the one that registered). So while the
+    /// stale connection's stream is open, the deregistration goes out on it too, at once.
+    fn delete_on_stale(&mut self, key: &str) {
+        while self.stale_deletes.try_join_next().is_some() {}
+        for stale in self.stale.iter().filter(|c| c.stream_open()) {
+            let (config, key, stale) = (self.config.clone(), key.to_string(), stale.clone());
+            self.stale_deletes.spawn(async move {
+                match write_one(&config, &stale, &key, None, false).await {
+                    Ok(()) => tracing::debug!(key, "deregistered on a stale connection"),
+                    Err(err) => {
+                        tracing::debug!(key, error = %err, "deregistering on a stale connection failed")
+                    }
+                }
+            });
+        }
+    }
+
+    /// Keeps `connection` open for the instances it may hold, beside the others kept.
+    fn keep_stale(&mut self, connection: Arc<Connection>) {
+        self.stale.retain(|c| c.stream_open());
+        self.stale.push(connection);
+        if self.stale.len() > MAX_STALE {
+            tracing::warn!(
+                kept = MAX_STALE,
+                "closing the oldest connection kept for its instances"
+            );
+            self.stale.remove(0);
+        }
+    }
+
+    /// Closed while (re)connecting: nothing is written; what the connections hold goes with
+    /// them.
+    fn closed(&mut self) -> Established {
+        let closed = || RegistryError::Backend {
+            backend: "nacos",
+            source: crate::registry::shared("the nacos registry was closed"),
+        };
+        for (_, waiter) in std::mem::take(&mut self.pending_puts) {
+            let _ = waiter.send(Err(closed()));
+        }
+        self.live.clear();
+        self.stale.clear();
+        tracing::info!("Nacos registry closed while connecting; its connections closed");
+        Established::Closed(self.closing.take().flatten())
+    }
+
+    /// A registration that failed on a working connection. Only a put somebody waits for is
+    /// dropped, and only when the server rejects it as invalid (it would be again): that
+    /// caller hears it. Anything else is an attempt that failed: the key stays and is retried
+    /// with backoff. Returns what the waiter (if any) hears.
+    fn put_failed(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        err: NacosError,
+        waiting: bool,
+    ) -> Option<RegistryError> {
+        match put_outcome(&err, waiting) {
+            PutOutcome::Refused => {
+                tracing::warn!(key, error = %err, "Nacos rejected a registration");
+                self.live.refused(key, value);
+                self.unwritten.remove(key);
+            }
+            PutOutcome::Retry => {
+                tracing::warn!(key, error = %err, "a registration failed; retrying");
+                self.unwritten.insert(key.to_string());
+                self.unwritten_error = format!("registering `{key}`: {err}");
+            }
+        }
+        waiting.then(|| err.into_registry())
+    }
+
+    /// Healthy once every kept key is written on the connection; `Recovering` while some are
+    /// being retried.
+    fn report(&self, attempt: u32) {
+        let health = if self.unwritten.is_empty() {
+            Health::Healthy
+        } else {
+            Health::Recovering {
+                attempt,
+                last_error: self.unwritten_error.clone(),
+            }
+        };
+        self.health.send_if_modified(|now| {
+            let changed = *now != health;
+            *now = health;
+            changed
+        });
     }
 
     fn absorb(&mut self) {
@@ -201,7 +397,7 @@ impl Session {
         }
         let absorbed = absorb_queued(&mut self.commands, &mut self.live);
         self.pending_puts.extend(absorbed.puts);
-        self.closing = absorbed.close;
+        self.closing = absorbed.close.map(Some);
     }
 
     /// Serves commands until the connection is lost or the registry closes; retries pending
@@ -211,8 +407,15 @@ impl Session {
         let retry = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(retry);
         let mut retrying = false;
+        let mut attempt = 0u32;
         loop {
-            let retry_due = self.live.has_doomed();
+            self.unwritten.retain(|key| self.live.value(key).is_some());
+            if self.unwritten.is_empty() {
+                self.stale.clear();
+                attempt = 0;
+            }
+            self.report(attempt);
+            let retry_due = self.live.has_doomed() || !self.unwritten.is_empty();
             if retry_due && !retrying {
                 retry_backoff.reset();
                 retry
@@ -233,13 +436,28 @@ impl Session {
                     }
                 }
                 () = &mut retry, if retry_due => {
-                    let deletes: Vec<Op> = self.live.doomed_keys().into_iter().map(|k| (k, None)).collect();
-                    let results = write(&self.config, connection, deletes.clone()).await;
-                    for ((key, _), result) in deletes.iter().zip(results) {
-                        match result {
-                            Ok(()) => self.live.deleted(key),
-                            Err(err) if err.is_fatal() => return Step::Lost(err.to_string()),
-                            Err(err) => self.live.delete_failed(key, &err.into_registry()),
+                    attempt += 1;
+                    let ops: Vec<Op> = self
+                        .live
+                        .doomed_keys()
+                        .into_iter()
+                        .map(|k| (k, None))
+                        .chain(self.unwritten.iter().filter_map(|k| {
+                            self.live.value(k).map(|v| (k.clone(), Some(v.to_vec())))
+                        }))
+                        .collect();
+                    let results = write(&self.config, connection, ops.clone()).await;
+                    for ((key, value), result) in ops.iter().zip(results) {
+                        match (value, result) {
+                            (_, Err(err)) if err.is_fatal() => return Step::Lost(err.to_string()),
+                            (None, Ok(())) => self.live.deleted(key),
+                            (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
+                            (Some(_), Ok(())) => {
+                                self.unwritten.remove(key);
+                            }
+                            (Some(value), Err(err)) => {
+                                self.put_failed(key, value, err, false);
+                            }
                         }
                     }
                     retry.as_mut().reset(Instant::now() + retry_backoff.next_delay());
@@ -295,12 +513,14 @@ impl Session {
                 (None, Ok(())) => self.live.deleted(key),
                 (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
                 (Some(_), Ok(())) => {
+                    self.unwritten.remove(key);
                     outcome.insert(key.clone(), Ok(()));
                 }
                 (Some(value), Err(err)) => {
-                    tracing::warn!(key, error = %err, "Nacos refused a registration");
-                    self.live.refused(key, value);
-                    outcome.insert(key.clone(), Err(err.into_registry()));
+                    let waiting = put_waiters.iter().any(|(k, _)| k == key);
+                    if let Some(err) = self.put_failed(key, value, err, waiting) {
+                        outcome.insert(key.clone(), Err(err));
+                    }
                 }
             }
         }
@@ -365,7 +585,7 @@ async fn write(
 ) -> Vec<Result<(), NacosError>> {
     let requests = ops.into_iter().map(|(key, value)| {
         let connection = connection.clone();
-        async move { write_one(config, &connection, &key, value.as_deref()).await }
+        async move { write_one(config, &connection, &key, value.as_deref(), true).await }
     });
     futures_util::stream::iter(requests)
         .buffered(config.concurrency.max(1))
@@ -378,12 +598,12 @@ async fn write_one(
     connection: &Connection,
     key: &str,
     value: Option<&[u8]>,
+    live: bool,
 ) -> Result<(), NacosError> {
-    let refused = |message: String| NacosError::Refused {
+    let refused = |reason: String| NacosError::Rejected {
         server: connection.server().to_string(),
         what: format!("the instance `{key}`"),
-        code: 0,
-        message,
+        reason,
     };
     let (addr, service) = parse_key(key).ok_or_else(|| refused("not an instance key".into()))?;
     let (kind, instance) = match value {
@@ -415,10 +635,37 @@ async fn write_one(
         instance: &instance,
     };
     let what = format!("{kind} of `{service}` at {addr}");
-    connection
-        .call("InstanceRequest", &what, request)
-        .await
-        .map(|_| ())
+    let answer = if live {
+        connection.call("InstanceRequest", &what, request).await
+    } else {
+        connection
+            .call_stale("InstanceRequest", &what, request)
+            .await
+    };
+    answer.map(|_| ())
+}
+
+/// What becomes of a kept key whose registration failed (not for want of a connection).
+#[derive(Debug, PartialEq)]
+enum PutOutcome {
+    /// Dropped from the live set: its waiter hears why.
+    Refused,
+    /// Kept and retried with backoff.
+    Retry,
+}
+
+fn put_outcome(err: &NacosError, waiting: bool) -> PutOutcome {
+    if waiting && err.is_invalid() {
+        PutOutcome::Refused
+    } else {
+        PutOutcome::Retry
+    }
+}
+
+/// Whether a new connection that failed while the live set was written on it may hold
+/// instances: it took some, and the server may still know it.
+fn worth_keeping(accepted: usize, stream_open: bool) -> bool {
+    accepted > 0 && stream_open
 }
 
 fn finish(done: Option<oneshot::Sender<()>>) {
@@ -430,6 +677,40 @@ fn finish(done: Option<oneshot::Sender<()>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_invalid_put_with_a_waiter_is_dropped() {
+        let refused = |code: u16| NacosError::Refused {
+            server: "h:1".into(),
+            what: "registerInstance".into(),
+            code,
+            message: "whatever".into(),
+        };
+        let invalid = NacosError::Rejected {
+            server: "h:1".into(),
+            what: "registerInstance".into(),
+            reason: "Param check invalid".into(),
+        };
+        // rnacos' 500, Java Nacos' "server is starting" (300) and rate limit (503), an
+        // unreadable answer (0): failed attempts, never a reason to forget an instance.
+        for code in [500, 300, 503, 0] {
+            assert_eq!(put_outcome(&refused(code), true), PutOutcome::Retry);
+            assert_eq!(put_outcome(&refused(code), false), PutOutcome::Retry);
+        }
+        assert_eq!(put_outcome(&invalid, true), PutOutcome::Refused);
+        // Re-registering on a new connection: nobody waits, nothing is dropped.
+        assert_eq!(put_outcome(&invalid, false), PutOutcome::Retry);
+    }
+
+    #[test]
+    fn a_failed_new_connection_is_kept_while_it_may_hold_instances() {
+        assert!(worth_keeping(3, true));
+        assert!(!worth_keeping(0, true), "it took nothing");
+        assert!(
+            !worth_keeping(3, false),
+            "the server closed it, and its instances"
+        );
+    }
 
     #[test]
     fn keys_name_the_address_and_the_service() {

@@ -4,6 +4,7 @@
 //! stream's end. It runs in a task of its own, so it never waits behind our requests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -19,6 +20,7 @@ pub(crate) async fn read(
     outbound: mpsc::UnboundedSender<Payload>,
     pushes: Pushes,
     lost: watch::Sender<Option<String>>,
+    open: Arc<AtomicBool>,
 ) {
     let cause = loop {
         let payload = match stream.message().await {
@@ -27,7 +29,15 @@ pub(crate) async fn read(
             Err(status) => break format!("the stream failed: {status}"),
         };
         let kind = payload.kind().to_string();
-        let request: ServerRequest = serde_json::from_slice(payload.json()).unwrap_or_default();
+        let request: ServerRequest = match serde_json::from_slice(payload.json()) {
+            Ok(request) => request,
+            Err(err) => {
+                // Without its request id there is nothing to answer; the server tries again
+                // (a push) or decides on its own (a detection).
+                tracing::warn!(kind, error = %err, "unreadable request from the server left out");
+                continue;
+            }
+        };
         if kind == "NotifySubscriberRequest" {
             deliver(
                 &pushes,
@@ -51,6 +61,7 @@ pub(crate) async fn read(
         }
     };
     tracing::debug!(%cause, "the Nacos stream ended");
+    open.store(false, Ordering::SeqCst);
     mark_lost(&lost, cause);
 }
 

@@ -43,15 +43,16 @@ pub(crate) struct NacosInstance {
     pub metadata: Option<HashMap<String, String>>,
 }
 
-/// The instance Kitex would register for `info` in `cluster`, with `extra` metadata under the
-/// instance's own tags.
+/// The instance Kitex would register for `info` in `cluster`, with `extra` metadata
+/// (`KITEX_NACOS_ENV_TAGS`) over the instance's own tags: Kitex's `mergeTags(info.Tags,
+/// nacos.Tags)`, where the later map wins.
 pub(crate) fn encode(
     info: &Info,
     cluster: &str,
     extra: &BTreeMap<String, String>,
 ) -> NacosInstance {
-    let mut metadata: HashMap<String, String> = extra.clone().into_iter().collect();
-    metadata.extend(info.tags.clone());
+    let mut metadata: HashMap<String, String> = info.tags.clone().into_iter().collect();
+    metadata.extend(extra.clone());
     if let Ok(since) = info.start_time.duration_since(UNIX_EPOCH) {
         metadata.insert(START_TIME_KEY.into(), since.as_millis().to_string());
     }
@@ -82,14 +83,15 @@ pub(crate) enum Skipped {
     OtherCluster(String),
     #[error("it is unhealthy or disabled")]
     NotServing,
-    #[error("its weight {0} is not above 0")]
+    #[error("its weight {0} is below 1 (Kitex reads it as {0} truncated, and skips 0)")]
     NoWeight(f64),
     #[error("`{ip}:{port}` is not an ip:port")]
     Address { ip: String, port: u32 },
 }
 
-/// Reads an instance as Kitex's resolver does: only `cluster`, healthy and enabled, weight
-/// above 0; the weight truncated to an integer (at least 1), the metadata as tags.
+/// Reads an instance as Kitex's resolver does: only `cluster`, healthy and enabled; the weight
+/// truncated to an integer (`int(weight)`), and left out when that is 0 (Kitex's balancers
+/// skip a weight <= 0, so 0.5 serves no traffic there either); the metadata as tags.
 pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance, Skipped> {
     if instance.cluster_name != cluster {
         return Err(Skipped::OtherCluster(instance.cluster_name.clone()));
@@ -97,7 +99,7 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     if !instance.healthy || !instance.enabled {
         return Err(Skipped::NotServing);
     }
-    if instance.weight.is_nan() || instance.weight <= 0.0 {
+    if instance.weight.is_nan() || instance.weight < 1.0 {
         return Err(Skipped::NoWeight(instance.weight));
     }
     let address = || Skipped::Address {
@@ -119,7 +121,7 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     let payload_codec = tags.remove(PAYLOAD_CODEC_KEY);
     Ok(Instance {
         addr: SocketAddr::new(ip, port),
-        weight: (instance.weight.min(f64::from(u32::MAX)) as u32).max(1),
+        weight: instance.weight.min(f64::from(u32::MAX)) as u32,
         tags,
         start_time: start_time.filter(|t| *t > SystemTime::UNIX_EPOCH),
         warmup,
@@ -127,12 +129,30 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     })
 }
 
-/// A service's instances as a query or a push carries them.
+/// A service's instances as a query or a push carries them. Each host is read on its own (see
+/// [`ServiceInfo::instances`]): one the server wrote oddly leaves out only itself.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct ServiceInfo {
-    pub hosts: Option<Vec<NacosInstance>>,
+    pub hosts: Option<Vec<serde_json::Value>>,
     pub last_ref_time: i64,
+}
+
+impl ServiceInfo {
+    /// Every host that reads as an instance; each one that does not is logged and left out.
+    pub(crate) fn instances(&self, service: &str) -> Vec<NacosInstance> {
+        self.hosts
+            .iter()
+            .flatten()
+            .filter_map(|host| match NacosInstance::deserialize(host) {
+                Ok(instance) => Some(instance),
+                Err(err) => {
+                    tracing::warn!(service, %host, error = %err, "unreadable instance left out");
+                    None
+                }
+            })
+            .collect()
+    }
 }
 
 /// Every request body: `module`, `requestId` and `headers` besides its own fields.
@@ -266,7 +286,10 @@ mod tests {
         assert_eq!(json["ephemeral"], true);
         assert_eq!(json["clusterName"], "DEFAULT");
         assert_eq!(json["serviceName"], "echo");
-        assert_eq!(json["metadata"]["idc"], "hz", "the instance's tag wins");
+        assert_eq!(
+            json["metadata"]["idc"], "sh",
+            "KITEX_NACOS_ENV_TAGS wins, as in Kitex's mergeTags(info.Tags, nacos.Tags)"
+        );
         assert_eq!(json["metadata"]["env"], "prod");
         assert_eq!(json["metadata"][START_TIME_KEY], "1700000000123");
         let back = decode(&instance, "DEFAULT").unwrap();
@@ -313,8 +336,12 @@ mod tests {
             decode(&kitex(&weightless), "DEFAULT"),
             Err(Skipped::NoWeight(0.0))
         );
+        // Kitex reads int(0.2) = 0, and its balancers skip weight 0.
         let small = base.replace("1.5", "0.2");
-        assert_eq!(decode(&kitex(&small), "DEFAULT").unwrap().weight, 1);
+        assert_eq!(
+            decode(&kitex(&small), "DEFAULT"),
+            Err(Skipped::NoWeight(0.2))
+        );
         let bad_ip = base.replace("10.0.0.7", "not-an-ip");
         assert!(matches!(
             decode(&kitex(&bad_ip), "DEFAULT"),
@@ -325,6 +352,22 @@ mod tests {
             decode(&kitex(&bad_port), "DEFAULT"),
             Err(Skipped::Address { .. })
         ));
+    }
+
+    #[test]
+    fn one_unreadable_host_leaves_out_only_itself() {
+        let info: ServiceInfo = serde_json::from_str(
+            r#"{"lastRefTime":5,"hosts":[
+                {"ip":null,"port":1,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"DEFAULT"},
+                {"ip":"10.0.0.8","port":2,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"DEFAULT"},
+                {"ip":"10.0.0.9","port":"three","weight":1.0}
+            ]}"#,
+        )
+        .unwrap();
+        let read = info.instances("echo");
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(read[0].ip, "10.0.0.8");
+        assert_eq!(info.last_ref_time, 5);
     }
 
     #[test]
