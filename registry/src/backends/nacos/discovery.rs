@@ -29,6 +29,10 @@ const BACKEND: &str = "nacos";
 /// subscribes again and reports the difference from what it showed last. All calls of one
 /// `NacosDiscovery` (and its clones) share one connection.
 ///
+/// While a watch on a service is live in this discovery, `resolve` answers from that watch's
+/// latest state without a query, as long as the watch is in sync (see
+/// [`NacosConfig::resolve_from_watch`]).
+///
 /// ```no_run
 /// use futures_util::StreamExt;
 /// use service_registry::nacos::{NacosConfig, NacosDiscovery};
