@@ -1,5 +1,5 @@
-//! The registry side of a session task (etcd lease, ZooKeeper session): the commands a handle
-//! sends, the handle itself, and the supervisor that reports a task that died.
+//! The registry side of a session task (etcd lease, ZooKeeper session, Nacos connection): the
+//! commands a handle sends, the handle itself, and the supervisor that reports a task that died.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,6 +24,22 @@ pub(crate) enum Command {
     Delete { key: String, done: Reply },
     /// Remove every key, end the session, stop the task.
     Close { done: oneshot::Sender<()> },
+}
+
+/// How serving one connection ended (etcd lease, Nacos connection).
+#[cfg_attr(not(any(feature = "etcd", feature = "nacos")), allow(dead_code))]
+pub(crate) enum Step {
+    /// The connection was lost, for this reason: connect again and restore the live set.
+    Lost(String),
+    /// A close: stop, and answer whoever waits for it.
+    Stop(Option<oneshot::Sender<()>>),
+}
+
+/// Tells whoever waits for a close that it is done.
+pub(crate) fn finish(done: Option<oneshot::Sender<()>>) {
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
 }
 
 /// The registry side of a session task: cheap to share, one channel to the task.

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::config::EtcdConfig;
 use super::error::{bounded, txn_failure, TxnFailure};
-use crate::backends::handle::{Command, Reply};
+use crate::backends::handle::{finish, Command, Reply, Step};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::backoff::Backoff;
 use crate::registry::shared;
@@ -135,11 +135,6 @@ pub(crate) struct Session {
     /// Whether the last probe between attempts found no endpoint answering: the first probe
     /// that finds one answering then ends the wait.
     outage: bool,
-}
-
-enum Step {
-    Lost(String),
-    Stop(Option<oneshot::Sender<()>>),
 }
 
 /// What a new connection came to.
@@ -806,12 +801,6 @@ async fn probe(config: &EtcdConfig, limit: Duration) -> Vec<String> {
         .filter(|(_, answered)| *answered)
         .map(|(endpoint, _)| endpoint.clone())
         .collect()
-}
-
-fn finish(done: Option<oneshot::Sender<()>>) {
-    if let Some(done) = done {
-        let _ = done.send(());
-    }
 }
 
 /// Splits `range` of `ops` into transactions of at most `max` operations without repeating a

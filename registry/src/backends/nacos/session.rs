@@ -21,7 +21,7 @@ use super::config::NacosConfig;
 use super::connection::Connection;
 use super::error::NacosError;
 use super::wire::{InstanceRequest, NacosInstance};
-use crate::backends::handle::{Command, Reply};
+use crate::backends::handle::{finish, Command, Reply, Step};
 use crate::backends::live::{absorb_queued, LiveSet};
 use crate::backoff::Backoff;
 use crate::info::Info;
@@ -74,11 +74,6 @@ pub(crate) struct Session {
     /// Deregistrations sent on the stale connection while it is away (see
     /// [`Session::delete_on_stale`]); each ends within the request timeout.
     stale_deletes: tokio::task::JoinSet<()>,
-}
-
-enum Step {
-    Lost(String),
-    Stop(Option<oneshot::Sender<()>>),
 }
 
 enum Established {
@@ -666,12 +661,6 @@ fn put_outcome(err: &NacosError, waiting: bool) -> PutOutcome {
 /// instances: it took some, and the server may still know it.
 fn worth_keeping(accepted: usize, stream_open: bool) -> bool {
     accepted > 0 && stream_open
-}
-
-fn finish(done: Option<oneshot::Sender<()>>) {
-    if let Some(done) = done {
-        let _ = done.send(());
-    }
 }
 
 #[cfg(test)]

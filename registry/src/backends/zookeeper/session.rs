@@ -22,7 +22,7 @@ use super::config::ZookeeperConfig;
 use super::error::{bounded, registry_error, request, while_connected};
 use super::guard::{Guard, Seen};
 use super::sentinel::Sentinel;
-use crate::backends::handle::{Command, Reply};
+use crate::backends::handle::{finish, Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
@@ -717,11 +717,5 @@ impl Session {
         self.set_current(None);
         tracing::info!(session = %client.session_id(), "ZooKeeper registry closed");
         // Dropping the last client sends CloseSession, which removes any ephemeral node left.
-    }
-}
-
-fn finish(done: Option<oneshot::Sender<()>>) {
-    if let Some(done) = done {
-        let _ = done.send(());
     }
 }
