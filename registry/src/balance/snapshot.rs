@@ -11,7 +11,7 @@ use super::consistent_hash::Ring;
 use super::filter::TagFilter;
 use super::outlier::{Clock, Health, OutlierDetection};
 use super::round_robin::Schedule;
-use super::warmup::{effective_weight, next_refresh};
+use super::warmup::{bounded_weight, effective_weight, next_refresh};
 use super::weighted_random::AliasTable;
 use super::Strategy;
 use crate::discovery::Instance;
@@ -97,7 +97,7 @@ impl Config {
             (0..count)
                 .map(|k| match warmup {
                     Some(_) => effective_weight(chosen(k), wall, self.min_fraction),
-                    None => f64::from(chosen(k).weight.max(1)),
+                    None => f64::from(bounded_weight(chosen(k))),
                 })
                 .collect::<Vec<f64>>()
         };

@@ -3,13 +3,26 @@
 use std::time::{Duration, SystemTime};
 
 use crate::discovery::Instance;
+use crate::info::{MAX_WEIGHT, MIN_WEIGHT};
 
 /// The share of its weight an instance gets right after it starts (default 10 %).
 pub const DEFAULT_MIN_FRACTION: f64 = 0.1;
 
+/// The weight a picker gives `instance`: its weight bounded to
+/// [`MIN_WEIGHT`](crate::MIN_WEIGHT)..=[`MAX_WEIGHT`](crate::MAX_WEIGHT), the range a
+/// registration may declare. A registry holds whatever any writer put there (`u32::MAX` is one
+/// etcd put away); bounded here, one such value costs what the heaviest valid instance costs,
+/// whichever backend decoded it, and gets that instance's share.
+#[inline]
+pub(crate) fn bounded_weight(instance: &Instance) -> u32 {
+    instance.weight.clamp(MIN_WEIGHT, MAX_WEIGHT)
+}
+
 /// The weight `instance` should get at `now`: its full weight once `warmup` has passed since
 /// `start_time` (or when either is unknown); before that a linear ramp from `min_fraction` of
-/// the weight up to all of it.
+/// the weight up to all of it. The full weight is the instance's weight bounded to
+/// [`MIN_WEIGHT`](crate::MIN_WEIGHT)..=[`MAX_WEIGHT`](crate::MAX_WEIGHT), as every picker
+/// bounds it.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -25,7 +38,7 @@ pub const DEFAULT_MIN_FRACTION: f64 = 0.1;
 /// assert_eq!(at(10), 100.0);
 /// ```
 pub fn effective_weight(instance: &Instance, now: SystemTime, min_fraction: f64) -> f64 {
-    let full = f64::from(instance.weight);
+    let full = f64::from(bounded_weight(instance));
     let Some(start) = instance.start_time else {
         return full;
     };
