@@ -5,7 +5,7 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
@@ -28,6 +28,10 @@ pub enum Strategy {
     /// A hash ring on a caller-given key ([`Balancer::pick_by_key`]).
     ConsistentHash,
 }
+
+/// How long a watched service that turns empty keeps its last instances by default (see
+/// [`BalancerBuilder::hold_when_empty`]).
+pub const DEFAULT_HOLD_WHEN_EMPTY: Duration = Duration::from_secs(10);
 
 /// Picks tried before [`Balancer::pick_avoiding`] looks through the set in order.
 const AVOIDING_PICKS: usize = 8;
@@ -233,6 +237,7 @@ impl Inner {
 #[must_use = "a builder does nothing until `watch` or `build`"]
 pub struct BalancerBuilder {
     config: Config,
+    hold_when_empty: Duration,
 }
 
 impl BalancerBuilder {
@@ -262,6 +267,65 @@ impl BalancerBuilder {
     /// See [`OutlierDetection`] for an example.
     pub fn outlier_detection(mut self, outliers: OutlierDetection) -> Self {
         self.config.outliers = outliers;
+        self
+    }
+
+    /// Push-empty protection: when the watched service turns empty, keep picking from its last
+    /// instances for up to `hold` (default [`DEFAULT_HOLD_WHEN_EMPTY`], 10 s;
+    /// `Duration::ZERO` turns it off). Applies to balancers from [`watch`](Self::watch), not to
+    /// [`Balancer::update`].
+    ///
+    /// A registry restarted without its data (or replaced, or failed over to a node that lost
+    /// it) lists an empty service to a watch that syncs again, until every process has
+    /// registered again: on etcd, ZooKeeper and Nacos alike that is a fraction of a second to
+    /// a few seconds in which a balancer would otherwise have nothing to pick, although every
+    /// instance is still serving. The rule:
+    ///
+    /// - A change that leaves the service with no instance is held: the balancer keeps the set
+    ///   it had, and logs a warning.
+    /// - Any change that brings an instance back ends the hold at once: the balancer takes
+    ///   exactly that set (so instances that are back at new addresses are used at once, and
+    ///   held ones that did not come back are gone).
+    /// - When the service is still empty `hold` after it turned empty, the balancer empties
+    ///   too: a service whose instances all really left has none within `hold`.
+    /// - Only the empty set is held. A set that shrinks keeps shrinking with every change, so
+    ///   a scale-down, a rollout or a tag filter that admits nothing any more is followed at
+    ///   once; only the step to zero waits.
+    ///
+    /// Why every step to zero, and not only those after an outage: a watch delivers the
+    /// current set and what changed, nothing about how it learned it. A watch that lists
+    /// again after a broken connection sends the difference to the new listing, and for a
+    /// wiped registry that is one change removing every instance; the last instance of a
+    /// service leaving while the watch is in sync is one change removing every instance too
+    /// (etcd and ZooKeeper deliver deletions as changes; a lease or session that expires
+    /// deletes all of its keys at once). No content of the stream tells the two apart for a
+    /// service of one instance. Holding is cheap where it is wrong: calls to a service that
+    /// has really left fail either way, now with the connection error of the held address
+    /// (which outlier ejection and retries see) instead of "no instance", for at most `hold`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::{Info, MemoryRegistry, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let registry = MemoryRegistry::new();
+    /// let only = Info::new("echo", "127.0.0.1:7001".parse().unwrap());
+    /// registry.register(&only).await.unwrap();
+    /// let balancer = Balancer::builder(Strategy::WeightedRandom)
+    ///     .hold_when_empty(Duration::from_secs(2))
+    ///     .watch(&registry, "echo")
+    ///     .await
+    ///     .unwrap();
+    /// registry.deregister(&only).await.unwrap();
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// assert!(balancer.pick().is_some(), "held for 2 s");
+    /// tokio::time::sleep(Duration::from_secs(2)).await;
+    /// assert!(balancer.pick().is_none(), "gone after the hold");
+    /// # }
+    /// ```
+    pub fn hold_when_empty(mut self, hold: Duration) -> Self {
+        self.hold_when_empty = hold;
         self
     }
 
@@ -307,19 +371,59 @@ impl BalancerBuilder {
     ) -> Result<Balancer, DiscoveryError> {
         let mut changes = discovery.watch(service).await?;
         let first = changes.next().await.map(|c| c.all).unwrap_or_default();
+        let hold = self.hold_when_empty;
+        // Whether the balancer holds instances from discovery (before the tag filter).
+        let mut listed = !first.is_empty();
         let balancer = self.build(first);
         let weak: Weak<Inner> = Arc::downgrade(&balancer.inner);
         let mut owner = balancer.inner.owner.subscribe();
         let service = service.to_string();
         tokio::spawn(async move {
+            // While the service reads as empty and the last set is kept: when to let it go.
+            let mut held_until: Option<tokio::time::Instant> = None;
             loop {
                 let change = tokio::select! {
                     // Nothing is ever sent: this completes when the balancer is gone.
                     _ = owner.changed() => return,
+                    () = tokio::time::sleep_until(held_until.unwrap_or_else(tokio::time::Instant::now)),
+                        if held_until.is_some() =>
+                    {
+                        held_until = None;
+                        listed = false;
+                        let Some(inner) = weak.upgrade() else { return };
+                        tracing::warn!(
+                            service,
+                            held = ?hold,
+                            "the service is still empty after the hold; the balancer is empty too"
+                        );
+                        inner.replace(Vec::new());
+                        continue;
+                    }
                     change = changes.next() => change,
                 };
                 let Some(change) = change else { return };
                 let Some(inner) = weak.upgrade() else { return };
+                if change.all.is_empty() && listed && !hold.is_zero() {
+                    if held_until.is_none() {
+                        held_until = Some(tokio::time::Instant::now() + hold);
+                        tracing::warn!(
+                            service,
+                            removed = change.removed.len(),
+                            hold = ?hold,
+                            "the service turned empty; keeping its last instances until they \
+                             are back or the hold is over"
+                        );
+                    }
+                    continue;
+                }
+                if held_until.take().is_some() {
+                    tracing::info!(
+                        service,
+                        instances = change.all.len(),
+                        "instances are back; the hold on the last set is over"
+                    );
+                }
+                listed = !change.all.is_empty();
                 tracing::debug!(service, instances = change.all.len(), "balancer updated");
                 inner.replace(change.all);
             }
@@ -357,6 +461,7 @@ impl Balancer {
                 min_fraction: DEFAULT_MIN_FRACTION,
                 outliers: OutlierDetection::default(),
             },
+            hold_when_empty: DEFAULT_HOLD_WHEN_EMPTY,
         }
     }
 
@@ -606,6 +711,32 @@ mod tests {
         }
     }
 
+    /// Defect 3 of issue 18: any writer can put weight `u32::MAX` into a registry. Every picker
+    /// counts it as the heaviest valid weight, so it gets that share and no more.
+    #[test]
+    fn weights_beyond_the_range_get_the_share_of_the_heaviest_valid_weight() {
+        let max = crate::MAX_WEIGHT;
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::ConsistentHash,
+        ] {
+            let balancer =
+                Balancer::builder(strategy).build(weighted(&[u32::MAX, max, max / 2, 0]));
+            let got = shares(&balancer, 100_000, 11);
+            // 0 reads as the lightest valid weight (1): 10 000 : 10 000 : 5 000 : 1.
+            let total = f64::from(max * 5 / 2 + 1);
+            for (port, want) in [(1, max), (2, max), (3, max / 2)] {
+                let want = f64::from(want) / total;
+                let share = got.get(&port).copied().unwrap_or(0.0);
+                assert!(
+                    (share - want).abs() <= 0.02,
+                    "{strategy:?}: port {port} got {share:.4}, want {want:.4}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn smooth_round_robin_interleaves_exactly() {
         let balancer = Balancer::builder(Strategy::SmoothRoundRobin).build(weighted(&[5, 1, 1]));
@@ -709,6 +840,86 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!((0..20).all(|_| balancer.pick().unwrap().addr == b.addr));
+    }
+
+    /// Waits (paused clock: no real time passes) until `balancer` has `n` instances.
+    async fn settle(balancer: &Balancer, n: usize) {
+        for _ in 0..100 {
+            if balancer.instances().len() == n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{} instances, want {n}", balancer.instances().len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_service_keeps_its_last_set_for_the_hold() {
+        use crate::{MemoryRegistry, Registry};
+        let registry = MemoryRegistry::new();
+        let a = Info::new("svc", "127.0.0.1:1".parse().unwrap());
+        let b = Info::new("svc", "127.0.0.1:2".parse().unwrap());
+        let c = Info::new("svc", "127.0.0.1:3".parse().unwrap());
+        registry.register(&a).await.unwrap();
+        registry.register(&b).await.unwrap();
+        let hold = Duration::from_secs(5);
+        let balancer = Balancer::builder(Strategy::WeightedRandom)
+            .hold_when_empty(hold)
+            .watch(&registry, "svc")
+            .await
+            .unwrap();
+        // A shrinking set is followed at once.
+        registry.deregister(&a).await.unwrap();
+        settle(&balancer, 1).await;
+        // Empty: held, up to the hold.
+        registry.deregister(&b).await.unwrap();
+        tokio::time::sleep(hold - Duration::from_millis(1)).await;
+        assert_eq!(balancer.instances()[0].addr, b.addr, "held");
+        // Another instance ends the hold at once, with exactly the new set.
+        registry.register(&c).await.unwrap();
+        settle(&balancer, 1).await;
+        tokio::task::yield_now().await;
+        assert_eq!(balancer.instances()[0].addr, c.addr);
+        // Empty again: a new hold of its own, and empty once it is over.
+        registry.deregister(&c).await.unwrap();
+        tokio::time::sleep(hold - Duration::from_millis(1)).await;
+        assert_eq!(
+            balancer.instances().len(),
+            1,
+            "held again, for a whole hold"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        settle(&balancer, 0).await;
+        assert!(balancer.pick().is_none());
+        // From empty, the next instance is taken at once.
+        registry.register(&a).await.unwrap();
+        settle(&balancer, 1).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hold_when_turned_off_or_when_only_the_filter_admits_nothing() {
+        use crate::{MemoryRegistry, Registry};
+        let registry = MemoryRegistry::new();
+        let mut a = Info::new("svc", "127.0.0.1:1".parse().unwrap());
+        a.tags.insert("idc".into(), "hz".into());
+        registry.register(&a).await.unwrap();
+        let off = Balancer::builder(Strategy::WeightedRandom)
+            .hold_when_empty(Duration::ZERO)
+            .watch(&registry, "svc")
+            .await
+            .unwrap();
+        let filtered = Balancer::builder(Strategy::WeightedRandom)
+            .filter(TagFilter::new().require("idc", "hz"))
+            .watch(&registry, "svc")
+            .await
+            .unwrap();
+        settle(&filtered, 1).await;
+        // Still listed, but no longer admitted: followed at once.
+        a.tags.insert("idc".into(), "sh".into());
+        registry.register(&a).await.unwrap();
+        settle(&filtered, 0).await;
+        registry.deregister(&a).await.unwrap();
+        settle(&off, 0).await;
     }
 
     /// Alive tasks on the current runtime.
