@@ -384,7 +384,7 @@ mod zookeeper {
 
     fn config(zk: &ZooKeeper) -> ZookeeperConfig {
         ZookeeperConfig::new(zk.connect_string())
-            .session_timeout(Duration::from_secs(4))
+            .session_timeout(Duration::from_secs(2))
             .backoff(Backoff::new(
                 Duration::from_millis(50),
                 Duration::from_millis(500),
