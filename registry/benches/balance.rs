@@ -1,6 +1,7 @@
 //! Pick cost of each balancer for 10 / 100 / 1000 / 10 000 instances, next to
 //! `tower::balance::p2c` on the same instance set (also with a tenth of the instances ejected);
-//! the cost of reporting an outcome; the cost of a set change at 10 000 instances; and pick
+//! the cost of reporting an outcome; the cost of a set change at 10 000 instances (also with
+//! every weight `u32::MAX` for consistent hashing); and pick
 //! throughput with 4 threads while the set changes 100 times a second.
 //!
 //! ```text
@@ -176,6 +177,20 @@ fn rebuild(c: &mut Criterion) {
             Strategy::WeightedRandom,
             warming(n),
         )]);
+    // Every weight `u32::MAX` (any writer can put that into a registry): bounded to MAX_WEIGHT,
+    // it costs what the heaviest valid set costs.
+    let hostile = instances(n)
+        .into_iter()
+        .map(|mut i| {
+            i.weight = u32::MAX;
+            i
+        })
+        .collect();
+    let cases = cases.chain([(
+        "consistent_hash_weights_u32_max",
+        Strategy::ConsistentHash,
+        hostile,
+    )]);
     let with_health = (
         "weighted_random_with_health",
         Strategy::WeightedRandom,

@@ -73,6 +73,17 @@ fn point(addr_hash: u64, j: u64) -> u64 {
     mix(addr_hash.wrapping_add((j + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
 }
 
+/// Calls `visit(point, index)` for every point of every instance, given each instance's
+/// address hash and point count.
+#[inline]
+fn each_point(owners: &[(u64, u64)], mut visit: impl FnMut(u64, u32)) {
+    for (index, (addr_hash, points)) in owners.iter().enumerate() {
+        for j in 0..*points {
+            visit(point(*addr_hash, j), index as u32);
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Point {
     /// The 32 bits of the point's hash below its bucket bits.
@@ -137,32 +148,33 @@ impl Ring {
         }
         let bits = (total.next_power_of_two().trailing_zeros()).max(1);
         let shift = 64 - bits;
-        let mut hashes: Vec<(u64, u32)> = Vec::with_capacity(total);
-        for (index, instance) in instances.enumerate() {
-            let addr_hash = hash(instance.addr);
-            for j in 0..points_for(bounded_weight(instance), scale) {
-                hashes.push((point(addr_hash, j), index as u32));
-            }
-        }
-        // Counting sort on the bucket bits, then insertion sort inside each (tiny) bucket.
+        // Each instance's address hash and point count; its points are computed twice (one
+        // multiply-xorshift each) rather than stored between the two passes.
+        let owners: Vec<(u64, u64)> = instances
+            .map(|instance| {
+                let points = points_for(bounded_weight(instance), scale);
+                (hash(instance.addr), points)
+            })
+            .collect();
+        // Counting sort on the bucket bits, then insertion sort inside each (tiny) bucket:
+        // count, sum up to each bucket's end, and place every point just before its bucket's
+        // end, which leaves `buckets[b]` at the start of bucket `b`.
         let count = 1usize << bits;
         let mut buckets = vec![0u32; count + 1];
-        for (h, _) in &hashes {
-            buckets[(h >> shift) as usize + 1] += 1;
+        each_point(&owners, |h, _| buckets[(h >> shift) as usize] += 1);
+        for b in 1..count {
+            buckets[b] += buckets[b - 1];
         }
-        for b in 0..count {
-            buckets[b + 1] += buckets[b];
-        }
-        let mut next = buckets.clone();
         let mut points = vec![Point { low: 0, index: 0 }; total];
-        for (h, index) in &hashes {
+        each_point(&owners, |h, index| {
             let b = (h >> shift) as usize;
-            points[next[b] as usize] = Point {
+            buckets[b] -= 1;
+            points[buckets[b] as usize] = Point {
                 low: (h >> (shift - 32)) as u32,
-                index: *index,
+                index,
             };
-            next[b] += 1;
-        }
+        });
+        buckets[count] = total as u32;
         for b in buckets.windows(2).filter(|b| b[1] - b[0] > 1) {
             points[b[0] as usize..b[1] as usize].sort_unstable_by_key(|p| (p.low, p.index));
         }
