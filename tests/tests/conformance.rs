@@ -3,7 +3,8 @@
 //!
 //! Memory runs every scenario that applies to it: it cannot hold foreign (unreadable) bytes and
 //! has no server to take away, so `unreadable_data_is_left_out`, `outage_and_recovery` and
-//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only.
+//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only, and so does
+//! `refused_update_keeps_the_last_accepted_value` (memory takes a value of any size).
 
 use tests::conformance::{self, Backend};
 
@@ -29,6 +30,7 @@ conformance! {
     watch_snapshot_then_changes,
     deregister_removes_at_once,
     register_and_deregister_are_idempotent,
+    registrar_address_change_leaves_no_old_address,
 }
 
 #[cfg(feature = "etcd")]
@@ -41,6 +43,8 @@ conformance! {
     unreadable_data_is_left_out,
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
+    registrar_address_change_leaves_no_old_address,
+    refused_update_keeps_the_last_accepted_value,
 }
 
 #[cfg(feature = "zookeeper")]
@@ -53,6 +57,8 @@ conformance! {
     unreadable_data_is_left_out,
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
+    registrar_address_change_leaves_no_old_address,
+    refused_update_keeps_the_last_accepted_value,
 }
 
 #[cfg(feature = "nacos")]
@@ -65,4 +71,6 @@ conformance! {
     unreadable_data_is_left_out,
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
+    registrar_address_change_leaves_no_old_address,
+    refused_update_keeps_the_last_accepted_value,
 }
