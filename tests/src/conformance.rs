@@ -955,7 +955,14 @@ impl Registry for RefusesNext {
 }
 
 /// Until `discovery` lists exactly `want` for `service`, within `limit`.
-async fn lists(name: &str, discovery: &dyn Discovery, service: &str, want: &[Seen], limit: Duration, what: &str) {
+async fn lists(
+    name: &str,
+    discovery: &dyn Discovery,
+    service: &str,
+    want: &[Seen],
+    limit: Duration,
+    what: &str,
+) {
     eventually(limit, &format!("[{name}] {what}"), || async {
         let found = observe(discovery, service).await?;
         if found == want {
@@ -984,7 +991,10 @@ pub async fn registrar_address_change_leaves_no_old_address(backend: &mut dyn Ba
         .shared_registry(Arc::new(registry.clone()))
         .listen_addr(a)
         .only([service])
-        .backoff(Backoff::new(Duration::from_millis(50), Duration::from_millis(500)))
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ))
         .drain_delay(Duration::ZERO)
         .shutdown_signal(async {
             let _ = stopped.await;
@@ -1010,13 +1020,39 @@ pub async fn registrar_address_change_leaves_no_old_address(backend: &mut dyn Ba
     )
     .await
     .unwrap_or_else(|_| panic!("[{name}] not registered: {:?}", status.snapshot()));
-    lists(name, &*discovery, service, &at_a, CHANGE, "the first address listed").await;
+    lists(
+        name,
+        &*discovery,
+        service,
+        &at_a,
+        CHANGE,
+        "the first address listed",
+    )
+    .await;
 
     registry.arm();
-    control.update(service, InfoOverride::new().addr(b)).unwrap();
-    lists(name, &*discovery, service, &at_b, CHANGE, "only the new address listed after the refused register").await;
-    assert_eq!(registry.refused(), 1, "[{name}] the register of the new address was refused once");
-    assert_eq!(status.get(service), Some(ServiceStatus::Registered), "[{name}]");
+    control
+        .update(service, InfoOverride::new().addr(b))
+        .unwrap();
+    lists(
+        name,
+        &*discovery,
+        service,
+        &at_b,
+        CHANGE,
+        "only the new address listed after the refused register",
+    )
+    .await;
+    assert_eq!(
+        registry.refused(),
+        1,
+        "[{name}] the register of the new address was refused once"
+    );
+    assert_eq!(
+        status.get(service),
+        Some(ServiceStatus::Registered),
+        "[{name}]"
+    );
 
     stop.send(()).unwrap();
     tokio::time::timeout(CHANGE * 2, server)
@@ -1024,7 +1060,15 @@ pub async fn registrar_address_change_leaves_no_old_address(backend: &mut dyn Ba
         .unwrap_or_else(|_| panic!("[{name}] serve did not return"))
         .unwrap()
         .unwrap();
-    lists(name, &*discovery, service, &[], CHANGE, "nothing listed after shutdown").await;
+    lists(
+        name,
+        &*discovery,
+        service,
+        &[],
+        CHANGE,
+        "nothing listed after shutdown",
+    )
+    .await;
 }
 
 /// Issue 18, defect 7: an update the server refuses on its own merits (a tag that makes the value
@@ -1048,20 +1092,50 @@ pub async fn refused_update_keeps_the_last_accepted_value(backend: &mut dyn Back
     let refused = tokio::time::timeout(Duration::from_secs(15), registry.register(&big))
         .await
         .unwrap_or_else(|_| panic!("[{name}] the oversized update did not return within 15 s"));
-    println!("[{name}] the oversized update returned after {:?}: {refused:?}", started.elapsed());
+    println!(
+        "[{name}] the oversized update returned after {:?}: {refused:?}",
+        started.elapsed()
+    );
     assert!(refused.is_err(), "[{name}] a 5 MiB value was accepted");
-    lists(name, &*discovery, service, &want, CHANGE, "a still listed with its old value after the refused update").await;
+    lists(
+        name,
+        &*discovery,
+        service,
+        &want,
+        CHANGE,
+        "a still listed with its old value after the refused update",
+    )
+    .await;
 
     backend.outage().await;
     tokio::time::sleep(EXPIRY + Duration::from_secs(2)).await; // hold the outage past the TTL
     backend.recover().await;
     let answered = Instant::now();
-    lists(name, &*discovery, service, &want, RECOVERY, "a back with its old value after the outage").await;
-    println!("[{name}] a back {:?} after the server answered", answered.elapsed());
+    lists(
+        name,
+        &*discovery,
+        service,
+        &want,
+        RECOVERY,
+        "a back with its old value after the outage",
+    )
+    .await;
+    println!(
+        "[{name}] a back {:?} after the server answered",
+        answered.elapsed()
+    );
     // And a later update the server takes still applies.
     let a2 = info(service, 7001, 20, &[("v", "2")]);
     register(name, &*registry, &a2).await;
-    lists(name, &*discovery, service, &expected(&[&a2]), CHANGE, "the next accepted update").await;
+    lists(
+        name,
+        &*discovery,
+        service,
+        &expected(&[&a2]),
+        CHANGE,
+        "the next accepted update",
+    )
+    .await;
 }
 
 /// Watches what `clients` resolve for `service` until `until` (times are measured from

@@ -97,8 +97,31 @@ async fn a_service_moving_from_etcd_to_zookeeper_reads_as_one_set() {
     let zk_both = from_zk.iter().find(|i| i.addr == both.addr).unwrap();
     assert_eq!(found.iter().find(|i| i.addr == both.addr).unwrap(), zk_both);
 
+    // How long a fresh discovery of each takes to start a watch and read its snapshot: the
+    // merged watch waits 250 ms for the others once one has started.
+    let fresh: [(&str, Box<dyn Discovery>); 2] = [
+        ("etcd", Box::new(EtcdDiscovery::new(etcd_config(&etcd)))),
+        (
+            "ZooKeeper",
+            Box::new(ZookeeperDiscovery::new(zk_config(&zk))),
+        ),
+    ];
+    for (name, discovery) in fresh {
+        let started = std::time::Instant::now();
+        let mut watch = discovery.watch(SERVICE).await.unwrap();
+        next(&mut watch, "a snapshot").await;
+        println!(
+            "a fresh {name} discovery started a watch and read its snapshot in {:?}",
+            started.elapsed()
+        );
+    }
+    let started = std::time::Instant::now();
     let mut watch = merged.watch(SERVICE).await.unwrap();
     let snapshot = next(&mut watch, "the merged snapshot").await;
+    println!(
+        "the merged watch gave its snapshot in {:?}",
+        started.elapsed()
+    );
     assert_eq!(snapshot, Change::snapshot(SERVICE, found.clone()));
 
     // Gone from etcd, still in ZooKeeper: no change. A later etcd change shows etcd's removal
@@ -209,12 +232,21 @@ async fn a_black_holed_source_does_not_delay_the_watch() {
     zk_registry.register(&in_zk).await.unwrap();
     etcd_registry.register(&in_etcd).await.unwrap();
     let zk_discovery = ZookeeperDiscovery::new(zk_config(&zk));
-    lists(&zk_discovery, SERVICE, &[&in_zk], "ZooKeeper to list the instance").await;
+    lists(
+        &zk_discovery,
+        SERVICE,
+        &[&in_zk],
+        "ZooKeeper to list the instance",
+    )
+    .await;
 
     proxy.set(Fault::Blackhole);
     // etcd's own defaults, as a user would have them: the black hole costs its connect timeout.
     let merged = MergedDiscovery::new()
-        .source("etcd", EtcdDiscovery::new(EtcdConfig::new([proxy.endpoint()])))
+        .source(
+            "etcd",
+            EtcdDiscovery::new(EtcdConfig::new([proxy.endpoint()])),
+        )
         .source("zookeeper", zk_discovery)
         .backoff(Backoff::new(
             Duration::from_millis(50),

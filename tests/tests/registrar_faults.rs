@@ -411,9 +411,7 @@ async fn a_second_sigterm_during_deregistration_cuts_it_short() {
         .build()
         .unwrap();
     let status = registrar.status();
-    let serve = tokio::spawn(
-        registrar.serve(|shutdown| tests::echo::serve(listener, shutdown)),
-    );
+    let serve = tokio::spawn(registrar.serve(|shutdown| tests::echo::serve(listener, shutdown)));
     tokio::time::timeout(
         Duration::from_secs(5),
         status.wait_for(|s| s["faults.signalled"] == ServiceStatus::Registered),
@@ -423,9 +421,11 @@ async fn a_second_sigterm_during_deregistration_cuts_it_short() {
 
     signal_self("TERM");
     sigterm.recv().await;
-    tests::poll::until(Duration::from_secs(5), "the deregistration to start", || async {
-        (registry.deregisters.load(Ordering::SeqCst) > 0).then_some(())
-    })
+    tests::poll::until(
+        Duration::from_secs(5),
+        "the deregistration to start",
+        || async { (registry.deregisters.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
     .await;
     let second = std::time::Instant::now();
     signal_self("TERM");
