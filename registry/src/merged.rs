@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::{self, BoxFuture};
@@ -16,6 +17,11 @@ use crate::backends::watch::{self, Publisher};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::registry::shared;
+
+/// How long [`MergedDiscovery::watch`] waits for the other sources once one has started.
+/// Measured on loopback: a fresh etcd or ZooKeeper discovery starts a watch and reads its
+/// snapshot within tens of milliseconds (see `tests/tests/merged_discovery.rs`).
+const JOIN_GRACE: Duration = Duration::from_millis(250);
 
 /// One named source.
 #[derive(Clone)]
@@ -44,8 +50,12 @@ struct Source {
 /// source that does. When no source answers, the error
 /// ([`DiscoveryError::AllSourcesFailed`]) names each source and its failure.
 ///
-/// **`watch`** opens every source's watch at once. Its first item is the merged snapshot; then
-/// a [`Change`](crate::Change) comes whenever the merged set changes, and nothing when a
+/// **`watch`** opens every source's watch at once and returns once every source has started or
+/// failed, or 250 ms after the first one started, whichever comes first: a source that is slow
+/// to answer (a server that accepts connections and never answers costs its client's connect
+/// timeout, 5 s by default on etcd) holds up no one. Its first item is the merged snapshot of
+/// the sources started by then; a source that starts later joins as a change. Then a
+/// [`Change`](crate::Change) comes whenever the merged set changes, and nothing when a
 /// source's change leaves it as it was (an instance added to one registry that another, earlier
 /// source already lists with the same data, or removed from one while an earlier source still
 /// lists it). A source whose watch cannot start is logged (`warn`) and opened again in the
@@ -371,18 +381,47 @@ impl Discovery for MergedDiscovery {
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
-        let opens = self
+        let mut opening: FuturesUnordered<
+            BoxFuture<'static, (usize, Result<Opened, DiscoveryError>)>,
+        > = self
             .sources
             .iter()
-            .map(|source| open(source.clone(), service.to_string()));
+            .enumerate()
+            .map(|(index, source)| {
+                let (source, service) = (source.clone(), service.to_string());
+                async move { (index, open(source, service).await) }.boxed()
+            })
+            .collect();
         let mut follow = Follow::new(service, &self.sources, &self.backoff);
         let mut failures = Vec::new();
-        for (index, opened) in future::join_all(opens).await.into_iter().enumerate() {
+        // Until one source has started (or every one has failed): a source that is slow to
+        // answer (a black-holed server costs its client's connect timeout) holds up no one.
+        while let Some((index, opened)) = opening.next().await {
             match opened {
-                Ok(opened) => follow.started(index, opened),
+                Ok(opened) => {
+                    follow.started(index, opened);
+                    break;
+                }
                 Err(err) => failures.push((index, err)),
             }
         }
+        // The others are part of the snapshot if they start within `JOIN_GRACE` of the first:
+        // healthy registries answer within milliseconds, and a snapshot without one of them
+        // would show an address both list with the data of the wrong one until it joins.
+        if !follow.streams.is_empty() {
+            let grace = tokio::time::sleep(JOIN_GRACE);
+            tokio::pin!(grace);
+            while !opening.is_empty() {
+                tokio::select! {
+                    () = &mut grace => break,
+                    Some((index, opened)) = opening.next() => match opened {
+                        Ok(opened) => follow.started(index, opened),
+                        Err(err) => failures.push((index, err)),
+                    },
+                }
+            }
+        }
+        failures.sort_by_key(|(index, _)| *index);
         if follow.streams.is_empty() {
             return Err(self.no_source_answered("watch", service, failures));
         }
@@ -394,6 +433,10 @@ impl Discovery for MergedDiscovery {
                 "cannot watch a source of the merged discovery; following the others and retrying it"
             );
             follow.retry(index);
+        }
+        // The others join as a change once they start (or are retried if they fail).
+        for pending in opening {
+            follow.retries.push(pending);
         }
         let (publisher, changes) = watch::channel("merged", service, follow.merged());
         let span = tracing::info_span!("merged_watch", service);
@@ -533,6 +576,23 @@ mod tests {
             self.release.notified().await;
             let snapshot = Change::snapshot(service, self.second.clone());
             Ok(stream::iter([snapshot]).chain(stream::pending()).boxed())
+        }
+    }
+
+    /// Its watch waits for `release`, then watches `inner`.
+    struct Slow {
+        inner: MemoryRegistry,
+        release: Notify,
+    }
+
+    #[async_trait]
+    impl Discovery for Slow {
+        async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+            self.inner.resolve(service).await
+        }
+        async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
+            self.release.notified().await;
+            self.inner.watch(service).await
         }
     }
 
@@ -723,6 +783,28 @@ mod tests {
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
         flaky.inner.register(&info(3, 10)).await.unwrap();
         only_added(&next(&mut watch).await, &info(3, 10));
+    }
+
+    #[tokio::test]
+    async fn watch_returns_without_waiting_for_a_slow_source_which_joins_later() {
+        let slow = Arc::new(Slow {
+            inner: MemoryRegistry::new(),
+            release: Notify::new(),
+        });
+        slow.inner.register(&info(1, 10)).await.unwrap();
+        let memory = MemoryRegistry::new();
+        memory.register(&info(2, 10)).await.unwrap();
+        let merged = MergedDiscovery::new()
+            .source("slow", slow.clone() as Arc<dyn Discovery>)
+            .source("memory", memory)
+            .backoff(fast());
+        let mut watch = tokio::time::timeout(Duration::from_secs(5), merged.watch(SERVICE))
+            .await
+            .expect("the watch returns while the slow source has not answered")
+            .unwrap();
+        assert_eq!(ports(&next(&mut watch).await.all), [2]);
+        slow.release.notify_one();
+        only_added(&next(&mut watch).await, &info(1, 10));
     }
 
     #[tokio::test]

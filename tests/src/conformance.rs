@@ -11,9 +11,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use service_registry::{Change, Discovery, Info, Instance, MemoryRegistry, Registry, WatchStream};
+use service_registry::{
+    shared, Backoff, Change, Discovery, Health, Info, InfoOverride, Instance, MemoryRegistry,
+    Registrar, Registry, RegistryError, ServiceStatus, WatchStream,
+};
+
+// `registrar_address_change_leaves_no_old_address` runs a registrar for `linked.alpha`, a
+// `#[service]` defined in that library: link it.
+use linked_services as _;
 
 /// How long a change may take to show in a watch or a resolve.
 const CHANGE: Duration = Duration::from_secs(5);
@@ -816,11 +825,21 @@ pub async fn deregistration_during_outage_stays_gone(backend: &mut dyn Backend) 
     backend.recover().await;
     let answered = Instant::now();
 
-    // The call may fail while the server is down (the harness would retry); either way the
-    // backend must not bring the instance back.
+    // Nobody is held up by an outage: the deregistration is accepted while the server is down
+    // (the backend removes the instance once the server is back, or it goes with the lease /
+    // session), and the backend must not bring the instance back.
     match tokio::time::timeout(Duration::from_secs(10), deregistration).await {
         Ok(Ok((result, took))) => {
-            println!("[{name}] deregister during the outage returned {result:?} after {took:?}")
+            println!("[{name}] deregister during the outage returned {result:?} after {took:?}");
+            assert_eq!(
+                result,
+                Ok(()),
+                "[{name}] deregister during the outage failed after {took:?}"
+            );
+            assert!(
+                took < EXPIRY + Duration::from_secs(2),
+                "[{name}] deregister during the outage waited {took:?}, until the server was back"
+            );
         }
         Ok(Err(err)) => panic!("[{name}] the deregister task failed: {err}"),
         Err(_) => {
@@ -878,6 +897,243 @@ pub async fn deregistration_during_outage_stays_gone(backend: &mut dyn Backend) 
                 }
             }
         },
+    )
+    .await;
+}
+
+/// A registry (the backend's own) that refuses the next register call once it is told to, as a
+/// registry that is briefly overloaded would.
+#[derive(Clone)]
+pub struct RefusesNext {
+    inner: Arc<dyn Registry>,
+    armed: Arc<AtomicBool>,
+    refused: Arc<AtomicU32>,
+}
+
+impl RefusesNext {
+    /// Wraps `inner`; nothing is refused until [`RefusesNext::arm`].
+    pub fn new(inner: Arc<dyn Registry>) -> Self {
+        Self {
+            inner,
+            armed: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+
+    /// The next register call fails.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// How many register calls were refused.
+    pub fn refused(&self) -> u32 {
+        self.refused.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Registry for RefusesNext {
+    async fn register(&self, info: &Info) -> Result<(), RegistryError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(RegistryError::Backend {
+                backend: "test",
+                source: shared("refused once by the test"),
+            });
+        }
+        self.inner.register(info).await
+    }
+    async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
+        self.inner.deregister(info).await
+    }
+    fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
+        self.inner.health()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+/// Until `discovery` lists exactly `want` for `service`, within `limit`.
+async fn lists(
+    name: &str,
+    discovery: &dyn Discovery,
+    service: &str,
+    want: &[Seen],
+    limit: Duration,
+    what: &str,
+) {
+    eventually(limit, &format!("[{name}] {what}"), || async {
+        let found = observe(discovery, service).await?;
+        if found == want {
+            Ok(())
+        } else {
+            Err(format!("{found:?}"))
+        }
+    })
+    .await;
+}
+
+/// Issue 18, defect 2: a registrar moves its service to another address (`ControlHandle::update`
+/// with a new address) while the registry refuses the next register once. Afterwards only the
+/// new address is listed, and after shutdown neither: every address this process registered is
+/// deregistered. Runs on every backend (the refusal is the registrar's to handle).
+pub async fn registrar_address_change_leaves_no_old_address(backend: &mut dyn Backend) {
+    let name = backend.name();
+    let service = "linked.alpha";
+    let registry = RefusesNext::new(backend.registry().await);
+    let discovery = backend.discovery().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = listener.local_addr().unwrap();
+    let b = SocketAddr::from(([127, 0, 0, 1], if a.port() == 7401 { 7402 } else { 7401 }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .shared_registry(Arc::new(registry.clone()))
+        .listen_addr(a)
+        .only([service])
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ))
+        .drain_delay(Duration::ZERO)
+        .shutdown_signal(async {
+            let _ = stopped.await;
+        })
+        .build()
+        .unwrap();
+    let status = registrar.status();
+    let control = registrar.control();
+    let at = |addr: SocketAddr| {
+        let mut info = registrar.infos()[0].clone();
+        info.addr = addr;
+        expected(&[&info])
+    };
+    let (at_a, at_b) = (at(a), at(b));
+    let server = tokio::spawn(registrar.serve(|shutdown| async move {
+        let _listener = listener;
+        shutdown.await;
+        Ok::<_, std::io::Error>(())
+    }));
+    tokio::time::timeout(
+        CHANGE,
+        status.wait_for(|s| s[service] == ServiceStatus::Registered),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("[{name}] not registered: {:?}", status.snapshot()));
+    lists(
+        name,
+        &*discovery,
+        service,
+        &at_a,
+        CHANGE,
+        "the first address listed",
+    )
+    .await;
+
+    registry.arm();
+    control
+        .update(service, InfoOverride::new().addr(b))
+        .unwrap();
+    lists(
+        name,
+        &*discovery,
+        service,
+        &at_b,
+        CHANGE,
+        "only the new address listed after the refused register",
+    )
+    .await;
+    assert_eq!(
+        registry.refused(),
+        1,
+        "[{name}] the register of the new address was refused once"
+    );
+    assert_eq!(
+        status.get(service),
+        Some(ServiceStatus::Registered),
+        "[{name}]"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(CHANGE * 2, server)
+        .await
+        .unwrap_or_else(|_| panic!("[{name}] serve did not return"))
+        .unwrap()
+        .unwrap();
+    lists(
+        name,
+        &*discovery,
+        service,
+        &[],
+        CHANGE,
+        "nothing listed after shutdown",
+    )
+    .await;
+}
+
+/// Issue 18, defect 7: an update the server refuses on its own merits (a tag that makes the value
+/// larger than the server takes: etcd's `--max-request-bytes`, 1.5 MiB by default; ZooKeeper's
+/// `jute.maxbuffer`, 1 MiB; gRPC's 4 MiB message limit on Nacos) fails with the server's error,
+/// and the last accepted value stays registered: served now, and written again after an outage
+/// past the lease TTL / session timeout. Not run on memory, which takes any size.
+pub async fn refused_update_keeps_the_last_accepted_value(backend: &mut dyn Backend) {
+    let name = backend.name();
+    let service = "conf.refused-update";
+    let registry = backend.registry().await;
+    let discovery = backend.discovery().await;
+    let a = info(service, 7001, 10, &[("v", "1")]);
+    register(name, &*registry, &a).await;
+    let want = expected(&[&a]);
+    lists(name, &*discovery, service, &want, CHANGE, "a listed").await;
+
+    let mut big = a.clone();
+    big.tags.insert("big".into(), "x".repeat(5 << 20));
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(15), registry.register(&big))
+        .await
+        .unwrap_or_else(|_| panic!("[{name}] the oversized update did not return within 15 s"));
+    println!(
+        "[{name}] the oversized update returned after {:?}: {refused:?}",
+        started.elapsed()
+    );
+    assert!(refused.is_err(), "[{name}] a 5 MiB value was accepted");
+    lists(
+        name,
+        &*discovery,
+        service,
+        &want,
+        CHANGE,
+        "a still listed with its old value after the refused update",
+    )
+    .await;
+
+    backend.outage().await;
+    tokio::time::sleep(EXPIRY + Duration::from_secs(2)).await; // hold the outage past the TTL
+    backend.recover().await;
+    let answered = Instant::now();
+    lists(
+        name,
+        &*discovery,
+        service,
+        &want,
+        RECOVERY,
+        "a back with its old value after the outage",
+    )
+    .await;
+    println!(
+        "[{name}] a back {:?} after the server answered",
+        answered.elapsed()
+    );
+    // And a later update the server takes still applies.
+    let a2 = info(service, 7001, 20, &[("v", "2")]);
+    register(name, &*registry, &a2).await;
+    lists(
+        name,
+        &*discovery,
+        service,
+        &expected(&[&a2]),
+        CHANGE,
+        "the next accepted update",
     )
     .await;
 }

@@ -3,7 +3,8 @@
 //!
 //! Memory runs every scenario that applies to it: it cannot hold foreign (unreadable) bytes and
 //! has no server to take away, so `unreadable_data_is_left_out`, `outage_and_recovery` and
-//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only.
+//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only;
+//! `refused_update_keeps_the_last_accepted_value` runs on etcd (see below).
 
 use tests::conformance::{self, Backend};
 
@@ -29,6 +30,7 @@ conformance! {
     watch_snapshot_then_changes,
     deregister_removes_at_once,
     register_and_deregister_are_idempotent,
+    registrar_address_change_leaves_no_old_address,
 }
 
 #[cfg(feature = "etcd")]
@@ -41,7 +43,14 @@ conformance! {
     unreadable_data_is_left_out,
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
+    registrar_address_change_leaves_no_old_address,
+    refused_update_keeps_the_last_accepted_value,
 }
+
+// `refused_update_keeps_the_last_accepted_value` is not run on ZooKeeper and Nacos yet:
+// ZooKeeper closes the connection on a packet over `jute.maxbuffer` instead of refusing it, so
+// the backend sees a lost connection and writes the oversized value again on every reconnect
+// (issue 18, defect 7: a size check in `zookeeper/` is needed); rnacos took a 5 MiB value.
 
 #[cfg(feature = "zookeeper")]
 conformance! {
@@ -53,6 +62,7 @@ conformance! {
     unreadable_data_is_left_out,
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
+    registrar_address_change_leaves_no_old_address,
 }
 
 #[cfg(feature = "nacos")]
@@ -65,4 +75,5 @@ conformance! {
     unreadable_data_is_left_out,
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
+    registrar_address_change_leaves_no_old_address,
 }

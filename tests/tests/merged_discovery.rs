@@ -14,6 +14,7 @@ use service_registry::{
 use tests::fixtures::etcd::Etcd;
 use tests::fixtures::zookeeper::ZooKeeper;
 use tests::poll;
+use tests::proxy::{Fault, FaultProxy};
 
 fn etcd_config(etcd: &Etcd) -> EtcdConfig {
     EtcdConfig::new(etcd.endpoints())
@@ -96,8 +97,31 @@ async fn a_service_moving_from_etcd_to_zookeeper_reads_as_one_set() {
     let zk_both = from_zk.iter().find(|i| i.addr == both.addr).unwrap();
     assert_eq!(found.iter().find(|i| i.addr == both.addr).unwrap(), zk_both);
 
+    // How long a fresh discovery of each takes to start a watch and read its snapshot: the
+    // merged watch waits 250 ms for the others once one has started.
+    let fresh: [(&str, Box<dyn Discovery>); 2] = [
+        ("etcd", Box::new(EtcdDiscovery::new(etcd_config(&etcd)))),
+        (
+            "ZooKeeper",
+            Box::new(ZookeeperDiscovery::new(zk_config(&zk))),
+        ),
+    ];
+    for (name, discovery) in fresh {
+        let started = std::time::Instant::now();
+        let mut watch = discovery.watch(SERVICE).await.unwrap();
+        next(&mut watch, "a snapshot").await;
+        println!(
+            "a fresh {name} discovery started a watch and read its snapshot in {:?}",
+            started.elapsed()
+        );
+    }
+    let started = std::time::Instant::now();
     let mut watch = merged.watch(SERVICE).await.unwrap();
     let snapshot = next(&mut watch, "the merged snapshot").await;
+    println!(
+        "the merged watch gave its snapshot in {:?}",
+        started.elapsed()
+    );
     assert_eq!(snapshot, Change::snapshot(SERVICE, found.clone()));
 
     // Gone from etcd, still in ZooKeeper: no change. A later etcd change shows etcd's removal
@@ -191,4 +215,59 @@ async fn a_registry_that_is_down_leaves_the_other_serving_and_joins_when_back() 
         },
     )
     .await;
+}
+
+/// Issue 18, defect 12: a source whose server is black-holed (it accepts connections and never
+/// answers) does not hold the merged watch up: `watch` returns with the healthy source's
+/// instances at once, and the slow source joins as a change once it answers.
+#[tokio::test]
+async fn a_black_holed_source_does_not_delay_the_watch() {
+    const SERVICE: &str = "merged.blackhole";
+    let (etcd, zk) = tokio::join!(Etcd::start(), ZooKeeper::start());
+    let proxy = FaultProxy::start(etcd.members[0].client_addr()).await;
+    let zk_registry = ZookeeperRegistry::new(zk_config(&zk)).unwrap();
+    let etcd_registry = EtcdRegistry::new(etcd_config(&etcd)).unwrap();
+    let in_zk = info(SERVICE, "127.0.0.1:7201");
+    let in_etcd = info(SERVICE, "127.0.0.1:7202");
+    zk_registry.register(&in_zk).await.unwrap();
+    etcd_registry.register(&in_etcd).await.unwrap();
+    let zk_discovery = ZookeeperDiscovery::new(zk_config(&zk));
+    lists(
+        &zk_discovery,
+        SERVICE,
+        &[&in_zk],
+        "ZooKeeper to list the instance",
+    )
+    .await;
+
+    proxy.set(Fault::Blackhole);
+    // etcd's own defaults, as a user would have them: the black hole costs its connect timeout.
+    let merged = MergedDiscovery::new()
+        .source(
+            "etcd",
+            EtcdDiscovery::new(EtcdConfig::new([proxy.endpoint()])),
+        )
+        .source("zookeeper", zk_discovery)
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+        ));
+    let started = std::time::Instant::now();
+    let mut watch = tokio::time::timeout(Duration::from_secs(30), merged.watch(SERVICE))
+        .await
+        .expect("watch returns within 30 s")
+        .unwrap();
+    let took = started.elapsed();
+    let snapshot = next(&mut watch, "the merged snapshot").await;
+    println!("merged watch returned after {took:?} with one source black-holed");
+    assert!(
+        took < Duration::from_secs(1),
+        "the merged watch waited {took:?} for the black-holed source"
+    );
+    assert_eq!(addrs(&snapshot.all), [in_zk.addr]);
+
+    proxy.set(Fault::Pass);
+    let change = next(&mut watch, "the etcd instance to join").await;
+    assert_eq!(addrs(&change.added), [in_etcd.addr]);
+    assert_eq!(addrs(&change.all), [in_zk.addr, in_etcd.addr]);
 }

@@ -18,6 +18,9 @@ use crate::registry::RegistryError;
 #[derive(Default)]
 pub(crate) struct LiveSet {
     keys: BTreeMap<String, Vec<u8>>,
+    /// What a key held before its latest put: the value to keep if the server refuses the new
+    /// one (a live update the server finds too large leaves the registration as it was).
+    previous: BTreeMap<String, Vec<u8>>,
     doomed: BTreeMap<String, Vec<Reply>>,
 }
 
@@ -30,21 +33,43 @@ impl LiveSet {
                 let _ = waiter.send(Ok(()));
             }
         }
-        self.keys.insert(key, value);
+        match self.keys.insert(key.clone(), value) {
+            Some(old) if self.keys.get(&key) != Some(&old) => {
+                self.previous.insert(key, old);
+            }
+            Some(_) => {}
+            None => {
+                self.previous.remove(&key);
+            }
+        }
     }
 
     /// `key` must go; `waiter` (if any) hears when it is gone or the first attempt fails.
     pub(crate) fn delete(&mut self, key: String, waiter: Option<Reply>) {
         self.keys.remove(&key);
+        self.previous.remove(&key);
         let waiters = self.doomed.entry(key).or_default();
         waiters.extend(waiter);
     }
 
     /// A put the server refused on its own merits (not a connection problem): it would be
-    /// refused again, so it is no longer kept.
+    /// refused again, so it is no longer kept. The value the key held before it is kept instead
+    /// (the server still holds it: a refused write changes nothing there); a key that held
+    /// nothing before is dropped. The caller reports the refusal to whoever made the put.
     pub(crate) fn refused(&mut self, key: &str, value: &[u8]) {
         if self.keys.get(key).is_some_and(|v| v == value) {
-            self.keys.remove(key);
+            match self.previous.remove(key) {
+                Some(old) => {
+                    tracing::warn!(
+                        key,
+                        "the server refused an update; keeping the value it had"
+                    );
+                    self.keys.insert(key.to_string(), old);
+                }
+                None => {
+                    self.keys.remove(key);
+                }
+            }
         }
     }
 
@@ -66,18 +91,19 @@ impl LiveSet {
         }
     }
 
-    /// Every pending removal failed this time (the connection is gone).
+    /// The connection is gone while removals are pending: they are accepted for now, as during
+    /// an outage ([`wait_offline`]): waiters hear success, and each removal stays pending until
+    /// it is made once the registry answers again, or its lease or session is gone. Nobody is
+    /// held up by an outage, whether it was known before the removal came or found by it.
     pub(crate) fn deletes_failed(&mut self, err: &RegistryError) {
-        for waiters in self.doomed.values_mut() {
-            for waiter in waiters.drain(..) {
-                let _ = waiter.send(Err(err.clone()));
-            }
+        if self.has_doomed() {
+            tracing::debug!(error = %err, "the connection is gone; pending removals are made once it is back");
         }
+        self.owner_pending();
     }
 
     /// Every pending removal is accepted for now (the registry is unreachable): waiters hear
     /// success, and the removals stay pending until done or their owner is gone.
-    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub(crate) fn owner_pending(&mut self) {
         for waiters in self.doomed.values_mut() {
             for waiter in waiters.drain(..) {
@@ -155,6 +181,7 @@ impl LiveSet {
     /// Forgets everything (the registry is closed).
     pub(crate) fn clear(&mut self) {
         self.keys.clear();
+        self.previous.clear();
         self.owner_gone();
     }
 }
@@ -258,6 +285,34 @@ mod tests {
         assert!(live.has_doomed());
         live.deleted("k");
         assert!(!live.has_doomed());
+    }
+
+    #[test]
+    fn a_refused_update_keeps_the_value_before_it() {
+        let mut live = LiveSet::default();
+        live.put("k".into(), b"1".to_vec());
+        live.put("k".into(), b"2".to_vec());
+        live.refused("k", b"2");
+        assert_eq!(live.value("k"), Some(&b"1"[..]));
+        // A refused first value leaves nothing; so does a refusal after the fallback was used.
+        live.refused("k", b"1");
+        assert!(!live.contains("k"));
+        live.put("n".into(), b"1".to_vec());
+        live.refused("n", b"1");
+        assert!(!live.contains("n"));
+        // A refusal of a value already replaced changes nothing.
+        live.put("m".into(), b"1".to_vec());
+        live.put("m".into(), b"2".to_vec());
+        live.put("m".into(), b"3".to_vec());
+        live.refused("m", b"2");
+        assert_eq!(live.value("m"), Some(&b"3"[..]));
+        live.refused("m", b"3");
+        assert_eq!(live.value("m"), Some(&b"2"[..]));
+        // A delete forgets the fallback: a put after it has none.
+        live.delete("m".into(), None);
+        live.put("m".into(), b"4".to_vec());
+        live.refused("m", b"4");
+        assert!(!live.contains("m"));
     }
 
     #[tokio::test]

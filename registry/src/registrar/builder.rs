@@ -253,7 +253,9 @@ impl RegistrarBuilder {
     /// keep calling a removed instance for up to 5 s; 6 s covers that with a second to spare,
     /// and with the 10 s [`grace_period`](Self::grace_period) stays well inside Kubernetes'
     /// 30 s termination grace. Clients of this crate watch and stop within milliseconds. The
-    /// drain is skipped when nothing was registered, and cut short by a second SIGINT/SIGTERM.
+    /// drain is skipped when nothing was registered, and cut short by a second SIGINT/SIGTERM
+    /// (which, while the deregistration is still waited for, also cuts that short: what is left
+    /// expires with its lease or session).
     /// The environment variable `SERVICE_REGISTRY_DRAIN_DELAY` (`6s`, `500ms`, `0`) wins over
     /// this.
     ///
@@ -267,7 +269,9 @@ impl RegistrarBuilder {
     }
 
     /// Registers nothing until `ready` completes (caches warm, database reachable); the
-    /// services show [`ServiceStatus::WaitingForReady`] meanwhile. Default: ready as soon as
+    /// services show [`ServiceStatus::WaitingForReady`] meanwhile. If `ready` panics it can never
+    /// complete: the services show [`ServiceStatus::Failed`] with the panic message and are never
+    /// registered, while the server keeps serving. Default: ready as soon as
     /// [`serve`](Registrar::serve) starts, i.e. once the listener is bound.
     ///
     /// ```
@@ -281,6 +285,8 @@ impl RegistrarBuilder {
     }
 
     /// Registers nothing until `check` passes (`true` or `Ok(())`), calling it every `interval`.
+    /// A call that panics counts as "not ready yet" (logged with the panic message), as `false`
+    /// does, and `check` is called again.
     ///
     /// ```
     /// use std::time::Duration;

@@ -4,13 +4,16 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::desired::DesiredSet;
+use super::lifecycle::panic_text;
 
 /// What a readiness or health check returns: `true`/`Ok(())` passes; `false` or `Err(why)`
 /// fails (the text shows in the status).
@@ -55,7 +58,21 @@ where
         let mut tries = 0u32;
         loop {
             tries += 1;
-            match check().await.into_outcome() {
+            // A check that panics is not ready yet, as one that returns `false`; it is called
+            // again (`FnMut`), and the panic shows in the log.
+            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(&mut check)) {
+                Ok(fut) => AssertUnwindSafe(fut)
+                    .catch_unwind()
+                    .await
+                    .map(CheckOutcome::into_outcome),
+                Err(panic) => Err(panic),
+            }
+            .unwrap_or_else(|panic| {
+                let why = format!("the ready check panicked: {}", panic_text(panic));
+                tracing::error!(tries, "{why}");
+                Err(why)
+            });
+            match outcome {
                 Ok(()) => {
                     tracing::info!(tries, "ready; registering");
                     return;
@@ -82,7 +99,8 @@ enum Probe {
 /// `success_threshold` passes in a row it is registered again.
 ///
 /// Defaults (as a Kubernetes readiness probe, with Consul's TCP-check interval): every 5 s,
-/// 2 s timeout per check, 3 failures to withdraw, 1 success to come back. The first check runs
+/// 2 s timeout per check, 3 failures to withdraw, 1 success to come back. A check that panics
+/// has failed, with the panic message as its reason, and checking goes on. The first check runs
 /// once the readiness gate has passed.
 ///
 /// ```
@@ -205,7 +223,19 @@ impl HealthCheck {
     async fn check_once(&self, addr: SocketAddr) -> Result<(), String> {
         let probe = async {
             match &self.probe {
-                Probe::Custom(check) => check().await,
+                // A check that panics failed: its message is the reason shown in the status,
+                // and checking goes on.
+                Probe::Custom(check) => {
+                    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| check())) {
+                        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                        Err(panic) => Err(panic),
+                    };
+                    outcome.unwrap_or_else(|panic| {
+                        let why = format!("the health check panicked: {}", panic_text(panic));
+                        tracing::error!("{why}");
+                        Err(why)
+                    })
+                }
                 Probe::Tcp => tokio::net::TcpStream::connect(addr)
                     .await
                     .map(drop)

@@ -14,7 +14,12 @@ use super::status::StatusHandle;
 /// deregisters it (status [`OutOfService`](crate::ServiceStatus::OutOfService)) while the
 /// server keeps serving; putting it back registers it again; a new weight or tag re-registers
 /// it with the new [`Info`], which watchers see as an update of the instance, not as a removal
-/// and an addition. Follow the effect through [`status`](Self::status).
+/// and an addition. A new address ([`InfoOverride::addr`]) is registered first and the old one
+/// removed after it; until every address this process registered is removed (retried with the
+/// backoff, and at shutdown), none is forgotten. An update the registry refuses leaves the
+/// registration as the registry last accepted it, and the status says
+/// [`Retrying`](crate::ServiceStatus::Retrying) with the refusal until it is accepted. Follow
+/// the effect through [`status`](Self::status).
 ///
 /// ```
 /// use service_registry::{service, Discovery, MemoryRegistry, Registrar, ServiceStatus};

@@ -16,6 +16,8 @@ pub(crate) struct Desired {
     pub(crate) info: Info,
     /// The readiness gate has passed.
     pub(crate) ready: bool,
+    /// The readiness gate panicked (why): it can never pass, so nothing is registered.
+    pub(crate) gate_failed: Option<String>,
     /// The health check's verdict: `Err(reason)` while it fails.
     pub(crate) health: Result<(), String>,
     /// Not taken out of rotation by an operator.
@@ -36,6 +38,7 @@ impl Desired {
         Self {
             info,
             ready,
+            gate_failed: None,
             health: Ok(()),
             in_service: true,
         }
@@ -45,6 +48,10 @@ impl Desired {
     pub(crate) fn want(&self) -> Want {
         if !self.in_service {
             Want::Withdrawn(ServiceStatus::OutOfService)
+        } else if let Some(error) = &self.gate_failed {
+            Want::Withdrawn(ServiceStatus::Failed {
+                error: error.clone(),
+            })
         } else if !self.ready {
             Want::Withdrawn(ServiceStatus::WaitingForReady)
         } else if let Err(reason) = &self.health {

@@ -1,8 +1,10 @@
 //! The life of one service in one registry: register, follow live changes, withdraw and come
 //! back, retry failures, and the final removal at shutdown.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -28,7 +30,85 @@ fn span(info: &Info, registry: &str) -> tracing::Span {
     tracing::info_span!("registration", service = %info.service_name, addr = %info.addr, registry)
 }
 
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+/// Every address each service may hold in each registry, kept by its registration task and read
+/// at shutdown: whatever this process registered is deregistered, an address it moved away
+/// from included.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Holdings {
+    held: Arc<Mutex<BTreeMap<(String, String), Vec<Info>>>>,
+}
+
+impl Holdings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Vec<Info>>> {
+        // Each update replaces one entry whole, so a poisoned map is still consistent.
+        self.held
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// What `service` may hold in `registry`.
+    pub(crate) fn get(&self, service: &str, registry: &str) -> Vec<Info> {
+        self.lock()
+            .get(&(service.to_string(), registry.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set(&self, service: &str, registry: &str, held: &[Info]) {
+        let key = (service.to_string(), registry.to_string());
+        let mut map = self.lock();
+        if held.is_empty() {
+            map.remove(&key);
+        } else {
+            map.insert(key, held.to_vec());
+        }
+    }
+}
+
+/// Deregisters every address in `held` except `keep`; each one whose deregistration succeeded
+/// leaves `held`. The first failure is returned (the others are still tried).
+async fn remove(
+    registry_name: &str,
+    service: &str,
+    timeout: Duration,
+    registry: &dyn Registry,
+    held: &mut Vec<Info>,
+    keep: Option<SocketAddr>,
+) -> Result<(), RegistryError> {
+    let mut outcome = Ok(());
+    let mut still = Vec::with_capacity(held.len());
+    for info in std::mem::take(held) {
+        if Some(info.addr) == keep {
+            still.push(info);
+            continue;
+        }
+        match call(
+            "deregister",
+            registry_name,
+            service,
+            timeout,
+            registry.deregister(&info),
+        )
+        .await
+        {
+            Ok(()) => {
+                if keep.is_some() {
+                    tracing::info!(old = %info.addr, "the old address is deregistered");
+                }
+            }
+            Err(err) => {
+                still.push(info);
+                if outcome.is_ok() {
+                    outcome = Err(err);
+                }
+            }
+        }
+    }
+    *held = still;
+    outcome
+}
+
+pub(crate) fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -108,6 +188,7 @@ pub(crate) async fn keep(
     target: NamedRegistry,
     mut desired: watch::Receiver<Desired>,
     board: StatusBoard,
+    holdings: Holdings,
     mut backoff: Backoff,
     timeout: Duration,
 ) {
@@ -120,9 +201,10 @@ pub(crate) async fn keep(
     let mut health = registry.health();
     async move {
         let service = first.service_name.clone();
-        // What the registry may hold: set before a register call (it may land even if the call
-        // fails or times out), cleared when a deregistration succeeded.
-        let mut held: Option<Info> = None;
+        // Every address the registry may hold: one is added before its register call (which
+        // may land even if the call fails or times out) and leaves once its deregistration
+        // succeeded. More than one while an address change is under way.
+        let mut held: Vec<Info> = holdings.get(&service, &registry_name);
         // What the registry acknowledged last.
         let mut confirmed: Option<Info> = None;
         let mut failures = 0u32;
@@ -135,21 +217,16 @@ pub(crate) async fn keep(
             let result = match &want {
                 Want::Registered(info) if confirmed.as_ref() == Some(info) => Ok(()),
                 Want::Registered(info) => {
-                    let moved = held.take().filter(|old| old.addr != info.addr);
-                    held = Some(info.clone());
+                    held.retain(|old| old.addr != info.addr);
+                    held.push(info.clone());
+                    holdings.set(&service, &registry_name, &held);
                     confirmed = None;
                     let mut result =
                         call("register", &registry_name, &service, timeout, registry.register(info)).await;
                     if result.is_ok() {
-                        if let Some(old) = &moved {
-                            // Make before break: the new address is registered, the old one goes.
-                            result =
-                                call("deregister", &registry_name, &service, timeout, registry.deregister(old))
-                                    .await;
-                            if result.is_err() {
-                                held = moved.clone();
-                            }
-                        }
+                        // Make before break: the new address is registered, the old ones go.
+                        result = remove(&registry_name, &service, timeout, &*registry, &mut held, Some(info.addr)).await;
+                        holdings.set(&service, &registry_name, &held);
                     }
                     if result.is_ok() {
                         confirmed = Some(info.clone());
@@ -163,15 +240,12 @@ pub(crate) async fn keep(
                     result
                 }
                 Want::Withdrawn(status) => {
-                    let result = match &held {
-                        Some(info) => {
-                            call("deregister", &registry_name, &service, timeout, registry.deregister(info)).await
-                        }
-                        None => Ok(()),
-                    };
+                    let had = !held.is_empty();
+                    let result = remove(&registry_name, &service, timeout, &*registry, &mut held, None).await;
+                    holdings.set(&service, &registry_name, &held);
                     if result.is_ok() {
                         confirmed = None;
-                        if held.take().is_some() {
+                        if had {
                             tracing::info!(reason = ?status, "withdrawn from the registry");
                         }
                         board.set(&service, &registry_name, status.clone());
@@ -213,10 +287,12 @@ pub(crate) async fn keep(
     .await
 }
 
-/// Deregisters every service from every registry at once, each call bounded by `timeout`.
+/// Deregisters every service from every registry at once, each call bounded by `timeout`:
+/// what each service registers now (`infos`) and every other address it may still hold there.
 pub(crate) async fn deregister_all(
     registries: &[NamedRegistry],
     infos: &[Info],
+    holdings: &Holdings,
     board: &StatusBoard,
     timeout: Duration,
 ) {
@@ -224,13 +300,20 @@ pub(crate) async fn deregister_all(
         infos.iter().map(move |info| {
             let registry = target.registry.clone();
             let name = target.name.clone();
+            let mut all = holdings.get(&info.service_name, &name);
+            all.retain(|held| held.addr != info.addr);
+            all.push(info.clone());
             async move {
-                match call("deregister", &name, &info.service_name, timeout, registry.deregister(info)).await {
-                    Ok(()) => {
-                        tracing::info!("deregistered");
-                        board.set(&info.service_name, &name, ServiceStatus::Deregistered);
+                let mut failed = false;
+                for info in &all {
+                    if let Err(err) = call("deregister", &name, &info.service_name, timeout, registry.deregister(info)).await {
+                        failed = true;
+                        tracing::warn!(error = %err, addr = %info.addr, "deregistration failed; the registration remains until the registry removes or expires it");
                     }
-                    Err(err) => tracing::warn!(error = %err, "deregistration failed; the registration remains until the registry removes or expires it"),
+                }
+                if !failed {
+                    tracing::info!("deregistered");
+                    board.set(&info.service_name, &name, ServiceStatus::Deregistered);
                 }
             }
             .instrument(span(info, &target.name))

@@ -14,10 +14,12 @@ mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -216,6 +218,7 @@ impl Registrar {
         let server = server(ShutdownSignal(stop_signal));
         tokio::pin!(server);
 
+        let holdings = lifecycle::Holdings::default();
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         for info in &self.infos {
             let Some(desired) = self.desired.subscribe(&info.service_name) else {
@@ -226,6 +229,7 @@ impl Registrar {
                     target.clone(),
                     desired.clone(),
                     self.board.clone(),
+                    holdings.clone(),
                     self.backoff.clone(),
                     self.register_timeout,
                 )));
@@ -247,7 +251,16 @@ impl Registrar {
             let addr = self.advertised;
             tasks.push(tokio::spawn(async move {
                 if let Some(ready) = readiness {
-                    ready.await;
+                    if let Err(panic) = AssertUnwindSafe(ready).catch_unwind().await {
+                        // A future that panicked cannot be polled again: the gate never passes.
+                        let error = format!(
+                            "the readiness gate panicked: {}; nothing is registered (restart the process)",
+                            lifecycle::panic_text(panic)
+                        );
+                        tracing::error!("{error}");
+                        desired.update_all(|d| d.gate_failed = Some(error.clone()));
+                        return;
+                    }
                     desired.update_all(|d| d.ready = true);
                 }
                 if let Some(check) = health_check {
@@ -257,13 +270,17 @@ impl Registrar {
         }
 
         let custom_shutdown = self.shutdown.is_some();
-        let shutdown = self
-            .shutdown
-            .take()
-            .unwrap_or_else(|| Box::pin(os_signal()));
+        let shutdown = self.shutdown.take().unwrap_or_else(os_signal);
         let early_exit = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
+        };
+        // From the first signal on, a second SIGINT/SIGTERM cuts short whatever is still waited
+        // for: the deregistration, then the drain.
+        let mut second_signal: ShutdownFuture = if custom_shutdown || early_exit.is_some() {
+            Box::pin(std::future::pending())
+        } else {
+            os_signal()
         };
 
         for task in &tasks {
@@ -290,21 +307,26 @@ impl Registrar {
             lifecycle::deregister_all(
                 &self.registries,
                 &current,
+                &holdings,
                 &self.board,
                 self.deregister_timeout,
             )
             .await;
         };
-        let early_exit = match early_exit {
+        let (early_exit, cut_short) = match early_exit {
             Some(result) => {
                 withdraw.await;
-                Some(result)
+                (Some(result), false)
             }
-            None => keep_serving(server.as_mut(), withdraw).await,
+            None => match keep_serving(server.as_mut(), withdraw, second_signal.as_mut()).await {
+                Withdrawal::Done => (None, false),
+                Withdrawal::ServerEnded(result) => (Some(result), false),
+                Withdrawal::CutShort => (None, true),
+            },
         };
         let early_exit = match early_exit {
-            None if was_registered && !self.drain_delay.is_zero() => {
-                drain(server.as_mut(), self.drain_delay, !custom_shutdown).await
+            None if was_registered && !cut_short && !self.drain_delay.is_zero() => {
+                drain(server.as_mut(), self.drain_delay, second_signal.as_mut()).await
             }
             other => other,
         };
@@ -330,21 +352,14 @@ impl Registrar {
 }
 
 /// Keeps serving for `delay` after deregistration so that clients stop calling first; a second
-/// SIGINT/SIGTERM (when `on_signal`) cuts it short. Returns the server's result if it ended
+/// SIGINT/SIGTERM (`second_signal`) cuts it short. Returns the server's result if it ended
 /// meanwhile.
 async fn drain<S: Future>(
     server: Pin<&mut S>,
     delay: Duration,
-    on_signal: bool,
+    second_signal: Pin<&mut (dyn Future<Output = ()> + Send)>,
 ) -> Option<S::Output> {
     tracing::info!(?delay, "deregistered; draining before the server stops");
-    let second_signal = async {
-        if on_signal {
-            os_signal().await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         () = tokio::time::sleep(delay) => None,
         () = second_signal => {
@@ -355,17 +370,41 @@ async fn drain<S: Future>(
     }
 }
 
-/// Runs `work` while still polling `server`; returns the server's result if it ended meanwhile.
+/// How the deregistration at shutdown ended.
+enum Withdrawal<T> {
+    /// Every deregistration call returned.
+    Done,
+    /// The server ended meanwhile (the deregistration was still waited for): its result.
+    ServerEnded(T),
+    /// A second signal cut the wait short.
+    CutShort,
+}
+
+/// Runs `work` while still polling `server`, until `work` is done or `second_signal` comes.
 async fn keep_serving<S: Future>(
     mut server: Pin<&mut S>,
     work: impl Future<Output = ()>,
-) -> Option<S::Output> {
+    mut second_signal: Pin<&mut (dyn Future<Output = ()> + Send)>,
+) -> Withdrawal<S::Output> {
     tokio::pin!(work);
+    let cut_short = || {
+        tracing::warn!(
+            "second signal: stopping without waiting for the rest of the deregistration; \
+             what is left expires with its lease or session"
+        );
+        Withdrawal::CutShort
+    };
     tokio::select! {
-        () = &mut work => None,
+        () = &mut work => Withdrawal::Done,
+        () = &mut second_signal => cut_short(),
         result = &mut server => {
-            work.await;
-            Some(result)
+            tokio::select! {
+                () = &mut work => Withdrawal::ServerEnded(result),
+                () = &mut second_signal => {
+                    cut_short();
+                    Withdrawal::ServerEnded(result)
+                }
+            }
         }
     }
 }
@@ -438,8 +477,9 @@ async fn follow_health_inner(
     }
 }
 
-/// SIGINT or SIGTERM (Ctrl-C elsewhere).
-async fn os_signal() {
+/// The next SIGINT or SIGTERM (Ctrl-C elsewhere), counted from this call on: the listeners are
+/// installed now, not when the future is first polled, so a signal in between is not lost.
+fn os_signal() -> ShutdownFuture {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -447,22 +487,24 @@ async fn os_signal() {
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) {
-            (Ok(mut int), Ok(mut term)) => {
+            (Ok(mut int), Ok(mut term)) => Box::pin(async move {
                 tokio::select! {
                     _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
                     _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
                 }
-            }
+            }),
             _ => {
                 tracing::error!("cannot install SIGINT/SIGTERM handlers; shut down with a shutdown_signal future instead");
-                std::future::pending::<()>().await;
+                Box::pin(std::future::pending())
             }
         }
     }
     #[cfg(not(unix))]
     {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        Box::pin(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }

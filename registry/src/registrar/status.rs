@@ -1,6 +1,6 @@
 //! Per-service registration status, observable while the server runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -45,8 +45,10 @@ pub enum ServiceStatus {
     /// The registration was removed at shutdown.
     Deregistered,
     /// The registry's backend stopped keeping registrations alive for good (its background task
-    /// panicked, was cancelled, or ended without being closed): nothing is retried; restart the
-    /// process (or build a new registry) to register again.
+    /// panicked, was cancelled, or ended without being closed), or the readiness gate
+    /// ([`RegistrarBuilder::ready_when`](crate::RegistrarBuilder::ready_when)) panicked and so
+    /// can never pass: nothing is retried; restart the process (or build a new registry) to
+    /// register again. The server keeps serving, and shutdown works as usual.
     Failed {
         /// What happened.
         error: String,
@@ -257,9 +259,11 @@ impl StatusHandle {
 #[derive(Clone, Debug)]
 pub(crate) struct StatusBoard {
     tx: watch::Sender<Detail>,
-    /// (service, registry) pairs the registry has accepted and not yet removed: the ones a
-    /// backend outage affects.
-    live: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// (service, registry) pairs the registry has accepted and not yet removed (the ones a
+    /// backend outage affects), with what their registration task said last: `Registered`, or
+    /// `Retrying` while a later update is still refused. A backend that is healthy again shows
+    /// that, not more.
+    live: Arc<Mutex<BTreeMap<(String, String), ServiceStatus>>>,
 }
 
 impl StatusBoard {
@@ -310,7 +314,7 @@ impl StatusBoard {
         }
     }
 
-    fn live(&self) -> MutexGuard<'_, BTreeSet<(String, String)>> {
+    fn live(&self) -> MutexGuard<'_, BTreeMap<(String, String), ServiceStatus>> {
         // Each update is a single insert or remove, so a poisoned set is still consistent.
         self.live
             .lock()
@@ -331,11 +335,20 @@ impl StatusBoard {
         {
             let key = (service.to_string(), registry.to_string());
             let mut live = self.live();
-            match status {
-                ServiceStatus::Registered => live.insert(key),
-                ServiceStatus::Retrying { .. } | ServiceStatus::Failed { .. } => false,
-                _ => live.remove(&key),
-            };
+            match &status {
+                ServiceStatus::Registered => {
+                    live.insert(key, status.clone());
+                }
+                ServiceStatus::Retrying { .. } => {
+                    if let Some(own) = live.get_mut(&key) {
+                        *own = status.clone();
+                    }
+                }
+                ServiceStatus::Failed { .. } => {}
+                _ => {
+                    live.remove(&key);
+                }
+            }
         }
         let changed = self.tx.send_if_modified(|map| {
             let slot = map
@@ -357,15 +370,15 @@ impl StatusBoard {
     /// Shows `registry`'s health on every service live there (a failure on every service not
     /// yet deregistered); returns how many it touched.
     pub(crate) fn apply_health(&self, registry: &str, health: &Health) -> usize {
-        let status = match health {
-            Health::Healthy => ServiceStatus::Registered,
+        let outage = match health {
+            Health::Healthy => None,
             Health::Recovering {
                 attempt,
                 last_error,
-            } => ServiceStatus::Retrying {
+            } => Some(ServiceStatus::Retrying {
                 attempt: *attempt,
                 last_error: last_error.clone(),
-            },
+            }),
             Health::Failed { error } => {
                 let mut touched = 0;
                 self.tx.send_modify(|map| {
@@ -384,14 +397,15 @@ impl StatusBoard {
                 return touched;
             }
         };
-        let live: Vec<String> = self
+        // Healthy again: each live service shows what its registration task said last.
+        let live: Vec<(String, ServiceStatus)> = self
             .live()
             .iter()
-            .filter(|(_, r)| r == registry)
-            .map(|(s, _)| s.clone())
+            .filter(|((_, r), _)| r == registry)
+            .map(|((s, _), own)| (s.clone(), outage.clone().unwrap_or_else(|| own.clone())))
             .collect();
         self.tx.send_modify(|map| {
-            for service in &live {
+            for (service, status) in &live {
                 if let Some(slot) = map.get_mut(service).and_then(|per| per.get_mut(registry)) {
                     *slot = status.clone();
                 }
@@ -457,5 +471,31 @@ mod tests {
             board.get("s", "b"),
             Some(ServiceStatus::Retrying { .. })
         ));
+    }
+
+    #[test]
+    fn healthy_again_shows_a_refused_update_as_retrying() {
+        let board = StatusBoard::new(
+            ["s".to_string()],
+            &["a".to_string()],
+            ServiceStatus::Registering,
+        );
+        board.set("s", "a", ServiceStatus::Registered);
+        let refused = ServiceStatus::Retrying {
+            attempt: 1,
+            last_error: "too large".into(),
+        };
+        board.set("s", "a", refused.clone());
+        let lost = Health::Recovering {
+            attempt: 0,
+            last_error: "gone".into(),
+        };
+        board.apply_health("a", &lost);
+        board.apply_health("a", &Health::Healthy);
+        assert_eq!(board.get("s", "a"), Some(refused));
+        board.set("s", "a", ServiceStatus::Registered);
+        board.apply_health("a", &lost);
+        board.apply_health("a", &Health::Healthy);
+        assert_eq!(board.get("s", "a"), Some(ServiceStatus::Registered));
     }
 }
