@@ -377,6 +377,19 @@ async fn a_user_allowed_one_service_prefix_stays_quiet_and_keeps_its_lease() {
     );
     assert_eq!(*registry.health().unwrap().borrow(), Health::Healthy);
 
+    // The prefix the user may watch is still guarded: a key deleted behind its back returns.
+    root.delete(key(&a), None).await.unwrap();
+    poll::until(
+        Duration::from_secs(3),
+        "svc-a's key restored by the per-service guard",
+        || {
+            let mut root = root.clone();
+            let key = key(&a);
+            async move { lease_of(&mut root, &key).await.map(|_| ()) }
+        },
+    )
+    .await;
+
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(3), registry.deregister(&a))
         .await
