@@ -157,7 +157,10 @@ async fn credentials_never_show_and_plain_text_is_warned_once_per_registry() {
     good.close().await;
 
     let text = logs.text();
-    assert!(!text.contains(WRONG), "the wrong password in the logs:\n{text}");
+    assert!(
+        !text.contains(WRONG),
+        "the wrong password in the logs:\n{text}"
+    );
     assert!(!text.contains(RIGHT), "the password in the logs:\n{text}");
     let warnings = text.matches(PLAIN_TEXT_WARNING).count();
     assert_eq!(
@@ -195,7 +198,10 @@ async fn a_full_database_keeps_every_registration_until_space_is_freed() {
     let filler = vec![b'x'; 64 * 1024];
     let mut filled = None;
     for i in 0..1000 {
-        if let Err(err) = client.put(format!("filler/{i}"), filler.clone(), None).await {
+        if let Err(err) = client
+            .put(format!("filler/{i}"), filler.clone(), None)
+            .await
+        {
             filled = Some(err.to_string());
             break;
         }
@@ -396,7 +402,11 @@ async fn a_user_allowed_one_service_prefix_stays_quiet_and_keeps_its_lease() {
         .expect("deregister answers within 3 s")
         .expect("deregister succeeds");
     println!("deregister took {:?}", started.elapsed());
-    assert_eq!(lease_of(&mut root, &key(&a)).await, None, "svc-a's key stayed");
+    assert_eq!(
+        lease_of(&mut root, &key(&a)).await,
+        None,
+        "svc-a's key stayed"
+    );
     registry.close().await;
 }
 
@@ -473,7 +483,12 @@ async fn two_registries_with_one_address_share_the_key_without_fighting() {
         || {
             let mut client = client.clone();
             let shared_key = shared_key.clone();
-            async move { lease_of(&mut client, &shared_key).await.is_none().then_some(()) }
+            async move {
+                lease_of(&mut client, &shared_key)
+                    .await
+                    .is_none()
+                    .then_some(())
+            }
         },
     )
     .await;

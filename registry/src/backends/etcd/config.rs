@@ -399,7 +399,10 @@ mod tests {
     fn debug_shows_the_user_and_hides_the_password_and_tls_keys() {
         let config = EtcdConfig::new(["https://127.0.0.1:2379"])
             .user("svc", "pa55-word")
-            .tls(b"CA".to_vec(), Some((b"CERT".to_vec(), b"KEY-BYTES".to_vec())));
+            .tls(
+                b"CA".to_vec(),
+                Some((b"CERT".to_vec(), b"KEY-BYTES".to_vec())),
+            );
         let shown = format!("{config:?} {config:#?}");
         assert!(shown.contains("svc"), "{shown}");
         assert!(!shown.contains("pa55-word"), "{shown}");

@@ -483,7 +483,13 @@ impl Session {
                         tracing::info!(key, "etcd took a registration it had refused");
                     }
                 }
-                (Some(_), Err(Refusal { error, passes: true })) => {
+                (
+                    Some(_),
+                    Err(Refusal {
+                        error,
+                        passes: true,
+                    }),
+                ) => {
                     self.hold(key, error.clone(), false);
                     self.refusals.insert(key.clone(), error);
                 }
