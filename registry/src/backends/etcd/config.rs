@@ -65,8 +65,10 @@ pub enum EtcdConfigError {
 ///     .connect_timeout(Duration::from_secs(2))
 ///     .user("svc", "secret");
 /// assert_eq!(config.endpoints().len(), 2);
+/// // `Debug` names the user, never the password (nor a TLS key).
+/// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdConfig {
     pub(crate) endpoints: Vec<String>,
     pub(crate) prefix: String,
@@ -80,6 +82,30 @@ pub struct EtcdConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) resolve_from_watch: bool,
 }
+
+/// Redacted by hand, as `reqwest` and `sqlx` do for their connection options: the user is
+/// shown, the password and the TLS material are not.
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("user", &self.user.as_ref().map(|(user, _)| user))
+            .field("password", &self.user.as_ref().map(|_| REDACTED))
+            .field("tls", &self.tls.as_ref().map(|_| REDACTED))
+            .field("backoff", &self.backoff)
+            .field("max_txn_ops", &self.max_txn_ops)
+            .field("close_timeout", &self.close_timeout)
+            .field("resolve_from_watch", &self.resolve_from_watch)
+            .finish()
+    }
+}
+
+/// What `Debug` shows for a secret.
+const REDACTED: &str = "<redacted>";
 
 impl EtcdConfig {
     /// Settings for these endpoints (`http://host:port`, or `https://` with [`tls`](Self::tls)),
@@ -199,6 +225,11 @@ impl EtcdConfig {
     }
 
     /// Authenticate as `user` with `password`.
+    ///
+    /// Over `http://` endpoints the password, and the token etcd hands back, travel in clear
+    /// text: anyone on the path can read them. Use `https://` endpoints with [`tls`](Self::tls)
+    /// where the network is not trusted. A registry or discovery built with credentials and a
+    /// plain-text endpoint says so once, as a warning in the logs.
     ///
     /// ```
     /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).user("svc", "secret");
@@ -332,10 +363,50 @@ impl EtcdConfig {
         options
     }
 
+    /// Logs once (the caller is a constructor) when credentials would go over plain text.
+    pub(crate) fn warn_if_plain_text_credentials(&self, what: &'static str) {
+        let Some((user, _)) = &self.user else { return };
+        let plain: Vec<&str> = self
+            .endpoints
+            .iter()
+            .filter(|e| !e.starts_with("https://"))
+            .map(String::as_str)
+            .collect();
+        if !plain.is_empty() {
+            tracing::warn!(
+                what,
+                user = user.as_str(),
+                endpoints = ?plain,
+                "etcd credentials in plain text: the password of user `{user}` and its token go \
+                 unencrypted over these endpoints; use https:// endpoints with `EtcdConfig::tls`"
+            );
+        }
+    }
+
     pub(crate) fn check(&self) -> Result<(), EtcdConfigError> {
         if self.endpoints.is_empty() {
             return Err(EtcdConfigError::NoEndpoints);
         }
         self.effective_ttl().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_user_and_hides_the_password_and_tls_keys() {
+        let config = EtcdConfig::new(["https://127.0.0.1:2379"])
+            .user("svc", "pa55-word")
+            .tls(
+                b"CA".to_vec(),
+                Some((b"CERT".to_vec(), b"KEY-BYTES".to_vec())),
+            );
+        let shown = format!("{config:?} {config:#?}");
+        assert!(shown.contains("svc"), "{shown}");
+        assert!(!shown.contains("pa55-word"), "{shown}");
+        assert!(!shown.contains("KEY-BYTES"), "{shown}");
+        assert!(shown.contains(REDACTED), "{shown}");
     }
 }

@@ -181,6 +181,7 @@ impl EtcdDiscovery {
     /// # let _ = discovery;
     /// ```
     pub fn new(config: EtcdConfig) -> Self {
+        config.warn_if_plain_text_credentials("EtcdDiscovery");
         Self {
             config,
             client: SharedClient::default(),

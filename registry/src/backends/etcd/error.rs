@@ -51,8 +51,25 @@ pub(crate) enum TxnFailure {
     Fatal(RegistryError),
     /// More operations than etcd's `--max-txn-ops`: split and remember the smaller size.
     TooManyOps(RegistryError),
-    /// etcd refused something in it (a value too large, ...): isolate the operation.
-    Refused(RegistryError),
+    /// etcd refuses every write for now, whatever it holds: its database is full (the NOSPACE
+    /// alarm) or it is too far behind ("too many requests"). Nothing in the transaction is at
+    /// fault: keep it and retry later; splitting it would only be refused again.
+    Busy(RegistryError),
+    /// etcd refused something in it: isolate the operation. `passes` when the refusal can pass
+    /// (a permission an operator may still grant): the key is kept and retried; otherwise (a
+    /// value too large, ...) it would be refused again as it is.
+    Refused {
+        /// Why.
+        error: RegistryError,
+        /// Whether the same write may be accepted later.
+        passes: bool,
+    },
+}
+
+/// Whether `err` is etcd refusing every write for now (`ResourceExhausted`: "database space
+/// exceeded", "too many requests").
+pub(crate) fn is_busy(err: &EtcdError) -> bool {
+    matches!(err, EtcdError::GRpcStatus(status) if status.code() == tonic_code::ResourceExhausted)
 }
 
 /// Sorts a transaction's error into what to do about it.
@@ -68,11 +85,40 @@ pub(crate) fn txn_failure(config: &EtcdConfig, err: EtcdError) -> TxnFailure {
             source: shared(format!("the lease expired or was revoked ({text})")),
         });
     }
+    if is_busy(&err) {
+        return TxnFailure::Busy(RegistryError::Backend {
+            backend: BACKEND,
+            source: shared(format!(
+                "etcd refuses writes for now ({text}); the registration is kept and retried"
+            )),
+        });
+    }
+    if matches!(&err, EtcdError::GRpcStatus(status) if status.code() == tonic_code::PermissionDenied)
+    {
+        // The user is who it claims to be (a wrong password is refused at authentication), it
+        // may just not write this key: that key fails, not the lease of every other.
+        let user = config
+            .user
+            .as_ref()
+            .map_or("(none)", |(user, _)| user.as_str());
+        return TxnFailure::Refused {
+            error: RegistryError::Backend {
+                backend: BACKEND,
+                source: shared(format!(
+                    "user `{user}` may not write this key ({text}); grant its role read-write on the service's prefix"
+                )),
+            },
+            passes: true,
+        };
+    }
     match registry_error(config, err) {
         err @ (RegistryError::Unavailable { .. } | RegistryError::Unauthenticated { .. }) => {
             TxnFailure::Fatal(err)
         }
-        other => TxnFailure::Refused(other),
+        other => TxnFailure::Refused {
+            error: other,
+            passes: false,
+        },
     }
 }
 

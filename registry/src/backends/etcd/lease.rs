@@ -11,13 +11,13 @@
 //! instead of at its next attempt. A server that answers and still fails the attempt (refuses
 //! it, or loses the new lease at once) gets the whole backoff, so nothing runs in a tight loop.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
 
 use etcd_client::{
     Client, ConnectOptions, Error as EtcdError, EventType, LeaseKeepAliveStream, LeaseKeeper,
-    LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+    LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, WatchResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::config::EtcdConfig;
 use super::error::{bounded, txn_failure, TxnFailure};
+use super::guard::{Guard, Scope, Seen};
 use crate::backends::handle::{finish, Command, Reply, Step};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::backoff::Backoff;
@@ -33,6 +34,27 @@ use crate::registry::{Health, RegistryError};
 
 /// One write: a put (`Some`) or a delete (`None`).
 type Op = (String, Option<Vec<u8>>);
+
+/// Why etcd did not take one operation.
+#[derive(Clone, Debug)]
+struct Refusal {
+    error: RegistryError,
+    /// Whether the same write may be accepted later (a full database, a rate limit, a
+    /// permission still to be granted): the key is then kept and retried, never dropped.
+    passes: bool,
+}
+
+/// The outcome of one operation of a write.
+type OpResult = Result<(), Refusal>;
+
+/// A registration etcd refused for now: kept in the live set and retried with backoff.
+struct Held {
+    error: RegistryError,
+    /// Whether whoever registered it heard the refusal (its register call failed, so the
+    /// registrar shows it as retrying). A refusal nobody heard of (a rewrite after a lost lease
+    /// or a restore) is reported through the health instead.
+    told: bool,
+}
 
 /// How often the endpoints are probed while none answers, between attempts to reconnect.
 const PROBE_EVERY: Duration = Duration::from_millis(150);
@@ -135,6 +157,17 @@ pub(crate) struct Session {
     /// Whether the last probe between attempts found no endpoint answering: the first probe
     /// that finds one answering then ends the wait.
     outage: bool,
+    /// Registrations etcd refused for now; retried until written or deregistered.
+    held: BTreeMap<String, Held>,
+    /// Keys of ours another process holds on its own lease (the same address advertised
+    /// twice), with that lease: we leave them to it, and take them back when it deletes them.
+    foreign: HashMap<String, i64>,
+    /// The keys a shared address was logged for (once each).
+    shared_logged: BTreeSet<String>,
+    /// What the guard watches: the whole prefix until etcd says the user may not.
+    guard_scope: Scope,
+    /// The service prefixes the guard may not watch, logged once each.
+    unguarded_logged: BTreeSet<String>,
 }
 
 /// What a new connection came to.
@@ -167,6 +200,51 @@ impl Session {
             revision: std::sync::atomic::AtomicI64::new(0),
             answering: None,
             outage: false,
+            held: BTreeMap::new(),
+            foreign: HashMap::new(),
+            shared_logged: BTreeSet::new(),
+            guard_scope: Scope::Prefix,
+            unguarded_logged: BTreeSet::new(),
+        }
+    }
+
+    /// Healthy unless a registration etcd refused for now is one nobody was told about.
+    fn report_health(&mut self) {
+        let live = &self.live;
+        self.held.retain(|key, _| live.contains(key));
+        let untold: Vec<(&String, &Held)> = self.held.iter().filter(|(_, h)| !h.told).collect();
+        let next = match untold.first() {
+            None => Health::Healthy,
+            Some((key, held)) => Health::Recovering {
+                attempt: 0,
+                last_error: format!(
+                    "{} registration(s) not written, retried: {key}: {}",
+                    untold.len(),
+                    held.error
+                ),
+            },
+        };
+        self.health.send_if_modified(|health| {
+            if *health == next {
+                return false;
+            }
+            *health = next;
+            true
+        });
+    }
+
+    /// `key` was refused for now: keep it and retry it; `told` when its registrant heard.
+    fn hold(&mut self, key: &str, error: RegistryError, told: bool) {
+        match self.held.get_mut(key) {
+            Some(held) => {
+                tracing::debug!(key, %error, "etcd still refuses this registration; retrying");
+                held.error = error;
+                held.told |= told;
+            }
+            None => {
+                tracing::warn!(key, %error, "etcd refuses this registration for now; it is kept and retried");
+                self.held.insert(key.to_string(), Held { error, told });
+            }
         }
     }
 
@@ -196,7 +274,7 @@ impl Session {
                     let mut lease = *lease;
                     failures = 0;
                     self.outage = false;
-                    let _ = self.health.send(Health::Healthy);
+                    self.report_health();
                     tracing::info!(
                         lease = lease.id,
                         keys = self.live.len(),
@@ -279,6 +357,11 @@ impl Session {
                 (Err(err), _) | (Ok(()), Some(err)) => Err(err.clone()),
                 (Ok(()), None) => Ok(()),
             };
+            if result.is_err() {
+                if let Some(held) = self.held.get_mut(&key) {
+                    held.told = true;
+                }
+            }
             let _ = waiter.send(result);
         }
         self.refusals.clear();
@@ -386,22 +469,39 @@ impl Session {
         Ok(Some(lease))
     }
 
-    /// Writes `ops` from the live set on `lease`; a put etcd refuses on its own merits is
-    /// dropped from the live set (logged), a refused delete stays pending.
+    /// Writes `ops` from the live set on `lease`, with nobody waiting on them. A put etcd
+    /// refuses for now (full, rate-limited, not permitted) is kept and retried; one it refuses
+    /// on its own merits is dropped from the live set (logged); a refused delete stays pending.
     async fn write_live(&mut self, lease: &Lease, ops: Vec<Op>) -> Result<(), RegistryError> {
         let results = self.write_all(lease, &ops).await?;
         for ((key, value), result) in ops.iter().zip(results) {
             match (value, result) {
                 (None, Ok(())) => self.live.deleted(key),
-                (None, Err(err)) => self.live.delete_failed(key, &err),
-                (Some(_), Ok(())) => {}
-                (Some(value), Err(err)) => {
-                    tracing::error!(key, error = %err, "etcd refuses this registration; it is dropped");
+                (None, Err(refusal)) => self.live.delete_failed(key, &refusal.error),
+                (Some(_), Ok(())) => {
+                    if self.held.remove(key).is_some() {
+                        tracing::info!(key, "etcd took a registration it had refused");
+                    }
+                }
+                (
+                    Some(_),
+                    Err(Refusal {
+                        error,
+                        passes: true,
+                    }),
+                ) => {
+                    self.hold(key, error.clone(), false);
+                    self.refusals.insert(key.clone(), error);
+                }
+                (Some(value), Err(Refusal { error, .. })) => {
+                    tracing::error!(key, %error, "etcd refuses this registration; it is dropped");
                     self.live.refused(key, value);
-                    self.refusals.insert(key.clone(), err);
+                    self.held.remove(key);
+                    self.refusals.insert(key.clone(), error);
                 }
             }
         }
+        self.report_health();
         Ok(())
     }
 
@@ -412,16 +512,32 @@ impl Session {
     async fn write_all(
         &mut self,
         lease: &Lease,
-        ops: &[Op],
-    ) -> Result<Vec<Result<(), RegistryError>>, RegistryError> {
-        let mut results: Vec<Result<(), RegistryError>> = ops.iter().map(|_| Ok(())).collect();
+        all: &[Op],
+    ) -> Result<Vec<OpResult>, RegistryError> {
+        // A delete of a key another process holds (the same address, its lease) is not sent:
+        // the key is theirs now, and deleting it would take their registration down.
+        let mut sent = Vec::with_capacity(all.len());
+        let mut index = Vec::with_capacity(all.len());
+        for (i, (key, value)) in all.iter().enumerate() {
+            if value.is_none() && self.foreign.remove(key).is_some() {
+                tracing::debug!(key, "not deleting a key another process holds");
+                continue;
+            }
+            sent.push((key.clone(), value.clone()));
+            index.push(i);
+        }
+        let ops = sent.as_slice();
+        let mut results: Vec<OpResult> = all.iter().map(|_| Ok(())).collect();
         let mut queue: VecDeque<Range<usize>> = chunks(ops, 0..ops.len(), self.max_ops).into();
         while let Some(range) = queue.pop_front() {
             let failure = match self.txn(lease, &ops[range.clone()]).await {
                 Ok(revision) => {
                     for (key, value) in &ops[range] {
                         match value {
-                            Some(_) => self.written_at.insert(key.clone(), revision),
+                            Some(_) => {
+                                self.foreign.remove(key);
+                                self.written_at.insert(key.clone(), revision)
+                            }
                             None => self.written_at.remove(key),
                         };
                     }
@@ -431,6 +547,18 @@ impl Session {
             };
             match failure {
                 TxnFailure::Fatal(err) => return Err(err),
+                TxnFailure::Busy(error) => {
+                    // Everything left would be refused the same way: hold it all for now.
+                    let refusal = Refusal {
+                        error,
+                        passes: true,
+                    };
+                    for range in std::iter::once(range).chain(queue.drain(..)) {
+                        for i in range {
+                            results[index[i]] = Err(refusal.clone());
+                        }
+                    }
+                }
                 TxnFailure::TooManyOps(err) if range.len() > 1 => {
                     let smaller = (range.len() / 2).max(1);
                     if smaller < self.max_ops {
@@ -442,10 +570,16 @@ impl Session {
                     }
                     let _ = err;
                 }
-                TxnFailure::TooManyOps(err) | TxnFailure::Refused(err) if range.len() == 1 => {
-                    results[range.start] = Err(err);
+                TxnFailure::TooManyOps(error) if range.len() == 1 => {
+                    results[index[range.start]] = Err(Refusal {
+                        error,
+                        passes: false,
+                    });
                 }
-                TxnFailure::TooManyOps(_) | TxnFailure::Refused(_) => {
+                TxnFailure::Refused { error, passes } if range.len() == 1 => {
+                    results[index[range.start]] = Err(Refusal { error, passes });
+                }
+                TxnFailure::TooManyOps(_) | TxnFailure::Refused { .. } => {
                     let middle = range.start + range.len() / 2;
                     queue.push_front(middle..range.end);
                     queue.push_front(range.start..middle);
@@ -486,26 +620,32 @@ impl Session {
         }
     }
 
-    /// Starts watching our prefix from just after our last write, so that a key of ours that
-    /// someone else deletes or overwrites is seen (and restored) however soon it happens.
-    async fn guard(&self, lease: &Lease) -> Result<WatchStream, RegistryError> {
-        let mut client = lease.client.clone();
+    /// Opens the guard from just after our last write, so that a key of ours that someone
+    /// else deletes or overwrites is seen (and restored) however soon it happens. `None` when
+    /// there is nothing to guard yet (per service, with no service registered).
+    async fn guard(&self, lease: &Lease) -> Result<Option<Guard>, RegistryError> {
         let revision = self.revision.load(std::sync::atomic::Ordering::Relaxed);
-        let mut options = WatchOptions::new().with_prefix();
-        if revision > 0 {
-            options = options.with_start_revision(revision + 1);
-        }
-        let prefix = format!("{}/", self.config.prefix);
-        bounded(
+        Guard::open(
             &self.config,
-            self.limit(),
-            client.watch(prefix, Some(options)),
+            &lease.client,
+            self.guard_scope,
+            self.live.keys(),
+            revision,
         )
         .await
     }
 
-    /// The keys of ours that `response` shows deleted, or written with another value or lease.
-    fn tampered(&self, lease: &Lease, response: &WatchResponse) -> Vec<Op> {
+    /// Whether a guard should run and does not: the whole prefix is always guarded; per
+    /// service, only once something is registered.
+    fn guard_wanted(&self, guard: &Option<Guard>) -> bool {
+        guard.is_none() && (self.guard_scope == Scope::Prefix || self.live.len() > 0)
+    }
+
+    /// The keys of ours that `response` shows deleted, or written with another value or
+    /// without a lease, to restore. A key another process wrote on its own lease (it advertises
+    /// the same address) is left to it, logged once; it is taken back when that process
+    /// deletes it or its lease expires, so the key stays as long as one of us lives.
+    fn tampered(&mut self, lease: &Lease, response: &WatchResponse) -> Vec<Op> {
         let mut restore = Vec::new();
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
@@ -520,33 +660,65 @@ impl Session {
             if kv.mod_revision() <= self.written_at.get(key).copied().unwrap_or(0) {
                 continue; // our own write, or older than it
             }
-            let ours = event.event_type() == EventType::Put
-                && kv.lease() == lease.id
-                && kv.value() == value;
-            if !ours {
-                tracing::warn!(key, "a registration of ours was deleted or overwritten by someone else; restoring it (take instances out through the registrar, not by deleting keys)");
-                restore.push((key.to_string(), Some(value.to_vec())));
+            let put = event.event_type() == EventType::Put;
+            if put && kv.lease() == lease.id && kv.value() == value {
+                continue;
             }
+            if put && kv.lease() != 0 && kv.lease() != lease.id {
+                let first = self.foreign.insert(key.to_string(), kv.lease()).is_none();
+                if first && self.shared_logged.insert(key.to_string()) {
+                    tracing::warn!(key, other_lease = kv.lease(), "another process registered the same service and address on its own lease (one address advertised twice?); leaving the key to it, and taking it back if it goes");
+                }
+                continue;
+            }
+            if !put && self.foreign.remove(key).is_some() {
+                tracing::info!(
+                    key,
+                    "the other process holding this key removed it; registering ours again"
+                );
+            } else {
+                tracing::warn!(key, "a registration of ours was deleted or overwritten by someone else; restoring it (take instances out through the registrar, not by deleting keys)");
+            }
+            restore.push((key.to_string(), Some(value.to_vec())));
         }
         restore
     }
 
+    /// Every kept key, to put once (idempotent) after the guard missed a stretch.
+    fn all_puts(&self) -> Vec<Op> {
+        self.live
+            .writes()
+            .into_iter()
+            .filter(|(_, v)| v.is_some())
+            .collect()
+    }
+
     /// Serves commands until the lease is lost or the registry closes; retries pending deletes
-    /// and restores keys of ours that someone else deleted or overwrote.
+    /// and held registrations, and restores keys of ours that someone else deleted or overwrote.
     async fn serve(&mut self, lease: &mut Lease) -> Step {
         // The guard is best effort: without it nothing is restored, but nothing is lost either;
-        // it is started again on the retry timer, as pending deletes are retried. The timer
-        // starts when there is something to retry, and backs off while retries keep failing.
+        // it is started again on the retry timer, as pending deletes and held registrations are
+        // retried. The timer starts when there is something to retry, and backs off while
+        // retries keep failing; a guard that ends soon after it started keeps the backoff
+        // where it is, so a guard etcd keeps cancelling is not restarted (and every key put
+        // again) in a loop.
         let mut retry_backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let retry = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(retry);
         let mut retrying = false;
-        let mut guard = self.guard(lease).await.ok();
+        let mut guard = self.guard(lease).await.ok().flatten();
+        let mut guard_since = Instant::now();
+        let mut guard_flapping = false;
         loop {
-            let guard_missing = guard.is_none();
-            let retry_due = guard_missing || self.live.has_doomed();
+            // A held key deregistered meanwhile is no longer retried.
+            let live = &self.live;
+            self.held.retain(|key, _| live.contains(key));
+            let guard_missing = self.guard_wanted(&guard);
+            let retry_due = guard_missing || self.live.has_doomed() || !self.held.is_empty();
             if retry_due && !retrying {
-                retry_backoff.reset();
+                if !guard_flapping {
+                    retry_backoff.reset();
+                }
                 retry
                     .as_mut()
                     .reset(Instant::now() + retry_backoff.next_delay());
@@ -554,7 +726,7 @@ impl Session {
             retrying = retry_due;
             let next_guard_event = async {
                 match guard.as_mut() {
-                    Some(stream) => stream.message().await,
+                    Some(guard) => guard.next().await,
                     None => std::future::pending().await,
                 }
             };
@@ -563,21 +735,46 @@ impl Session {
                 cause = &mut lease.keep_alive.lost => {
                     return Step::Lost(cause.unwrap_or_else(|_| "the keep-alive task ended".into()));
                 }
-                event = next_guard_event => {
-                    let restore = match event {
-                        Ok(Some(response)) if !response.canceled() && response.compact_revision() == 0 => {
-                            self.tampered(lease, &response)
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        self.close(lease).await;
+                        return Step::Stop(None);
+                    };
+                    let before = self.revision.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Some(step) = self.apply_batch(lease, command).await {
+                        return step;
+                    }
+                    if let Some(open) = guard.as_mut() {
+                        if let Err(cause) = open.cover(self.live.keys(), before).await {
+                            tracing::debug!(%cause, "the guard is started again");
+                            guard = None;
                         }
-                        other => {
-                            // Ended, cancelled or compacted: watch again, and put every key once
-                            // (idempotent) in case a change fell into the gap.
-                            tracing::debug!(?other, "the guard watch ended; starting it again");
-                            guard = self.guard(lease).await.ok();
-                            if guard.is_some() {
-                                self.live.writes().into_iter().filter(|(_, v)| v.is_some()).collect()
-                            } else {
-                                Vec::new()
+                    }
+                }
+                seen = next_guard_event => {
+                    let restore = match seen {
+                        Seen::Changes(response) => self.tampered(lease, &response),
+                        Seen::PrefixDenied => {
+                            tracing::warn!(prefix = %self.config.prefix, "etcd does not let this user watch the whole prefix; guarding each service's prefix instead");
+                            self.guard_scope = Scope::PerService;
+                            // From the same revision: nothing falls between the two.
+                            guard = self.guard(lease).await.ok().flatten();
+                            guard_since = Instant::now();
+                            Vec::new()
+                        }
+                        Seen::ServiceDenied(prefix) => {
+                            if self.unguarded_logged.insert(prefix.clone()) {
+                                tracing::warn!(%prefix, "etcd does not let this user watch this service's prefix; its keys are not restored if someone else deletes them");
                             }
+                            Vec::new()
+                        }
+                        Seen::Ended(cause) => {
+                            // Watch again on the retry timer, and put every key once then
+                            // (idempotent) in case a change fell into the gap.
+                            tracing::debug!(%cause, "the guard watch ended; starting it again");
+                            guard = None;
+                            guard_flapping = guard_since.elapsed() < RETRY_MAX;
+                            Vec::new()
                         }
                     };
                     if !restore.is_empty() {
@@ -586,30 +783,31 @@ impl Session {
                         }
                     }
                 }
-                command = self.commands.recv() => {
-                    let Some(command) = command else {
-                        self.close(lease).await;
-                        return Step::Stop(None);
-                    };
-                    if let Some(step) = self.apply_batch(lease, command).await {
-                        return step;
-                    }
-                }
                 () = &mut retry, if retry_due => {
                     if guard_missing {
-                        guard = self.guard(lease).await.ok();
+                        guard = self.guard(lease).await.ok().flatten();
+                        guard_since = Instant::now();
                         if guard.is_some() {
                             // Put every key once (idempotent): a change may have fallen into
                             // the gap.
-                            let writes = self.live.writes().into_iter().filter(|(_, v)| v.is_some()).collect();
+                            let writes = self.all_puts();
                             if let Err(err) = self.write_live(lease, writes).await {
                                 return Step::Lost(err.to_string());
                             }
                         }
                     }
-                    let deletes = self.live.doomed_keys().into_iter().map(|k| (k, None)).collect();
-                    if let Err(err) = self.write_live(lease, deletes).await {
-                        return Step::Lost(err.to_string());
+                    // Deletes apart from puts: a full etcd still takes deletes.
+                    let deletes: Vec<Op> = self.live.doomed_keys().into_iter().map(|k| (k, None)).collect();
+                    let held: Vec<Op> = self.held.keys().filter_map(|k| {
+                        self.live.value(k).map(|v| (k.clone(), Some(v.to_vec())))
+                    }).collect();
+                    for writes in [deletes, held] {
+                        if writes.is_empty() {
+                            continue;
+                        }
+                        if let Err(err) = self.write_live(lease, writes).await {
+                            return Step::Lost(err.to_string());
+                        }
                     }
                     // Whatever is still to do waits longer; once nothing is, `retrying` ends.
                     retry
@@ -638,6 +836,7 @@ impl Session {
                 }
                 Command::Delete { key, done } => {
                     self.live.delete(key.clone(), Some(done));
+                    self.held.remove(&key);
                     ops.push((key, None));
                     put_waiters.push(None);
                 }
@@ -653,19 +852,35 @@ impl Session {
                 for (((key, value), result), waiter) in ops.iter().zip(results).zip(put_waiters) {
                     match (value, waiter) {
                         (Some(value), Some(waiter)) => {
-                            if let Err(err) = &result {
-                                tracing::warn!(key, error = %err, "etcd refused a registration");
-                                self.live.refused(key, value);
-                            }
-                            let _ = waiter.send(result);
+                            let answer = match result {
+                                Ok(()) => {
+                                    self.held.remove(key);
+                                    Ok(())
+                                }
+                                Err(Refusal {
+                                    error,
+                                    passes: true,
+                                }) => {
+                                    self.hold(key, error.clone(), true);
+                                    Err(error)
+                                }
+                                Err(Refusal { error, .. }) => {
+                                    tracing::warn!(key, %error, "etcd refused a registration");
+                                    self.live.refused(key, value);
+                                    self.held.remove(key);
+                                    Err(error)
+                                }
+                            };
+                            let _ = waiter.send(answer);
                         }
                         (None, _) => match result {
                             Ok(()) => self.live.deleted(key),
-                            Err(err) => self.live.delete_failed(key, &err),
+                            Err(refusal) => self.live.delete_failed(key, &refusal.error),
                         },
                         (Some(_), None) => {}
                     }
                 }
+                self.report_health();
                 None
             }
             Err(err) => {

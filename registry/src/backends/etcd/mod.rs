@@ -7,6 +7,7 @@
 mod config;
 mod discovery;
 mod error;
+mod guard;
 mod lease;
 mod registry;
 mod wire;

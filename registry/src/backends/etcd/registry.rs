@@ -72,6 +72,7 @@ impl EtcdRegistry {
     pub fn new(config: EtcdConfig) -> Result<Self, EtcdConfigError> {
         config.check()?;
         let ttl = config.effective_ttl()?;
+        config.warn_if_plain_text_credentials("EtcdRegistry");
         let task_config = config.clone();
         let session =
             SessionHandle::spawn("etcd", config.close_timeout, move |health, commands| {
@@ -83,7 +84,7 @@ impl EtcdRegistry {
         })
     }
 
-    /// The configuration in use.
+    /// The configuration in use (its `Debug` shows the user, never the password).
     ///
     /// ```no_run
     /// # use service_registry::etcd::{EtcdConfig, EtcdRegistry};
