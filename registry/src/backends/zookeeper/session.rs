@@ -33,6 +33,9 @@ use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
 
+/// A node version no node has (versions start at 0; -1 means any).
+const NO_VERSION: i32 = -2;
+
 /// A put waiting for the next multi-op: path, data, reply.
 type PendingPut = (String, Vec<u8>, Reply);
 
@@ -520,9 +523,14 @@ impl Session {
             }
         }
         let options = CreateMode::Ephemeral.with_acls(node_acls(&self.config));
+        let budget = self.config.request_budget();
+        // Too large to send: the server would drop the connection (registrations take this
+        // path at once; a value put while no session was held may come here).
+        let fits = |(path, data): &(String, Vec<u8>)| path.len() + data.len() <= budget;
         let creatable: Vec<&(String, Vec<u8>)> = entries
             .iter()
             .filter(|(path, _)| parent(path).is_none_or(|p| !failed_dirs.contains_key(p)))
+            .filter(|entry| fits(entry))
             .collect();
         let chunks = multi_ops(
             &creatable,
@@ -561,9 +569,12 @@ impl Session {
         }
         entries
             .iter()
-            .map(|(path, _)| {
+            .map(|(path, data)| {
                 if let Some(err) = parent(path).and_then(|p| failed_dirs.get(p)) {
                     return Err(err.clone());
+                }
+                if path.len() + data.len() > budget {
+                    return Err(self.too_large(path, data.len()));
                 }
                 by_path.remove(path.as_str()).unwrap_or_else(|| Ok(()))
             })
@@ -610,7 +621,24 @@ impl Session {
                     if stat.ephemeral_owner != 0
                         && !self.earlier.contains(&stat.ephemeral_owner) =>
                 {
-                    self.hold(path, stat.ephemeral_owner);
+                    let owner = stat.ephemeral_owner;
+                    if self.held.get(path) != Some(&owner) {
+                        // Another identity's node (a wrong password is one) is refused as
+                        // before; only a twin we could remove is left alone. A delete that
+                        // matches no version tells which without removing anything: the server
+                        // checks the parent's ACL first.
+                        match while_connected(client, config, limit, || {
+                            client.delete(path, Some(NO_VERSION))
+                        })
+                        .await?
+                        {
+                            Err(ZkError::BadVersion) => {}
+                            // Gone meanwhile: create again.
+                            Ok(()) | Err(ZkError::NoNode) => continue,
+                            Err(err) => return Err(registry_error(config, err)),
+                        }
+                    }
+                    self.hold(path, owner);
                     return Ok(());
                 }
                 Some(stat) => {
