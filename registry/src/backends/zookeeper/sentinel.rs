@@ -111,6 +111,7 @@ async fn watch_session(
     let mut attempts = FuturesUnordered::new();
     let mut cadence = tokio::time::interval(PROBE_EVERY);
     cadence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_away = false;
     loop {
         let state = states.state();
         if matches!(state, SessionState::Closed | SessionState::AuthFailed) {
@@ -118,10 +119,17 @@ async fn watch_session(
             return;
         }
         if !away(state) {
+            was_away = false;
             probe = None;
             attempts.clear();
             states.changed().await;
             continue;
+        }
+        if !was_away {
+            // The first probe of an outage goes at once (an expiry the server announced is
+            // answered by a server that is up).
+            was_away = true;
+            cadence.reset_immediately();
         }
         if probe
             .as_ref()
