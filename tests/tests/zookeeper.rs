@@ -455,3 +455,95 @@ async fn connect_string_chroot_and_root_prefix_are_honoured() {
     assert_eq!(found[0].addr, info.addr);
     registry.close().await;
 }
+
+/// A `tracing` writer into a shared buffer, to read what the library logged.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Issue 18, defect 1: the digest password never shows: not in the config's or the registry's
+/// `Debug`, not in an error (a refused identity), not in the status, not in any log line at
+/// any level (the library's and the ZooKeeper client's). The user is named.
+#[tokio::test]
+async fn the_digest_password_never_shows_in_debug_errors_status_or_logs() {
+    const RIGHT: &str = "pw-R1ght-4f8e";
+    const WRONG: &str = "pw-Wr0ng-9c1d";
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test's runtime is current-thread: every task of the registries logs on this thread.
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let zk = ZooKeeper::start().await;
+    let owner_config = config(&zk).digest_auth("alice", RIGHT);
+    let owner = ZookeeperRegistry::new(owner_config.clone()).unwrap();
+    let running = Running::start(owner.clone(), &OURS).await;
+    running.registered(Duration::from_secs(10)).await;
+    let info = Info::new("zk.secret", "127.0.0.1:7101".parse().unwrap());
+    owner.register(&info).await.unwrap();
+
+    // Another password is another identity: refused on alice's node.
+    let wrong_config = config(&zk).digest_auth("alice", WRONG);
+    let wrong = ZookeeperRegistry::new(wrong_config.clone()).unwrap();
+    let err = wrong.register(&info).await.unwrap_err();
+    let discovery = ZookeeperDiscovery::new(wrong_config.clone());
+    let found = discovery.resolve("zk.secret").await.unwrap();
+    assert_eq!(found.len(), 1);
+
+    let shown = [
+        ("config Debug", format!("{owner_config:?}")),
+        ("config Debug (pretty)", format!("{wrong_config:#?}")),
+        ("registry Debug", format!("{owner:?} {wrong:?}")),
+        ("discovery Debug", format!("{discovery:?}")),
+        ("error Display", err.to_string()),
+        ("error Debug", format!("{err:?}")),
+        (
+            "health",
+            format!(
+                "{:?} {:?}",
+                *owner.health().unwrap().borrow(),
+                *wrong.health().unwrap().borrow()
+            ),
+        ),
+        ("status", format!("{:?}", running.status.snapshot())),
+    ];
+    running.stop().await;
+    wrong.close().await;
+    owner.close().await;
+    let logs = captured.text();
+    assert!(!logs.is_empty(), "nothing was logged");
+    for (what, text) in shown.iter().chain([&("logs", logs)]) {
+        for secret in [RIGHT, WRONG] {
+            assert!(!text.contains(secret), "{what} shows the password: {text}");
+        }
+    }
+    assert!(
+        shown[0].1.contains("alice"),
+        "the user is named: {}",
+        shown[0].1
+    );
+    assert!(
+        shown[4].1.contains("alice"),
+        "the error names the user: {}",
+        shown[4].1
+    );
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery, ZookeeperRegistry};
-use service_registry::Info;
+use service_registry::{Health, Info, Registry};
 use zookeeper_client::Client;
 
 use super::gaps::GapWatcher;
@@ -315,7 +315,9 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
          (session timeout {} s, other settings default), {SERVICES} services each; each restart: \
          SIGKILL, delete the data directory or not, down 0.2–5 s, restart; then every node is \
          polled every 20 ms until it exists owned by its registry's current session and {} s \
-         have passed (absent {} s after ZooKeeper answered: lost); seed {}",
+         have passed (absent {} s after ZooKeeper answered: lost), and each registry's health \
+         and session every 5 ms; a ZookeeperDiscovery watch on `campaign.svc00` (3 instances) \
+         across each restart; seed {}",
         zookeeper_version(),
         SESSION.as_secs(),
         (SESSION + Duration::from_secs(2)).as_secs(),
@@ -325,6 +327,10 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
     let (registries, _echoes, owners) = three_registries(&servers, SESSION).await;
     let expected: BTreeSet<String> = owners.keys().cloned().collect();
     let mut reader = ZkReader::new(servers.clone(), owners.clone(), registries.clone());
+    // A watcher of one service (one instance per registry), as a client would see it.
+    let discovery =
+        ZookeeperDiscovery::new(ZookeeperConfig::new(servers.clone()).session_timeout(SESSION));
+    let watched = "campaign.svc00";
     let first = observe(
         &mut reader,
         &expected,
@@ -348,9 +354,20 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
     let total = kinds.len();
     let mut per: BTreeMap<&str, (usize, Dist, Dist)> = BTreeMap::new();
     let mut lost = 0u64;
+    // Kept data: ZooKeeper restores every session with a fresh timeout, so each registry must
+    // attach to its own session again.
+    let mut reattached = Dist::default();
+    let mut given_up = 0u64;
+    let mut kept_gaps = 0u64;
+    let mut wiped_gaps = 0u64;
     for (n, wiped) in kinds.iter().copied().enumerate() {
         let name = if wiped { "wiped data" } else { "kept data" };
         let down = random_duration(&mut rng, Duration::from_millis(200), Duration::from_secs(5));
+        let sessions: Vec<Option<i64>> = registries
+            .iter()
+            .map(|r| r.session().map(|s| s.id().0))
+            .collect();
+        let gaps = GapWatcher::armed(&discovery, watched, PROCESSES).await;
         zk.stop();
         if wiped {
             zk.wipe();
@@ -359,16 +376,43 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
         zk.restart().await;
         let answering = Instant::now();
         reader.reconnect();
+        // Every registry healthy again; for kept data, on the session it had before. Polled
+        // beside the reads of the nodes.
+        let healthy = crate::poll::within(LOST_AFTER, Duration::from_millis(5), || async {
+            let back = registries.iter().zip(&sessions).all(|(r, before)| {
+                let healthy = r.health().is_some_and(|h| *h.borrow() == Health::Healthy);
+                let session = r.session().map(|s| s.id().0);
+                healthy && session.is_some() && (wiped || session == *before)
+            });
+            back.then(|| answering.elapsed())
+        });
+        let none = BTreeSet::new();
         let seen = observe(
             &mut reader,
             &expected,
-            &BTreeSet::new(),
+            &none,
             answering,
             SESSION + Duration::from_secs(2),
             LOST_AFTER,
             Duration::from_millis(20),
-        )
-        .await;
+        );
+        let (healthy, seen) = tokio::join!(healthy, seen);
+        if !wiped {
+            match healthy {
+                Some(took) => reattached.push(took),
+                None => given_up += 1,
+            }
+            let now: Vec<Option<i64>> = registries
+                .iter()
+                .map(|r| r.session().map(|s| s.id().0))
+                .collect();
+            if now != sessions {
+                section.detail(format!(
+                    "restart {n} (kept data, down {}): sessions {sessions:x?} became {now:x?}",
+                    fmt_duration(down)
+                ));
+            }
+        }
         let entry = per.entry(name).or_default();
         entry.0 += 1;
         for (_, delay) in &seen.delays {
@@ -378,6 +422,18 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
             entry.2.push(back);
         }
         lost += seen.missing.len() as u64;
+        let (gap_count, _, _, gap_details) = gaps.finish();
+        if wiped {
+            wiped_gaps += gap_count;
+        } else {
+            kept_gaps += gap_count;
+            for line in gap_details.iter().take(3) {
+                section.detail(format!(
+                    "restart {n} (kept data, down {}): {line}",
+                    fmt_duration(down)
+                ));
+            }
+        }
         for path in seen.missing.iter().take(3) {
             section.detail(format!(
                 "restart {n} ({name}, down {}): {path} not back within {} s",
@@ -413,9 +469,30 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
             all_back.summary()
         ));
     }
+    section.figure(format!(
+        "kept data: every registry healthy again on the session it had, after ZooKeeper \
+         answered: {} (goal ≤ 1 s)",
+        reattached.summary()
+    ));
+    section.figure(format!(
+        "wiped data: watcher gaps (`{watched}` reported with fewer than its {PROCESSES} \
+         instances; expected: every node goes with the data): {wiped_gaps}"
+    ));
     section.zero(
         "lost registrations (not back 20 s after ZooKeeper answered; node × restart)",
         lost,
+    );
+    section.zero(
+        "kept data: sessions given up although ZooKeeper held them (not healthy on the same \
+         session within 20 s; restarts)",
+        given_up,
+    );
+    section.zero(
+        format!(
+            "kept data: watcher gaps (`{watched}` reported with fewer than its {PROCESSES} \
+             instances)"
+        ),
+        kept_gaps,
     );
     for registry in &registries {
         registry.close().await;

@@ -41,8 +41,11 @@ pub enum ZookeeperConfigError {
 ///     .session_timeout(Duration::from_secs(6))
 ///     .digest_auth("svc", "secret");
 /// assert_eq!(config.connect_string(), "127.0.0.1:2181,127.0.0.1:2182/chroot");
+/// // `Debug` names the user, never the password.
+/// let shown = format!("{config:?}");
+/// assert!(shown.contains("svc") && !shown.contains("secret"));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ZookeeperConfig {
     pub(crate) connect: String,
     pub(crate) root: String,
@@ -54,6 +57,55 @@ pub struct ZookeeperConfig {
     pub(crate) max_multi_ops: usize,
     pub(crate) close_timeout: Duration,
     pub(crate) resolve_from_watch: bool,
+    pub(crate) jute_max_buffer: usize,
+}
+
+/// ZooKeeper's default `jute.maxbuffer`: the largest request a server accepts (it drops the
+/// connection of a client that sends a larger one).
+pub(crate) const DEFAULT_JUTE_MAX_BUFFER: usize = 0xfffff;
+
+/// Written by hand so that the digest password never shows: only the user is named.
+impl std::fmt::Debug for ZookeeperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            connect,
+            root,
+            session_timeout,
+            connect_timeout,
+            request_timeout,
+            auth,
+            backoff,
+            max_multi_ops,
+            close_timeout,
+            resolve_from_watch,
+            jute_max_buffer,
+        } = self;
+        f.debug_struct("ZookeeperConfig")
+            .field("connect", connect)
+            .field("root", root)
+            .field("session_timeout", session_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("request_timeout", request_timeout)
+            .field(
+                "digest_auth",
+                &auth.as_ref().map(|(user, _)| Redacted(user)),
+            )
+            .field("backoff", backoff)
+            .field("max_multi_ops", max_multi_ops)
+            .field("close_timeout", close_timeout)
+            .field("resolve_from_watch", resolve_from_watch)
+            .field("jute_max_buffer", jute_max_buffer)
+            .finish()
+    }
+}
+
+/// `user:<redacted>` in `Debug`.
+struct Redacted<'a>(&'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}:<redacted>\"", self.0.escape_debug())
+    }
 }
 
 impl ZookeeperConfig {
@@ -72,6 +124,7 @@ impl ZookeeperConfig {
             max_multi_ops: 1000,
             close_timeout: Duration::from_secs(2),
             resolve_from_watch: true,
+            jute_max_buffer: DEFAULT_JUTE_MAX_BUFFER,
         }
     }
 
@@ -221,7 +274,46 @@ impl ZookeeperConfig {
         self
     }
 
+    /// The server's `jute.maxbuffer` in bytes (default 1 MiB − 1, ZooKeeper's default): the
+    /// largest request it accepts. A server drops the connection of a client that sends a larger
+    /// one, so a registration whose node would not fit is refused here, before it is sent (an
+    /// update keeps the value registered before it), and multi-ops are split to fit.
+    ///
+    /// ```
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181")
+    ///     .jute_max_buffer(4 * 1024 * 1024);
+    /// # let _ = c;
+    /// ```
+    pub fn jute_max_buffer(mut self, bytes: usize) -> Self {
+        self.jute_max_buffer = bytes.max(4096);
+        self
+    }
+
+    /// The most bytes of path and data one request may carry, leaving room for its header and
+    /// ACLs.
+    pub(crate) fn request_budget(&self) -> usize {
+        self.jute_max_buffer.saturating_sub(1024)
+    }
+
     pub(crate) fn user(&self) -> Option<&str> {
         self.auth.as_ref().map(|(user, _)| user.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_names_the_user_but_never_the_password() {
+        let config =
+            ZookeeperConfig::new("127.0.0.1:2181").digest_auth("team-a", "pw-5up3r-s3cret");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("pw-5up3r-s3cret"), "{shown}");
+        assert!(shown.contains("team-a:<redacted>"), "{shown}");
+        let pretty = format!("{config:#?}");
+        assert!(!pretty.contains("pw-5up3r-s3cret"), "{pretty}");
+        let plain = format!("{:?}", ZookeeperConfig::new("127.0.0.1:2181"));
+        assert!(plain.contains("digest_auth: None"), "{plain}");
     }
 }

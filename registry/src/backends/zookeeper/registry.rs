@@ -23,10 +23,18 @@ struct Inner {
 /// Registers services in ZooKeeper the way Kitex's `registry-zookeeper` does: an ephemeral
 /// node `/{service}/{host}:{port}` holding `{"Weight":..,"Tags":{..}}` under persistent parents.
 ///
-/// One session serves every registration. When it expires or is lost, a background task opens a
-/// new one and creates every live node again, with backoff, forever (a node left by the old
-/// session is replaced, not mistaken for ours); meanwhile [`Registry::health`] reports
-/// `Recovering`. With [`digest_auth`](ZookeeperConfig::digest_auth) nodes are protected by an
+/// One session serves every registration. While ZooKeeper is away the session is kept, however
+/// long that takes: when it answers again and still holds the session (a restart that kept its
+/// data restores sessions with a fresh timeout) the registry attaches to it again within about
+/// 200 ms, nodes untouched; only when the server says the session is gone (expired, or a
+/// restart without its data) does a background task open a new one and create every live node
+/// again, with backoff, forever (a node left by an earlier session of ours is replaced).
+/// Meanwhile [`Registry::health`] reports `Recovering`.
+///
+/// A node that another live session holds at the same path (another process advertising the
+/// same address, under an identity that may remove it) is left alone and the registration
+/// counts as done: the address stays registered as long as either process lives, and this
+/// registry's own node takes its place when the other goes. Logged once. With [`digest_auth`](ZookeeperConfig::digest_auth) nodes are protected by an
 /// ACL: this identity may do anything, everyone else may only read.
 ///
 /// Cheap to clone. [`close`](Self::close) deletes every node and closes the session; dropping the

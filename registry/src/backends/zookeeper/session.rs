@@ -1,5 +1,5 @@
 //! The ZooKeeper session: one session for the process, its ephemeral nodes, and recovery (new
-//! session + every live node created again) whenever the session expires or is lost.
+//! session + every live node created again) whenever the server no longer holds the session.
 //!
 //! One task owns the client and the live set; [`ZookeeperRegistry`](super::ZookeeperRegistry)
 //! handles talk to it through a channel, so concurrent registrations are created together in
@@ -7,12 +7,18 @@
 //! and the [`Sentinel`] notices a session the server no longer holds. Every request the task
 //! makes gives up as soon as the session disconnects ([`while_connected`]), so its loop is never
 //! held up by a connection that is gone.
+//!
+//! Our clients are detached ([`attach`]): dropping one never closes the session. The sentinel
+//! may hand the task a new client on the same session while the old one is still retrying on
+//! its own backoff; a non-detached old client would close the session the moment it got
+//! through. So closing is explicit ([`close_session`]), once the nodes are deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use zookeeper_client::{
     Acl, Acls, Client, CreateMode, CreateOptions, Error as ZkError, Permission, SessionInfo,
     SessionState, StateWatcher,
@@ -21,11 +27,14 @@ use zookeeper_client::{
 use super::config::ZookeeperConfig;
 use super::error::{bounded, registry_error, request, while_connected};
 use super::guard::{Guard, Seen};
-use super::sentinel::Sentinel;
+use super::sentinel::{Sentinel, Verdict};
 use crate::backends::handle::{finish, Command, Reply};
 use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
 use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
+
+/// A node version no node has (versions start at 0; -1 means any).
+const NO_VERSION: i32 = -2;
 
 /// A put waiting for the next multi-op: path, data, reply.
 type PendingPut = (String, Vec<u8>, Reply);
@@ -67,12 +76,35 @@ fn parent_acls(config: &ZookeeperConfig) -> Acls<'static> {
     }
 }
 
+/// Splits `entries` into multi-ops of at most `max_ops` creates and `budget` bytes of paths and
+/// data each (one create that alone exceeds the budget goes alone).
+fn multi_ops<'a, 'b>(
+    entries: &'a [&'b (String, Vec<u8>)],
+    max_ops: usize,
+    budget: usize,
+) -> Vec<&'a [&'b (String, Vec<u8>)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (path, data)) in entries.iter().map(|e| (&e.0, &e.1)).enumerate() {
+        // Each op also carries its header, flags and ACLs.
+        let size = path.len() + data.len() + 64;
+        if i > start && (i - start >= max_ops.max(1) || bytes + size > budget) {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
 fn parent(path: &str) -> Option<&str> {
     path.rfind('/').filter(|i| *i > 0).map(|i| &path[..i])
 }
 
-/// Connects a new session with the configured credentials.
-pub(crate) async fn connect(config: &ZookeeperConfig) -> Result<Client, RegistryError> {
+fn connector(config: &ZookeeperConfig) -> zookeeper_client::Connector {
     let mut connector = Client::connector()
         .with_session_timeout(config.session_timeout)
         .with_connection_timeout(config.connect_timeout)
@@ -80,8 +112,74 @@ pub(crate) async fn connect(config: &ZookeeperConfig) -> Result<Client, Registry
     if let Some((user, password)) = &config.auth {
         connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
     }
+    connector
+}
+
+/// Connects a new session with the configured credentials; dropping the last clone of the
+/// client closes it (for discovery and probes).
+pub(crate) async fn connect(config: &ZookeeperConfig) -> Result<Client, RegistryError> {
+    let limit = config.connect_timeout + config.session_timeout;
+    bounded(config, limit, connector(config).connect(&config.connect)).await
+}
+
+/// A detached client for the registry's session: on `session` (its id and password), or on a
+/// new session. Dropping it leaves the session open; [`close_session`] ends it.
+pub(crate) async fn attach(
+    config: &ZookeeperConfig,
+    session: Option<SessionInfo>,
+) -> Result<Client, RegistryError> {
+    let mut connector = connector(config).with_detached();
+    if let Some(session) = session {
+        connector = connector.with_session(session);
+    }
     let limit = config.connect_timeout + config.session_timeout;
     bounded(config, limit, connector.connect(&config.connect)).await
+}
+
+/// Ends the session `info` by the deadline: a client attached to it for the moment closes it
+/// when dropped. Tried again while ZooKeeper does not answer; done once the server has closed
+/// it, or answers that it is gone.
+async fn close_session(config: ZookeeperConfig, info: SessionInfo, deadline: Instant) {
+    let id = info.id();
+    let mut pause = tokio::time::interval(Duration::from_millis(200));
+    pause.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let attempt = tokio::time::timeout_at(
+            deadline,
+            connector(&config)
+                .with_session(info.clone())
+                .connect(&config.connect),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(client)) => {
+                let states = client.state_watcher();
+                drop(client);
+                let _ = tokio::time::timeout_at(deadline, terminated(states)).await;
+                tracing::debug!(session = %id, "ZooKeeper session closed");
+                return;
+            }
+            Ok(Err(ZkError::SessionExpired)) => return,
+            Ok(Err(err)) => {
+                tracing::debug!(session = %id, error = %err, "cannot close the ZooKeeper session yet")
+            }
+            Err(_) => break,
+        }
+        if tokio::time::timeout_at(deadline, pause.tick())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    tracing::debug!(session = %id, "could not close the ZooKeeper session in time; it expires on the server");
+}
+
+/// Waits until the client behind `states` has ended (its task is gone).
+async fn terminated(mut states: StateWatcher) {
+    while !states.state().is_terminated() {
+        states.changed().await;
+    }
 }
 
 /// True for errors that say the connection or session is gone (as opposed to the server
@@ -104,13 +202,32 @@ pub(crate) struct Session {
     parents: BTreeSet<String>,
     /// Parents created since the guard last looked: their directories are watched next.
     fresh_parents: Vec<String>,
+    /// Live paths where another live session's node stands (another process advertising the
+    /// same address), with that session: left alone, and ours is created once it goes (the
+    /// guard sees it deleted). Never deleted by us.
+    held: BTreeMap<String, i64>,
+    /// The sessions this process held before the current one: a node one of them left is ours
+    /// to replace.
+    earlier: BTreeSet<i64>,
 }
 
 enum Step {
     Lost(String),
     /// The server answers, but no longer knows our session: start over with this new one.
     Replaced(Client),
-    Stop(Option<oneshot::Sender<()>>),
+    /// The server answers and holds our session: go on with this client on it.
+    Reattached(Client),
+    /// Closed: end the session by this deadline.
+    Stop(Option<oneshot::Sender<()>>, Instant),
+}
+
+/// How the next session starts.
+enum Next {
+    Connect,
+    /// A new session: every live node is created in it.
+    Fresh(Client),
+    /// Our session on a new client: the nodes are there; only what waited is written.
+    Resume(Client),
 }
 
 impl Session {
@@ -129,6 +246,17 @@ impl Session {
             current,
             parents: BTreeSet::new(),
             fresh_parents: Vec::new(),
+            held: BTreeMap::new(),
+            earlier: BTreeSet::new(),
+        }
+    }
+
+    /// `client`'s session is given up: a node it left is ours to replace. The most recent ones
+    /// are remembered (older ones have long expired).
+    fn left(&mut self, client: &Client) {
+        self.earlier.insert(client.session_id().0);
+        while self.earlier.len() > 32 {
+            self.earlier.pop_first();
         }
     }
 
@@ -139,28 +267,42 @@ impl Session {
     pub(crate) async fn run(mut self) {
         let mut backoff = self.config.backoff.clone();
         let mut failures = 0u32;
-        let mut fresh: Option<Client> = None;
+        let mut next = Next::Connect;
         loop {
-            let established = match fresh.take() {
-                Some(client) => self.establish_on(client).await,
-                None => self.establish().await,
+            let (established, resumed) = match std::mem::replace(&mut next, Next::Connect) {
+                Next::Fresh(client) => (self.establish_on(client).await, false),
+                Next::Resume(client) => (Ok(Some(self.resume(client))), true),
+                Next::Connect => (self.establish().await, false),
             };
             let err = match established {
                 Ok(Some((client, states))) => {
                     backoff.reset();
                     failures = 0;
                     self.set_current(Some(client.session().clone()));
-                    let _ = self.health.send(Health::Healthy);
-                    tracing::info!(session = %client.session_id(), nodes = self.live.len(), "ZooKeeper session established; registrations live");
-                    match self.serve(&client, states).await {
-                        Step::Stop(done) => return finish(done),
+                    if resumed {
+                        tracing::info!(session = %client.session_id(), nodes = self.live.len(), "ZooKeeper still holds our session; attached to it again");
+                    } else {
+                        let _ = self.health.send(Health::Healthy);
+                        tracing::info!(session = %client.session_id(), nodes = self.live.len(), "ZooKeeper session established; registrations live");
+                    }
+                    match self.serve(&client, states, resumed).await {
+                        Step::Stop(done, deadline) => {
+                            self.end(client, deadline).await;
+                            return finish(done);
+                        }
                         Step::Replaced(new) => {
+                            self.left(&client);
                             tracing::warn!(session = %client.session_id(), "ZooKeeper answers but no longer holds our session (restarted without its data?); starting a new one now");
-                            fresh = Some(new);
+                            next = Next::Fresh(new);
                             self.set_current(None);
                             continue;
                         }
+                        Step::Reattached(new) => {
+                            next = Next::Resume(new);
+                            continue;
+                        }
                         Step::Lost(cause) => {
+                            self.left(&client);
                             tracing::warn!(session = %client.session_id(), %cause, "ZooKeeper session lost; starting a new one");
                             self.set_current(None);
                             let _ = self.health.send(Health::Recovering {
@@ -194,8 +336,45 @@ impl Session {
     async fn establish(
         &mut self,
     ) -> Result<Option<(Client, StateWatcher)>, (RegistryError, Option<oneshot::Sender<()>>)> {
-        let client = connect(&self.config).await.map_err(|err| (err, None))?;
+        let client = attach(&self.config, None)
+            .await
+            .map_err(|err| (err, None))?;
         self.establish_on(client).await
+    }
+
+    /// Goes on with `client`, attached to our session again: every node this session wrote is
+    /// still there; every directory is watched again by the new client (and listed, so that a
+    /// node lost meanwhile is seen).
+    fn resume(&mut self, client: Client) -> (Client, StateWatcher) {
+        let states = client.state_watcher();
+        self.fresh_parents = self.parents.iter().cloned().collect();
+        (client, states)
+    }
+
+    /// Ends the session after a close: the (detached) client is let go, then the session is
+    /// closed by the deadline, or, while ZooKeeper is away, once it answers again (within the
+    /// 1.4 × the session timeout the server may still hold it after it last heard from us).
+    async fn end(&self, client: Client, deadline: Instant) {
+        let info = client.session().clone();
+        let connected = client.state() == SessionState::SyncConnected;
+        let states = client.state_watcher();
+        drop(client);
+        if connected {
+            // The client's task flushes and ends once every clone is dropped (the guard's and
+            // sentinel's tasks are aborted with them); a new client on the session then closes it.
+            let _ = tokio::time::timeout_at(deadline, terminated(states)).await;
+            close_session(self.config.clone(), info, deadline).await;
+        } else {
+            self.close_later(info);
+        }
+    }
+
+    /// Closes the session `info` in the background once ZooKeeper answers, for as long as the
+    /// server may still hold it (1.4 × the session timeout): the nodes it holds go then, not
+    /// when the session expires.
+    fn close_later(&self, info: SessionInfo) {
+        let deadline = Instant::now() + self.config.session_timeout * 7 / 5;
+        tokio::spawn(close_session(self.config.clone(), info, deadline));
     }
 
     /// Applies what was queued meanwhile and creates every live node in the new session
@@ -208,9 +387,11 @@ impl Session {
         let states = client.state_watcher();
         self.parents.clear();
         self.fresh_parents.clear();
+        self.held.clear();
         let absorbed = absorb_queued(&mut self.commands, &mut self.live);
         if let Some(done) = absorbed.close {
-            self.close(&client).await;
+            let deadline = self.close(&client).await;
+            self.end(client, deadline).await;
             return Err((self.closed_error(), Some(done)));
         }
         // Removals still pending: a node of an earlier session may still be there.
@@ -251,6 +432,9 @@ impl Session {
             Ok(()) => Ok(Some((client, states))),
             Err(err) => {
                 self.live.deletes_failed(&err);
+                // What it created is created again in the next session.
+                self.left(&client);
+                self.close_later(client.session().clone());
                 Err((err, None))
             }
         }
@@ -261,6 +445,19 @@ impl Session {
             backend: "zookeeper",
             endpoint: self.config.connect.clone(),
             source: shared("disconnected from ZooKeeper; written once the session reconnects (removals: or gone when it expires)"),
+        }
+    }
+
+    fn too_large(&self, path: &str, bytes: usize) -> RegistryError {
+        tracing::warn!(path, bytes, jute_max_buffer = self.config.jute_max_buffer, "registration refused: its node does not fit in one ZooKeeper request; the value registered before (if any) stays");
+        RegistryError::Backend {
+            backend: "zookeeper",
+            source: shared(format!(
+                "the node {path} would hold {bytes} bytes, more than one ZooKeeper request \
+                 carries (jute.maxbuffer {} bytes, less 1 KiB for the request's header; see \
+                 ZookeeperConfig::jute_max_buffer); not sent, the value registered before stays",
+                self.config.jute_max_buffer
+            )),
         }
     }
 
@@ -326,12 +523,20 @@ impl Session {
             }
         }
         let options = CreateMode::Ephemeral.with_acls(node_acls(&self.config));
+        let budget = self.config.request_budget();
+        // Too large to send: the server would drop the connection (registrations take this
+        // path at once; a value put while no session was held may come here).
+        let fits = |(path, data): &(String, Vec<u8>)| path.len() + data.len() <= budget;
         let creatable: Vec<&(String, Vec<u8>)> = entries
             .iter()
             .filter(|(path, _)| parent(path).is_none_or(|p| !failed_dirs.contains_key(p)))
+            .filter(|entry| fits(entry))
             .collect();
-        let chunks: Vec<&[&(String, Vec<u8>)]> =
-            creatable.chunks(self.config.max_multi_ops.max(1)).collect();
+        let chunks = multi_ops(
+            &creatable,
+            self.config.max_multi_ops,
+            self.config.request_budget(),
+        );
         let config = &self.config;
         let commits = chunks.iter().map(|chunk| {
             let options = &options;
@@ -364,9 +569,12 @@ impl Session {
         }
         entries
             .iter()
-            .map(|(path, _)| {
+            .map(|(path, data)| {
                 if let Some(err) = parent(path).and_then(|p| failed_dirs.get(p)) {
                     return Err(err.clone());
+                }
+                if path.len() + data.len() > budget {
+                    return Err(self.too_large(path, data.len()));
                 }
                 by_path.remove(path.as_str()).unwrap_or_else(|| Ok(()))
             })
@@ -374,9 +582,12 @@ impl Session {
     }
 
     /// Creates one ephemeral node. A node already there is ours if this session owns it (its
-    /// data is updated); one left by an earlier session is about to vanish, so it is replaced.
+    /// data is updated); one left by an earlier session of ours (or a persistent one) is
+    /// replaced. One that another live session holds (another process advertising the same
+    /// address) is left alone: the address stays registered as long as either process lives,
+    /// and ours is created when the guard sees the other go (see [`Self::hold`]).
     async fn create_one(
-        &self,
+        &mut self,
         client: &Client,
         path: &str,
         data: &[u8],
@@ -387,16 +598,48 @@ impl Session {
             match while_connected(client, config, limit, || client.create(path, data, options))
                 .await?
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.unhold(path);
+                    return Ok(());
+                }
                 Err(ZkError::NodeExists) => {}
                 Err(err) => return Err(registry_error(config, err)),
             }
             let stat = request(client, config, limit, || client.check_stat(path)).await?;
             match stat {
                 Some(stat) if stat.ephemeral_owner == client.session_id().0 => {
-                    return request(client, config, limit, || client.set_data(path, data, None))
-                        .await
-                        .map(|_| ());
+                    let result =
+                        request(client, config, limit, || client.set_data(path, data, None))
+                            .await
+                            .map(|_| ());
+                    if result.is_ok() {
+                        self.unhold(path);
+                    }
+                    return result;
+                }
+                Some(stat)
+                    if stat.ephemeral_owner != 0
+                        && !self.earlier.contains(&stat.ephemeral_owner) =>
+                {
+                    let owner = stat.ephemeral_owner;
+                    if self.held.get(path) != Some(&owner) {
+                        // Another identity's node (a wrong password is one) is refused as
+                        // before; only a twin we could remove is left alone. A delete that
+                        // matches no version tells which without removing anything: the server
+                        // checks the parent's ACL first.
+                        match while_connected(client, config, limit, || {
+                            client.delete(path, Some(NO_VERSION))
+                        })
+                        .await?
+                        {
+                            Err(ZkError::BadVersion) => {}
+                            // Gone meanwhile: create again.
+                            Ok(()) | Err(ZkError::NoNode) => continue,
+                            Err(err) => return Err(registry_error(config, err)),
+                        }
+                    }
+                    self.hold(path, owner);
+                    return Ok(());
                 }
                 Some(stat) => {
                     tracing::info!(
@@ -422,6 +665,30 @@ impl Session {
         })
     }
 
+    /// Another live session holds `path`: logged once per path and session, then left alone.
+    fn hold(&mut self, path: &str, owner: i64) {
+        if self.held.insert(path.to_string(), owner) != Some(owner) {
+            tracing::warn!(
+                path,
+                owner = format_args!("{owner:#x}"),
+                "another live ZooKeeper session holds this node (another process advertises the \
+                 same address?); leaving it, the address stays registered; ours is created once \
+                 that node goes"
+            );
+        }
+    }
+
+    /// `path` is written by us now.
+    fn unhold(&mut self, path: &str) {
+        if let Some(owner) = self.held.remove(path) {
+            tracing::info!(
+                path,
+                owner = format_args!("{owner:#x}"),
+                "the other session's node is gone; ours is in place"
+            );
+        }
+    }
+
     /// Deletes every pending removal; what fails for want of a connection stays pending, what
     /// the server refuses is reported and dropped (the node is not ours to delete).
     async fn delete_doomed(&mut self, client: &Client) {
@@ -431,8 +698,17 @@ impl Session {
             self.live.owner_pending();
             return;
         }
+        let mut paths = self.live.doomed_keys();
+        // A node another session holds is not ours to delete: ours is simply not created.
+        paths.retain(|path| {
+            if self.held.remove(path).is_some() {
+                self.live.deleted(path);
+                false
+            } else {
+                true
+            }
+        });
         let (config, limit) = (&self.config, self.config.request_timeout);
-        let paths = self.live.doomed_keys();
         // Pipelined: sent together, answered in order.
         let deletes = paths
             .iter()
@@ -459,10 +735,12 @@ impl Session {
     }
 
     /// Serves commands and watches the session until it is lost or the registry closes.
-    async fn serve(&mut self, client: &Client, mut states: StateWatcher) -> Step {
+    /// `resumed`: attached again to our session after a disconnection; what waited for the
+    /// connection is written first.
+    async fn serve(&mut self, client: &Client, mut states: StateWatcher, resumed: bool) -> Step {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut disconnected = false;
+        let mut disconnected = resumed;
         let mut guard = Guard::new(client, &self.config);
         let (witness, witnessed) = watch::channel(None);
         let mut sentinel = Sentinel::spawn(client, &self.config, witnessed);
@@ -494,15 +772,29 @@ impl Session {
                         continue;
                     }
                 }
-                SessionState::Expired => return Step::Lost("the session expired".into()),
+                // The client gives up 1.4 × the session timeout after it last heard from the
+                // server, whether or not the server still holds the session. Only the server
+                // answers that: the sentinel asks it as soon as it answers (a new session if the
+                // session is gone, a client on it if not).
+                SessionState::Expired => {
+                    if !disconnected {
+                        disconnected = true;
+                        let _ = self.health.send(Health::Recovering {
+                            attempt: 0,
+                            last_error: "no answer from ZooKeeper for longer than the session \
+                                         timeout; asking it whether it still holds the session"
+                                .into(),
+                        });
+                    }
+                }
                 SessionState::AuthFailed => return Step::Lost("authentication failed".into()),
                 SessionState::Closed => return Step::Lost("the session was closed".into()),
             }
             tokio::select! {
                 command = self.commands.recv() => {
                     let Some(command) = command else {
-                        self.close(client).await;
-                        return Step::Stop(None);
+                        let deadline = self.close(client).await;
+                        return Step::Stop(None, deadline);
                     };
                     if let Some(step) = self.apply_batch(client, command).await {
                         return step;
@@ -536,7 +828,10 @@ impl Session {
                         }
                     }
                 },
-                fresh = sentinel.refused() => return Step::Replaced(fresh),
+                verdict = sentinel.verdict() => match verdict {
+                    Verdict::Replaced(fresh) => return Step::Replaced(fresh),
+                    Verdict::Reattached(again) => return Step::Reattached(again),
+                },
                 _ = retry.tick(), if !disconnected && (self.live.has_doomed() || !self.unwritten.is_empty()) => {
                     self.delete_doomed(client).await;
                     self.write_unwritten(client).await;
@@ -548,7 +843,10 @@ impl Session {
     /// Tells the sentinel which node shows that this session still holds our registrations: one
     /// it wrote and keeps (`None` while there is none).
     fn show_witness(&self, witness: &watch::Sender<Option<String>>) {
-        let sample = self.live.keys().find(|k| !self.unwritten.contains(*k));
+        let sample = self
+            .live
+            .keys()
+            .find(|k| !self.unwritten.contains(*k) && !self.held.contains_key(*k));
         witness.send_if_modified(|shown| {
             if shown.as_ref() == sample {
                 return false;
@@ -565,10 +863,22 @@ impl Session {
             return;
         };
         let limit = self.config.request_timeout;
+        let held = self.held.get(path).copied();
         match while_connected(client, &self.config, limit, || client.get_data(path)).await {
             Ok(Ok((current, stat)))
                 if stat.ephemeral_owner == client.session_id().0 && current == data =>
             {
+                return;
+            }
+            // The other process's node changed: still its, still left alone.
+            Ok(Ok((_, stat))) if held == Some(stat.ephemeral_owner) => return,
+            // The other process's node is gone: ours now.
+            Ok(Err(ZkError::NoNode)) if held.is_some() => {
+                let options = CreateMode::Ephemeral.with_acls(node_acls(&self.config));
+                if let Err(err) = self.create_one(client, path, &data, &options).await {
+                    tracing::warn!(path, error = %err, "could not create the node yet");
+                    self.unwritten.insert(path.to_string());
+                }
                 return;
             }
             Ok(Ok(_)) | Ok(Err(ZkError::NoNode)) => {}
@@ -627,6 +937,12 @@ impl Session {
         for command in batch {
             match command {
                 Command::Put { key, value, done } => {
+                    // Would cost the connection (the server drops it) and be refused again at
+                    // every reconnect: refused now, and the value registered before stays.
+                    if key.len() + value.len() > self.config.request_budget() {
+                        let _ = done.send(Err(self.too_large(&key, value.len())));
+                        continue;
+                    }
                     self.live.put(key.clone(), value.clone());
                     puts.push((key, value, done));
                 }
@@ -638,8 +954,8 @@ impl Session {
                 }
                 Command::Close { done } => {
                     self.flush_puts(client, &mut puts).await;
-                    self.close(client).await;
-                    return Some(Step::Stop(Some(done)));
+                    let deadline = self.close(client).await;
+                    return Some(Step::Stop(Some(done), deadline));
                 }
             }
         }
@@ -689,16 +1005,19 @@ impl Session {
         }
     }
 
-    /// Deletes every node and lets the session close, within the close timeout; a disconnected
-    /// session is not waited for (closing it removes its nodes, or it expires).
-    async fn close(&mut self, client: &Client) {
+    /// Deletes every node within the close timeout; a disconnected session is not waited for
+    /// (closing it removes its nodes, or it expires). Returns the deadline for closing the
+    /// session.
+    async fn close(&mut self, client: &Client) -> Instant {
         let limit = self.config.close_timeout;
+        let deadline = Instant::now() + limit;
         if client.state() == SessionState::SyncConnected {
             let paths: Vec<String> = self
                 .live
                 .keys()
                 .cloned()
                 .chain(self.live.doomed_keys())
+                .filter(|path| !self.held.contains_key(path))
                 .collect();
             let deletes = paths.iter().map(|path| {
                 while_connected(client, &self.config, limit, move || {
@@ -716,6 +1035,32 @@ impl Session {
         self.live.clear();
         self.set_current(None);
         tracing::info!(session = %client.session_id(), "ZooKeeper registry closed");
-        // Dropping the last client sends CloseSession, which removes any ephemeral node left.
+        // Closing the session next removes any ephemeral node left.
+        deadline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, bytes: usize) -> (String, Vec<u8>) {
+        (path.to_string(), vec![b'x'; bytes])
+    }
+
+    #[test]
+    fn multi_ops_fit_in_count_and_bytes() {
+        let entries: Vec<(String, Vec<u8>)> =
+            (0..10).map(|i| entry(&format!("/s/{i}"), 100)).collect();
+        let refs: Vec<&(String, Vec<u8>)> = entries.iter().collect();
+        let sizes =
+            |chunks: Vec<&[&(String, Vec<u8>)]>| chunks.iter().map(|c| c.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(multi_ops(&refs, 4, usize::MAX)), [4, 4, 2]);
+        // 100 + 4 + 64 = 168 bytes each: 3 fit in 600.
+        assert_eq!(sizes(multi_ops(&refs, 1000, 600)), [3, 3, 3, 1]);
+        let big = [entry("/s/big", 1000), entry("/s/a", 1)];
+        let refs: Vec<&(String, Vec<u8>)> = big.iter().collect();
+        assert_eq!(sizes(multi_ops(&refs, 1000, 600)), [1, 1]);
+        assert!(multi_ops(&[], 10, 10).is_empty());
     }
 }
