@@ -52,6 +52,7 @@ mod backends;
 mod backoff;
 pub mod balance;
 mod discovery;
+mod http_client;
 mod info;
 mod merged;
 pub mod metrics;

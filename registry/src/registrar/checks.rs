@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::desired::DesiredSet;
 use super::lifecycle::panic_text;
@@ -284,38 +283,19 @@ impl HealthCheck {
     }
 }
 
-/// `GET path` over a fresh connection; `Ok` for a 2xx or 3xx status line.
+/// `GET path` over a fresh connection (HTTP/1.1, through hyper); `Ok` for a 2xx or 3xx status.
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: service-registry-health-check\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the request to {addr}: {e}"))?;
-    let mut head = Vec::with_capacity(64);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 4096 {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("no answer from {addr}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or_default();
-    let code = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .filter(|_| line.starts_with("HTTP/"))
-        .ok_or_else(|| format!("{addr} did not answer with an HTTP status line (got {line:?})"))?;
+    let host = addr.to_string();
+    let request = crate::http_client::request(http::Method::GET, &host, path);
+    let answer = crate::http_client::send(
+        &host,
+        request,
+        bytes::Bytes::new(),
+        crate::http_client::ReadBody::Skip,
+    )
+    .await
+    .map_err(|e| format!("GET {path} on {addr} failed: {e}"))?;
+    let code = answer.status.as_u16();
     if (200..400).contains(&code) {
         Ok(())
     } else {

@@ -1,23 +1,47 @@
 //! Logging in: Nacos' `POST /nacos/v1/auth/login` (HTTP port) hands out an access token that
 //! every gRPC request then carries in its `accessToken` header, until it expires.
 //!
-//! One small HTTP/1.1 exchange, written here rather than pulling an HTTP client in for it.
+//! The exchange is spoken by hyper ([`crate::http_client`]); the answer is read as bytes up to
+//! [`LOGIN_ANSWER_LIMIT`]. Errors name the user and the server, never the password, and never
+//! copy a successful answer (it holds the token); of a refusal they quote a short excerpt, and
+//! only when it names no token.
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::config::NacosConfig;
 use super::error::NacosError;
+use crate::http_client::{self, HttpError, ReadBody};
 
-/// An access token and when to renew it.
-#[derive(Clone, Debug)]
+/// Where the login answers.
+const LOGIN_PATH: &str = "/nacos/v1/auth/login";
+
+/// The most of a login answer that is read: a token and its TTL take a few hundred bytes (rnacos
+/// 0.8.8: 128), Java Nacos' answer under 1 KiB. A longer answer is an error.
+pub(crate) const LOGIN_ANSWER_LIMIT: usize = 64 * 1024;
+
+/// The most of a refusal's text quoted in an error.
+const QUOTED: usize = 200;
+
+/// An access token and when to renew it. Its `Debug` shows no token.
+#[derive(Clone)]
 pub(crate) struct Token {
     pub value: String,
     /// Half-way through its life: renewed from then on.
     pub renew_at: Instant,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &"<redacted>")
+            .field("renew_at", &self.renew_at)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -34,54 +58,117 @@ pub(crate) async fn login(config: &NacosConfig) -> Result<Option<Token>, NacosEr
         return Ok(None);
     };
     let server = config.http_addr();
-    let body = format!(
+    let form = format!(
         "username={}&password={}",
         form_encode(user),
         form_encode(password)
     );
-    let exchange = post_form(&server, "/nacos/v1/auth/login", &body);
-    let (status, text) = tokio::time::timeout(config.request_timeout, exchange)
-        .await
-        .map_err(|_| NacosError::Unreachable {
-            server: server.clone(),
-            reason: format!(
-                "the login got no answer within {:?}",
-                config.request_timeout
-            ),
-        })?
-        .map_err(|err| NacosError::Unreachable {
-            server: server.clone(),
-            reason: format!("login: {err}"),
-        })?;
-    let refused = |reason: String| NacosError::Unauthenticated {
-        user: user.clone(),
+    let request = http_client::request(Method::POST, &server, LOGIN_PATH)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let exchange = http_client::send(
+        &server,
+        request,
+        Bytes::from(form),
+        ReadBody::UpTo(LOGIN_ANSWER_LIMIT),
+    );
+    let unreachable = |reason: String| NacosError::Unreachable {
         server: server.clone(),
         reason,
     };
-    if status == 403 || status == 401 {
-        return Err(refused(text.trim().to_string()));
-    }
-    if status != 200 {
-        return Err(NacosError::Refused {
-            server: server.clone(),
-            what: format!("the login of user `{user}`"),
-            code: status,
-            message: text.trim().to_string(),
+    let bad_answer = |reason: String| NacosError::BadAnswer {
+        server: server.clone(),
+        what: format!("the login of user `{user}`"),
+        reason,
+    };
+    let answer = tokio::time::timeout(config.request_timeout, exchange)
+        .await
+        .map_err(|_| {
+            unreachable(format!(
+                "the login got no answer within {:?}",
+                config.request_timeout
+            ))
+        })?
+        .map_err(|err| match err {
+            HttpError::TooLarge { .. } => bad_answer(err.to_string()),
+            err => unreachable(format!("login: {err}")),
+        })?;
+    read_answer(user, &server, answer.status, &answer.body)
+}
+
+/// The token in a login answer, or why there is none.
+fn read_answer(
+    user: &str,
+    server: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<Option<Token>, NacosError> {
+    let bad_answer = |reason: String| NacosError::BadAnswer {
+        server: server.to_string(),
+        what: format!("the login of user `{user}`"),
+        reason,
+    };
+    if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+        return Err(NacosError::Unauthenticated {
+            user: user.to_string(),
+            server: server.to_string(),
+            reason: quote(status, body),
         });
     }
-    let answer: LoginAnswer = serde_json::from_str(&text).map_err(|err| {
-        refused(format!(
-            "the login answer is not Nacos' JSON ({err}): {text}"
+    if status != StatusCode::OK {
+        return Err(NacosError::Refused {
+            server: server.to_string(),
+            what: format!("the login of user `{user}`"),
+            code: status.as_u16(),
+            message: quote(status, body),
+        });
+    }
+    // A successful answer holds the token: it is never quoted, whatever is wrong with it.
+    let answer: LoginAnswer = serde_json::from_slice(body).map_err(|err| {
+        bad_answer(format!(
+            "the answer ({} bytes) is not Nacos' login JSON ({})",
+            body.len(),
+            json_problem(&err)
         ))
     })?;
     let value = answer
         .access_token
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| refused(format!("the login answer has no access token: {text}")))?;
+        .ok_or_else(|| bad_answer("the answer holds no access token".to_string()))?;
     Ok(Some(Token {
         value,
         renew_at: Instant::now() + renew_after(answer.token_ttl),
     }))
+}
+
+/// What a refusal says, for an error: its text when it is short, printable and names no
+/// token; else only its status and size.
+fn quote(status: StatusCode, body: &[u8]) -> String {
+    let text = std::str::from_utf8(body).ok().map(str::trim);
+    match text {
+        Some(text)
+            if text.chars().count() <= QUOTED
+                && !text.chars().any(char::is_control)
+                && !text.to_ascii_lowercase().contains("token") =>
+        {
+            if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {text}")
+            }
+        }
+        _ => format!("HTTP {status}, {} bytes not shown", body.len()),
+    }
+}
+
+/// What is wrong with an answer that is not the JSON expected: `serde_json`'s category only,
+/// as its message can quote the answer ("invalid type: string \"...\"").
+fn json_problem(err: &serde_json::Error) -> &'static str {
+    match err.classify() {
+        serde_json::error::Category::Io => "cannot be read",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "not the expected fields",
+        serde_json::error::Category::Eof => "cut short",
+    }
 }
 
 /// When to renew a token the server says lives `ttl` seconds: half-way through, so that it is
@@ -110,58 +197,6 @@ fn form_encode(value: &str) -> String {
     out
 }
 
-/// One `POST` with a form body over a fresh connection; the status and the body.
-async fn post_form(server: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(server).await?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    parse_response(&raw)
-}
-
-/// The status and body of an HTTP/1.1 response read to its end.
-fn parse_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers in the HTTP answer"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("no status in the HTTP answer"))?;
-    let chunked = head.lines().any(|line| {
-        let line = line.to_ascii_lowercase();
-        line.starts_with("transfer-encoding:") && line.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,18 +213,66 @@ mod tests {
         assert_eq!(form_encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
     }
 
+    const TOKEN: &str = "tok-5f3a9c";
+
+    fn answer(status: u16, body: &str) -> Result<Option<Token>, NacosError> {
+        read_answer(
+            "nacos",
+            "h:8848",
+            StatusCode::from_u16(status).unwrap(),
+            body.as_bytes(),
+        )
+    }
+
     #[test]
-    fn answers_are_parsed_plain_and_chunked() {
-        let plain = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 13\r\n\r\nunknown user!";
-        assert_eq!(
-            parse_response(plain).unwrap(),
-            (403, "unknown user!".into())
+    fn a_good_answer_gives_the_token_and_its_renewal() {
+        let body = format!(r#"{{"accessToken":"{TOKEN}","tokenTtl":3600,"globalAdmin":true}}"#);
+        let token = answer(200, &body).unwrap().unwrap();
+        assert_eq!(token.value, TOKEN);
+        assert!(token.renew_at > Instant::now() + Duration::from_secs(1700));
+        assert!(!format!("{token:?}").contains(TOKEN), "{token:?}");
+    }
+
+    #[test]
+    fn no_error_quotes_a_successful_answer() {
+        for body in [
+            format!(r#"{{"accessToken":"{TOKEN}","tokenTtl":"{TOKEN}"}}"#),
+            format!(r#"{{"accessToken":"{TOKEN}","tokenTtl":-1}}"#),
+            format!(r#"{{"accessToken":"{TOKEN}""#),
+            format!(r#"<html>{TOKEN}</html>"#),
+            format!(r#"{{"token":"{TOKEN}"}}"#),
+        ] {
+            let err = answer(200, &body).unwrap_err();
+            assert!(matches!(err, NacosError::BadAnswer { .. }), "{err:?}");
+            for text in [err.to_string(), format!("{err:?}")] {
+                assert!(!text.contains(TOKEN), "{text}");
+                assert!(
+                    text.contains("`nacos`") && text.contains("h:8848"),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_quoted_only_when_short_and_free_of_tokens() {
+        let err = answer(403, "unknown user!").unwrap_err();
+        assert!(matches!(err, NacosError::Unauthenticated { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("HTTP 403 Forbidden: unknown user!"),
+            "{err}"
         );
-        let chunked =
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked).unwrap(),
-            (200, "hello world".into())
+        let err = answer(500, &format!(r#"{{"accessToken":"{TOKEN}"}}"#)).unwrap_err();
+        assert!(
+            matches!(err, NacosError::Refused { code: 500, .. }),
+            "{err:?}"
         );
+        assert!(!err.to_string().contains(TOKEN), "{err}");
+        assert!(err.to_string().contains("bytes not shown"), "{err}");
+        let long = "x".repeat(QUOTED + 1);
+        assert!(!answer(401, &long).unwrap_err().to_string().contains(&long));
+        let err = read_answer("u", "h:1", StatusCode::FORBIDDEN, b"\xff\xfe").unwrap_err();
+        assert!(err.to_string().contains("2 bytes not shown"), "{err}");
     }
 }

@@ -63,8 +63,19 @@ pub enum NacosConfigError {
 ///     .user("nacos", "secret")
 ///     .request_timeout(Duration::from_secs(3));
 /// assert_eq!(config.grpc_addr(), "127.0.0.1:9848");
+/// // `Debug` shows the user, never the password.
+/// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Clone, Debug)]
+///
+/// # Credentials go in plain text
+///
+/// The login (`POST /nacos/v1/auth/login` on the HTTP port) and every gRPC request after it
+/// (which carries the access token) are sent unencrypted: this crate speaks neither HTTPS nor
+/// gRPC over TLS to Nacos (r-nacos serves neither). With a [`user`](Self::user) configured,
+/// anyone on the path can read the password and the token. Keep Nacos on a trusted network (or
+/// loopback, behind a local TLS tunnel); a registry or discovery built with a user says so
+/// once in the log (a `warn`).
+#[derive(Clone)]
 pub struct NacosConfig {
     pub(crate) host: String,
     pub(crate) http_port: u16,
@@ -81,6 +92,33 @@ pub struct NacosConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) concurrency: usize,
     pub(crate) resolve_from_watch: bool,
+}
+
+impl std::fmt::Debug for NacosConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By hand: the password never shows, only whether there is one.
+        let user = self
+            .user
+            .as_ref()
+            .map(|(user, _)| format!("{user} (password: <redacted>)"));
+        f.debug_struct("NacosConfig")
+            .field("host", &self.host)
+            .field("http_port", &self.http_port)
+            .field("grpc_port", &self.grpc_port)
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("cluster", &self.cluster)
+            .field("user", &user)
+            .field("extra_metadata", &self.extra_metadata)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("backoff", &self.backoff)
+            .field("close_timeout", &self.close_timeout)
+            .field("concurrency", &self.concurrency)
+            .field("resolve_from_watch", &self.resolve_from_watch)
+            .finish()
+    }
 }
 
 impl NacosConfig {
@@ -237,7 +275,9 @@ impl NacosConfig {
     }
 
     /// Log in as `user` with `password` (Nacos' `/nacos/v1/auth/login`; the token is sent
-    /// with every request and renewed before it expires).
+    /// with every request and renewed before it expires). Both go unencrypted: see
+    /// [Credentials go in plain text](NacosConfig#credentials-go-in-plain-text). The password
+    /// shows in no `Debug` output, error, status or log.
     ///
     /// ```
     /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848).user("nacos", "nacos");
@@ -341,6 +381,21 @@ impl NacosConfig {
             .unwrap_or_else(|| "(none: no user configured)".to_string())
     }
 
+    /// Says once, in the log, that the credentials go unencrypted (when a user is configured).
+    /// Called once per registry and per discovery, when it is built.
+    pub(crate) fn warn_plain_text_credentials(&self) {
+        if let Some((user, _)) = &self.user {
+            tracing::warn!(
+                user = %user,
+                server = %self.http_addr(),
+                grpc = %self.grpc_addr(),
+                "the Nacos password and access token of this user go over plain text (no TLS): \
+                 anyone on the path can read them; keep Nacos on a trusted network"
+            );
+        }
+    }
+
+    /// Checks the settings of a registry (and says once when its credentials go unencrypted).
     pub(crate) fn check(&self) -> Result<(), NacosConfigError> {
         if self.host.trim().is_empty() {
             return Err(NacosConfigError::NoServer);
@@ -351,6 +406,7 @@ impl NacosConfig {
                 value: format!("{} + 1000 (over 65535: set the gRPC port)", self.http_port),
             });
         }
+        self.warn_plain_text_credentials();
         Ok(())
     }
 }
@@ -391,6 +447,15 @@ mod tests {
         assert!(matches!(c.check(), Err(NacosConfigError::BadPort { .. })));
         assert!(c.clone().grpc_port(9848).check().is_ok());
         assert!(NacosConfig::new("h", 64535).check().is_ok());
+    }
+
+    #[test]
+    fn debug_shows_the_user_and_never_the_password() {
+        let c = NacosConfig::new("h", 8848).user("admin", "pw-7c1e");
+        let text = format!("{c:?} {c:#?}");
+        assert!(!text.contains("pw-7c1e"), "{text}");
+        assert!(text.contains("admin (password: <redacted>)"), "{text}");
+        assert!(format!("{:?}", NacosConfig::new("h", 1)).contains("user: None"));
     }
 
     #[test]

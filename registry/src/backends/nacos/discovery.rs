@@ -73,6 +73,7 @@ impl NacosDiscovery {
     /// # let _ = discovery;
     /// ```
     pub fn new(config: NacosConfig) -> Self {
+        config.warn_plain_text_credentials();
         Self {
             config: Arc::new(config),
             client: SharedClient::default(),

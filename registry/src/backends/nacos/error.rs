@@ -62,6 +62,18 @@ pub enum NacosError {
         /// What Nacos said.
         reason: String,
     },
+    /// An answer that cannot be used: a login answer that is not Nacos' JSON, holds no token,
+    /// or is over its size cap. The text says what is wrong, never what the answer held (a
+    /// login answer may hold a token).
+    #[error("Nacos at {server} sent an unusable answer to {what}: {reason}")]
+    BadAnswer {
+        /// `host:port`.
+        server: String,
+        /// What was asked.
+        what: String,
+        /// What is wrong with the answer.
+        reason: String,
+    },
     /// Nacos answered a request with an error of its own.
     #[error("Nacos at {server} refused {what}: code {code}: {message}")]
     Refused {
@@ -111,10 +123,12 @@ impl NacosError {
                 user: user.clone(),
                 source: Arc::new(self),
             },
-            Self::Refused { .. } | Self::Rejected { .. } => RegistryError::Backend {
-                backend: BACKEND,
-                source: Arc::new(self),
-            },
+            Self::Refused { .. } | Self::Rejected { .. } | Self::BadAnswer { .. } => {
+                RegistryError::Backend {
+                    backend: BACKEND,
+                    source: Arc::new(self),
+                }
+            }
         }
     }
 }
