@@ -74,6 +74,18 @@ pub enum NacosError {
         /// Nacos' message.
         message: String,
     },
+    /// Nacos' answer was larger than this client decodes (10 MiB, as the Java client): a
+    /// service with too many instances or too much metadata. The connection is unaffected;
+    /// the same request fails the same way until the service is smaller.
+    #[error("the answer of Nacos at {server} to {what} is too large: {reason}")]
+    TooLarge {
+        /// `host:port`.
+        server: String,
+        /// What was asked.
+        what: String,
+        /// How large it was, and the limit.
+        reason: String,
+    },
 }
 
 impl NacosError {
@@ -111,10 +123,12 @@ impl NacosError {
                 user: user.clone(),
                 source: Arc::new(self),
             },
-            Self::Refused { .. } | Self::Rejected { .. } => RegistryError::Backend {
-                backend: BACKEND,
-                source: Arc::new(self),
-            },
+            Self::Refused { .. } | Self::Rejected { .. } | Self::TooLarge { .. } => {
+                RegistryError::Backend {
+                    backend: BACKEND,
+                    source: Arc::new(self),
+                }
+            }
         }
     }
 }
