@@ -470,6 +470,32 @@ impl Connection {
     }
 }
 
+/// Whether the server at `config`'s gRPC address answers a `ServerCheckRequest` within `limit`,
+/// on a connection of its own that is closed right after. No login: any answer counts (an
+/// error code too), only a failed connection or no answer does not.
+pub(crate) async fn probe(config: &NacosConfig, limit: Duration) -> bool {
+    let server = config.grpc_addr();
+    let check = async {
+        let endpoint = Endpoint::from_shared(format!("http://{server}"))
+            .ok()?
+            .connect_timeout(limit)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.ok()?;
+        let grpc = NacosGrpc::new(channel, MAX_ANSWER, MAX_ANSWER);
+        let headers = HashMap::new();
+        let envelope = Envelope {
+            module: "internal",
+            request_id: "0".to_string(),
+            headers: &headers,
+            body: Empty {},
+        };
+        let json = serde_json::to_vec(&envelope).unwrap_or_default();
+        let check = Payload::new("ServerCheckRequest", HashMap::new(), json);
+        grpc.request(check).await.ok()
+    };
+    matches!(tokio::time::timeout(limit, check).await, Ok(Some(_)))
+}
+
 /// Whether the server refused the request's credentials. rnacos says "unknown user!", Java
 /// Nacos "token expired!" or "token invalid!": whatever the wording, the token is renewed once,
 /// and a refusal after that is `Unauthenticated`.
