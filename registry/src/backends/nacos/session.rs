@@ -428,7 +428,15 @@ impl Session {
         if self.closing.is_some() {
             return;
         }
+        let doomed: BTreeSet<String> = self.live.doomed_keys().into_iter().collect();
         let absorbed = absorb_queued(&mut self.commands, &mut self.live);
+        // Deregistrations queued meanwhile: the new connection cannot remove what a stale
+        // one holds.
+        for key in self.live.doomed_keys() {
+            if !doomed.contains(&key) {
+                self.delete_on_stale(&key);
+            }
+        }
         self.pending_puts.extend(absorbed.puts);
         self.closing = absorbed.close.map(Some);
     }
@@ -517,6 +525,9 @@ impl Session {
                     put_waiters.push((key, done));
                 }
                 Command::Delete { key, done } => {
+                    // A stale connection still open may hold the instance (it was not written
+                    // on this one yet), and only it can remove it.
+                    self.delete_on_stale(&key);
                     self.live.delete(key.clone(), Some(done));
                     touched.push(key);
                 }
