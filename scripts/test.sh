@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what the fixtures need (etcd, ZooKeeper, protoc) with apt
+# Runs the whole test suite. Installs what the fixtures need (etcd, ZooKeeper, protoc, libfaketime) with apt
 # and the Nacos server (rnacos, with cargo) when missing; the fixtures start and stop the servers
 # themselves on free loopback ports.
 set -euo pipefail
@@ -11,6 +11,9 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # etcd-client's build imports google/protobuf/*.proto, which protoc alone does not ship.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need+=(zookeeper)
+# tests/tests/nacos_clock.rs runs rnacos under libfaketime to step its wall clock back.
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null \
+  || [ -f /usr/lib/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=()

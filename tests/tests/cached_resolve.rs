@@ -211,3 +211,37 @@ async fn zookeeper_resolve_answers_from_a_live_watch_only_while_it_is_in_sync() 
     };
     scenario("zookeeper", &discovery, &proxy, "cached.svc", put, delete).await;
 }
+
+#[cfg(feature = "nacos")]
+#[tokio::test]
+async fn nacos_resolve_answers_from_a_live_watch_only_while_it_is_in_sync() {
+    use service_registry::nacos::{NacosConfig, NacosDiscovery, NacosRegistry};
+    use service_registry::{Info, Registry};
+    use tests::fixtures::nacos::Nacos;
+
+    let nacos = Nacos::start().await;
+    let proxy = FaultProxy::start(addr(nacos.grpc_port)).await;
+    let discovery = NacosDiscovery::new(
+        NacosConfig::new("127.0.0.1", nacos.http_port)
+            .grpc_port(proxy.addr().port())
+            .connect_timeout(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(1))
+            .heartbeat(Duration::from_secs(1)),
+    );
+    // Nacos instances live on a connection: the writer's goes to the server directly.
+    let registry = NacosRegistry::new(
+        NacosConfig::new("127.0.0.1", nacos.http_port).grpc_port(nacos.grpc_port),
+    )
+    .unwrap();
+    let info = |port: u16| Info::new("cached.svc", addr(port));
+    let put = |port: u16| {
+        let registry = registry.clone();
+        async move { registry.register(&info(port)).await.unwrap() }
+    };
+    let delete = |port: u16| {
+        let registry = registry.clone();
+        async move { registry.deregister(&info(port)).await.unwrap() }
+    };
+    scenario("nacos", &discovery, &proxy, "cached.svc", put, delete).await;
+    registry.close().await;
+}

@@ -35,8 +35,27 @@ const CLIENT_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
+/// The largest answer decoded, and the largest push delivered: 10 MiB, as the Java client
+/// (`maxInboundMessageSize`). tonic's default, 4 MiB, is already exceeded by a service of 5 000
+/// instances with 1 KB of metadata each. A constant rather than a [`NacosConfig`] option: a
+/// larger one would only move the point where a service is too large to follow.
+pub(crate) const MAX_ANSWER: usize = 10 << 20;
+/// The largest message the stream decodes. A push above [`MAX_ANSWER`] (and up to this) is
+/// read and passed over, failing only the watch of its service: a message over the decode
+/// limit would end the stream, and with it the connection every watch of the discovery shares.
+pub(crate) const MAX_STREAM_MESSAGE: usize = 4 * MAX_ANSWER;
+
+/// What the server pushed last for a service.
+#[derive(Clone, Debug)]
+pub(crate) enum Push {
+    /// The service's instances.
+    State(Arc<ServiceInfo>),
+    /// A push of this many bytes, over [`MAX_ANSWER`]: passed over.
+    TooLarge(usize),
+}
+
 /// The latest push per `group@@service`, for whoever follows it.
-pub(crate) type Pushes = Arc<Mutex<HashMap<String, watch::Sender<Option<Arc<ServiceInfo>>>>>>;
+pub(crate) type Pushes = Arc<Mutex<HashMap<String, watch::Sender<Option<Push>>>>>;
 
 /// Records the first cause of a lost connection; later ones are dropped.
 pub(crate) fn mark_lost(lost: &watch::Sender<Option<String>>, cause: String) {
@@ -120,7 +139,7 @@ impl Connection {
             .connect()
             .await
             .map_err(|err| unreachable(error_chain(&err)))?;
-        let grpc = NacosGrpc::new(channel);
+        let grpc = NacosGrpc::new(channel, MAX_ANSWER, MAX_STREAM_MESSAGE);
         let (lost, _) = watch::channel(None);
         let (outbound, rx) = mpsc::unbounded_channel::<Payload>();
         let mut connection = Self {
@@ -425,7 +444,7 @@ impl Connection {
     }
 
     /// Pushes for `group@@service` from now on (the latest one; `None` before the first).
-    pub(crate) fn pushes(&self, grouped: &str) -> watch::Receiver<Option<Arc<ServiceInfo>>> {
+    pub(crate) fn pushes(&self, grouped: &str) -> watch::Receiver<Option<Push>> {
         let mut pushes = lock(&self.pushes);
         match pushes.get(grouped) {
             Some(tx) => tx.subscribe(),
@@ -451,6 +470,32 @@ impl Connection {
     }
 }
 
+/// Whether the server at `config`'s gRPC address answers a `ServerCheckRequest` within `limit`,
+/// on a connection of its own that is closed right after. No login: any answer counts (an
+/// error code too), only a failed connection or no answer does not.
+pub(crate) async fn probe(config: &NacosConfig, limit: Duration) -> bool {
+    let server = config.grpc_addr();
+    let check = async {
+        let endpoint = Endpoint::from_shared(format!("http://{server}"))
+            .ok()?
+            .connect_timeout(limit)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.ok()?;
+        let grpc = NacosGrpc::new(channel, MAX_ANSWER, MAX_ANSWER);
+        let headers = HashMap::new();
+        let envelope = Envelope {
+            module: "internal",
+            request_id: "0".to_string(),
+            headers: &headers,
+            body: Empty {},
+        };
+        let json = serde_json::to_vec(&envelope).unwrap_or_default();
+        let check = Payload::new("ServerCheckRequest", HashMap::new(), json);
+        grpc.request(check).await.ok()
+    };
+    matches!(tokio::time::timeout(limit, check).await, Ok(Some(_)))
+}
+
 /// Whether the server refused the request's credentials. rnacos says "unknown user!", Java
 /// Nacos "token expired!" or "token invalid!": whatever the wording, the token is renewed once,
 /// and a refusal after that is `Unauthenticated`.
@@ -469,9 +514,17 @@ fn is_transport(code: tonic::Code) -> bool {
     )
 }
 
-/// A gRPC error that is the request's own: too large or malformed is rejected for good (it
-/// would be again), anything else is refused this time.
+/// A gRPC error that is the request's own: an answer over our decode limit is too large (the
+/// request was fine; the service is too big to read); a request the server found too large or
+/// malformed is rejected for good (it would be again); anything else is refused this time.
 fn rejection(server: &str, what: &str, status: &tonic::Status) -> NacosError {
+    if answer_too_large(status) {
+        return NacosError::TooLarge {
+            server: server.to_string(),
+            what: what.to_string(),
+            reason: status.message().to_string(),
+        };
+    }
     match status.code() {
         tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
             NacosError::Rejected {
@@ -486,6 +539,19 @@ fn rejection(server: &str, what: &str, status: &tonic::Status) -> NacosError {
             code: 0,
             message: status.to_string(),
         },
+    }
+}
+
+/// Whether tonic refused to decode an answer for its size (it says so in these words: "decoded
+/// message length too large", or "size limit ... exceeded while decompressing").
+fn answer_too_large(status: &tonic::Status) -> bool {
+    let message = status.message();
+    match status.code() {
+        tonic::Code::OutOfRange => message.contains("message length too large"),
+        tonic::Code::ResourceExhausted => {
+            message.starts_with("Error decompressing") && message.contains("size limit")
+        }
+        _ => false,
     }
 }
 
@@ -535,6 +601,16 @@ mod tests {
             rejection("h:1", "a registration", &big),
             NacosError::Rejected { .. }
         ));
+        // What tonic says of an answer over our decode limit: the answer is too large, the
+        // query was fine.
+        let answer = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 6075979 bytes, the limit is: 4194304 bytes",
+        );
+        assert!(!is_transport(answer.code()));
+        let err = rejection("h:1", "the query of `svc`", &answer);
+        assert!(matches!(err, NacosError::TooLarge { .. }), "{err:?}");
+        assert!(!err.is_invalid());
+        assert!(!err.to_string().contains("invalid"), "{err}");
         let other = tonic::Status::internal("oops");
         assert!(!is_transport(other.code()));
         assert!(matches!(

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::config::NacosConfig;
-use super::connection::Connection;
+use super::connection::{Connection, Push, MAX_ANSWER};
 use super::error::NacosError;
 use super::wire::{self, QueryRequest, ServiceInfo, SubscribeRequest};
 use crate::backends::cache::WatchCache;
@@ -96,6 +96,28 @@ impl NacosDiscovery {
             .map_err(|err| DiscoveryError::from_registry(BACKEND, service, err))
     }
 
+    /// The service's current instances, by a query on `connection`.
+    async fn query(
+        &self,
+        connection: &Connection,
+        service: &str,
+    ) -> Result<Option<ServiceInfo>, NacosError> {
+        let config = &self.config;
+        let request = QueryRequest {
+            namespace: &config.namespace,
+            service_name: service,
+            group_name: &config.group,
+            cluster: &config.cluster,
+            healthy_only: false,
+            udp_port: 0,
+        };
+        let what = format!("the query of `{service}`");
+        let response = connection
+            .call("ServiceQueryRequest", &what, request)
+            .await?;
+        Ok(response.service_info)
+    }
+
     fn failed(&self, service: &str, epoch: u64, err: NacosError) -> DiscoveryError {
         if err.is_connection() {
             self.client.forget(epoch);
@@ -134,21 +156,11 @@ impl Discovery for NacosDiscovery {
             }
         }
         let (connection, epoch) = self.connection(service).await?;
-        let config = &self.config;
-        let request = QueryRequest {
-            namespace: &config.namespace,
-            service_name: service,
-            group_name: &config.group,
-            cluster: &config.cluster,
-            healthy_only: false,
-            udp_port: 0,
-        };
-        let what = format!("the query of `{service}`");
-        let response = connection
-            .call("ServiceQueryRequest", &what, request)
+        let info = self
+            .query(&connection, service)
             .await
             .map_err(|err| self.failed(service, epoch, err))?;
-        let found = entries(service, &config.cluster, response.service_info.as_ref());
+        let found = entries(service, &self.config.cluster, info.as_ref());
         Ok(found.into_values().collect())
     }
 
@@ -162,9 +174,10 @@ pub(crate) struct Subscription {
     connection: Arc<Connection>,
     grouped: String,
     service: String,
-    pushes: Option<watch::Receiver<Option<Arc<ServiceInfo>>>>,
+    pushes: Option<watch::Receiver<Option<Push>>>,
     config: Arc<NacosConfig>,
-    /// The `lastRefTime` of the state shown: an older push is stale and passed over.
+    /// The `lastRefTime` of the state shown: a push older than it is out of order (or the
+    /// server's clock went back), and the service is queried instead.
     last_ref_time: i64,
 }
 
@@ -260,10 +273,31 @@ impl Source for NacosDiscovery {
                     if changed.is_err() {
                         return Err("the connection dropped the subscription".into());
                     }
-                    let Some(info) = pushes.borrow_and_update().clone() else { continue };
+                    let Some(push) = pushes.borrow_and_update().clone() else { continue };
+                    let info = match push {
+                        Push::State(info) => info,
+                        Push::TooLarge(size) => {
+                            return Err(format!(
+                                "a push of {size} bytes is over the {MAX_ANSWER}-byte limit"
+                            ))
+                        }
+                    };
                     if info.last_ref_time > 0 && info.last_ref_time < cursor.last_ref_time {
-                        tracing::debug!(service, "stale push passed over");
-                        continue;
+                        // Out of order, or the server's clock went back: neither the push
+                        // nor what is shown is known to be the latest. Ask.
+                        tracing::debug!(
+                            service,
+                            push = info.last_ref_time,
+                            shown = cursor.last_ref_time,
+                            "a push older than the state shown; querying the service"
+                        );
+                        let current = self
+                            .query(&cursor.connection, service)
+                            .await
+                            .map_err(|err| format!("querying after an out-of-order push: {err}"))?;
+                        cursor.last_ref_time = current.as_ref().map_or(0, |i| i.last_ref_time);
+                        *entries_now = entries(service, &self.config.cluster, current.as_ref());
+                        return Ok(Step::Applied);
                     }
                     cursor.last_ref_time = info.last_ref_time;
                     *entries_now = entries(service, &self.config.cluster, Some(&info));

@@ -86,6 +86,18 @@ pub enum NacosError {
         /// Nacos' message.
         message: String,
     },
+    /// Nacos' answer was larger than this client decodes (10 MiB, as the Java client): a
+    /// service with too many instances or too much metadata. The connection is unaffected;
+    /// the same request fails the same way until the service is smaller.
+    #[error("the answer of Nacos at {server} to {what} is too large: {reason}")]
+    TooLarge {
+        /// `host:port`.
+        server: String,
+        /// What was asked.
+        what: String,
+        /// How large it was, and the limit.
+        reason: String,
+    },
 }
 
 impl NacosError {
@@ -123,7 +135,10 @@ impl NacosError {
                 user: user.clone(),
                 source: Arc::new(self),
             },
-            Self::Refused { .. } | Self::Rejected { .. } | Self::BadAnswer { .. } => {
+            Self::Refused { .. }
+            | Self::Rejected { .. }
+            | Self::BadAnswer { .. }
+            | Self::TooLarge { .. } => {
                 RegistryError::Backend {
                     backend: BACKEND,
                     source: Arc::new(self),

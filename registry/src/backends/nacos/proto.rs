@@ -70,22 +70,26 @@ const REQUEST: &str = "/Request/request";
 const BI_STREAM: &str = "/BiRequestStream/requestBiStream";
 
 /// The two calls, on one HTTP/2 connection (the server ties a unary request to the stream
-/// opened on the same connection).
+/// opened on the same connection), each with its own decode limit.
 #[derive(Clone)]
 pub(crate) struct NacosGrpc {
-    inner: Grpc<Channel>,
+    unary: Grpc<Channel>,
+    stream: Grpc<Channel>,
 }
 
 impl NacosGrpc {
-    pub(crate) fn new(channel: Channel) -> Self {
+    /// Calls on `channel` that decode answers of up to `answer_limit` bytes and stream
+    /// messages of up to `stream_limit` (a larger stream message fails the whole stream).
+    pub(crate) fn new(channel: Channel, answer_limit: usize, stream_limit: usize) -> Self {
         Self {
-            inner: Grpc::new(channel),
+            unary: Grpc::new(channel.clone()).max_decoding_message_size(answer_limit),
+            stream: Grpc::new(channel).max_decoding_message_size(stream_limit),
         }
     }
 
     /// One unary request.
     pub(crate) async fn request(&self, payload: Payload) -> Result<Payload, Status> {
-        let mut grpc = self.inner.clone();
+        let mut grpc = self.unary.clone();
         grpc.ready()
             .await
             .map_err(|err| Status::unavailable(format!("the connection is not ready: {err}")))?;
@@ -104,7 +108,7 @@ impl NacosGrpc {
         &self,
         outbound: impl Stream<Item = Payload> + Send + 'static,
     ) -> Result<Streaming<Payload>, Status> {
-        let mut grpc = self.inner.clone();
+        let mut grpc = self.stream.clone();
         grpc.ready()
             .await
             .map_err(|err| Status::unavailable(format!("the connection is not ready: {err}")))?;

@@ -7,6 +7,12 @@
 //! tasks keep it alive (stream reader, health check); they never wait behind a write.
 //!
 //! A key is `{addr}|{service}`; its value is the JSON of the Nacos instance to register.
+//!
+//! Between attempts to connect the task waits out its backoff, but after a connect failed it
+//! probes the server every [`PROBE_EVERY`]: once the server answers again after not answering,
+//! it connects at once instead of at its next attempt. A connection lost before it lived
+//! [`NacosConfig::heartbeat`] (one health check) does not start the backoff over: a server
+//! that takes connections and drops them at once is not rewritten in a tight loop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -18,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::config::NacosConfig;
-use super::connection::Connection;
+use super::connection::{probe, Connection};
 use super::error::NacosError;
 use super::wire::{InstanceRequest, NacosInstance};
 use crate::backends::handle::{finish, Command, Reply, Step};
@@ -33,6 +39,11 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The most connections kept for the instances they may hold (see `Session::stale`).
 const MAX_STALE: usize = 4;
+
+/// How often the server is probed after a failed connect, while it does not answer.
+const PROBE_EVERY: Duration = Duration::from_millis(150);
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The live-set key of `info`.
 pub(crate) fn key(info: &Info) -> String {
@@ -74,6 +85,9 @@ pub(crate) struct Session {
     /// Deregistrations sent on the stale connection while it is away (see
     /// [`Session::delete_on_stale`]); each ends within the request timeout.
     stale_deletes: tokio::task::JoinSet<()>,
+    /// Whether the last probe found the server not answering (see [`back_after_outage`]); kept
+    /// from one wait to the next, cleared once connected.
+    outage: bool,
 }
 
 enum Established {
@@ -98,6 +112,7 @@ impl Session {
             stale_deletes: tokio::task::JoinSet::new(),
             unwritten: BTreeSet::new(),
             unwritten_error: String::new(),
+            outage: false,
         }
     }
 
@@ -113,11 +128,12 @@ impl Session {
         let mut backoff = self.config.backoff.clone();
         let mut failures = 0u32;
         loop {
-            let (cause, delay) = match self.establish().await {
+            let (cause, delay, probing) = match self.establish().await {
                 Ok(Established::Closed(done)) => return finish(done),
                 Ok(Established::Live(connection)) => {
                     failures = 0;
-                    backoff.reset();
+                    self.outage = false;
+                    let since = Instant::now();
                     self.report(0);
                     tracing::info!(
                         server = connection.server(),
@@ -133,7 +149,14 @@ impl Session {
                                 last_error: cause.clone(),
                             });
                             self.keep_stale(connection);
-                            (self.unavailable(&cause), backoff.next_delay())
+                            // A connection that lived through a health check was a real
+                            // session: start the backoff over. One lost at once (a server or a
+                            // proxy that drops connections as soon as they are up) waits its
+                            // turn, so the live set is not rewritten in a tight loop.
+                            if since.elapsed() >= self.config.heartbeat {
+                                backoff.reset();
+                            }
+                            (self.unavailable(&cause), backoff.next_delay(), false)
                         }
                     }
                 }
@@ -145,10 +168,25 @@ impl Session {
                         attempt: failures,
                         last_error: err.to_string(),
                     });
-                    (err.into_registry(), delay)
+                    (err.into_registry(), delay, true)
                 }
             };
-            if let Some(done) = self.wait_offline(delay, &cause).await {
+            // After a failed connect the wait ends early once the server answers again
+            // (`wait_offline` only awaits a cancel-safe `recv`: ending it early loses nothing).
+            let config = self.config.clone();
+            let mut outage = self.outage;
+            let closed = tokio::select! {
+                closed = self.wait_offline(delay, &cause) => closed,
+                () = back_after_outage(&config, &mut outage), if probing => {
+                    tracing::info!(
+                        server = %config.grpc_addr(),
+                        "Nacos answers again; connecting now instead of after the backoff"
+                    );
+                    None
+                }
+            };
+            self.outage = outage;
+            if let Some(done) = closed {
                 // Closed while Nacos is away: the old connection is gone, and its instances
                 // with it.
                 self.live.clear();
@@ -390,7 +428,15 @@ impl Session {
         if self.closing.is_some() {
             return;
         }
+        let doomed: BTreeSet<String> = self.live.doomed_keys().into_iter().collect();
         let absorbed = absorb_queued(&mut self.commands, &mut self.live);
+        // Deregistrations queued meanwhile: the new connection cannot remove what a stale
+        // one holds.
+        for key in self.live.doomed_keys() {
+            if !doomed.contains(&key) {
+                self.delete_on_stale(&key);
+            }
+        }
         self.pending_puts.extend(absorbed.puts);
         self.closing = absorbed.close.map(Some);
     }
@@ -479,6 +525,9 @@ impl Session {
                     put_waiters.push((key, done));
                 }
                 Command::Delete { key, done } => {
+                    // A stale connection still open may hold the instance (it was not written
+                    // on this one yet), and only it can remove it.
+                    self.delete_on_stale(&key);
                     self.live.delete(key.clone(), Some(done));
                     touched.push(key);
                 }
@@ -568,6 +617,28 @@ impl Session {
             ),
         }
         self.live.clear();
+    }
+}
+
+/// Probes the server every [`PROBE_EVERY`] while it does not answer. `outage` says whether the
+/// last probe found it not answering; kept from one wait to the next (and cleared once
+/// connected), so a server back between a failed connect and the next probe still counts.
+/// Completes once the server answers after an outage. When it answers with no outage seen, it
+/// never completes and probes no more: the server is up and the connect failed anyway
+/// (refused credentials, a connection dropped at once), so the backoff stands.
+async fn back_after_outage(config: &NacosConfig, outage: &mut bool) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !probe(config, PROBE_TIMEOUT).await {
+            *outage = true;
+        } else if std::mem::replace(outage, false) {
+            return;
+        } else {
+            tracing::debug!("Nacos answers; waiting out the backoff");
+            return std::future::pending().await;
+        }
     }
 }
 

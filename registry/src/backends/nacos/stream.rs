@@ -9,9 +9,20 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use super::connection::{lock, mark_lost, Pushes};
+use serde::Deserialize;
+
+use super::connection::{lock, mark_lost, Push, Pushes, MAX_ANSWER};
 use super::proto::Payload;
-use super::wire::{self, Ack, ServerRequest, ServiceInfo};
+use super::wire::{self, Ack, ServerRequest};
+
+/// A server request without its service info: all that is read of a push too large to use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Header {
+    request_id: Option<String>,
+    service_name: Option<String>,
+    group_name: Option<String>,
+}
 
 /// Reads the stream: answers each server request, hands pushes to their subscribers, and
 /// reports the stream's end.
@@ -29,6 +40,26 @@ pub(crate) async fn read(
             Err(status) => break format!("the stream failed: {status}"),
         };
         let kind = payload.kind().to_string();
+        let size = payload.json().len();
+        if size > MAX_ANSWER && kind == "NotifySubscriberRequest" {
+            // Its subscribers hear it was too large (their watches fail, and list again);
+            // the stream, and every other subscription on it, goes on.
+            let header: Header = serde_json::from_slice(payload.json()).unwrap_or_default();
+            tracing::warn!(
+                service = header.service_name.as_deref().unwrap_or_default(),
+                size,
+                limit = MAX_ANSWER,
+                "a push over the size limit passed over"
+            );
+            deliver(
+                &pushes,
+                header.group_name.as_deref(),
+                header.service_name.as_deref(),
+                Some(Push::TooLarge(size)),
+            );
+            ack(&outbound, &kind, header.request_id);
+            continue;
+        }
         let request: ServerRequest = match serde_json::from_slice(payload.json()) {
             Ok(request) => request,
             Err(err) => {
@@ -43,21 +74,14 @@ pub(crate) async fn read(
                 &pushes,
                 request.group_name.as_deref(),
                 request.service_name.as_deref(),
-                request.service_info,
+                request.service_info.map(|info| Push::State(Arc::new(info))),
             );
         } else if kind == "ConnectResetRequest" {
             // The server asks us to go elsewhere: this connection is done.
             break "the server asked the client to reconnect".to_string();
         }
         if kind.ends_with("Request") {
-            let ack = Ack {
-                result_code: 200,
-                error_code: 0,
-                request_id: request.request_id.unwrap_or_default(),
-            };
-            let json = serde_json::to_vec(&ack).unwrap_or_default();
-            let answer = kind.trim_end_matches("Request").to_string() + "Response";
-            let _ = outbound.send(Payload::new(&answer, HashMap::new(), json));
+            ack(&outbound, &kind, request.request_id);
         }
     };
     tracing::debug!(%cause, "the Nacos stream ended");
@@ -65,13 +89,25 @@ pub(crate) async fn read(
     mark_lost(&lost, cause);
 }
 
-fn deliver(pushes: &Pushes, group: Option<&str>, service: Option<&str>, info: Option<ServiceInfo>) {
-    let (Some(service), Some(info)) = (service, info) else {
+/// Answers the server's request of type `kind`.
+fn ack(outbound: &mpsc::UnboundedSender<Payload>, kind: &str, request_id: Option<String>) {
+    let ack = Ack {
+        result_code: 200,
+        error_code: 0,
+        request_id: request_id.unwrap_or_default(),
+    };
+    let json = serde_json::to_vec(&ack).unwrap_or_default();
+    let answer = kind.trim_end_matches("Request").to_string() + "Response";
+    let _ = outbound.send(Payload::new(&answer, HashMap::new(), json));
+}
+
+fn deliver(pushes: &Pushes, group: Option<&str>, service: Option<&str>, push: Option<Push>) {
+    let (Some(service), Some(push)) = (service, push) else {
         return;
     };
     let group = group.unwrap_or(super::config::DEFAULT_GROUP);
     let key = wire::grouped(group, wire::ungrouped(service));
     if let Some(tx) = lock(pushes).get(&key) {
-        tx.send_replace(Some(Arc::new(info)));
+        tx.send_replace(Some(push));
     }
 }
