@@ -1,7 +1,7 @@
 //! Shared pieces of the integration tests: a TCP echo server, test registries, deadline polling,
 //! and (behind features) fixtures that start real etcd / ZooKeeper servers.
 
-#[cfg(all(feature = "etcd", feature = "zookeeper"))]
+#[cfg(all(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 pub mod campaign;
 pub mod child;
 pub mod conformance;

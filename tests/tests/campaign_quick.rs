@@ -1,7 +1,7 @@
-//! The reliability campaign (`tests::campaign`) with tiny counts, against real etcd and
-//! ZooKeeper servers: every must-be-zero counter must be 0. The full campaign is the `campaign`
+//! The reliability campaign (`tests::campaign`) with tiny counts, against real etcd,
+//! ZooKeeper and Nacos (r-nacos) servers: every must-be-zero counter must be 0. The full campaign is the `campaign`
 //! binary (see RELIABILITY.md).
-#![cfg(all(feature = "etcd", feature = "zookeeper"))]
+#![cfg(all(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
 
 // The shutdown scenario registers `linked.alpha`, defined in this library.
 use linked_services as _;

@@ -1,8 +1,9 @@
-//! The reliability campaign against real etcd and ZooKeeper servers on loopback.
+//! The reliability campaign against real etcd, ZooKeeper and Nacos (r-nacos) servers on
+//! loopback.
 //!
 //! ```text
 //! cargo build --release -p examples --features etcd,zookeeper --examples   # for `sigkill`
-//! cargo run --release -p tests --features etcd,zookeeper --bin campaign -- [--quick] [--only a,b]
+//! cargo run --release -p tests --features etcd,zookeeper,nacos --bin campaign -- [--quick] [--only a,b]
 //! ```
 //!
 //! Prints one section per scenario on stdout (progress goes to stderr) and exits 1 when a
@@ -19,7 +20,8 @@ use linked_services as _;
 const USAGE: &str = "\
 usage: campaign [--quick] [--only SCENARIO,...] [--seed N] [--examples-dir DIR] [--quiet]
                 [--etcd-restarts N] [--member-kills N] [--zk-leader-kills N] [--zk-expiries N]
-                [--zk-restarts-kept N] [--zk-restarts-wiped N] [--sigkills N]
+                [--zk-restarts-kept N] [--zk-restarts-wiped N] [--nacos-restarts N]
+                [--nacos-big-service N] [--sigkills N]
                 [--shutdown-rounds N] [--services N] [--watchers N] [--fanout-rounds N]
                 [--changes N] [--traffic-window-secs N] [--list]
 
@@ -73,6 +75,8 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
             "--zk-expiries" => options.zk_expiries = number(&arg)?,
             "--zk-restarts-kept" => options.zk_restarts_kept = number(&arg)?,
             "--zk-restarts-wiped" => options.zk_restarts_wiped = number(&arg)?,
+            "--nacos-restarts" => options.nacos_restarts = number(&arg)?,
+            "--nacos-big-service" => options.nacos_big_service = number(&arg)?,
             "--sigkills" => options.sigkills = number(&arg)?,
             "--shutdown-rounds" => options.shutdown_rounds = number(&arg)?,
             "--services" => options.load_services = number(&arg)?,

@@ -1,10 +1,10 @@
-//! The reliability campaign: real etcd and ZooKeeper servers restarted, wiped, frozen, killed and
+//! The reliability campaign: real etcd, ZooKeeper and Nacos (r-nacos) servers restarted, wiped, frozen, killed and
 //! loaded while registries, watchers and service processes run against them, with every
 //! must-be-zero counter counted and every delay measured.
 //!
 //! [`run`] executes the selected [`Scenario`]s one after the other, each against servers of its
 //! own (started by the fixtures on free loopback ports), and returns a [`Report`]. The
-//! `campaign` binary (`cargo run --release -p tests --features etcd,zookeeper --bin campaign`)
+//! `campaign` binary (`cargo run --release -p tests --features etcd,zookeeper,nacos --bin campaign`)
 //! prints it; `tests/campaign_quick.rs` runs [`Options::quick`] and asserts that every
 //! must-be-zero counter is 0.
 
@@ -12,6 +12,7 @@ mod bad_data;
 mod etcd;
 mod gaps;
 mod load;
+mod nacos;
 mod presence;
 mod processes;
 mod report;
@@ -57,11 +58,20 @@ pub enum Scenario {
     MemoryWatcher,
     /// Malformed registry data next to good data (etcd and ZooKeeper).
     BadData,
+    /// r-nacos restarted (its data kept or wiped) or frozen while 3 registries hold 50 services
+    /// each and services come and go during the outages.
+    NacosRestarts,
+    /// 10 000 services in one process on Nacos.
+    LoadNacos,
+    /// 1 000 watchers on one service on Nacos.
+    WatchersNacos,
+    /// Malformed instance data and a service whose answer is over 4 MiB on Nacos.
+    BadDataNacos,
 }
 
 impl Scenario {
     /// Every scenario, in the order [`run`] executes them.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::EtcdRestarts,
         Scenario::EtcdMemberKills,
         Scenario::ZkLeaderKills,
@@ -74,6 +84,10 @@ impl Scenario {
         Scenario::Watchers,
         Scenario::MemoryWatcher,
         Scenario::BadData,
+        Scenario::NacosRestarts,
+        Scenario::LoadNacos,
+        Scenario::WatchersNacos,
+        Scenario::BadDataNacos,
     ];
 
     /// The name used by `--only`.
@@ -91,6 +105,10 @@ impl Scenario {
             Scenario::Watchers => "watchers",
             Scenario::MemoryWatcher => "memory-watcher",
             Scenario::BadData => "bad-data",
+            Scenario::NacosRestarts => "nacos-restarts",
+            Scenario::LoadNacos => "load-nacos",
+            Scenario::WatchersNacos => "watchers-nacos",
+            Scenario::BadDataNacos => "bad-data-nacos",
         }
     }
 
@@ -114,6 +132,10 @@ impl Scenario {
             Scenario::Watchers => "load: many watchers on one service",
             Scenario::MemoryWatcher => "load: a memory watcher that never reads",
             Scenario::BadData => "bad registry data",
+            Scenario::NacosRestarts => "r-nacos restarts, wipes and freezes under 3 registries",
+            Scenario::LoadNacos => "load: many services in one process on Nacos",
+            Scenario::WatchersNacos => "load: many watchers on one service on Nacos",
+            Scenario::BadDataNacos => "bad registry data on Nacos (and an answer over 4 MiB)",
         }
     }
 }
@@ -133,6 +155,10 @@ pub struct Options {
     pub zk_restarts_kept: usize,
     /// ZooKeeper restarts wiping the data.
     pub zk_restarts_wiped: usize,
+    /// r-nacos restarts (kept, wiped or frozen, a third each).
+    pub nacos_restarts: usize,
+    /// Instances (1 KiB of metadata each) of the big service in the Nacos bad-data scenario.
+    pub nacos_big_service: usize,
     /// Example processes SIGKILLed (half on etcd, half on ZooKeeper).
     pub sigkills: usize,
     /// Registrar shutdowns per backend in the shutdown scenario.
@@ -169,6 +195,8 @@ impl Options {
             zk_expiries: 20,
             zk_restarts_kept: 10,
             zk_restarts_wiped: 5,
+            nacos_restarts: 100,
+            nacos_big_service: 5_000,
             sigkills: 50,
             shutdown_rounds: 10,
             load_services: 10_000,
@@ -193,6 +221,8 @@ impl Options {
             zk_expiries: 2,
             zk_restarts_kept: 1,
             zk_restarts_wiped: 1,
+            nacos_restarts: 3,
+            nacos_big_service: 5_000,
             sigkills: 4,
             shutdown_rounds: 2,
             load_services: 500,
@@ -235,6 +265,10 @@ async fn run_one(scenario: Scenario, ctx: Ctx) -> Section {
         Scenario::Watchers => load::watchers(ctx).await,
         Scenario::MemoryWatcher => load::memory_watcher(ctx).await,
         Scenario::BadData => bad_data::run(ctx).await,
+        Scenario::NacosRestarts => nacos::restarts(ctx).await,
+        Scenario::LoadNacos => nacos::load(ctx).await,
+        Scenario::WatchersNacos => nacos::watchers(ctx).await,
+        Scenario::BadDataNacos => nacos::bad_data(ctx).await,
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::Client as EtcdClient;
 use futures_util::StreamExt;
 use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry, DEFAULT_PREFIX};
+use service_registry::nacos::{NacosConfig, NacosDiscovery, NacosRegistry};
 use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery, ZookeeperRegistry};
 use service_registry::{Discovery, MemoryRegistry, Registry};
 use tokio::process::Child;
@@ -20,6 +21,7 @@ use super::util::{examples_dir, fmt_duration, random_duration, spawn_example, Di
 use super::{Ctx, Scenario};
 use crate::echo;
 use crate::fixtures::etcd::Etcd;
+use crate::fixtures::nacos::Nacos;
 use crate::fixtures::zookeeper::ZooKeeper;
 use crate::running::Running;
 
@@ -27,6 +29,10 @@ use crate::running::Running;
 const POOL: usize = 3;
 const LEASE_TTL: u64 = 3;
 const SESSION_TIMEOUT: u64 = 4;
+/// How long a SIGKILLed process's instances may stay listed on Nacos: the server drops an
+/// ephemeral instance when its gRPC connection closes, which the kernel does at once for a
+/// killed process.
+const NACOS_BOUND: u64 = 2;
 /// How often the client of the shutdown scenario calls (one call at a time).
 const CALL_PERIOD: Duration = Duration::from_millis(1);
 
@@ -34,6 +40,8 @@ const CALL_PERIOD: Duration = Duration::from_millis(1);
 enum Store {
     Etcd(String),
     Zookeeper(String),
+    /// The HTTP address of the open API.
+    Nacos(String),
 }
 
 impl Store {
@@ -41,6 +49,7 @@ impl Store {
         match self {
             Store::Etcd(_) => "etcd",
             Store::Zookeeper(_) => "ZooKeeper",
+            Store::Nacos(_) => "Nacos",
         }
     }
 
@@ -49,6 +58,7 @@ impl Store {
         match self {
             Store::Etcd(_) => Duration::from_secs(LEASE_TTL + 1),
             Store::Zookeeper(_) => Duration::from_secs(SESSION_TIMEOUT + 1),
+            Store::Nacos(_) => Duration::from_secs(NACOS_BOUND),
         }
     }
 
@@ -110,6 +120,24 @@ impl Store {
                         } else if stats.iter().all(|s| matches!(s, Ok(None))) {
                             return Some(killed.elapsed());
                         }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                None
+            }
+            Store::Nacos(addr) => {
+                while killed.elapsed() < limit {
+                    let lists = futures_util::future::join_all(
+                        registered
+                            .iter()
+                            .map(|(s, _)| super::nacos::listed(addr, s)),
+                    )
+                    .await;
+                    let left = registered.iter().zip(&lists).any(|((_, a), list)| {
+                        list.as_ref().is_none_or(|l| l.contains(&a.to_string()))
+                    });
+                    if !left {
+                        return Some(killed.elapsed());
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -223,20 +251,31 @@ pub(crate) async fn sigkills(ctx: Ctx) -> Section {
         }
     };
     let mut rng = ctx.rng();
+    if !dir.join("nacos").is_file() {
+        section.aborted = Some(format!(
+            "the `nacos` example binary is not in {}; build it with `cargo build --release -p \
+             examples --features etcd,zookeeper,nacos --examples`",
+            dir.display()
+        ));
+        return section;
+    }
     let etcd = Etcd::start().await;
     let zk = ZooKeeper::start().await;
+    let nacos = Nacos::start().await;
     let count = ctx.options.sigkills;
-    let (on_etcd, on_zk) = (count.div_ceil(2), count / 2);
+    let on_nacos = count / 3;
+    let (on_etcd, on_zk) = ((count - on_nacos).div_ceil(2), (count - on_nacos) / 2);
     section.setup(format!(
-        "the `etcd` and `zookeeper` example binaries from {} (each a registrar with 2 services), \
+        "the `etcd`, `zookeeper` and `nacos` example binaries from {} (each a registrar with 2 services), \
          {POOL} alive per backend at a time; every 0.3–1.5 s a random one is SIGKILLed and \
          replaced; its registrations are polled every 20 ms until gone; etcd lease TTL {LEASE_TTL} s \
          (REGISTRY_LEASE_TTL), ZooKeeper session timeout {SESSION_TIMEOUT} s \
-         (ZOOKEEPER_SESSION_TIMEOUT); seed {}",
+         (ZOOKEEPER_SESSION_TIMEOUT), Nacos: r-nacos drops the instances of a closed connection \
+         (bound {NACOS_BOUND} s); seed {}",
         dir.display(),
         ctx.options.seed
     ));
-    let (etcd_kills, zk_kills) = tokio::join!(
+    let (etcd_kills, zk_kills, nacos_kills) = tokio::join!(
         kill_loop(
             Store::Etcd(etcd.endpoint()),
             dir.join("etcd"),
@@ -259,12 +298,25 @@ pub(crate) async fn sigkills(ctx: Ctx) -> Section {
             fastrand::Rng::with_seed(rng.u64(..)),
             ctx.progress.clone(),
         ),
+        kill_loop(
+            Store::Nacos(nacos.http_addr()),
+            dir.join("nacos"),
+            vec![
+                ("serverAddr", "127.0.0.1".to_string()),
+                ("serverPort", nacos.http_port.to_string()),
+                ("NACOS_GRPC_PORT", nacos.grpc_port.to_string()),
+            ],
+            on_nacos,
+            fastrand::Rng::with_seed(rng.u64(..)),
+            ctx.progress.clone(),
+        ),
     );
     let mut late = 0;
     let mut spawn_failures = 0;
     for (name, bound, kills) in [
         ("etcd", LEASE_TTL + 1, &etcd_kills),
         ("ZooKeeper", SESSION_TIMEOUT + 1, &zk_kills),
+        ("Nacos", NACOS_BOUND, &nacos_kills),
     ] {
         section.figure(format!(
             "{name}: {} processes SIGKILLed; registrations gone after: {} (bound {bound} s)",
@@ -278,7 +330,8 @@ pub(crate) async fn sigkills(ctx: Ctx) -> Section {
         }
     }
     section.zero(
-        "registrations left past the bound (TTL + 1 s on etcd, session timeout + 1 s on ZooKeeper)",
+        "registrations left past the bound (TTL + 1 s on etcd, session timeout + 1 s on \
+         ZooKeeper, 2 s on Nacos)",
         late,
     );
     section.zero(
@@ -422,7 +475,7 @@ where
     (log, stop_took, removal_seen)
 }
 
-/// A registrar shut down `shutdown_rounds` times per backend (memory, etcd, ZooKeeper) while a
+/// A registrar shut down `shutdown_rounds` times per backend (memory, etcd, ZooKeeper, Nacos) while a
 /// client calls through discovery.
 pub(crate) async fn shutdown(ctx: Ctx) -> Section {
     let mut section = Section::new(Scenario::Shutdown);
@@ -433,7 +486,7 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
          started and shut down {rounds} times; a \
          client follows `linked.alpha` with Discovery::watch and calls the instances round robin, \
          one call at a time every millisecond (a new connection each), without retries; etcd: default EtcdRegistry settings, \
-         ZooKeeper: default ZookeeperRegistry settings"
+         ZooKeeper: default ZookeeperRegistry settings, Nacos: default NacosRegistry settings"
     ));
     let memory = MemoryRegistry::new();
     let mut results = Vec::new();
@@ -485,6 +538,27 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
                 rounds,
                 &ctx.progress,
                 "ZooKeeper",
+            )
+            .await,
+        ));
+        leaving.close().await;
+        staying.close().await;
+    }
+    {
+        let nacos = Nacos::start().await;
+        let config = NacosConfig::new("127.0.0.1", nacos.http_port).grpc_port(nacos.grpc_port);
+        let leaving = NacosRegistry::new(config.clone()).expect("a Nacos registry");
+        let staying = NacosRegistry::new(config.clone()).expect("a Nacos registry");
+        let discovery = NacosDiscovery::new(config);
+        results.push((
+            "Nacos",
+            shutdown_rounds(
+                leaving.clone(),
+                staying.clone(),
+                discovery,
+                rounds,
+                &ctx.progress,
+                "Nacos",
             )
             .await,
         ));
