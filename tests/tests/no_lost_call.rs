@@ -420,3 +420,50 @@ mod zookeeper {
         registry.close().await;
     }
 }
+
+#[cfg(feature = "nacos")]
+mod nacos {
+    use super::*;
+    use service_registry::nacos::{NacosConfig, NacosDiscovery, NacosRegistry};
+    use service_registry::Backoff;
+    use tests::fixtures::nacos::Nacos;
+
+    fn config(nacos: &Nacos) -> NacosConfig {
+        NacosConfig::new("127.0.0.1", nacos.http_port)
+            .grpc_port(nacos.grpc_port)
+            .heartbeat(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(2))
+            .backoff(Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_millis(500),
+            ))
+    }
+
+    #[async_trait]
+    impl Server for Nacos {
+        async fn wiped_restart(&mut self) {
+            self.stop();
+            self.wipe();
+            self.restart().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn no_call_fails_across_20_wiped_nacos_restarts() {
+        let mut nacos = Nacos::start().await;
+        let registry = NacosRegistry::new(config(&nacos)).unwrap();
+        let discovery = NacosDiscovery::new(config(&nacos));
+        let check = NacosDiscovery::new(config(&nacos).resolve_from_watch(false));
+        calls_survive_wiped_restarts("nacos", &mut nacos, &registry, &discovery, &check).await;
+        registry.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_service_that_leaves_nacos_is_empty_within_the_hold() {
+        let nacos = Nacos::start().await;
+        let registry = NacosRegistry::new(config(&nacos)).unwrap();
+        let discovery = NacosDiscovery::new(config(&nacos));
+        a_service_that_really_leaves_is_empty_within_the_hold("nacos", &registry, &discovery).await;
+        registry.close().await;
+    }
+}
