@@ -93,7 +93,7 @@ async fn a_watcher_that_never_reads_holds_only_the_latest_state() {
     let flip = |flip: usize| {
         let (registry, flapping) = (&registry, &flapping);
         async move {
-            if flip % 2 == 0 {
+            if flip.is_multiple_of(2) {
                 registry.deregister(flapping).await.unwrap();
             } else {
                 registry.register(flapping).await.unwrap();
