@@ -10,6 +10,12 @@
 //! it probes them every [`PROBE_EVERY`]: the moment one answers again, it reconnects at once
 //! instead of at its next attempt. A server that answers and still fails the attempt (refuses
 //! it, or loses the new lease at once) gets the whole backoff, so nothing runs in a tight loop.
+//!
+//! A put etcd refuses for now (`ResourceExhausted`: a full database or too many requests;
+//! `PermissionDenied` on one key) stays in the live set, is held, and is retried on the same
+//! timer as pending deletes, from [`RETRY_FIRST`] backing off to [`RETRY_MAX`]. Only a refusal
+//! on the value's own merits (too large, ...) drops a key. A key found on another process's
+//! lease is left to it (see [`Session::tampered`]); its delete is not sent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;

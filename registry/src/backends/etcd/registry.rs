@@ -26,6 +26,19 @@ struct Inner {
 /// grants a new lease and puts every live registration again, with backoff, forever; meanwhile
 /// [`Registry::health`] reports `Recovering`. Nothing here ever stops the server.
 ///
+/// A refusal that can pass never drops a registration: when etcd's database is full (its
+/// NOSPACE alarm, `--quota-backend-bytes`), it is rate-limiting ("too many requests"), or the
+/// user's role may not write one service's prefix, the key is kept and written again with
+/// backoff until etcd takes it; only that key is affected, and while a rewrite nobody waits
+/// for (after a lost lease, or restoring a key someone deleted) is refused, [`Registry::health`]
+/// says `Recovering` with etcd's reason. A user who may not watch the whole prefix (RBAC per
+/// service) is guarded per service prefix instead.
+///
+/// Two processes advertising the same address (a VIP) write the same key: the one that finds
+/// its key on another live lease leaves it to that process (logged once) and takes it back
+/// when the other deletes it or its lease expires, so the key stays while either lives and
+/// neither rewrites it in a loop.
+///
 /// Cheap to clone. When the last clone is dropped, the lease is revoked; call
 /// [`close`](Self::close) to delete every key and revoke the lease and wait for it.
 ///
