@@ -25,8 +25,8 @@ struct Inner {
 ///
 /// One session serves every registration. While ZooKeeper is away the session is kept, however
 /// long that takes: when it answers again and still holds the session (a restart that kept its
-/// data restores sessions with a fresh timeout) the registry attaches to it again within about
-/// 200 ms, nodes untouched; only when the server says the session is gone (expired, or a
+/// data restores sessions with a fresh timeout) the registry attaches to it again as soon as a
+/// probe (every 200 ms while away) is answered, nodes untouched; only when the server says the session is gone (expired, or a
 /// restart without its data) does a background task open a new one and create every live node
 /// again, with backoff, forever (a node left by an earlier session of ours is replaced).
 /// Meanwhile [`Registry::health`] reports `Recovering`.
