@@ -33,6 +33,8 @@ pub(crate) enum HttpError {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum ReadBody {
     /// Read it, up to this many bytes; a longer body is [`HttpError::TooLarge`].
+    // Read by the Nacos login only.
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
     UpTo(usize),
     /// Only the status matters: the connection closes once the head is in.
     Skip,
@@ -42,6 +44,7 @@ pub(crate) enum ReadBody {
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub status: StatusCode,
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
     pub body: Bytes,
 }
 
