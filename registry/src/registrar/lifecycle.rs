@@ -35,11 +35,14 @@ fn span(info: &Info, registry: &str) -> tracing::Span {
 /// from included.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Holdings {
-    held: Arc<Mutex<BTreeMap<(String, String), Vec<Info>>>>,
+    held: Arc<Mutex<Held>>,
 }
 
+/// (service, registry) → the addresses it may hold there.
+type Held = BTreeMap<(String, String), Vec<Info>>;
+
 impl Holdings {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Vec<Info>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         // Each update replaces one entry whole, so a poisoned map is still consistent.
         self.held
             .lock()
