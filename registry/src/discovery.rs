@@ -25,7 +25,8 @@ use crate::registry::SharedError;
 pub struct Instance {
     /// Where to connect.
     pub addr: SocketAddr,
-    /// The instance weight (never 0: a registry value of 0 reads as the default weight).
+    /// The instance weight, in `MIN_WEIGHT..=MAX_WEIGHT` when read from a registry (a value
+    /// of 0 reads as the default weight, one above `MAX_WEIGHT` as `MAX_WEIGHT`).
     pub weight: u32,
     /// The instance's tags.
     pub tags: BTreeMap<String, String>,

@@ -48,13 +48,14 @@ pub const MIN_WEIGHT: u32 = 1;
 pub const MAX_WEIGHT: u32 = 10_000;
 
 /// A weight as a registry stores it (Go `int`), read the way Kitex does: anything below 1
-/// means [`DEFAULT_WEIGHT`].
+/// means [`DEFAULT_WEIGHT`]; anything above [`MAX_WEIGHT`] (any writer can store one) reads as
+/// `MAX_WEIGHT`, so one bad value can never cost a client more than a valid one.
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) fn weight_or_default(stored: i64) -> u32 {
-    u32::try_from(stored)
-        .ok()
-        .filter(|w| *w > 0)
-        .unwrap_or(DEFAULT_WEIGHT)
+    if stored < 1 {
+        return DEFAULT_WEIGHT;
+    }
+    u32::try_from(stored.min(i64::from(MAX_WEIGHT))).unwrap_or(MAX_WEIGHT)
 }
 
 /// Everything `#[service(...)]` declares about a service, as compile-time data.

@@ -353,6 +353,10 @@ struct CallLog {
 
 /// The drain delay of the registrars shut down under traffic.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+/// The same on Nacos: r-nacos pushes a change to its subscribers 0.7–1 s after it (its own
+/// batching; the deregistration itself takes milliseconds), so a watching client needs a drain
+/// longer than that.
+const NACOS_SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Registrars for `linked.alpha` started and shut down `rounds` times on `leaving` while another
 /// instance stays on `staying` and a client resolves through `discovery`'s watch and calls an
@@ -362,6 +366,7 @@ async fn shutdown_rounds<R, D>(
     staying: R,
     discovery: D,
     rounds: usize,
+    drain: Duration,
     progress: &Progress,
     name: &str,
 ) -> (CallLog, Dist, Dist)
@@ -438,7 +443,7 @@ where
         let leave = Running::start_with(|b| {
             b.registry(leaving.clone())
                 .only(["linked.alpha"])
-                .drain_delay(SHUTDOWN_DRAIN)
+                .drain_delay(drain)
         })
         .await;
         leave.registered(Duration::from_secs(30)).await;
@@ -482,7 +487,7 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
     let rounds = ctx.options.shutdown_rounds;
     section.setup(format!(
         "per backend: a registrar (`tests::running::Running`: the echo server, default registrar \
-         settings) for `linked.alpha` stays up; another (drain delay {SHUTDOWN_DRAIN:?}) is \
+         settings) for `linked.alpha` stays up; another (drain delay {SHUTDOWN_DRAIN:?}; on Nacos {NACOS_SHUTDOWN_DRAIN:?}, longer than r-nacos' push delay) is \
          started and shut down {rounds} times; a \
          client follows `linked.alpha` with Discovery::watch and calls the instances round robin, \
          one call at a time every millisecond (a new connection each), without retries; etcd: default EtcdRegistry settings, \
@@ -497,6 +502,7 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
             memory.clone(),
             memory,
             rounds,
+            SHUTDOWN_DRAIN,
             &ctx.progress,
             "memory",
         )
@@ -515,6 +521,7 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
                 staying.clone(),
                 discovery,
                 rounds,
+                SHUTDOWN_DRAIN,
                 &ctx.progress,
                 "etcd",
             )
@@ -536,6 +543,7 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
                 staying.clone(),
                 discovery,
                 rounds,
+                SHUTDOWN_DRAIN,
                 &ctx.progress,
                 "ZooKeeper",
             )
@@ -557,6 +565,7 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
                 staying.clone(),
                 discovery,
                 rounds,
+                NACOS_SHUTDOWN_DRAIN,
                 &ctx.progress,
                 "Nacos",
             )

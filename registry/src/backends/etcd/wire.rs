@@ -136,6 +136,8 @@ mod tests {
             (br#"{"network":"tcp","address":"10.0.0.7:8888","weight":0,"tags":null}"#, DEFAULT_WEIGHT, 0),
             (br#"{"network":"tcp","address":"10.0.0.7:8888","weight":30}"#, 30, 0),
             (br#"{"network":"tcp","address":"[fd00::1]:8888","weight":-3,"tags":{},"extra":[1,2]}"#, DEFAULT_WEIGHT, 0),
+            (br#"{"network":"tcp","address":"10.0.0.7:8888","weight":4294967295}"#, MAX_WEIGHT, 0),
+            (br#"{"network":"tcp","address":"10.0.0.7:8888","weight":9223372036854775807}"#, MAX_WEIGHT, 0),
         ];
         for (bytes, weight, tags) in cases {
             let instance = decode(bytes).unwrap();

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::Instance;
-use crate::info::Info;
+use crate::info::{Info, MAX_WEIGHT};
 
 /// Metadata key for the start time (Unix milliseconds).
 pub const START_TIME_KEY: &str = "service-registry.start_time_ms";
@@ -121,7 +121,7 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     let payload_codec = tags.remove(PAYLOAD_CODEC_KEY);
     Ok(Instance {
         addr: SocketAddr::new(ip, port),
-        weight: instance.weight.min(f64::from(u32::MAX)) as u32,
+        weight: instance.weight.min(f64::from(MAX_WEIGHT)) as u32,
         tags,
         start_time: start_time.filter(|t| *t > SystemTime::UNIX_EPOCH),
         warmup,
