@@ -8,10 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(feature = "volo")]
     {
         volo_build::Builder::protobuf()
+            .include_dirs(vec!["proto".into()])
             .add_service("proto/greeter.proto")
             .filename("volo_greeter.rs".into())
             .write()?;
         volo_build::Builder::thrift()
+            .include_dirs(vec!["idl".into()])
             .add_service("idl/echo.thrift")
             .filename("volo_echo.rs".into())
             .write()?;

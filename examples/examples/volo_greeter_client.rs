@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use examples::volo_common::{discovery_from_env, greeter, GREETER};
 use service_registry::volo::{ReportLayer, VoloBalance, VoloDiscover};
-use volo::loadbalance::LbConfig;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -28,8 +27,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     examples::init_logging();
     let discover = VoloDiscover::new(discovery_from_env()?);
     let balance = VoloBalance::default();
+    // volo-grpc 0.12's load-balance layer makes one attempt per call (no `retry_count`).
     let client = greeter::GreeterClientBuilder::new(GREETER)
-        .mk_load_balance(LbConfig::new(balance.clone(), discover).retry_count(1))
+        .load_balance(balance.clone())
+        .discover(discover)
         .layer_inner(ReportLayer::new(balance))
         .build();
     let (calls, interval) = (env_number("CALLS", 10), env_number("INTERVAL_MS", 100));

@@ -67,11 +67,11 @@ impl Backend {
 
     /// The registry, for the registrar.
     pub fn registry(&self) -> Arc<dyn Registry> {
-        match self {
+        match *self {
             #[cfg(feature = "etcd")]
-            Backend::Etcd(r) => Arc::new(r.clone()),
+            Backend::Etcd(ref r) => Arc::new(r.clone()),
             #[cfg(feature = "nacos")]
-            Backend::Nacos(r) => Arc::new(r.clone()),
+            Backend::Nacos(ref r) => Arc::new(r.clone()),
         }
     }
 

@@ -4,7 +4,8 @@
 //!   (memory, etcd, ZooKeeper, Nacos, [`MergedDiscovery`](crate::MergedDiscovery)), answered
 //!   from a live watch; [`VoloBalance`] is Volo's `LoadBalance` backed by this crate's
 //!   [`Balancer`](crate::balance::Balancer) (warm-up, tag filters, outlier ejection through
-//!   [`ReportLayer`]); retries on another instance through Volo's `retry_count`.
+//!   [`ReportLayer`]); retries on another instance through Volo's `retry_count` (volo-thrift;
+//!   volo-grpc 0.12's load-balance layer makes one attempt per call and has no retry count).
 //! - Server: a volo-grpc server passes [`grpc_shutdown`] to `run_with_shutdown`; a volo-thrift
 //!   server, which handles signals itself, registers the hook of [`thrift_shutdown`]. Either
 //!   way the [`Registrar`](crate::Registrar) registers every `#[service]` once the server
@@ -13,16 +14,17 @@
 //! A volo-grpc client:
 //!
 //! ```text
-//! let discover = VoloDiscover::new(EtcdDiscovery::connect(config).await?);
+//! let discover = VoloDiscover::new(EtcdDiscovery::new(EtcdConfig::from_env()));
 //! let balance = VoloBalance::default();
 //! let client = GreeterClientBuilder::new("example.volo.greeter")
-//!     .mk_load_balance(LbConfig::new(balance.clone(), discover).retry_count(1))
+//!     .load_balance(balance.clone())
+//!     .discover(discover)
 //!     .layer_inner(ReportLayer::new(balance))
 //!     .build();
 //! ```
 //!
-//! A volo-thrift client's builder takes the same `mk_load_balance` (its default is volo's
-//! weighted random over `DummyDiscover`, so it needs both).
+//! A volo-thrift client takes the same, plus `.retry_count(n)` (its default balancer works
+//! over `DummyDiscover`, which finds nothing, so it needs both `load_balance` and `discover`).
 
 mod balance;
 mod convert;
