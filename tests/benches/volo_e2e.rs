@@ -1,10 +1,9 @@
 //! Volo figures (issue 19), side by side in one run:
 //!
-//! 1. the load-balancing cost of one call (what Volo's `LoadBalanceService` runs per call:
-//!    `get_picker` + the first pick) through `VoloDiscover` + `VoloBalance` against Volo's own
-//!    `StaticDiscover` + its default `WeightedRandomBalance`, over the same 10 instances;
-//! 2. a whole volo-grpc call over loopback to 3 in-process greeters, through each pair;
-//! 3. change-to-first-call: from a new instance's registration in etcd to its first call from a
+//! 1. a whole volo-grpc call over loopback to 3 in-process greeters through `VoloDiscover` +
+//!    `VoloBalance`, against Volo's own `StaticDiscover` + its default `WeightedRandomBalance`
+//!    (the load-balancing part alone: `registry/benches/volo.rs`);
+//! 2. change-to-first-call: from a new instance's registration in etcd to its first call from a
 //!    client that watches etcd through `VoloDiscover`.
 //!
 //! Rounds of each pair are interleaved, so drift on a shared machine hits both alike.
@@ -16,71 +15,21 @@
 #[path = "../tests/volo_support/mod.rs"]
 mod volo_support;
 
-use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use examples::volo_common::greeter;
 use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry};
-use service_registry::volo::{VoloBalance, VoloDiscover};
-use service_registry::{Info, MemoryRegistry, Registry};
+use service_registry::{MemoryRegistry, Registry};
 use tests::fixtures::etcd::Etcd;
-use volo::context::Endpoint;
-use volo::discovery::{Instance as VoloInstance, StaticDiscover};
+use volo::discovery::StaticDiscover;
 use volo::loadbalance::random::WeightedRandomBalance;
-use volo::loadbalance::LoadBalance;
-use volo::net::Address;
-use volo::FastStr;
 
 const ROUNDS: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-async fn lb_cost() {
-    const PICKS: usize = 200_000;
-    let service = "bench.volo.lb";
-    let registry = MemoryRegistry::new();
-    let mut volo_instances = Vec::new();
-    for i in 0..10u16 {
-        let mut info = Info::new(service, format!("10.0.0.{}:80", i + 1).parse().unwrap());
-        info.weight = 10 + u32::from(i % 4) * 10;
-        registry.register(&info).await.unwrap();
-        volo_instances.push(Arc::new(VoloInstance {
-            address: Address::Ip(info.addr),
-            weight: info.weight,
-            tags: Default::default(),
-        }));
-    }
-    let endpoint = Endpoint::new(FastStr::new(service));
-    let ours_discover = VoloDiscover::new(registry);
-    let ours = VoloBalance::default();
-    let theirs_discover = StaticDiscover::new(volo_instances);
-    let theirs = WeightedRandomBalance::new();
-    let (mut ours_ns, mut theirs_ns) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let start = Instant::now();
-        for _ in 0..PICKS {
-            let mut picker = ours.get_picker(&endpoint, &ours_discover).await.unwrap();
-            black_box(picker.next());
-        }
-        ours_ns.push(start.elapsed().as_nanos() as f64 / PICKS as f64);
-        let start = Instant::now();
-        for _ in 0..PICKS {
-            let mut picker = theirs.get_picker(&endpoint, &theirs_discover).await.unwrap();
-            black_box(picker.next());
-        }
-        theirs_ns.push(start.elapsed().as_nanos() as f64 / PICKS as f64);
-    }
-    let (o, t) = (median(ours_ns.clone()), median(theirs_ns.clone()));
-    println!(
-        "lb per call (get_picker + first pick, 10 instances, {PICKS} calls x {ROUNDS} rounds): \
-         VoloDiscover+VoloBalance {o:.1} ns, StaticDiscover+WeightedRandomBalance {t:.1} ns, ratio {:.2}x \
-         (rounds ours {ours_ns:.0?}, volo {theirs_ns:.0?})",
-        o / t
-    );
 }
 
 async fn rpc_cost() {
@@ -162,7 +111,6 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        lb_cost().await;
         rpc_cost().await;
         change_to_first_call().await;
     });

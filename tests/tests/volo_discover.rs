@@ -132,7 +132,9 @@ async fn follows_a_service(backend: &dyn Backend) {
     let registry = backend.registry().await;
     let counting = Counting::new(backend.discovery().await);
     let discover = VoloDiscover::new(counting.clone());
-    let mut rx = discover.watch(None).expect("VoloDiscover hands out its channel");
+    let mut rx = discover
+        .watch(None)
+        .expect("VoloDiscover hands out its channel");
 
     let a = info(&service, "127.0.0.1:7101", 10);
     registry.register(&a).await.unwrap();
@@ -172,7 +174,11 @@ async fn follows_a_service(backend: &dyn Backend) {
     .await;
     assert_eq!(addrs(&removed.all), [ip(a.addr)], "{name}");
     let now = discover.discover(&endpoint(&service)).await.unwrap();
-    assert_eq!(addrs(&now), [ip(a.addr)], "{name}: discover follows the watch");
+    assert_eq!(
+        addrs(&now),
+        [ip(a.addr)],
+        "{name}: discover follows the watch"
+    );
     assert_eq!(now[0].weight, 30, "{name}");
 
     for _ in 0..1000 {
@@ -192,9 +198,11 @@ async fn follows_a_service(backend: &dyn Backend) {
 
     drop(rx);
     drop(discover);
-    poll::until(CHANGE, &format!("{name}: the watch ends with the discover"), || async {
-        (counting.open.load(Ordering::SeqCst) == 0).then_some(())
-    })
+    poll::until(
+        CHANGE,
+        &format!("{name}: the watch ends with the discover"),
+        || async { (counting.open.load(Ordering::SeqCst) == 0).then_some(()) },
+    )
     .await;
     registry.deregister(&heavier).await.unwrap();
 }
@@ -249,15 +257,19 @@ async fn a_slow_receiver_gets_the_latest_state_of_every_service() {
     }
     // Every change has reached the channel once discover lists the last one everywhere.
     let last = ip(format!("127.0.0.1:{}", 8000 + ROUNDS - 1).parse().unwrap());
-    poll::until(CHANGE, "every service's last instance discovered", || async {
-        for s in 0..SERVICES {
-            let found = discover.discover(&endpoint(&name(s))).await.ok()?;
-            if !found.iter().any(|i| i.address == last) {
-                return None;
+    poll::until(
+        CHANGE,
+        "every service's last instance discovered",
+        || async {
+            for s in 0..SERVICES {
+                let found = discover.discover(&endpoint(&name(s))).await.ok()?;
+                if !found.iter().any(|i| i.address == last) {
+                    return None;
+                }
             }
-        }
-        Some(())
-    })
+            Some(())
+        },
+    )
     .await;
     let queued = slow.len();
     assert!(
@@ -316,7 +328,10 @@ async fn tags_and_warmup_pass_through() {
     let found = discover.discover(&endpoint("volo.tags")).await.unwrap();
     let of = |addr: SocketAddr| found.iter().find(|i| i.address == ip(addr)).unwrap();
     assert_eq!(of(warming.addr).tags["idc"], "hz");
-    assert_eq!(of(warming.addr).tags[service_registry::volo::WARMUP_TAG], "60000");
+    assert_eq!(
+        of(warming.addr).tags[service_registry::volo::WARMUP_TAG],
+        "60000"
+    );
     assert!(of(warming.addr)
         .tags
         .contains_key(service_registry::volo::START_TIME_TAG));

@@ -53,7 +53,11 @@ struct Tally {
 }
 
 /// Runs `CALLERS` callers of `call` until `stop`, counting results.
-fn callers<F, Fut>(call: F, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) -> Vec<tokio::task::JoinHandle<()>>
+fn callers<F, Fut>(
+    call: F,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) -> Vec<tokio::task::JoinHandle<()>>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<String, String>> + Send,
@@ -106,10 +110,21 @@ where
     // Both in the client's balancer and both answering.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut answered = std::collections::BTreeSet::new();
+    let mut last_error = None;
     while answered.len() < 2 || !holds(balance, service, leaving_addr) {
-        assert!(Instant::now() < deadline, "{example}: both servers never answered");
-        if let Ok(server) = call().await {
-            answered.insert(server);
+        let held = balance
+            .balancer(&FastStr::new(service))
+            .map(|b| b.instances().iter().map(|i| i.addr).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "{example}: both servers never answered: answered {answered:?}, balancer {held:?}, \
+             staying {staying_addr}, leaving {leaving_addr}, last error {last_error:?}"
+        );
+        match call().await {
+            Ok(server) => {
+                answered.insert(server);
+            }
+            Err(err) => last_error = Some(err),
         }
     }
     assert!(answered.contains(&staying_addr.to_string()));
@@ -120,9 +135,11 @@ where
     tokio::time::sleep(Duration::from_millis(300)).await; // traffic on both before the signal
     let signalled = Instant::now();
     terminate(&leaving);
-    tests::poll::until(Duration::from_secs(20), "the client sees the removal", || async {
-        (!holds(balance, service, leaving_addr)).then_some(())
-    })
+    tests::poll::until(
+        Duration::from_secs(20),
+        "the client sees the removal",
+        || async { (!holds(balance, service, leaving_addr)).then_some(()) },
+    )
     .await;
     let seen_after = signalled.elapsed();
     let exit = tokio::time::timeout(Duration::from_secs(45), leaving.wait())
@@ -150,10 +167,16 @@ async fn sigterm_of_a_volo_grpc_server_fails_no_call_with_the_drain_and_some_wit
         let client = client.clone();
         async move { hello(&client).await }
     };
-    let (drained, drained_seen) =
-        round(&etcd, "volo_greeter_server", "1s", GREETER, &balance, call.clone()).await;
-    let (cut, cut_seen) =
-        round(&etcd, "volo_greeter_server", "0", GREETER, &balance, call).await;
+    let (drained, drained_seen) = round(
+        &etcd,
+        "volo_greeter_server",
+        "1s",
+        GREETER,
+        &balance,
+        call.clone(),
+    )
+    .await;
+    let (cut, cut_seen) = round(&etcd, "volo_greeter_server", "0", GREETER, &balance, call).await;
     eprintln!(
         "volo-grpc, drain 1 s: {} calls, {} failed, removal seen {drained_seen:?} after SIGTERM; \
          drain 0: {} calls, {} failed (first: {:?}), removal seen {cut_seen:?} after SIGTERM",
@@ -163,8 +186,16 @@ async fn sigterm_of_a_volo_grpc_server_fails_no_call_with_the_drain_and_some_wit
         cut.failed.len(),
         cut.failed.first(),
     );
-    assert!(drained.failed.is_empty(), "with the drain: {:?}", drained.failed);
-    assert!(drained.ok > 100, "too few calls to mean anything: {}", drained.ok);
+    assert!(
+        drained.failed.is_empty(),
+        "with the drain: {:?}",
+        drained.failed
+    );
+    assert!(
+        drained.ok > 100,
+        "too few calls to mean anything: {}",
+        drained.ok
+    );
     assert!(
         !cut.failed.is_empty(),
         "without the drain some calls must fail, or this test could not see a missing drain"
@@ -195,8 +226,15 @@ async fn sigterm_of_a_volo_thrift_server_fails_no_call_with_the_drain() {
             }
         }
     };
-    let (drained, drained_seen) =
-        round(&etcd, "volo_echo_server", "1s", ECHO, &balance, call.clone()).await;
+    let (drained, drained_seen) = round(
+        &etcd,
+        "volo_echo_server",
+        "1s",
+        ECHO,
+        &balance,
+        call.clone(),
+    )
+    .await;
     let (cut, cut_seen) = round(&etcd, "volo_echo_server", "0", ECHO, &balance, call).await;
     eprintln!(
         "volo-thrift, drain 1 s: {} calls, {} failed, removal seen {drained_seen:?} after SIGTERM; \
@@ -207,6 +245,14 @@ async fn sigterm_of_a_volo_thrift_server_fails_no_call_with_the_drain() {
         cut.failed.len(),
         cut.failed.first(),
     );
-    assert!(drained.failed.is_empty(), "with the drain: {:?}", drained.failed);
-    assert!(drained.ok > 100, "too few calls to mean anything: {}", drained.ok);
+    assert!(
+        drained.failed.is_empty(),
+        "with the drain: {:?}",
+        drained.failed
+    );
+    assert!(
+        drained.ok > 100,
+        "too few calls to mean anything: {}",
+        drained.ok
+    );
 }

@@ -102,11 +102,15 @@ struct Followed {
 
 impl<D> Shared<D> {
     fn lock_keys(&self) -> MutexGuard<'_, HashMap<Key, Arc<OnceCell<Arc<Followed>>>>> {
-        self.keys.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.keys
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn lock_sender(&self) -> MutexGuard<'_, Sender<VoloChange<Key>>> {
-        self.sender.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.sender
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Whether `change` still carries the current set of its service.

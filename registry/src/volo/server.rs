@@ -108,10 +108,7 @@ pub struct ThriftSignal {
 impl Future for ThriftSignal {
     type Output = ();
 
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         let Some(wait) = self.wait.as_mut() else {
             return std::task::Poll::Pending;
         };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use examples::volo_common::greeter;
 use service_registry::volo::{grpc_shutdown, ReportLayer, VoloBalance, VoloDiscover};
 use service_registry::{
-    service, ControlHandle, Discovery, Registrar, Registry, RegistrarError, ServiceStatus,
+    service, ControlHandle, Discovery, Registrar, RegistrarError, Registry, ServiceStatus,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
