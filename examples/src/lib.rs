@@ -1,6 +1,9 @@
 //! Pieces shared by the backend examples (`etcd`, `zookeeper`): two annotated services on one
 //! TCP listener, registered through the `Registrar` into whichever registry the example built.
 
+#[cfg(feature = "volo")]
+pub mod volo_common;
+
 use std::collections::BTreeSet;
 use std::error::Error;
 use std::sync::Arc;

@@ -1,0 +1,251 @@
+//! SIGTERM of a Volo server under a steady stream of calls from a Volo client (issue 19,
+//! part 3). The servers are the examples `volo_greeter_server` (volo-grpc, the registrar handles
+//! the signal) and `volo_echo_server` (volo-thrift, which handles signals itself; the registrar
+//! follows through its shutdown hook), registered into a real etcd. The client finds them only
+//! through `VoloDiscover` over an `EtcdDiscovery`.
+//!
+//! With a drain (1 s) no call fails: the leaving server deregisters, keeps serving until the
+//! client has seen it go, then stops. The drain-0 round is printed, not asserted (see there).
+//!
+//! Build the examples first: `cargo build -p examples --features volo,etcd --examples`.
+#![cfg(all(feature = "volo", feature = "etcd"))]
+
+mod volo_support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use examples::volo_common::{echo, ECHO, GREETER};
+use service_registry::etcd::{EtcdConfig, EtcdDiscovery};
+use service_registry::volo::{VoloBalance, VoloDiscover};
+use service_registry::Discovery;
+use tests::child::{example_command, next_line, registered_at, spawn_lines, terminate};
+use tests::fixtures::etcd::Etcd;
+use tokio::process::Child;
+use volo::FastStr;
+use volo_support::{client, hello, holds};
+
+const CALLERS: usize = 4;
+
+/// Spawns example `name` registering into `etcd` with `drain`; its registered address.
+async fn spawn_server(name: &str, etcd: &Etcd, drain: &str) -> (Child, SocketAddr) {
+    let mut command = example_command(name);
+    command
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("ETCD_ENDPOINTS", etcd.endpoint())
+        .env("SERVICE_REGISTRY_DRAIN_DELAY", drain);
+    let (child, mut lines) = spawn_lines(&mut command);
+    let (_, addr) = registered_at(&next_line(&mut lines).await);
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    ok: usize,
+    failed: Vec<String>,
+}
+
+/// Runs `CALLERS` callers of `call` until `stop`, counting results.
+fn callers<F, Fut>(
+    call: F,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, String>> + Send,
+{
+    (0..CALLERS)
+        .map(|_| {
+            let (call, stop, tally) = (call.clone(), stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let result = call().await;
+                    {
+                        let mut tally = tally.lock().unwrap();
+                        match result {
+                            Ok(_) => tally.ok += 1,
+                            Err(err) => tally.failed.push(err),
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect()
+}
+
+fn discovery_of(etcd: &Etcd) -> Arc<dyn Discovery> {
+    Arc::new(EtcdDiscovery::new(EtcdConfig::new(etcd.endpoints())))
+}
+
+/// One round: a staying and a leaving server of `example`, calls from a client built by
+/// `make_call`, SIGTERM to the leaving one; returns the tally and the time from SIGTERM to the
+/// client seeing the removal.
+async fn round<F, Fut>(
+    etcd: &Etcd,
+    example: &str,
+    drain: &str,
+    service: &str,
+    balance: &VoloBalance<FastStr>,
+    call: F,
+) -> (Tally, Duration)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, String>> + Send,
+{
+    let (mut staying, staying_addr) = spawn_server(example, etcd, "0").await;
+    let (mut leaving, leaving_addr) = spawn_server(example, etcd, drain).await;
+    // Both in the client's balancer and both answering.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answered = std::collections::BTreeSet::new();
+    let mut last_error = None;
+    while answered.len() < 2 || !holds(balance, service, leaving_addr) {
+        let held = balance
+            .balancer(&FastStr::new(service))
+            .map(|b| b.instances().iter().map(|i| i.addr).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "{example}: both servers never answered: answered {answered:?}, balancer {held:?}, \
+             staying {staying_addr}, leaving {leaving_addr}, last error {last_error:?}"
+        );
+        match call().await {
+            Ok(server) => {
+                answered.insert(server);
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    assert!(answered.contains(&staying_addr.to_string()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tasks = callers(call.clone(), stop.clone(), tally.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await; // traffic on both before the signal
+    let signalled = Instant::now();
+    terminate(&leaving);
+    tests::poll::until(
+        Duration::from_secs(20),
+        "the client sees the removal",
+        || async { (!holds(balance, service, leaving_addr)).then_some(()) },
+    )
+    .await;
+    let seen_after = signalled.elapsed();
+    let exit = tokio::time::timeout(Duration::from_secs(45), leaving.wait())
+        .await
+        .expect("the leaving server exits within 45 s")
+        .unwrap();
+    assert!(exit.success(), "{example}: {exit:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await; // traffic after the exit
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    terminate(&staying);
+    let _ = tokio::time::timeout(Duration::from_secs(45), staying.wait()).await;
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    (tally, seen_after)
+}
+
+#[tokio::test]
+async fn sigterm_of_a_volo_grpc_server_fails_no_call_with_the_drain() {
+    let etcd = Etcd::start().await;
+    let discovery = discovery_of(&etcd);
+    let (client, balance) = client(discovery, GREETER);
+    let call = move || {
+        let client = client.clone();
+        async move { hello(&client).await }
+    };
+    let (drained, drained_seen) = round(
+        &etcd,
+        "volo_greeter_server",
+        "1s",
+        GREETER,
+        &balance,
+        call.clone(),
+    )
+    .await;
+    let (cut, cut_seen) = round(&etcd, "volo_greeter_server", "0", GREETER, &balance, call).await;
+    eprintln!(
+        "volo-grpc, drain 1 s: {} calls, {} failed, removal seen {drained_seen:?} after SIGTERM; \
+         drain 0: {} calls, {} failed (first: {:?}), removal seen {cut_seen:?} after SIGTERM",
+        drained.ok + drained.failed.len(),
+        drained.failed.len(),
+        cut.ok + cut.failed.len(),
+        cut.failed.len(),
+        cut.failed.first(),
+    );
+    assert!(
+        drained.failed.is_empty(),
+        "with the drain: {:?}",
+        drained.failed
+    );
+    assert!(
+        drained.ok > 100,
+        "too few calls to mean anything: {}",
+        drained.ok
+    );
+    // Not asserted: with a client that watches etcd directly the removal is seen within
+    // ~15 ms and volo-grpc's graceful stop finishes in-flight calls, so drain 0 lost no call in
+    // the runs so far (see the printed line). A lagging client view (a proxy with 150 ms
+    // latency, or a watch delayed by 200 ms) left the client's balancer empty; not understood
+    // yet, see the report of issue 19.
+}
+
+#[tokio::test]
+async fn sigterm_of_a_volo_thrift_server_fails_no_call_with_the_drain() {
+    let etcd = Etcd::start().await;
+    let discovery = discovery_of(&etcd);
+    let discover = VoloDiscover::new(discovery);
+    let balance = VoloBalance::default();
+    let client = echo::EchoClientBuilder::new(ECHO)
+        .load_balance(balance.clone())
+        .discover(discover)
+        .retry_count(0)
+        .build();
+    let call = move || {
+        let client = client.clone();
+        async move {
+            let request = echo::EchoRequest {
+                message: FastStr::from_static_str("ping"),
+            };
+            match tokio::time::timeout(Duration::from_secs(5), client.echo(request)).await {
+                Ok(Ok(reply)) => Ok(reply.server.to_string()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("no reply within 5 s".to_string()),
+            }
+        }
+    };
+    let (drained, drained_seen) = round(
+        &etcd,
+        "volo_echo_server",
+        "1s",
+        ECHO,
+        &balance,
+        call.clone(),
+    )
+    .await;
+    let (cut, cut_seen) = round(&etcd, "volo_echo_server", "0", ECHO, &balance, call).await;
+    eprintln!(
+        "volo-thrift, drain 1 s: {} calls, {} failed, removal seen {drained_seen:?} after SIGTERM; \
+         drain 0: {} calls, {} failed (first: {:?}), removal seen {cut_seen:?} after SIGTERM",
+        drained.ok + drained.failed.len(),
+        drained.failed.len(),
+        cut.ok + cut.failed.len(),
+        cut.failed.len(),
+        cut.failed.first(),
+    );
+    assert!(
+        drained.failed.is_empty(),
+        "with the drain: {:?}",
+        drained.failed
+    );
+    assert!(
+        drained.ok > 100,
+        "too few calls to mean anything: {}",
+        drained.ok
+    );
+}

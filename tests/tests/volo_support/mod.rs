@@ -1,0 +1,149 @@
+//! Shared by the Volo tests: an in-process volo-grpc greeter registered through the
+//! `Registrar`, and a volo-grpc client over `VoloDiscover` + `VoloBalance`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use examples::volo_common::greeter;
+use service_registry::volo::{grpc_shutdown, ReportLayer, VoloBalance, VoloDiscover};
+use service_registry::{
+    service, ControlHandle, Discovery, Registrar, RegistrarError, Registry, ServiceStatus,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use volo::FastStr;
+use volo_grpc::server::{Server, ServiceBuilder};
+
+/// The service the in-process greeters register.
+pub const SERVICE: &str = "volo.it.greeter";
+
+#[service(name = "volo.it.greeter", weight = 10)]
+pub struct ItGreeter {
+    served: Arc<AtomicUsize>,
+    server: String,
+}
+
+impl greeter::Greeter for ItGreeter {
+    async fn say_hello(
+        &self,
+        req: volo_grpc::Request<greeter::HelloRequest>,
+    ) -> Result<volo_grpc::Response<greeter::HelloReply>, volo_grpc::Status> {
+        self.served.fetch_add(1, Ordering::SeqCst);
+        Ok(volo_grpc::Response::new(greeter::HelloReply {
+            message: format!("Hello, {}!", req.get_ref().name).into(),
+            server: self.server.clone().into(),
+        }))
+    }
+}
+
+/// One greeter serving and registered.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub served: Arc<AtomicUsize>,
+    pub control: ControlHandle,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), RegistrarError>>,
+}
+
+impl Running {
+    /// Calls served so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// Starts the registrar's shutdown (deregister, drain, stop) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("the greeter stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Starts a greeter on a free loopback port, registered in `registry`, with `drain`.
+pub async fn start_greeter(registry: Arc<dyn Registry>, drain: Duration) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let registrar = Registrar::builder()
+        .shared_registry(registry)
+        .listen_addr(addr)
+        .only([SERVICE])
+        .drain_delay(drain)
+        .shutdown_signal(async move {
+            let _ = stopped.await;
+        })
+        .build()
+        .unwrap();
+    let control = registrar.control();
+    let status = registrar.status();
+    let served = Arc::new(AtomicUsize::new(0));
+    let greeter = greeter::GreeterServer::new(ItGreeter {
+        served: served.clone(),
+        server: addr.to_string(),
+    });
+    let task = tokio::spawn(registrar.serve(|shutdown| async move {
+        Server::new()
+            .add_service(ServiceBuilder::new(greeter).build())
+            .run_with_shutdown(
+                volo::net::incoming::DefaultIncoming::from(listener),
+                grpc_shutdown(shutdown),
+            )
+            .await
+    }));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.values().all(|s| *s == ServiceStatus::Registered)),
+    )
+    .await
+    .expect("the greeter registers within 10 s");
+    Running {
+        addr,
+        served,
+        control,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// A volo-grpc greeter client that finds `service` through `VoloDiscover` over `discovery`
+/// (volo-grpc 0.12's load-balance layer makes one attempt: no `retry_count`).
+pub fn client(
+    discovery: Arc<dyn Discovery>,
+    service: &str,
+) -> (greeter::GreeterClient, VoloBalance<FastStr>) {
+    let discover = VoloDiscover::new(discovery);
+    let balance = VoloBalance::default();
+    let client = greeter::GreeterClientBuilder::new(service)
+        .load_balance(balance.clone())
+        .discover(discover)
+        .layer_inner(ReportLayer::new(balance.clone()))
+        .build();
+    (client, balance)
+}
+
+/// One call; the answering server's address.
+pub async fn hello(client: &greeter::GreeterClient) -> Result<String, String> {
+    let request = greeter::HelloRequest {
+        name: FastStr::from_static_str("volo"),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.say_hello(request)).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner().server.to_string()),
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err("no reply within 5 s".into()),
+    }
+}
+
+/// Whether `balance` holds `addr` for `service` now.
+pub fn holds(balance: &VoloBalance<FastStr>, service: &str, addr: SocketAddr) -> bool {
+    balance
+        .balancer(&FastStr::new(service))
+        .is_some_and(|b| b.instances().iter().any(|i| i.addr == addr))
+}
