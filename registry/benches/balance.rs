@@ -19,6 +19,17 @@ use service_registry::balance::{Balancer, Outcome, OutlierDetection, Strategy};
 use service_registry::{Info, Instance};
 use tower::Service;
 
+/// One pick as a caller makes it: by a random key on a hashing balancer (which gives `None` to
+/// a keyless pick), an ordinary pick otherwise.
+#[inline]
+fn pick(balancer: &Balancer, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
+    if balancer.hashes() {
+        balancer.pick_by_key(rng.u64(..))
+    } else {
+        balancer.pick_with(rng)
+    }
+}
+
 fn instances(n: usize) -> Vec<Instance> {
     (0..n)
         .map(|i| {
@@ -63,7 +74,7 @@ fn pick_latency(c: &mut Criterion) {
             let balancer = Balancer::builder(strategy).build(set.clone());
             let mut rng = fastrand::Rng::with_seed(1);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
+                b.iter(|| std::hint::black_box(pick(&balancer, &mut rng)))
             });
         }
         for (name, strategy) in [
@@ -73,7 +84,7 @@ fn pick_latency(c: &mut Criterion) {
             let balancer = Balancer::builder(strategy).build(warming(n));
             let mut rng = fastrand::Rng::with_seed(1);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
+                b.iter(|| std::hint::black_box(pick(&balancer, &mut rng)))
             });
         }
         // Every tenth instance ejected (for an hour: the whole run).
@@ -83,7 +94,7 @@ fn pick_latency(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}_10pct_ejected"), n),
                 &n,
-                |b, _| b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng))),
+                |b, _| b.iter(|| std::hint::black_box(pick(&balancer, &mut rng))),
             );
         }
         // tower's power-of-two-choices over the same addresses: poll_ready picks, call sends.
@@ -263,7 +274,7 @@ fn contended_throughput(c: &mut Criterion) {
                             std::thread::spawn(move || {
                                 let mut rng = fastrand::Rng::with_seed(t);
                                 for _ in 0..PICKS {
-                                    std::hint::black_box(balancer.pick_with(&mut rng));
+                                    std::hint::black_box(pick(&balancer, &mut rng));
                                 }
                             })
                         })

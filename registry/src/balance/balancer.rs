@@ -25,7 +25,9 @@ pub enum Strategy {
     WeightedRandom,
     /// Smooth weighted round-robin: exact proportions over every cycle, evenly interleaved.
     SmoothRoundRobin,
-    /// A hash ring on a caller-given key ([`Balancer::pick_by_key`]).
+    /// A hash ring on a caller-given key ([`Balancer::pick_by_key`]; [`Balancer::pick`] gives
+    /// `None`, and the tower [`Balanced`](crate::balance::Balanced) service needs a key
+    /// extractor, `with_hash_key`).
     ConsistentHash,
 }
 
@@ -487,15 +489,27 @@ impl Balancer {
         self.inner.snapshot.load().instances.clone()
     }
 
-    /// Picks an instance (for consistent hashing: for a random key).
+    /// Picks an instance. `None` when there is none to pick, and always `None` on a
+    /// [`Strategy::ConsistentHash`] balancer ([`hashes`](Self::hashes)): a hashing balancer
+    /// picks only for a key ([`pick_by_key`](Self::pick_by_key)), so that a caller that forgot
+    /// the key finds out instead of spreading its calls at random.
     ///
-    /// See [`BalancerBuilder`] for an example.
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let one = || [Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))];
+    /// assert!(Balancer::builder(Strategy::WeightedRandom).build(one()).pick().is_some());
+    /// let hashing = Balancer::builder(Strategy::ConsistentHash).build(one());
+    /// assert!(hashing.pick().is_none(), "no key, no pick");
+    /// assert!(hashing.pick_by_key("user-42").is_some());
+    /// ```
     pub fn pick(&self) -> Option<Arc<Instance>> {
         let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
         self.pick_with(&mut rng)
     }
 
-    /// Picks with a caller-owned random source (seed it for reproducible sequences).
+    /// Picks with a caller-owned random source (seed it for reproducible sequences). `None`
+    /// on a hashing balancer, as [`pick`](Self::pick).
     ///
     /// ```
     /// use service_registry::balance::{Balancer, Strategy};
@@ -507,6 +521,9 @@ impl Balancer {
     /// ```
     pub fn pick_with(&self, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
+        if snapshot.hashes() {
+            return None;
+        }
         self.inner.refresh_if_due(&snapshot);
         snapshot
             .pick(
@@ -529,20 +546,36 @@ impl Balancer {
     /// assert_eq!(b.pick_by_key("user-42").unwrap().addr, b.pick_by_key("user-42").unwrap().addr);
     /// ```
     pub fn pick_by_key(&self, key: impl Hash) -> Option<Arc<Instance>> {
+        self.pick_by_hash(consistent_hash::hash(key))
+    }
+
+    /// [`pick_by_key`](Self::pick_by_key) for a key already hashed.
+    pub(crate) fn pick_by_hash(&self, hash: u64) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
         if !snapshot.hashes() {
             return self.pick();
         }
         self.inner.refresh_if_due(&snapshot);
         let mut rng = fastrand::Rng::with_seed(0);
-        snapshot
-            .pick(|| 0, &mut rng, Some(consistent_hash::hash(key)))
-            .cloned()
+        snapshot.pick(|| 0, &mut rng, Some(hash)).cloned()
+    }
+
+    /// True for a [`Strategy::ConsistentHash`] balancer: it picks only by key
+    /// ([`pick_by_key`](Self::pick_by_key)); [`pick`](Self::pick) gives `None`.
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// assert!(Balancer::builder(Strategy::ConsistentHash).build([]).hashes());
+    /// assert!(!Balancer::builder(Strategy::WeightedRandom).build([]).hashes());
+    /// ```
+    pub fn hashes(&self) -> bool {
+        self.inner.config.strategy == Strategy::ConsistentHash
     }
 
     /// Picks an instance whose address is not in `tried` (for a retry), when there is one:
     /// a few ordinary picks first, then the first suitable instance from a random place in
-    /// the set. Ejected instances are never picked; `None` when every pickable instance has
+    /// the set. On a hashing balancer the retry target is not tied to a key (the key's own
+    /// instance is what failed): a random untried one. Ejected instances are never picked; `None` when every pickable instance has
     /// been tried.
     ///
     /// ```
@@ -679,9 +712,12 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut counts: HashMap<u16, usize> = HashMap::new();
         for _ in 0..picks {
-            *counts
-                .entry(balancer.pick_with(&mut rng).unwrap().addr.port())
-                .or_default() += 1;
+            let picked = if balancer.hashes() {
+                balancer.pick_by_key(rng.u64(..))
+            } else {
+                balancer.pick_with(&mut rng)
+            };
+            *counts.entry(picked.unwrap().addr.port()).or_default() += 1;
         }
         counts
             .into_iter()

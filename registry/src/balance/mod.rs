@@ -22,8 +22,8 @@ mod weighted_random;
 pub use self::tonic::balance_channel;
 #[cfg(feature = "tower")]
 pub use self::tower::{
-    discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, ReportLayer,
-    Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
+    discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, HashKey, NoKey,
+    ReportLayer, Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
 };
 pub use balancer::{Balancer, BalancerBuilder, Strategy, DEFAULT_HOLD_WHEN_EMPTY};
 pub use filter::TagFilter;
