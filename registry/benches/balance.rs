@@ -217,7 +217,7 @@ fn rebuild(c: &mut Criterion) {
             b.iter_batched(
                 || (set.clone(), balancer.instances()),
                 |(s, previous)| {
-                    balancer.update(s);
+                    balancer.update(s).unwrap();
                     previous
                 },
                 BatchSize::LargeInput,
@@ -227,7 +227,7 @@ fn rebuild(c: &mut Criterion) {
         group.bench_with_input(id, &n, |b, _| {
             b.iter_batched(
                 || set.clone(),
-                |s| balancer.update(s),
+                |s| balancer.update(s).unwrap(),
                 BatchSize::LargeInput,
             )
         });
@@ -260,7 +260,8 @@ fn contended_throughput(c: &mut Criterion) {
                         while !stop.load(Ordering::Relaxed) {
                             // Alternate between the full set and the set without its last instance.
                             balancer
-                                .update(if flip { &set } else { &set[..set.len() - 1] }.to_vec());
+                                .update(if flip { &set } else { &set[..set.len() - 1] }.to_vec())
+                                .unwrap();
                             flip = !flip;
                             std::thread::sleep(Duration::from_millis(10));
                         }

@@ -51,6 +51,21 @@ struct Inner {
     cursor: AtomicUsize,
     /// Never sent on: dropped with the last clone of the balancer, which ends its watch task.
     owner: watch::Sender<()>,
+    /// The service a watch feeds this balancer from; `None` for one from `build`.
+    watched: Option<String>,
+}
+
+/// Why [`Balancer::update`] refused.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The balancer follows a watch ([`BalancerBuilder::watch`]), whose next change would
+    /// replace the update: only a balancer from [`BalancerBuilder::build`] takes updates.
+    #[error("the balancer follows service `{service}` through a watch; its next change would overwrite the update (use `BalancerBuilder::build` for a hand-fed balancer)")]
+    Watched {
+        /// The watched service.
+        service: String,
+    },
 }
 
 impl Inner {
@@ -331,7 +346,8 @@ impl BalancerBuilder {
         self
     }
 
-    /// A balancer over `instances`, changed only by [`Balancer::update`].
+    /// A balancer over `instances`, changed only by [`Balancer::update`] (which a balancer
+    /// from [`watch`](Self::watch) refuses).
     ///
     /// ```
     /// use service_registry::balance::{Balancer, Strategy};
@@ -343,6 +359,15 @@ impl BalancerBuilder {
     /// assert!(Balancer::builder(Strategy::ConsistentHash).build([]).pick().is_none());
     /// ```
     pub fn build(self, instances: impl IntoIterator<Item = Instance>) -> Balancer {
+        self.build_fed(instances, None)
+    }
+
+    /// [`build`](Self::build), for a watch of `watched` when it is `Some`.
+    fn build_fed(
+        self,
+        instances: impl IntoIterator<Item = Instance>,
+        watched: Option<String>,
+    ) -> Balancer {
         let clock = Clock::new();
         let empty = self
             .config
@@ -354,6 +379,7 @@ impl BalancerBuilder {
             clock,
             cursor: AtomicUsize::new(0),
             owner: watch::channel(()).0,
+            watched,
         };
         inner.replace(instances);
         Balancer {
@@ -376,7 +402,7 @@ impl BalancerBuilder {
         let hold = self.hold_when_empty;
         // Whether the balancer holds instances from discovery (before the tag filter).
         let mut listed = !first.is_empty();
-        let balancer = self.build(first);
+        let balancer = self.build_fed(first, Some(service.to_string()));
         let weak: Weak<Inner> = Arc::downgrade(&balancer.inner);
         let mut owner = balancer.inner.owner.subscribe();
         let service = service.to_string();
@@ -467,18 +493,34 @@ impl Balancer {
         }
     }
 
-    /// Replaces the instance set. This is what the watch does on every change: on a balancer
-    /// from [`BalancerBuilder::watch`], the next change from discovery replaces it again.
+    /// Replaces the instance set of a balancer from [`BalancerBuilder::build`]. A balancer
+    /// from [`BalancerBuilder::watch`] refuses ([`UpdateError::Watched`]): its watch's next
+    /// change would replace the update.
     ///
     /// ```
-    /// use service_registry::balance::{Balancer, Strategy};
-    /// use service_registry::{Info, Instance};
+    /// use service_registry::balance::{Balancer, Strategy, UpdateError};
+    /// use service_registry::{Info, Instance, MemoryRegistry};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let one = || [Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))];
     /// let b = Balancer::builder(Strategy::WeightedRandom).build([]);
-    /// b.update([Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))]);
+    /// b.update(one()).unwrap();
     /// assert_eq!(b.instances().len(), 1);
+    ///
+    /// let watched = Balancer::builder(Strategy::WeightedRandom)
+    ///     .watch(&MemoryRegistry::new(), "s")
+    ///     .await
+    ///     .unwrap();
+    /// assert!(matches!(watched.update(one()), Err(UpdateError::Watched { .. })));
+    /// # }
     /// ```
-    pub fn update(&self, instances: impl IntoIterator<Item = Instance>) {
+    pub fn update(&self, instances: impl IntoIterator<Item = Instance>) -> Result<(), UpdateError> {
+        if let Some(service) = &self.inner.watched {
+            return Err(UpdateError::Watched {
+                service: service.clone(),
+            });
+        }
         self.inner.replace(instances);
+        Ok(())
     }
 
     /// The instances picks are made from (after the tag filter), sorted by address; ejected
@@ -853,6 +895,41 @@ mod tests {
         assert_eq!(fallback.instances().len(), 2);
     }
 
+    /// Trap 2 of issue 20: an update on a watched balancer was silently undone by the
+    /// watch's next change.
+    #[tokio::test]
+    async fn a_watched_balancer_refuses_updates_the_watch_would_overwrite() {
+        use crate::{MemoryRegistry, Registry};
+        let registry = MemoryRegistry::new();
+        let a = Info::new("svc", "127.0.0.1:1".parse().unwrap());
+        registry.register(&a).await.unwrap();
+        let balancer = Balancer::builder(Strategy::WeightedRandom)
+            .watch(&registry, "svc")
+            .await
+            .unwrap();
+        let err = balancer.update(weighted(&[10, 10, 10])).unwrap_err();
+        assert_eq!(
+            err,
+            UpdateError::Watched {
+                service: "svc".into()
+            }
+        );
+        assert!(err.to_string().contains("`svc`"), "{err}");
+        assert_eq!(
+            balancer.instances().len(),
+            1,
+            "the refused update changed nothing"
+        );
+        // The watch still feeds it.
+        let b = Info::new("svc", "127.0.0.1:2".parse().unwrap());
+        registry.register(&b).await.unwrap();
+        settle(&balancer, 2).await;
+        // A built balancer takes updates.
+        let built = Balancer::builder(Strategy::WeightedRandom).build([]);
+        built.update(weighted(&[10, 10])).unwrap();
+        assert_eq!(built.instances().len(), 2);
+    }
+
     #[tokio::test]
     async fn watch_removal_takes_the_instance_out() {
         use crate::{MemoryRegistry, Registry};
@@ -1091,14 +1168,14 @@ mod tests {
         // The same set again (a weight change elsewhere): still out.
         let mut changed = weighted(&[10; 4]);
         changed[3].weight = 99;
-        balancer.update(changed);
+        balancer.update(changed).unwrap();
         assert_eq!(balancer.ejected().len(), 2);
         // Down to 3 instances: only one may be out.
-        balancer.update(weighted(&[10; 3]));
+        balancer.update(weighted(&[10; 3])).unwrap();
         assert_eq!(balancer.ejected().len(), 1);
         // An address that leaves the set and comes back starts afresh.
-        balancer.update(weighted(&[10; 4])[2..].to_vec());
-        balancer.update(weighted(&[10; 4]));
+        balancer.update(weighted(&[10; 4])[2..].to_vec()).unwrap();
+        balancer.update(weighted(&[10; 4])).unwrap();
         assert!(balancer.ejected().is_empty());
     }
 
@@ -1177,7 +1254,7 @@ mod tests {
             1
         );
         balancer.report(addr(1), Outcome::Success);
-        balancer.update(weighted(&[10, 10, 10]));
+        balancer.update(weighted(&[10, 10, 10])).unwrap();
         assert!(
             !records(&balancer),
             "clean again: the next rebuild drops them"
@@ -1187,10 +1264,10 @@ mod tests {
         assert_eq!(balancer.ejected().len(), 1);
         std::thread::sleep(Duration::from_millis(60));
         assert!(balancer.ejected().is_empty());
-        balancer.update(weighted(&[10, 10, 10]));
+        balancer.update(weighted(&[10, 10, 10])).unwrap();
         assert!(records(&balancer), "back, not forgiven yet");
         std::thread::sleep(Duration::from_millis(60));
-        balancer.update(weighted(&[10, 10, 10]));
+        balancer.update(weighted(&[10, 10, 10])).unwrap();
         assert!(!records(&balancer), "forgiven");
     }
 

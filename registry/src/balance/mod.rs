@@ -25,7 +25,7 @@ pub use self::tower::{
     discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, HashKey, NoKey,
     ReportLayer, Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
 };
-pub use balancer::{Balancer, BalancerBuilder, Strategy, DEFAULT_HOLD_WHEN_EMPTY};
+pub use balancer::{Balancer, BalancerBuilder, Strategy, UpdateError, DEFAULT_HOLD_WHEN_EMPTY};
 pub use filter::TagFilter;
 pub use outlier::{Ejection, Outcome, OutlierDetection};
 pub use warmup::{effective_weight, DEFAULT_MIN_FRACTION};
