@@ -29,6 +29,25 @@ pub enum Strategy {
     /// `None`, and the tower [`Balanced`](crate::balance::Balanced) service needs a key
     /// extractor, `with_hash_key`).
     ConsistentHash,
+    /// Least request (gRPC A48, Envoy): two candidates drawn by weight (warm-up applied), the
+    /// one with fewer calls in flight per unit of weight wins. Calls in flight are counted
+    /// from [`Balancer::start`] to the drop of its guard, which the tower layers do for every
+    /// call; a balancer nobody counts on picks as [`WeightedRandom`](Self::WeightedRandom).
+    LeastRequest,
+}
+
+/// A call in flight to one instance, counted by a [`Strategy::LeastRequest`] balancer from
+/// [`Balancer::start`] until this is dropped (a no-op for other strategies).
+#[derive(Debug)]
+#[must_use = "the call counts as in flight only while this is alive"]
+pub struct InFlight(Option<Arc<AtomicUsize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How long a watched service that turns empty keeps its last instances by default (see
@@ -689,6 +708,40 @@ impl Balancer {
         }
     }
 
+    /// Counts a call to `addr` as in flight until the returned guard is dropped, for
+    /// [`Strategy::LeastRequest`] (other strategies, and addresses not in the set, count
+    /// nothing). The tower layers ([`Reporting`](crate::balance::Reporting), and so
+    /// [`Balanced`](crate::balance::Balanced)) do it for every call; call it by hand when
+    /// calling picked instances some other way, next to [`report`](Self::report).
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Outcome, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let set = [1, 2].map(|p| Instance::from(&Info::new("s", format!("127.0.0.1:{p}").parse().unwrap())));
+    /// let balancer = Balancer::builder(Strategy::LeastRequest).build(set);
+    /// let busy = "127.0.0.1:1".parse().unwrap();
+    /// let calls: Vec<_> = (0..100).map(|_| balancer.start(busy)).collect();
+    /// // 2 has nothing in flight: it wins whenever it is one of the two candidates.
+    /// let to_busy = (0..1000).filter(|_| balancer.pick().unwrap().addr == busy).count();
+    /// assert!(to_busy < 400, "{to_busy}");
+    /// drop(calls);
+    /// balancer.report(busy, Outcome::Success);
+    /// ```
+    pub fn start(&self, addr: SocketAddr) -> InFlight {
+        if self.inner.config.strategy != Strategy::LeastRequest {
+            return InFlight(None);
+        }
+        let snapshot = self.inner.snapshot.load();
+        let counter = snapshot
+            .position(addr)
+            .and_then(|i| snapshot.in_flight.get(i))
+            .cloned();
+        if let Some(count) = &counter {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight(counter)
+    }
+
     /// How many instances are in the set (after the tag filter).
     #[cfg(feature = "tower")]
     pub(crate) fn len(&self) -> usize {
@@ -774,6 +827,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             let balancer = Balancer::builder(strategy).build(weighted(&weights));
             let got = shares(&balancer, 100_000, 42);
@@ -798,6 +852,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             let balancer =
                 Balancer::builder(strategy).build(weighted(&[u32::MAX, max, max / 2, 0]));
@@ -838,7 +893,11 @@ mod tests {
     fn the_ramp_advances_without_a_set_change() {
         // Started just now, warm-up 300 ms: it gets the 10 % floor at first, all of its
         // weight once the warm-up is over, with no update in between.
-        for strategy in [Strategy::WeightedRandom, Strategy::SmoothRoundRobin] {
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::LeastRequest,
+        ] {
             let mut instances = weighted(&[50, 50]);
             instances[1].start_time = Some(SystemTime::now());
             instances[1].warmup = Duration::from_millis(300);
@@ -865,7 +924,11 @@ mod tests {
         // The second one started just now with a long warm-up: it gets the 10 % floor.
         instances[1].start_time = Some(SystemTime::now());
         instances[1].warmup = Duration::from_secs(3600);
-        for strategy in [Strategy::WeightedRandom, Strategy::SmoothRoundRobin] {
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::LeastRequest,
+        ] {
             let balancer = Balancer::builder(strategy).build(instances.clone());
             let got = shares(&balancer, 50_000, 7);
             let want = 5.0 / 55.0;
@@ -1089,6 +1152,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             let balancer = Balancer::builder(strategy).build(weighted(&[10, 20, 30]));
             fail(&balancer, 2, 4);
@@ -1217,6 +1281,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             // A heavy instance that random picks would almost always return.
             let balancer = Balancer::builder(strategy).build(weighted(&[10_000, 1, 1]));
@@ -1282,5 +1347,46 @@ mod tests {
         assert_eq!(ports, [1, 2, 3, 4]);
         fail(&balancer, 3, 1);
         assert_eq!(balancer.ejected()[0].addr, addr(3));
+    }
+
+    #[test]
+    fn least_request_sends_few_picks_to_an_instance_with_many_calls_in_flight() {
+        let balancer = Balancer::builder(Strategy::LeastRequest).build(weighted(&[10; 4]));
+        let slow: Vec<InFlight> = (0..50).map(|_| balancer.start(addr(1))).collect();
+        // One call in flight to each of the others: they still win against 50.
+        let others: Vec<InFlight> = (2..=4).map(|p| balancer.start(addr(p))).collect();
+        let got = shares(&balancer, 40_000, 9);
+        // Picked only when both candidates are it: 1/16.
+        assert!(got[&1] < 0.08, "slow share {:.4}", got[&1]);
+        // The counts survive a rebuild of the set.
+        balancer.update(weighted(&[10; 4])).unwrap();
+        let again = shares(&balancer, 40_000, 10);
+        assert!(again[&1] < 0.08, "after a rebuild {:.4}", again[&1]);
+        // Calls that end count no more.
+        drop((slow, others));
+        let idle = shares(&balancer, 40_000, 11);
+        assert!((idle[&1] - 0.25).abs() < 0.02, "idle share {:.4}", idle[&1]);
+        // Other strategies count nothing.
+        let random = Balancer::builder(Strategy::WeightedRandom).build(weighted(&[10; 2]));
+        let _calls: Vec<InFlight> = (0..50).map(|_| random.start(addr(1))).collect();
+        assert!((shares(&random, 40_000, 12)[&1] - 0.5).abs() < 0.02);
+    }
+
+    #[test]
+    fn least_request_weighs_calls_in_flight_by_weight() {
+        // A48 / Envoy: the score is in flight per unit of weight. 4 calls on the heavy one
+        // (weight 40: 0.1 per unit) lose to 1 call on the light one (weight 10: also 0.1:
+        // a tie, the first drawn wins) but beat 2 (0.2).
+        let balancer = Balancer::builder(Strategy::LeastRequest).build(weighted(&[40, 10]));
+        let _heavy: Vec<InFlight> = (0..4).map(|_| balancer.start(addr(1))).collect();
+        let light: Vec<InFlight> = (0..2).map(|_| balancer.start(addr(2))).collect();
+        // Heavy drawn with 0.8: it wins unless both draws are the light one (0.04).
+        let got = shares(&balancer, 40_000, 13);
+        assert!((got[&1] - 0.96).abs() < 0.01, "{:.4}", got[&1]);
+        drop(light);
+        let _light: Vec<InFlight> = (0..1).map(|_| balancer.start(addr(2))).collect();
+        // A tie: shares as drawn, 0.8 / 0.2.
+        let tie = shares(&balancer, 40_000, 14);
+        assert!((tie[&1] - 0.8).abs() < 0.02, "{:.4}", tie[&1]);
     }
 }

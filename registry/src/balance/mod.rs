@@ -8,6 +8,7 @@
 mod balancer;
 mod consistent_hash;
 mod filter;
+mod least_request;
 mod outlier;
 mod round_robin;
 mod snapshot;
@@ -25,7 +26,9 @@ pub use self::tower::{
     discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, HashKey, NoKey,
     ReportLayer, Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
 };
-pub use balancer::{Balancer, BalancerBuilder, Strategy, UpdateError, DEFAULT_HOLD_WHEN_EMPTY};
+pub use balancer::{
+    Balancer, BalancerBuilder, InFlight, Strategy, UpdateError, DEFAULT_HOLD_WHEN_EMPTY,
+};
 pub use filter::TagFilter;
 pub use outlier::{Ejection, Outcome, OutlierDetection};
 pub use warmup::{effective_weight, DEFAULT_MIN_FRACTION};

@@ -325,4 +325,51 @@ mod tests {
         let keyed = by_addr(random).with_hash_key(|k: &u64| *k);
         assert!(keyed.oneshot(Call::new(1)).await.is_ok());
     }
+
+    /// Least request under tower: the in-flight counts come from the calls themselves.
+    #[tokio::test]
+    async fn under_tower_least_request_sends_few_calls_to_an_instance_that_does_not_answer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        type Hanging = tower::util::BoxCloneService<u64, (), Infallible>;
+        let run = |strategy: Strategy| async move {
+            let to_slow = Arc::new(AtomicUsize::new(0));
+            let counted = to_slow.clone();
+            let balancer = Balancer::builder(strategy).build(set(4));
+            let service = Balanced::new(balancer, move |instance: &Instance| {
+                let slow = instance.addr.port() == 1;
+                let counted = counted.clone();
+                Hanging::new(tower::service_fn(move |_: u64| {
+                    let counted = counted.clone();
+                    async move {
+                        if slow {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(())
+                    }
+                }))
+            });
+            let mut calls = Vec::new();
+            for i in 0..400 {
+                calls.push(tokio::spawn(service.clone().oneshot(Call::new(i))));
+                tokio::task::yield_now().await;
+            }
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            calls.iter().for_each(tokio::task::JoinHandle::abort);
+            to_slow.load(Ordering::Relaxed)
+        };
+        let least = run(Strategy::LeastRequest).await;
+        let random = run(Strategy::WeightedRandom).await;
+        eprintln!(
+            "to the hanging instance, of 400: least request {least}, weighted random {random}"
+        );
+        // Once it holds calls, the hanging one wins only when both candidates are it (1/16).
+        assert!(
+            least < 40,
+            "least request: {least} of 400 to the hanging instance"
+        );
+        assert!(random > 60, "weighted random: {random} of 400");
+    }
 }
