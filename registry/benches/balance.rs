@@ -1,5 +1,5 @@
-//! Pick cost of each balancer for 10 / 100 / 1000 / 10 000 instances, next to
-//! `tower::balance::p2c` on the same instance set (also with a tenth of the instances ejected);
+//! Pick cost of each balancer for 10 / 100 / 1000 / 10 000 instances (least request also
+//! with calls in flight), next to `tower::balance::p2c` on the same instance set (also with a tenth of the instances ejected);
 //! the cost of reporting an outcome; the cost of a set change at 10 000 instances (also with
 //! every weight `u32::MAX` for consistent hashing); and pick
 //! throughput with 4 threads while the set changes 100 times a second.
@@ -57,10 +57,11 @@ fn warming(n: usize) -> Vec<Instance> {
     set
 }
 
-const STRATEGIES: [(&str, Strategy); 3] = [
+const STRATEGIES: [(&str, Strategy); 4] = [
     ("weighted_random", Strategy::WeightedRandom),
     ("smooth_round_robin", Strategy::SmoothRoundRobin),
     ("consistent_hash", Strategy::ConsistentHash),
+    ("least_request", Strategy::LeastRequest),
 ];
 
 fn pick_latency(c: &mut Criterion) {
@@ -96,6 +97,20 @@ fn pick_latency(c: &mut Criterion) {
                 &n,
                 |b, _| b.iter(|| std::hint::black_box(pick(&balancer, &mut rng))),
             );
+        }
+        // Least request with calls in flight everywhere (0 to 4 per instance, by position):
+        // the loads it compares are real counters, not all zero.
+        {
+            let balancer = Balancer::builder(Strategy::LeastRequest).build(set.clone());
+            let _in_flight: Vec<_> = set
+                .iter()
+                .enumerate()
+                .flat_map(|(i, instance)| (0..i % 5).map(|_| balancer.start(instance.addr)))
+                .collect();
+            let mut rng = fastrand::Rng::with_seed(1);
+            group.bench_with_input(BenchmarkId::new("least_request_loaded", n), &n, |b, _| {
+                b.iter(|| std::hint::black_box(pick(&balancer, &mut rng)))
+            });
         }
         // tower's power-of-two-choices over the same addresses: poll_ready picks, call sends.
         let services: Vec<_> = set

@@ -3,7 +3,7 @@
 //! instance is ejected or comes back, or warm-up weights are due; never changed afterwards.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -106,9 +106,19 @@ impl Config {
                 })
                 .collect::<Vec<f64>>()
         };
+        let in_flight = match self.strategy {
+            Strategy::LeastRequest => carry_in_flight(&instances, previous),
+            _ => Vec::new(),
+        };
         let picker = match self.strategy {
             Strategy::WeightedRandom => Picker::Random(AliasTable::new(&weights())),
-            Strategy::LeastRequest => Picker::Least(LeastRequest::new(&weights())),
+            Strategy::LeastRequest => Picker::Least(LeastRequest::new(
+                &weights(),
+                (0..count).map(|k| match &pickable {
+                    Some(indexes) => in_flight[indexes[k] as usize].clone(),
+                    None => in_flight[k].clone(),
+                }),
+            )),
             Strategy::SmoothRoundRobin => {
                 // Warm-up weights in sixteenths, so that the ramp survives integer slots.
                 let resolution = if warmup.is_some() { 16.0 } else { 1.0 };
@@ -130,10 +140,6 @@ impl Config {
         let refresh_at = match (warmup.map(|after| now + after), ejection_ends) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
-        let in_flight = match self.strategy {
-            Strategy::LeastRequest => carry_in_flight(&instances, previous),
-            _ => Vec::new(),
         };
         Snapshot {
             in_flight,
@@ -292,13 +298,7 @@ impl Snapshot {
             Picker::Random(table) => table.pick(rng),
             Picker::RoundRobin(schedule) => schedule.pick(cursor()),
             Picker::Hash(ring) => ring.pick(hash.unwrap_or_else(|| rng.u64(..))),
-            Picker::Least(least) => least.pick(rng, |k| {
-                let i = match &self.pickable {
-                    Some(indexes) => indexes[k] as usize,
-                    None => k,
-                };
-                self.in_flight[i].load(Ordering::Relaxed)
-            }),
+            Picker::Least(least) => least.pick(rng),
         }?;
         self.chosen(k)
     }
