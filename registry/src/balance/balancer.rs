@@ -479,8 +479,8 @@ impl BalancerBuilder {
     }
 }
 
-/// Picks instances of one service: weighted random, smooth weighted round-robin or consistent
-/// hashing, with warm-up, tag filters and outlier ejection, all set up front by
+/// Picks instances of one service: weighted random, smooth weighted round-robin, consistent
+/// hashing or least request, with warm-up, tag filters and outlier ejection, all set up front by
 /// [`Balancer::builder`].
 ///
 /// Every change builds a new immutable picker (alias table, round-robin cycle or hash ring)
