@@ -1,9 +1,10 @@
 //! Client-side load balancing over a live instance set: weighted random (alias table), smooth
 //! weighted round-robin (precomputed cycle), consistent hashing (indexed hash ring) and least
 //! request (power of two choices over calls in flight), each O(1) per pick, with warm-up, tag
-//! filters and outlier ejection set up front by [`Balancer::builder`]; adapters for `tower` (feature `tower`: a `Discover` for
-//! `tower::balance`, a balanced service that reports outcomes, and a retry policy that retries
-//! on another instance) and tonic's `Channel::balance_channel` (feature `tonic`).
+//! filters and outlier ejection set up front by [`Balancer::builder`]; adapters for `tower`
+//! (feature `tower`: a `Discover` for `tower::balance`, a balanced service that reports
+//! outcomes, and a retry policy that retries on another instance) and tonic's
+//! `Channel::balance_channel` (feature `tonic`).
 
 mod balancer;
 mod consistent_hash;
