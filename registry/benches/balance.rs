@@ -1,5 +1,5 @@
-//! Pick cost of each balancer for 10 / 100 / 1000 / 10 000 instances, next to
-//! `tower::balance::p2c` on the same instance set (also with a tenth of the instances ejected);
+//! Pick cost of each balancer for 10 / 100 / 1000 / 10 000 instances (least request also
+//! with calls in flight), next to `tower::balance::p2c` on the same instance set (also with a tenth of the instances ejected);
 //! the cost of reporting an outcome; the cost of a set change at 10 000 instances (also with
 //! every weight `u32::MAX` for consistent hashing); and pick
 //! throughput with 4 threads while the set changes 100 times a second.
@@ -18,6 +18,17 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use service_registry::balance::{Balancer, Outcome, OutlierDetection, Strategy};
 use service_registry::{Info, Instance};
 use tower::Service;
+
+/// One pick as a caller makes it: by a random key on a hashing balancer (which gives `None` to
+/// a keyless pick), an ordinary pick otherwise.
+#[inline]
+fn pick(balancer: &Balancer, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
+    if balancer.hashes() {
+        balancer.pick_by_key(rng.u64(..))
+    } else {
+        balancer.pick_with(rng)
+    }
+}
 
 fn instances(n: usize) -> Vec<Instance> {
     (0..n)
@@ -46,10 +57,11 @@ fn warming(n: usize) -> Vec<Instance> {
     set
 }
 
-const STRATEGIES: [(&str, Strategy); 3] = [
+const STRATEGIES: [(&str, Strategy); 4] = [
     ("weighted_random", Strategy::WeightedRandom),
     ("smooth_round_robin", Strategy::SmoothRoundRobin),
     ("consistent_hash", Strategy::ConsistentHash),
+    ("least_request", Strategy::LeastRequest),
 ];
 
 fn pick_latency(c: &mut Criterion) {
@@ -63,7 +75,7 @@ fn pick_latency(c: &mut Criterion) {
             let balancer = Balancer::builder(strategy).build(set.clone());
             let mut rng = fastrand::Rng::with_seed(1);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
+                b.iter(|| std::hint::black_box(pick(&balancer, &mut rng)))
             });
         }
         for (name, strategy) in [
@@ -73,7 +85,7 @@ fn pick_latency(c: &mut Criterion) {
             let balancer = Balancer::builder(strategy).build(warming(n));
             let mut rng = fastrand::Rng::with_seed(1);
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng)))
+                b.iter(|| std::hint::black_box(pick(&balancer, &mut rng)))
             });
         }
         // Every tenth instance ejected (for an hour: the whole run).
@@ -83,8 +95,22 @@ fn pick_latency(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}_10pct_ejected"), n),
                 &n,
-                |b, _| b.iter(|| std::hint::black_box(balancer.pick_with(&mut rng))),
+                |b, _| b.iter(|| std::hint::black_box(pick(&balancer, &mut rng))),
             );
+        }
+        // Least request with calls in flight everywhere (0 to 4 per instance, by position):
+        // the loads it compares are real counters, not all zero.
+        {
+            let balancer = Balancer::builder(Strategy::LeastRequest).build(set.clone());
+            let _in_flight: Vec<_> = set
+                .iter()
+                .enumerate()
+                .flat_map(|(i, instance)| (0..i % 5).map(|_| balancer.start(instance.addr)))
+                .collect();
+            let mut rng = fastrand::Rng::with_seed(1);
+            group.bench_with_input(BenchmarkId::new("least_request_loaded", n), &n, |b, _| {
+                b.iter(|| std::hint::black_box(pick(&balancer, &mut rng)))
+            });
         }
         // tower's power-of-two-choices over the same addresses: poll_ready picks, call sends.
         let services: Vec<_> = set
@@ -206,7 +232,7 @@ fn rebuild(c: &mut Criterion) {
             b.iter_batched(
                 || (set.clone(), balancer.instances()),
                 |(s, previous)| {
-                    balancer.update(s);
+                    balancer.update(s).unwrap();
                     previous
                 },
                 BatchSize::LargeInput,
@@ -216,7 +242,7 @@ fn rebuild(c: &mut Criterion) {
         group.bench_with_input(id, &n, |b, _| {
             b.iter_batched(
                 || set.clone(),
-                |s| balancer.update(s),
+                |s| balancer.update(s).unwrap(),
                 BatchSize::LargeInput,
             )
         });
@@ -249,7 +275,8 @@ fn contended_throughput(c: &mut Criterion) {
                         while !stop.load(Ordering::Relaxed) {
                             // Alternate between the full set and the set without its last instance.
                             balancer
-                                .update(if flip { &set } else { &set[..set.len() - 1] }.to_vec());
+                                .update(if flip { &set } else { &set[..set.len() - 1] }.to_vec())
+                                .unwrap();
                             flip = !flip;
                             std::thread::sleep(Duration::from_millis(10));
                         }
@@ -263,7 +290,7 @@ fn contended_throughput(c: &mut Criterion) {
                             std::thread::spawn(move || {
                                 let mut rng = fastrand::Rng::with_seed(t);
                                 for _ in 0..PICKS {
-                                    std::hint::black_box(balancer.pick_with(&mut rng));
+                                    std::hint::black_box(pick(&balancer, &mut rng));
                                 }
                             })
                         })

@@ -25,8 +25,29 @@ pub enum Strategy {
     WeightedRandom,
     /// Smooth weighted round-robin: exact proportions over every cycle, evenly interleaved.
     SmoothRoundRobin,
-    /// A hash ring on a caller-given key ([`Balancer::pick_by_key`]).
+    /// A hash ring on a caller-given key ([`Balancer::pick_by_key`]; [`Balancer::pick`] gives
+    /// `None`, and the tower [`Balanced`](crate::balance::Balanced) service needs a key
+    /// extractor, `with_hash_key`).
     ConsistentHash,
+    /// Least request (gRPC A48, Envoy): two candidates drawn by weight (warm-up applied), the
+    /// one with fewer calls in flight per unit of weight wins. Calls in flight are counted
+    /// from [`Balancer::start`] to the drop of its guard, which the tower layers do for every
+    /// call; a balancer nobody counts on picks as [`WeightedRandom`](Self::WeightedRandom).
+    LeastRequest,
+}
+
+/// A call in flight to one instance, counted by a [`Strategy::LeastRequest`] balancer from
+/// [`Balancer::start`] until this is dropped (a no-op for other strategies).
+#[derive(Debug)]
+#[must_use = "the call counts as in flight only while this is alive"]
+pub struct InFlight(Option<Arc<AtomicUsize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How long a watched service that turns empty keeps its last instances by default (see
@@ -49,6 +70,21 @@ struct Inner {
     cursor: AtomicUsize,
     /// Never sent on: dropped with the last clone of the balancer, which ends its watch task.
     owner: watch::Sender<()>,
+    /// The service a watch feeds this balancer from; `None` for one from `build`.
+    watched: Option<String>,
+}
+
+/// Why [`Balancer::update`] refused.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The balancer follows a watch ([`BalancerBuilder::watch`]), whose next change would
+    /// replace the update: only a balancer from [`BalancerBuilder::build`] takes updates.
+    #[error("the balancer follows service `{service}` through a watch; its next change would overwrite the update (use `BalancerBuilder::build` for a hand-fed balancer)")]
+    Watched {
+        /// The watched service.
+        service: String,
+    },
 }
 
 impl Inner {
@@ -329,7 +365,8 @@ impl BalancerBuilder {
         self
     }
 
-    /// A balancer over `instances`, changed only by [`Balancer::update`].
+    /// A balancer over `instances`, changed only by [`Balancer::update`] (which a balancer
+    /// from [`watch`](Self::watch) refuses).
     ///
     /// ```
     /// use service_registry::balance::{Balancer, Strategy};
@@ -341,6 +378,15 @@ impl BalancerBuilder {
     /// assert!(Balancer::builder(Strategy::ConsistentHash).build([]).pick().is_none());
     /// ```
     pub fn build(self, instances: impl IntoIterator<Item = Instance>) -> Balancer {
+        self.build_fed(instances, None)
+    }
+
+    /// [`build`](Self::build), for a watch of `watched` when it is `Some`.
+    fn build_fed(
+        self,
+        instances: impl IntoIterator<Item = Instance>,
+        watched: Option<String>,
+    ) -> Balancer {
         let clock = Clock::new();
         let empty = self
             .config
@@ -352,6 +398,7 @@ impl BalancerBuilder {
             clock,
             cursor: AtomicUsize::new(0),
             owner: watch::channel(()).0,
+            watched,
         };
         inner.replace(instances);
         Balancer {
@@ -374,7 +421,7 @@ impl BalancerBuilder {
         let hold = self.hold_when_empty;
         // Whether the balancer holds instances from discovery (before the tag filter).
         let mut listed = !first.is_empty();
-        let balancer = self.build(first);
+        let balancer = self.build_fed(first, Some(service.to_string()));
         let weak: Weak<Inner> = Arc::downgrade(&balancer.inner);
         let mut owner = balancer.inner.owner.subscribe();
         let service = service.to_string();
@@ -432,8 +479,8 @@ impl BalancerBuilder {
     }
 }
 
-/// Picks instances of one service: weighted random, smooth weighted round-robin or consistent
-/// hashing, with warm-up, tag filters and outlier ejection, all set up front by
+/// Picks instances of one service: weighted random, smooth weighted round-robin, consistent
+/// hashing or least request, with warm-up, tag filters and outlier ejection, all set up front by
 /// [`Balancer::builder`].
 ///
 /// Every change builds a new immutable picker (alias table, round-robin cycle or hash ring)
@@ -465,18 +512,34 @@ impl Balancer {
         }
     }
 
-    /// Replaces the instance set. This is what the watch does on every change: on a balancer
-    /// from [`BalancerBuilder::watch`], the next change from discovery replaces it again.
+    /// Replaces the instance set of a balancer from [`BalancerBuilder::build`]. A balancer
+    /// from [`BalancerBuilder::watch`] refuses ([`UpdateError::Watched`]): its watch's next
+    /// change would replace the update.
     ///
     /// ```
-    /// use service_registry::balance::{Balancer, Strategy};
-    /// use service_registry::{Info, Instance};
+    /// use service_registry::balance::{Balancer, Strategy, UpdateError};
+    /// use service_registry::{Info, Instance, MemoryRegistry};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let one = || [Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))];
     /// let b = Balancer::builder(Strategy::WeightedRandom).build([]);
-    /// b.update([Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))]);
+    /// b.update(one()).unwrap();
     /// assert_eq!(b.instances().len(), 1);
+    ///
+    /// let watched = Balancer::builder(Strategy::WeightedRandom)
+    ///     .watch(&MemoryRegistry::new(), "s")
+    ///     .await
+    ///     .unwrap();
+    /// assert!(matches!(watched.update(one()), Err(UpdateError::Watched { .. })));
+    /// # }
     /// ```
-    pub fn update(&self, instances: impl IntoIterator<Item = Instance>) {
+    pub fn update(&self, instances: impl IntoIterator<Item = Instance>) -> Result<(), UpdateError> {
+        if let Some(service) = &self.inner.watched {
+            return Err(UpdateError::Watched {
+                service: service.clone(),
+            });
+        }
         self.inner.replace(instances);
+        Ok(())
     }
 
     /// The instances picks are made from (after the tag filter), sorted by address; ejected
@@ -487,15 +550,27 @@ impl Balancer {
         self.inner.snapshot.load().instances.clone()
     }
 
-    /// Picks an instance (for consistent hashing: for a random key).
+    /// Picks an instance. `None` when there is none to pick, and always `None` on a
+    /// [`Strategy::ConsistentHash`] balancer ([`hashes`](Self::hashes)): a hashing balancer
+    /// picks only for a key ([`pick_by_key`](Self::pick_by_key)), so that a caller that forgot
+    /// the key finds out instead of spreading its calls at random.
     ///
-    /// See [`BalancerBuilder`] for an example.
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let one = || [Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))];
+    /// assert!(Balancer::builder(Strategy::WeightedRandom).build(one()).pick().is_some());
+    /// let hashing = Balancer::builder(Strategy::ConsistentHash).build(one());
+    /// assert!(hashing.pick().is_none(), "no key, no pick");
+    /// assert!(hashing.pick_by_key("user-42").is_some());
+    /// ```
     pub fn pick(&self) -> Option<Arc<Instance>> {
         let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
         self.pick_with(&mut rng)
     }
 
-    /// Picks with a caller-owned random source (seed it for reproducible sequences).
+    /// Picks with a caller-owned random source (seed it for reproducible sequences). `None`
+    /// on a hashing balancer, as [`pick`](Self::pick).
     ///
     /// ```
     /// use service_registry::balance::{Balancer, Strategy};
@@ -507,6 +582,9 @@ impl Balancer {
     /// ```
     pub fn pick_with(&self, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
+        if snapshot.hashes() {
+            return None;
+        }
         self.inner.refresh_if_due(&snapshot);
         snapshot
             .pick(
@@ -529,20 +607,36 @@ impl Balancer {
     /// assert_eq!(b.pick_by_key("user-42").unwrap().addr, b.pick_by_key("user-42").unwrap().addr);
     /// ```
     pub fn pick_by_key(&self, key: impl Hash) -> Option<Arc<Instance>> {
+        self.pick_by_hash(consistent_hash::hash(key))
+    }
+
+    /// [`pick_by_key`](Self::pick_by_key) for a key already hashed.
+    pub(crate) fn pick_by_hash(&self, hash: u64) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
         if !snapshot.hashes() {
             return self.pick();
         }
         self.inner.refresh_if_due(&snapshot);
         let mut rng = fastrand::Rng::with_seed(0);
-        snapshot
-            .pick(|| 0, &mut rng, Some(consistent_hash::hash(key)))
-            .cloned()
+        snapshot.pick(|| 0, &mut rng, Some(hash)).cloned()
+    }
+
+    /// True for a [`Strategy::ConsistentHash`] balancer: it picks only by key
+    /// ([`pick_by_key`](Self::pick_by_key)); [`pick`](Self::pick) gives `None`.
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// assert!(Balancer::builder(Strategy::ConsistentHash).build([]).hashes());
+    /// assert!(!Balancer::builder(Strategy::WeightedRandom).build([]).hashes());
+    /// ```
+    pub fn hashes(&self) -> bool {
+        self.inner.config.strategy == Strategy::ConsistentHash
     }
 
     /// Picks an instance whose address is not in `tried` (for a retry), when there is one:
     /// a few ordinary picks first, then the first suitable instance from a random place in
-    /// the set. Ejected instances are never picked; `None` when every pickable instance has
+    /// the set. On a hashing balancer the retry target is not tied to a key (the key's own
+    /// instance is what failed): a random untried one. Ejected instances are never picked; `None` when every pickable instance has
     /// been tried.
     ///
     /// ```
@@ -614,6 +708,40 @@ impl Balancer {
         }
     }
 
+    /// Counts a call to `addr` as in flight until the returned guard is dropped, for
+    /// [`Strategy::LeastRequest`] (other strategies, and addresses not in the set, count
+    /// nothing). The tower layers ([`Reporting`](crate::balance::Reporting), and so
+    /// [`Balanced`](crate::balance::Balanced)) do it for every call; call it by hand when
+    /// calling picked instances some other way, next to [`report`](Self::report).
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Outcome, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let set = [1, 2].map(|p| Instance::from(&Info::new("s", format!("127.0.0.1:{p}").parse().unwrap())));
+    /// let balancer = Balancer::builder(Strategy::LeastRequest).build(set);
+    /// let busy = "127.0.0.1:1".parse().unwrap();
+    /// let calls: Vec<_> = (0..100).map(|_| balancer.start(busy)).collect();
+    /// // 2 has nothing in flight: it wins whenever it is one of the two candidates.
+    /// let to_busy = (0..1000).filter(|_| balancer.pick().unwrap().addr == busy).count();
+    /// assert!(to_busy < 400, "{to_busy}");
+    /// drop(calls);
+    /// balancer.report(busy, Outcome::Success);
+    /// ```
+    pub fn start(&self, addr: SocketAddr) -> InFlight {
+        if self.inner.config.strategy != Strategy::LeastRequest {
+            return InFlight(None);
+        }
+        let snapshot = self.inner.snapshot.load();
+        let counter = snapshot
+            .position(addr)
+            .and_then(|i| snapshot.in_flight.get(i))
+            .cloned();
+        if let Some(count) = &counter {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight(counter)
+    }
+
     /// How many instances are in the set (after the tag filter).
     #[cfg(feature = "tower")]
     pub(crate) fn len(&self) -> usize {
@@ -679,9 +807,12 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut counts: HashMap<u16, usize> = HashMap::new();
         for _ in 0..picks {
-            *counts
-                .entry(balancer.pick_with(&mut rng).unwrap().addr.port())
-                .or_default() += 1;
+            let picked = if balancer.hashes() {
+                balancer.pick_by_key(rng.u64(..))
+            } else {
+                balancer.pick_with(&mut rng)
+            };
+            *counts.entry(picked.unwrap().addr.port()).or_default() += 1;
         }
         counts
             .into_iter()
@@ -696,6 +827,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             let balancer = Balancer::builder(strategy).build(weighted(&weights));
             let got = shares(&balancer, 100_000, 42);
@@ -720,6 +852,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             let balancer =
                 Balancer::builder(strategy).build(weighted(&[u32::MAX, max, max / 2, 0]));
@@ -760,7 +893,11 @@ mod tests {
     fn the_ramp_advances_without_a_set_change() {
         // Started just now, warm-up 300 ms: it gets the 10 % floor at first, all of its
         // weight once the warm-up is over, with no update in between.
-        for strategy in [Strategy::WeightedRandom, Strategy::SmoothRoundRobin] {
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::LeastRequest,
+        ] {
             let mut instances = weighted(&[50, 50]);
             instances[1].start_time = Some(SystemTime::now());
             instances[1].warmup = Duration::from_millis(300);
@@ -787,7 +924,11 @@ mod tests {
         // The second one started just now with a long warm-up: it gets the 10 % floor.
         instances[1].start_time = Some(SystemTime::now());
         instances[1].warmup = Duration::from_secs(3600);
-        for strategy in [Strategy::WeightedRandom, Strategy::SmoothRoundRobin] {
+        for strategy in [
+            Strategy::WeightedRandom,
+            Strategy::SmoothRoundRobin,
+            Strategy::LeastRequest,
+        ] {
             let balancer = Balancer::builder(strategy).build(instances.clone());
             let got = shares(&balancer, 50_000, 7);
             let want = 5.0 / 55.0;
@@ -815,6 +956,41 @@ mod tests {
             .filter(TagFilter::new().require("idc", "bj").fallback_to_all(true))
             .build(instances);
         assert_eq!(fallback.instances().len(), 2);
+    }
+
+    /// Trap 2 of issue 20: an update on a watched balancer was silently undone by the
+    /// watch's next change.
+    #[tokio::test]
+    async fn a_watched_balancer_refuses_updates_the_watch_would_overwrite() {
+        use crate::{MemoryRegistry, Registry};
+        let registry = MemoryRegistry::new();
+        let a = Info::new("svc", "127.0.0.1:1".parse().unwrap());
+        registry.register(&a).await.unwrap();
+        let balancer = Balancer::builder(Strategy::WeightedRandom)
+            .watch(&registry, "svc")
+            .await
+            .unwrap();
+        let err = balancer.update(weighted(&[10, 10, 10])).unwrap_err();
+        assert_eq!(
+            err,
+            UpdateError::Watched {
+                service: "svc".into()
+            }
+        );
+        assert!(err.to_string().contains("`svc`"), "{err}");
+        assert_eq!(
+            balancer.instances().len(),
+            1,
+            "the refused update changed nothing"
+        );
+        // The watch still feeds it.
+        let b = Info::new("svc", "127.0.0.1:2".parse().unwrap());
+        registry.register(&b).await.unwrap();
+        settle(&balancer, 2).await;
+        // A built balancer takes updates.
+        let built = Balancer::builder(Strategy::WeightedRandom).build([]);
+        built.update(weighted(&[10, 10])).unwrap();
+        assert_eq!(built.instances().len(), 2);
     }
 
     #[tokio::test]
@@ -976,6 +1152,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             let balancer = Balancer::builder(strategy).build(weighted(&[10, 20, 30]));
             fail(&balancer, 2, 4);
@@ -1055,14 +1232,14 @@ mod tests {
         // The same set again (a weight change elsewhere): still out.
         let mut changed = weighted(&[10; 4]);
         changed[3].weight = 99;
-        balancer.update(changed);
+        balancer.update(changed).unwrap();
         assert_eq!(balancer.ejected().len(), 2);
         // Down to 3 instances: only one may be out.
-        balancer.update(weighted(&[10; 3]));
+        balancer.update(weighted(&[10; 3])).unwrap();
         assert_eq!(balancer.ejected().len(), 1);
         // An address that leaves the set and comes back starts afresh.
-        balancer.update(weighted(&[10; 4])[2..].to_vec());
-        balancer.update(weighted(&[10; 4]));
+        balancer.update(weighted(&[10; 4])[2..].to_vec()).unwrap();
+        balancer.update(weighted(&[10; 4])).unwrap();
         assert!(balancer.ejected().is_empty());
     }
 
@@ -1104,6 +1281,7 @@ mod tests {
             Strategy::WeightedRandom,
             Strategy::SmoothRoundRobin,
             Strategy::ConsistentHash,
+            Strategy::LeastRequest,
         ] {
             // A heavy instance that random picks would almost always return.
             let balancer = Balancer::builder(strategy).build(weighted(&[10_000, 1, 1]));
@@ -1141,7 +1319,7 @@ mod tests {
             1
         );
         balancer.report(addr(1), Outcome::Success);
-        balancer.update(weighted(&[10, 10, 10]));
+        balancer.update(weighted(&[10, 10, 10])).unwrap();
         assert!(
             !records(&balancer),
             "clean again: the next rebuild drops them"
@@ -1151,10 +1329,10 @@ mod tests {
         assert_eq!(balancer.ejected().len(), 1);
         std::thread::sleep(Duration::from_millis(60));
         assert!(balancer.ejected().is_empty());
-        balancer.update(weighted(&[10, 10, 10]));
+        balancer.update(weighted(&[10, 10, 10])).unwrap();
         assert!(records(&balancer), "back, not forgiven yet");
         std::thread::sleep(Duration::from_millis(60));
-        balancer.update(weighted(&[10, 10, 10]));
+        balancer.update(weighted(&[10, 10, 10])).unwrap();
         assert!(!records(&balancer), "forgiven");
     }
 
@@ -1169,5 +1347,46 @@ mod tests {
         assert_eq!(ports, [1, 2, 3, 4]);
         fail(&balancer, 3, 1);
         assert_eq!(balancer.ejected()[0].addr, addr(3));
+    }
+
+    #[test]
+    fn least_request_sends_few_picks_to_an_instance_with_many_calls_in_flight() {
+        let balancer = Balancer::builder(Strategy::LeastRequest).build(weighted(&[10; 4]));
+        let slow: Vec<InFlight> = (0..50).map(|_| balancer.start(addr(1))).collect();
+        // One call in flight to each of the others: they still win against 50.
+        let others: Vec<InFlight> = (2..=4).map(|p| balancer.start(addr(p))).collect();
+        let got = shares(&balancer, 40_000, 9);
+        // Picked only when both candidates are it: 1/16.
+        assert!(got[&1] < 0.08, "slow share {:.4}", got[&1]);
+        // The counts survive a rebuild of the set.
+        balancer.update(weighted(&[10; 4])).unwrap();
+        let again = shares(&balancer, 40_000, 10);
+        assert!(again[&1] < 0.08, "after a rebuild {:.4}", again[&1]);
+        // Calls that end count no more.
+        drop((slow, others));
+        let idle = shares(&balancer, 40_000, 11);
+        assert!((idle[&1] - 0.25).abs() < 0.02, "idle share {:.4}", idle[&1]);
+        // Other strategies count nothing.
+        let random = Balancer::builder(Strategy::WeightedRandom).build(weighted(&[10; 2]));
+        let _calls: Vec<InFlight> = (0..50).map(|_| random.start(addr(1))).collect();
+        assert!((shares(&random, 40_000, 12)[&1] - 0.5).abs() < 0.02);
+    }
+
+    #[test]
+    fn least_request_weighs_calls_in_flight_by_weight() {
+        // A48 / Envoy: the score is in flight per unit of weight. 4 calls on the heavy one
+        // (weight 40: 0.1 per unit) lose to 1 call on the light one (weight 10: also 0.1:
+        // a tie, the first drawn wins) but beat 2 (0.2).
+        let balancer = Balancer::builder(Strategy::LeastRequest).build(weighted(&[40, 10]));
+        let _heavy: Vec<InFlight> = (0..4).map(|_| balancer.start(addr(1))).collect();
+        let light: Vec<InFlight> = (0..2).map(|_| balancer.start(addr(2))).collect();
+        // Heavy drawn with 0.8: it wins unless both draws are the light one (0.04).
+        let got = shares(&balancer, 40_000, 13);
+        assert!((got[&1] - 0.96).abs() < 0.01, "{:.4}", got[&1]);
+        drop(light);
+        let _light: Vec<InFlight> = (0..1).map(|_| balancer.start(addr(2))).collect();
+        // A tie: shares as drawn, 0.8 / 0.2.
+        let tie = shares(&balancer, 40_000, 14);
+        assert!((tie[&1] - 0.8).abs() < 0.02, "{:.4}", tie[&1]);
     }
 }

@@ -1,13 +1,15 @@
 //! Client-side load balancing over a live instance set: weighted random (alias table), smooth
-//! weighted round-robin (precomputed cycle) and consistent hashing (indexed hash ring), each
-//! O(1) per pick, with warm-up, tag filters and outlier ejection set up front by
-//! [`Balancer::builder`]; adapters for `tower` (feature `tower`: a `Discover` for
-//! `tower::balance`, a balanced service that reports outcomes, and a retry policy that retries
-//! on another instance) and tonic's `Channel::balance_channel` (feature `tonic`).
+//! weighted round-robin (precomputed cycle), consistent hashing (indexed hash ring) and least
+//! request (power of two choices over calls in flight), each O(1) per pick, with warm-up, tag
+//! filters and outlier ejection set up front by [`Balancer::builder`]; adapters for `tower`
+//! (feature `tower`: a `Discover` for `tower::balance`, a balanced service that reports
+//! outcomes, and a retry policy that retries on another instance) and tonic's
+//! `Channel::balance_channel` (feature `tonic`).
 
 mod balancer;
 mod consistent_hash;
 mod filter;
+mod least_request;
 mod outlier;
 mod round_robin;
 mod snapshot;
@@ -22,10 +24,12 @@ mod weighted_random;
 pub use self::tonic::balance_channel;
 #[cfg(feature = "tower")]
 pub use self::tower::{
-    discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, ReportLayer,
-    Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
+    discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, HashKey, NoKey,
+    ReportLayer, Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
 };
-pub use balancer::{Balancer, BalancerBuilder, Strategy, DEFAULT_HOLD_WHEN_EMPTY};
+pub use balancer::{
+    Balancer, BalancerBuilder, InFlight, Strategy, UpdateError, DEFAULT_HOLD_WHEN_EMPTY,
+};
 pub use filter::TagFilter;
 pub use outlier::{Ejection, Outcome, OutlierDetection};
 pub use warmup::{effective_weight, DEFAULT_MIN_FRACTION};

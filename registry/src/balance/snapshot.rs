@@ -3,12 +3,13 @@
 //! instance is ejected or comes back, or warm-up weights are due; never changed afterwards.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::consistent_hash::Ring;
 use super::filter::TagFilter;
+use super::least_request::LeastRequest;
 use super::outlier::{Clock, Health, OutlierDetection};
 use super::round_robin::Schedule;
 use super::warmup::{bounded_weight, effective_weight, next_refresh};
@@ -21,6 +22,7 @@ pub(crate) enum Picker {
     Random(AliasTable),
     RoundRobin(Schedule),
     Hash(Ring),
+    Least(LeastRequest),
 }
 
 /// What a [`BalancerBuilder`](super::BalancerBuilder) sets; fixed for the life of the balancer.
@@ -52,6 +54,9 @@ pub(crate) struct Snapshot {
     pub(crate) refresh_at: Option<Instant>,
     /// Set by the one pick that rebuilds it.
     pub(crate) refreshing: AtomicBool,
+    /// Least request only (empty otherwise): the calls in flight to each instance (same
+    /// order), shared with the snapshot before for as long as the address stays in the set.
+    pub(crate) in_flight: Vec<Arc<AtomicUsize>>,
 }
 
 impl Config {
@@ -101,8 +106,19 @@ impl Config {
                 })
                 .collect::<Vec<f64>>()
         };
+        let in_flight = match self.strategy {
+            Strategy::LeastRequest => carry_in_flight(&instances, previous),
+            _ => Vec::new(),
+        };
         let picker = match self.strategy {
             Strategy::WeightedRandom => Picker::Random(AliasTable::new(&weights())),
+            Strategy::LeastRequest => Picker::Least(LeastRequest::new(
+                &weights(),
+                (0..count).map(|k| match &pickable {
+                    Some(indexes) => in_flight[indexes[k] as usize].clone(),
+                    None => in_flight[k].clone(),
+                }),
+            )),
             Strategy::SmoothRoundRobin => {
                 // Warm-up weights in sixteenths, so that the ramp survives integer slots.
                 let resolution = if warmup.is_some() { 16.0 } else { 1.0 };
@@ -126,6 +142,7 @@ impl Config {
             (a, b) => a.or(b),
         };
         Snapshot {
+            in_flight,
             instances,
             health,
             pickable,
@@ -172,6 +189,31 @@ impl Config {
         }
         out
     }
+}
+
+/// The in-flight counters for `instances` (sorted by address): `previous`'s counter of the
+/// same address, or a new one.
+fn carry_in_flight(
+    instances: &[Arc<Instance>],
+    previous: Option<&Snapshot>,
+) -> Vec<Arc<AtomicUsize>> {
+    let (old, counters) = match previous {
+        Some(p) if p.in_flight.len() == p.instances.len() => (&p.instances[..], &p.in_flight[..]),
+        _ => (&[][..], &[][..]),
+    };
+    let mut j = 0;
+    instances
+        .iter()
+        .map(|instance| {
+            while j < old.len() && old[j].addr < instance.addr {
+                j += 1;
+            }
+            match old.get(j) {
+                Some(o) if o.addr == instance.addr => counters[j].clone(),
+                _ => Arc::default(),
+            }
+        })
+        .collect()
 }
 
 impl Snapshot {
@@ -256,6 +298,7 @@ impl Snapshot {
             Picker::Random(table) => table.pick(rng),
             Picker::RoundRobin(schedule) => schedule.pick(cursor()),
             Picker::Hash(ring) => ring.pick(hash.unwrap_or_else(|| rng.u64(..))),
+            Picker::Least(least) => least.pick(rng),
         }?;
         self.chosen(k)
     }

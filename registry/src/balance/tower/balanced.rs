@@ -2,6 +2,7 @@
 //! [`Balancer`].
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -11,7 +12,7 @@ use tower::{BoxError, Service};
 use super::call::Call;
 use super::error::CallError;
 use super::report::{AnyError, CallFuture, Classify, Reporting};
-use crate::balance::Balancer;
+use crate::balance::{consistent_hash, Balancer};
 use crate::discovery::Instance;
 
 /// A `tower::Service<Call<R>>` over a [`Balancer`]: each call picks an instance (by the
@@ -49,25 +50,57 @@ use crate::discovery::Instance;
 /// assert_eq!(reply.unwrap(), "127.0.0.1:7001: hi");
 /// # }
 /// ```
-pub struct Balanced<M, S, C = AnyError> {
+pub struct Balanced<M, S, C = AnyError, K = NoKey> {
     balancer: Balancer,
     make: Arc<M>,
     services: Arc<Mutex<HashMap<SocketAddr, S>>>,
     classify: C,
+    key: K,
 }
 
-impl<M, S, C: Clone> Clone for Balanced<M, S, C> {
+impl<M, S, C: Clone, K: Clone> Clone for Balanced<M, S, C, K> {
     fn clone(&self) -> Self {
         Self {
             balancer: self.balancer.clone(),
             make: self.make.clone(),
             services: self.services.clone(),
             classify: self.classify.clone(),
+            key: self.key.clone(),
         }
     }
 }
 
-impl<M, S, C> std::fmt::Debug for Balanced<M, S, C> {
+/// Gives the hash key of a request, for a [`Balanced`] service over a
+/// [`Strategy::ConsistentHash`](crate::balance::Strategy::ConsistentHash) balancer: any
+/// `Fn(&R) -> impl Hash` is one ([`Balanced::with_hash_key`]); [`NoKey`] (the default) gives
+/// none.
+pub trait HashKey<R> {
+    /// The key's hash for `request`, `None` for no key.
+    fn hash_key(&self, request: &R) -> Option<u64>;
+}
+
+/// The default [`HashKey`]: no key. A [`Balanced`] service over a hashing balancer without a
+/// key extractor fails every call with [`CallError::NoHashKey`] rather than pick at random.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoKey;
+
+impl<R> HashKey<R> for NoKey {
+    fn hash_key(&self, _: &R) -> Option<u64> {
+        None
+    }
+}
+
+impl<R, F, H> HashKey<R> for F
+where
+    F: Fn(&R) -> H,
+    H: Hash,
+{
+    fn hash_key(&self, request: &R) -> Option<u64> {
+        Some(consistent_hash::hash(self(request)))
+    }
+}
+
+impl<M, S, C, K> std::fmt::Debug for Balanced<M, S, C, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balanced")
             .field("balancer", &self.balancer)
@@ -96,20 +129,57 @@ where
             make: Arc::new(make),
             services: Arc::default(),
             classify: AnyError,
+            key: NoKey,
         }
     }
 }
 
-impl<M, S, C> Balanced<M, S, C> {
+impl<M, S, C, K> Balanced<M, S, C, K> {
     /// Judges results with `classify`: which errors (or responses) count against an instance.
     ///
     /// See [`Classify`] for an example of a classifier.
-    pub fn classify<C2>(self, classify: C2) -> Balanced<M, S, C2> {
+    pub fn classify<C2>(self, classify: C2) -> Balanced<M, S, C2, K> {
         Balanced {
             balancer: self.balancer,
             make: self.make,
             services: self.services,
             classify,
+            key: self.key,
+        }
+    }
+
+    /// Picks by the hash of `key(&request)` (for a
+    /// [`Strategy::ConsistentHash`](crate::balance::Strategy::ConsistentHash) balancer: the
+    /// same key reaches the same instance while the set is stable; other strategies ignore
+    /// it). Without it, calls through a hashing balancer fail with [`CallError::NoHashKey`].
+    /// A retried call goes to an instance it has not tried.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use service_registry::balance::{Balanced, Balancer, Call, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let set = [1, 2, 3].map(|p| Instance::from(&Info::new("s", format!("127.0.0.1:{p}").parse().unwrap())));
+    /// let balancer = Balancer::builder(Strategy::ConsistentHash).build(set);
+    /// let service = Balanced::new(balancer, |instance| {
+    ///     let addr = instance.addr;
+    ///     tower::service_fn(move |_user: String| async move { Ok::<_, Infallible>(addr) })
+    /// })
+    /// .with_hash_key(|user: &String| user.clone());
+    /// let first = service.clone().oneshot(Call::new("user-42".to_string())).await.unwrap();
+    /// let again = service.oneshot(Call::new("user-42".to_string())).await.unwrap();
+    /// assert_eq!(first, again);
+    /// # }
+    /// ```
+    pub fn with_hash_key<K2>(self, key: K2) -> Balanced<M, S, C, K2> {
+        Balanced {
+            balancer: self.balancer,
+            make: self.make,
+            services: self.services,
+            classify: self.classify,
+            key,
         }
     }
 
@@ -127,7 +197,7 @@ impl<M, S, C> Balanced<M, S, C> {
     }
 }
 
-impl<M, S: Clone, C> Balanced<M, S, C>
+impl<M, S: Clone, C, K> Balanced<M, S, C, K>
 where
     M: Fn(&Instance) -> S,
 {
@@ -146,8 +216,9 @@ where
     }
 }
 
-impl<M, S, C, R> Service<Call<R>> for Balanced<M, S, C>
+impl<M, S, C, K, R> Service<Call<R>> for Balanced<M, S, C, K>
 where
+    K: HashKey<R>,
     M: Fn(&Instance) -> S,
     S: Service<R> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
@@ -165,13 +236,20 @@ where
     }
 
     fn call(&mut self, call: Call<R>) -> Self::Future {
+        let key = self.key.hash_key(call.request());
+        let hashes = self.balancer.hashes();
+        if hashes && key.is_none() {
+            return Box::pin(std::future::ready(Err(CallError::NoHashKey)));
+        }
+        let first = || match key {
+            Some(key) if hashes => self.balancer.pick_by_hash(key),
+            _ => self.balancer.pick(),
+        };
         let picked = if call.tried().is_empty() {
-            self.balancer.pick()
+            first()
         } else {
             // Every pickable instance failed it already: the policy's retry limit decides.
-            self.balancer
-                .pick_avoiding(call.tried())
-                .or_else(|| self.balancer.pick())
+            self.balancer.pick_avoiding(call.tried()).or_else(first)
         };
         let Some(instance) = picked else {
             return Box::pin(std::future::ready(Err(CallError::NoInstance)));
@@ -186,5 +264,112 @@ where
             std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
             service.call(call).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::Strategy;
+    use crate::Info;
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    fn set(n: u16) -> Vec<Instance> {
+        (1..=n)
+            .map(|p| Instance::from(&Info::new("s", SocketAddr::from(([127, 0, 0, 1], p)))))
+            .collect()
+    }
+
+    type Reply = tower::util::BoxCloneService<u64, SocketAddr, Infallible>;
+
+    fn reply(instance: &Instance) -> Reply {
+        let addr = instance.addr;
+        Reply::new(tower::service_fn(move |_: u64| {
+            std::future::ready(Ok::<_, Infallible>(addr))
+        }))
+    }
+
+    /// Replies with the address of the instance that took the call.
+    fn by_addr(balancer: Balancer) -> Balanced<fn(&Instance) -> Reply, Reply> {
+        Balanced::new(balancer, reply as fn(&Instance) -> Reply)
+    }
+
+    /// Trap 1 of issue 20: under tower, a hashing balancer used to pick with a random key.
+    #[tokio::test]
+    async fn under_tower_the_same_key_always_reaches_the_same_instance() {
+        let balancer = Balancer::builder(Strategy::ConsistentHash).build(set(8));
+        let service = by_addr(balancer.clone()).with_hash_key(|user: &u64| *user);
+        let mut reached: HashMap<u64, SocketAddr> = HashMap::new();
+        for round in 0..20 {
+            for user in 0..50u64 {
+                let addr = service.clone().oneshot(Call::new(user)).await.unwrap();
+                let first = *reached.entry(user).or_insert(addr);
+                assert_eq!(addr, first, "user {user} moved in round {round}");
+                assert_eq!(addr, balancer.pick_by_key(user).unwrap().addr);
+            }
+        }
+        let distinct: std::collections::HashSet<_> = reached.values().collect();
+        assert!(distinct.len() > 1, "50 keys all on one of 8 instances");
+    }
+
+    #[tokio::test]
+    async fn a_hashing_balancer_without_a_key_fails_instead_of_randomizing() {
+        let balancer = Balancer::builder(Strategy::ConsistentHash).build(set(8));
+        assert!(balancer.pick().is_none(), "pick() without a key");
+        let err = by_addr(balancer).oneshot(Call::new(7)).await.unwrap_err();
+        assert!(matches!(err, CallError::NoHashKey), "{err}");
+        // Other strategies ignore a key extractor and need none.
+        let random = Balancer::builder(Strategy::WeightedRandom).build(set(2));
+        assert!(by_addr(random.clone()).oneshot(Call::new(1)).await.is_ok());
+        let keyed = by_addr(random).with_hash_key(|k: &u64| *k);
+        assert!(keyed.oneshot(Call::new(1)).await.is_ok());
+    }
+
+    /// Least request under tower: the in-flight counts come from the calls themselves.
+    #[tokio::test]
+    async fn under_tower_least_request_sends_few_calls_to_an_instance_that_does_not_answer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        type Hanging = tower::util::BoxCloneService<u64, (), Infallible>;
+        let run = |strategy: Strategy| async move {
+            let to_slow = Arc::new(AtomicUsize::new(0));
+            let counted = to_slow.clone();
+            let balancer = Balancer::builder(strategy).build(set(4));
+            let service = Balanced::new(balancer, move |instance: &Instance| {
+                let slow = instance.addr.port() == 1;
+                let counted = counted.clone();
+                Hanging::new(tower::service_fn(move |_: u64| {
+                    let counted = counted.clone();
+                    async move {
+                        if slow {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(())
+                    }
+                }))
+            });
+            let mut calls = Vec::new();
+            for i in 0..400 {
+                calls.push(tokio::spawn(service.clone().oneshot(Call::new(i))));
+                tokio::task::yield_now().await;
+            }
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            calls.iter().for_each(tokio::task::JoinHandle::abort);
+            to_slow.load(Ordering::Relaxed)
+        };
+        let least = run(Strategy::LeastRequest).await;
+        let random = run(Strategy::WeightedRandom).await;
+        eprintln!(
+            "to the hanging instance, of 400: least request {least}, weighted random {random}"
+        );
+        // Once it holds calls, the hanging one wins only when both candidates are it (1/16).
+        assert!(
+            least < 40,
+            "least request: {least} of 400 to the hanging instance"
+        );
+        assert!(random > 60, "weighted random: {random} of 400");
     }
 }

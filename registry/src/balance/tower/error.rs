@@ -26,6 +26,11 @@ pub enum CallError {
     /// The balancer had no instance to pick (none registered, or none left by the filter).
     #[error("no instance to call: the balancer's set is empty")]
     NoInstance,
+    /// The balancer hashes ([`Strategy::ConsistentHash`](crate::balance::Strategy)) and the
+    /// [`Balanced`](super::Balanced) service has no key for the call: give it one with
+    /// `with_hash_key`. Never retried.
+    #[error("the balancer hashes, but the call has no hash key (see `Balanced::with_hash_key`)")]
+    NoHashKey,
     /// The request never reached the instance: its service was not ready, or the connection
     /// was refused or could not be made. Counted as a failure of the instance; always safe to
     /// retry.
@@ -65,7 +70,7 @@ impl CallError {
     /// See [`CallError`] for an example.
     pub fn addr(&self) -> Option<SocketAddr> {
         match self {
-            CallError::NoInstance => None,
+            CallError::NoInstance | CallError::NoHashKey => None,
             CallError::Unreachable { addr, .. }
             | CallError::Failed { addr, .. }
             | CallError::Rejected { addr, .. } => Some(*addr),
@@ -81,7 +86,7 @@ impl CallError {
     /// ```
     pub fn into_source(self) -> Option<BoxError> {
         match self {
-            CallError::NoInstance => None,
+            CallError::NoInstance | CallError::NoHashKey => None,
             CallError::Unreachable { source, .. }
             | CallError::Failed { source, .. }
             | CallError::Rejected { source, .. } => Some(source),
@@ -157,7 +162,9 @@ impl RetryableError for CallError {
         match self {
             CallError::Unreachable { .. } => RetryClass::Always,
             CallError::Failed { .. } => RetryClass::IfIdempotent,
-            CallError::NoInstance | CallError::Rejected { .. } => RetryClass::Never,
+            CallError::NoInstance | CallError::NoHashKey | CallError::Rejected { .. } => {
+                RetryClass::Never
+            }
         }
     }
 

@@ -197,10 +197,14 @@ where
     }
 
     fn call(&mut self, call: Call<R>) -> Self::Future {
+        // In flight (for least request) from here until the outcome is reported, or the call
+        // is dropped.
+        let in_flight = self.balancer.start(self.addr);
         let future = self.inner.call(call.into_request());
         let (balancer, addr, classify) = (self.balancer.clone(), self.addr, self.classify.clone());
         Box::pin(async move {
             let result = future.await.map_err(Into::into);
+            drop(in_flight);
             judge(&balancer, addr, &classify, result)
         })
     }
