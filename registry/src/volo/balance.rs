@@ -25,6 +25,11 @@ use crate::balance::{Balancer, BalancerBuilder, Strategy};
 /// kept too, so a change that races the first `discover` is never lost). Retries on another
 /// instance come from Volo's own `retry_count`: the picker never returns an instance twice.
 ///
+/// Volo hands a balancer no request, so there is no key to hash: a
+/// [`Strategy::ConsistentHash`](crate::balance::Strategy::ConsistentHash) builder picks
+/// nothing here (the call fails with no instance, it never turns random); use Volo's own
+/// consistent-hash balancer for hashing.
+///
 /// ```
 /// use service_registry::balance::{Balancer, Strategy, TagFilter};
 /// use service_registry::volo::{VoloBalance, VoloDiscover};
@@ -169,13 +174,14 @@ where
     }
 
     fn rebalance(&self, change: VoloChange<D::Key>) {
-        match self.balancer(&change.key) {
-            Some(balancer) => balancer.update(ours(&change.all)),
-            None => {
-                let balancer = self.get_or_insert(change.key, &change.all);
-                // Inserted meanwhile by a first call with an older set: this one is newer.
-                balancer.update(ours(&change.all));
-            }
+        // Inserted meanwhile by a first call with an older set, or held: this one is newer.
+        let balancer = match self.balancer(&change.key) {
+            Some(balancer) => balancer,
+            None => self.get_or_insert(change.key, &change.all),
+        };
+        // Our balancers are built from sets (never from a watch), so an update is accepted.
+        if let Err(err) = balancer.update(ours(&change.all)) {
+            tracing::warn!(error = %err, "a Volo change was not applied");
         }
     }
 }

@@ -97,7 +97,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Instance, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::info::DEFAULT_WEIGHT;
+    use crate::info::{DEFAULT_WEIGHT, MAX_WEIGHT};
 
     fn info() -> Info {
         let mut info = Info::new("echo", "10.0.0.7:8888".parse().unwrap());
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn reads_what_kitex_writes() {
         // Literal values as Go's encoding/json writes Kitex's instanceInfo.
-        let cases: [(&[u8], u32, usize); 4] = [
+        let cases: [(&[u8], u32, usize); 6] = [
             (br#"{"network":"tcp","address":"10.0.0.7:8888","weight":10,"tags":{"idc":"xxx"}}"#, 10, 1),
             (br#"{"network":"tcp","address":"10.0.0.7:8888","weight":0,"tags":null}"#, DEFAULT_WEIGHT, 0),
             (br#"{"network":"tcp","address":"10.0.0.7:8888","weight":30}"#, 30, 0),

@@ -138,12 +138,10 @@ impl NacosError {
             Self::Refused { .. }
             | Self::Rejected { .. }
             | Self::BadAnswer { .. }
-            | Self::TooLarge { .. } => {
-                RegistryError::Backend {
-                    backend: BACKEND,
-                    source: Arc::new(self),
-                }
-            }
+            | Self::TooLarge { .. } => RegistryError::Backend {
+                backend: BACKEND,
+                source: Arc::new(self),
+            },
         }
     }
 }
