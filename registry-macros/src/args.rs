@@ -99,8 +99,26 @@ pub fn parse(tokens: TokenStream) -> syn::Result<RawArgs> {
         args.entries.push(entry(&meta)?);
         Ok(())
     });
-    parser.parse2(tokens)?;
+    parser.parse2(close_with_a_comma(tokens))?;
     Ok(args)
+}
+
+/// `tokens` with a trailing `,` (spanned on the last token) unless they already end with one.
+/// An error at the very end of the input (`name = "a", weight = 0 < 'x`) is then spanned on
+/// the last token the user wrote instead of on the whole attribute (syn spans the end of a
+/// top-level stream on the call site); the parser accepts a trailing comma either way.
+fn close_with_a_comma(tokens: TokenStream) -> TokenStream {
+    let Some(last) = tokens.clone().into_iter().last() else {
+        return tokens;
+    };
+    if matches!(&last, proc_macro2::TokenTree::Punct(p) if p.as_char() == ',') {
+        return tokens;
+    }
+    let mut comma = proc_macro2::Punct::new(',', proc_macro2::Spacing::Alone);
+    comma.set_span(last.span());
+    let mut closed = tokens;
+    closed.extend([proc_macro2::TokenTree::Punct(comma)]);
+    closed
 }
 
 #[cfg(test)]
