@@ -111,8 +111,7 @@ pub mod nacos {
     pub use crate::backends::nacos::*;
 }
 
-/// The Volo integration: [`VoloDiscover`](crate::volo::VoloDiscover), [`VoloBalance`](crate::volo::VoloBalance)
-/// and the server glue for volo-grpc and volo-thrift.
+// Documented in `volo/mod.rs` (one doc, so its links resolve in the module).
 #[cfg(feature = "volo")]
 pub mod volo;
 
