@@ -459,6 +459,7 @@ async fn an_expired_token_is_renewed_not_taken_for_a_wrong_password() {
     let nacos = Nacos::start_with(NacosOptions {
         auth: Some(("admin".into(), "secret".into())),
         token_ttl: Some(2),
+        ..NacosOptions::default()
     })
     .await;
     let config = auth_config(&nacos).user("admin", "secret");

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::server::{grpc_port_of, NacosServer, Rotation};
 use crate::backoff::Backoff;
 
 /// Kitex's variable for the Nacos host (`kitex-contrib/registry-nacos`, `nacos/env.go`);
-/// default `127.0.0.1`.
+/// default `127.0.0.1`. A cluster's nodes as a comma list, each `host` or `host:http_port`
+/// (`10.0.0.5,10.0.0.6:8849`), as Nacos' own `serverAddr` takes them.
 pub const SERVER_ADDR_ENV: &str = "serverAddr";
 /// Kitex's variable for the Nacos HTTP port; default `8848`. The gRPC port is this + 1000
 /// (Nacos' convention) unless [`GRPC_PORT_ENV`] says otherwise.
@@ -92,6 +94,9 @@ pub struct NacosConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) concurrency: usize,
     pub(crate) resolve_from_watch: bool,
+    /// The cluster's other nodes, after the one above.
+    pub(crate) more: Vec<NacosServer>,
+    pub(crate) rotation: Rotation,
 }
 
 impl std::fmt::Debug for NacosConfig {
@@ -117,6 +122,7 @@ impl std::fmt::Debug for NacosConfig {
             .field("close_timeout", &self.close_timeout)
             .field("concurrency", &self.concurrency)
             .field("resolve_from_watch", &self.resolve_from_watch)
+            .field("more_servers", &self.more)
             .finish()
     }
 }
@@ -147,7 +153,62 @@ impl NacosConfig {
             close_timeout: Duration::from_secs(2),
             concurrency: 64,
             resolve_from_watch: true,
+            more: Vec::new(),
+            rotation: Rotation::default(),
         }
+    }
+
+    /// Another node of the same Nacos cluster. A registry or discovery connects to one node at
+    /// a time; when that connection is lost (or a node does not answer while connecting) it
+    /// moves on to the next node, re-registers everything it holds there and re-subscribes its
+    /// watches.
+    ///
+    /// ```
+    /// use service_registry::nacos::{NacosConfig, NacosServer};
+    ///
+    /// let config = NacosConfig::new("10.0.0.5", 8848)
+    ///     .add_server(NacosServer::new("10.0.0.6", 8848))
+    ///     .add_server(NacosServer::new("10.0.0.7", 8848));
+    /// let nodes: Vec<String> = config.servers().iter().map(|n| n.http_addr()).collect();
+    /// assert_eq!(nodes, ["10.0.0.5:8848", "10.0.0.6:8848", "10.0.0.7:8848"]);
+    /// ```
+    pub fn add_server(mut self, server: NacosServer) -> Self {
+        self.more.push(server);
+        self
+    }
+
+    /// Every node: the one given to [`new`](Self::new) first, then those added.
+    ///
+    /// See [`add_server`](Self::add_server) for an example.
+    pub fn servers(&self) -> Vec<NacosServer> {
+        let first = NacosServer {
+            host: self.host.clone(),
+            http_port: self.http_port,
+            grpc_port: self.grpc_port,
+        };
+        std::iter::once(first)
+            .chain(self.more.iter().cloned())
+            .collect()
+    }
+
+    /// The node the last connection made with these settings (or a clone of them) went to.
+    pub(crate) fn last_server(&self) -> Option<NacosServer> {
+        self.rotation
+            .last()
+            .and_then(|index| self.servers().get(index).cloned())
+    }
+
+    /// These settings aimed at node `index` of [`servers`](Self::servers) alone (its
+    /// connection, login and addresses), sharing the rotation with `self`.
+    pub(crate) fn at(&self, index: usize) -> Self {
+        let mut config = self.clone();
+        if let Some(node) = self.servers().get(index) {
+            config.host = node.host.clone();
+            config.http_port = node.http_port;
+            config.grpc_port = node.grpc_port;
+        }
+        config.more.clear();
+        config
     }
 
     /// Whether [`NacosDiscovery::resolve`](super::NacosDiscovery) answers from a live watch of
@@ -165,7 +226,9 @@ impl NacosConfig {
         self
     }
 
-    /// Settings from Kitex's variables: `serverAddr` (default `127.0.0.1`), `serverPort`
+    /// Settings from Kitex's variables: `serverAddr` (default `127.0.0.1`; a comma list names a
+    /// cluster's nodes, each `host` or `host:http_port`, see [`add_server`](Self::add_server)),
+    /// `serverPort`
     /// (default 8848; unlike Kitex, which falls back to 8848, a `serverPort` that is not a port,
     /// or whose gRPC port would be over 65535 without `NACOS_GRPC_PORT`, is an error), `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS`
     /// (`k=v,k=v`, added to every instance's metadata); plus `NACOS_GRPC_PORT` (default
@@ -185,24 +248,19 @@ impl NacosConfig {
                 .filter(|p| *p > 0)
                 .ok_or(NacosConfigError::BadPort { variable, value })
         };
-        let host = var(SERVER_ADDR_ENV).unwrap_or_else(|| "127.0.0.1".to_string());
-        let http_port = match var(SERVER_PORT_ENV) {
+        let hosts = var(SERVER_ADDR_ENV).unwrap_or_else(|| "127.0.0.1".to_string());
+        let default_port = match var(SERVER_PORT_ENV) {
             Some(value) => port(SERVER_PORT_ENV, value)?,
             None => 8848,
         };
-        let mut config = Self::new(host.trim(), http_port);
-        match var(GRPC_PORT_ENV) {
-            Some(value) => config.grpc_port = port(GRPC_PORT_ENV, value)?,
-            None if config.grpc_port == 0 => {
-                return Err(NacosConfigError::BadPort {
-                    variable: SERVER_PORT_ENV,
-                    value: format!(
-                        "{http_port} (its gRPC port, + 1000, is over 65535: set {GRPC_PORT_ENV})"
-                    ),
-                })
-            }
-            None => {}
-        }
+        let grpc = var(GRPC_PORT_ENV)
+            .map(|value| port(GRPC_PORT_ENV, value))
+            .transpose()?;
+        let nodes = parse_server_list(&hosts, default_port, grpc)?;
+        let mut nodes = nodes.into_iter();
+        let first = nodes.next().ok_or(NacosConfigError::NoServer)?;
+        let mut config = Self::new(first.host, first.http_port).grpc_port(first.grpc_port);
+        config.more = nodes.collect();
         if let Some(namespace) = var(NAMESPACE_ENV) {
             config.namespace = namespace;
         }
@@ -397,23 +455,64 @@ impl NacosConfig {
 
     /// Checks the settings of a registry (and says once when its credentials go unencrypted).
     pub(crate) fn check(&self) -> Result<(), NacosConfigError> {
-        if self.host.trim().is_empty() {
-            return Err(NacosConfigError::NoServer);
-        }
-        if self.grpc_port == 0 {
-            return Err(NacosConfigError::BadPort {
-                variable: GRPC_PORT_ENV,
-                value: format!("{} + 1000 (over 65535: set the gRPC port)", self.http_port),
-            });
+        for node in self.servers() {
+            if node.host.trim().is_empty() {
+                return Err(NacosConfigError::NoServer);
+            }
+            if node.grpc_port == 0 {
+                return Err(NacosConfigError::BadPort {
+                    variable: GRPC_PORT_ENV,
+                    value: format!(
+                        "{} + 1000 for {} (over 65535: set the gRPC port)",
+                        node.http_port, node.host
+                    ),
+                });
+            }
         }
         self.warn_plain_text_credentials();
         Ok(())
     }
 }
 
-/// Nacos' convention: the HTTP port + 1000; 0 (no port) when that is over 65535.
-fn grpc_port_of(http_port: u16) -> u16 {
-    http_port.checked_add(1000).unwrap_or(0)
+/// `serverAddr`'s comma list: `host`, `host:port` or `[v6]:port` each (a bare IPv6 address
+/// needs its brackets); `port` is the HTTP port, `default_port` where none is given; the gRPC
+/// port is `grpc`, else the HTTP port + 1000.
+fn parse_server_list(
+    text: &str,
+    default_port: u16,
+    grpc: Option<u16>,
+) -> Result<Vec<NacosServer>, NacosConfigError> {
+    let bad = |variable: &'static str, value: String| NacosConfigError::BadPort { variable, value };
+    let mut nodes = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let (host, http_port) = match item.rsplit_once(':') {
+            Some((host, port))
+                if (!host.is_empty() && !host.contains(':')) || host.ends_with(']') =>
+            {
+                let port = port.parse::<u16>().ok().filter(|p| *p > 0);
+                (
+                    host,
+                    port.ok_or_else(|| bad(SERVER_ADDR_ENV, item.to_string()))?,
+                )
+            }
+            _ => (item, default_port),
+        };
+        let node = NacosServer::new(host, http_port);
+        let node = match grpc {
+            Some(grpc) => node.grpc_port(grpc),
+            None if node.grpc_port == 0 => {
+                return Err(bad(
+                    SERVER_PORT_ENV,
+                    format!(
+                        "{http_port} (its gRPC port, + 1000, is over 65535: set {GRPC_PORT_ENV})"
+                    ),
+                ))
+            }
+            None => node,
+        };
+        nodes.push(node);
+    }
+    Ok(nodes)
 }
 
 /// Kitex's `parseTags`: `k1=v1,k2=v2`; parts without exactly one `=` are skipped.
@@ -432,6 +531,60 @@ fn parse_tags(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_list_names_every_node_with_its_own_or_the_default_port() {
+        let nodes =
+            parse_server_list(" 10.0.0.5, 10.0.0.6:18848,[::1]:7000,,", 8848, None).unwrap();
+        let addrs: Vec<_> = nodes
+            .iter()
+            .map(|n| (n.http_addr(), n.grpc_addr()))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                ("10.0.0.5:8848".to_string(), "10.0.0.5:9848".to_string()),
+                ("10.0.0.6:18848".to_string(), "10.0.0.6:19848".to_string()),
+                ("[::1]:7000".to_string(), "[::1]:8000".to_string()),
+            ]
+        );
+        let nodes = parse_server_list("a,b:1", 8848, Some(9000)).unwrap();
+        assert!(nodes.iter().all(|n| n.grpc_port == 9000));
+        assert!(matches!(
+            parse_server_list("a:http", 8848, None),
+            Err(NacosConfigError::BadPort {
+                variable: SERVER_ADDR_ENV,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_server_list("a:65000", 8848, None),
+            Err(NacosConfigError::BadPort {
+                variable: SERVER_PORT_ENV,
+                ..
+            })
+        ));
+        assert!(parse_server_list(" , ", 8848, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_node_of_the_cluster_alone_keeps_every_other_setting() {
+        let config = NacosConfig::new("a", 1000)
+            .namespace("dev")
+            .add_server(NacosServer::new("b", 2000).grpc_port(2001));
+        assert_eq!(config.servers().len(), 2);
+        let b = config.at(1);
+        assert_eq!(
+            (b.http_addr(), b.grpc_addr()),
+            ("b:2000".into(), "b:2001".into())
+        );
+        assert_eq!(b.namespace, "dev");
+        assert_eq!(b.servers().len(), 1);
+        assert!(NacosConfig::new("a", 1)
+            .add_server(NacosServer::new("b", 65000))
+            .check()
+            .is_err());
+    }
 
     #[test]
     fn tags_parse_as_kitex_does() {

@@ -110,7 +110,37 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// Logs in (when a user is configured), connects, opens the stream and waits until the
     /// server knows it; all within the connect and request timeouts.
+    ///
+    /// With several nodes ([`NacosConfig::add_server`]), tries each once, from the one after the
+    /// node that answered last; the first that connects is used, and the last error is returned
+    /// when none does. A refusal of the credentials is final: the next node would refuse them
+    /// too.
     pub(crate) async fn connect(config: &NacosConfig) -> Result<Arc<Self>, NacosError> {
+        let count = config.servers().len();
+        let mut last = None;
+        for index in config.rotation.order(count) {
+            let node = config.at(index);
+            match Self::connect_to(&node).await {
+                Ok(connection) => {
+                    config.rotation.answered(index);
+                    return Ok(connection);
+                }
+                Err(err @ NacosError::Unauthenticated { .. }) => return Err(err),
+                Err(err) => {
+                    if count > 1 {
+                        tracing::debug!(server = %node.grpc_addr(), error = %err, "Nacos node did not connect; trying the next");
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or(NacosError::Unreachable {
+            server: config.grpc_addr(),
+            reason: "no Nacos server configured".to_string(),
+        }))
+    }
+
+    async fn connect_to(config: &NacosConfig) -> Result<Arc<Self>, NacosError> {
         let server = config.grpc_addr();
         let limit = config.connect_timeout + config.request_timeout * 2;
         match tokio::time::timeout(limit, Self::open(config)).await {
@@ -473,7 +503,21 @@ impl Connection {
 /// Whether the server at `config`'s gRPC address answers a `ServerCheckRequest` within `limit`,
 /// on a connection of its own that is closed right after. No login: any answer counts (an
 /// error code too), only a failed connection or no answer does not.
+///
+/// With several nodes, whether any of them answers (all asked at once).
 pub(crate) async fn probe(config: &NacosConfig, limit: Duration) -> bool {
+    let nodes = (0..config.servers().len()).map(|index| config.at(index));
+    let asks = nodes.map(|node| Box::pin(async move { probe_node(&node, limit).await }));
+    let mut asks: futures_util::stream::FuturesUnordered<_> = asks.collect();
+    while let Some(answered) = futures_util::StreamExt::next(&mut asks).await {
+        if answered {
+            return true;
+        }
+    }
+    false
+}
+
+async fn probe_node(config: &NacosConfig, limit: Duration) -> bool {
     let server = config.grpc_addr();
     let check = async {
         let endpoint = Endpoint::from_shared(format!("http://{server}"))

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::config::NacosConfig;
 use super::connection::{Connection, Push, MAX_ANSWER};
 use super::error::NacosError;
+use super::server::NacosServer;
 use super::wire::{self, QueryRequest, ServiceInfo, SubscribeRequest};
 use crate::backends::cache::WatchCache;
 use crate::backends::watch::{watch, Entries, SharedClient, Source, Step};
@@ -79,6 +80,18 @@ impl NacosDiscovery {
             client: SharedClient::default(),
             cache: WatchCache::default(),
         }
+    }
+
+    /// The cluster node this discovery's connection went to last
+    /// ([`NacosConfig::add_server`]); `None` before the first connection.
+    ///
+    /// ```
+    /// use service_registry::nacos::{NacosConfig, NacosDiscovery};
+    /// let discovery = NacosDiscovery::new(NacosConfig::new("127.0.0.1", 8848));
+    /// assert_eq!(discovery.server(), None);
+    /// ```
+    pub fn server(&self) -> Option<NacosServer> {
+        self.config.last_server()
     }
 
     async fn connection(&self, service: &str) -> Result<(Arc<Connection>, u64), DiscoveryError> {

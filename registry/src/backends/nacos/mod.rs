@@ -13,6 +13,7 @@ mod error;
 mod heartbeat;
 mod proto;
 mod registry;
+mod server;
 mod session;
 mod stream;
 mod wire;
@@ -24,4 +25,5 @@ pub use config::{
 pub use discovery::NacosDiscovery;
 pub use error::NacosError;
 pub use registry::NacosRegistry;
+pub use server::NacosServer;
 pub use wire::{PAYLOAD_CODEC_KEY, START_TIME_KEY, WARMUP_KEY};

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::config::{NacosConfig, NacosConfigError};
+use super::server::NacosServer;
 use super::session::{key, Session};
 use super::wire;
 use crate::backends::handle::SessionHandle;
@@ -95,6 +96,25 @@ impl NacosRegistry {
     /// ```
     pub fn config(&self) -> &NacosConfig {
         &self.inner.config
+    }
+
+    /// The cluster node this registry's connection went to last ([`NacosConfig::add_server`]):
+    /// while it is healthy, where its instances are registered; `None` before the first
+    /// connection.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use service_registry::nacos::{NacosConfig, NacosRegistry, NacosServer};
+    ///
+    /// let config = NacosConfig::new("10.0.0.5", 8848).add_server(NacosServer::new("10.0.0.6", 8848));
+    /// let registry = NacosRegistry::new(config)?;
+    /// if let Some(node) = registry.server() {
+    ///     println!("connected to {}", node.grpc_addr());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn server(&self) -> Option<NacosServer> {
+        self.inner.config.last_server()
     }
 
     /// Deregisters every instance, closes the connection and stops the task. Later calls fail.
