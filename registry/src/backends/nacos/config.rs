@@ -4,23 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-
-/// Kitex's variable for the Nacos host (`kitex-contrib/registry-nacos`, `nacos/env.go`);
-/// default `127.0.0.1`.
-pub const SERVER_ADDR_ENV: &str = "serverAddr";
-/// Kitex's variable for the Nacos HTTP port; default `8848`. The gRPC port is this + 1000
-/// (Nacos' convention) unless [`GRPC_PORT_ENV`] says otherwise.
-pub const SERVER_PORT_ENV: &str = "serverPort";
-/// Kitex's variable for the namespace id; default empty (Nacos' `public`).
-pub const NAMESPACE_ENV: &str = "namespace";
-/// Kitex's variable for extra metadata on every instance: `k1=v1,k2=v2`.
-pub const KITEX_TAGS_ENV: &str = "KITEX_NACOS_ENV_TAGS";
-/// The gRPC port when it is not the HTTP port + 1000 (not a Kitex variable).
-pub const GRPC_PORT_ENV: &str = "NACOS_GRPC_PORT";
-/// The user name to log in with (not a Kitex variable: Kitex passes credentials in code).
-pub const USERNAME_ENV: &str = "NACOS_USERNAME";
-/// The password for [`USERNAME_ENV`].
-pub const PASSWORD_ENV: &str = "NACOS_PASSWORD";
+use crate::env::{
+    EnvError, Vars, KITEX_NACOS_TAGS_ENV, NACOS_GRPC_PORT_ENV, NACOS_NAMESPACE_ENV,
+    NACOS_PASSWORD_ENV, NACOS_SERVER_ADDR_ENV, NACOS_SERVER_PORT_ENV, NACOS_USERNAME_ENV,
+};
 
 /// Kitex's default group.
 pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
@@ -34,13 +21,11 @@ pub enum NacosConfigError {
     /// The host is empty.
     #[error("no Nacos server address: set one, e.g. `127.0.0.1` (or `serverAddr`)")]
     NoServer,
-    /// `serverPort` (or `NACOS_GRPC_PORT`) is not a port number.
-    #[error("{variable} = `{value}` is not a port number (1-65535)")]
-    BadPort {
-        /// The variable.
-        variable: &'static str,
-        /// Its value.
-        value: String,
+    /// The HTTP port leaves no room for the gRPC port at + 1000, and no gRPC port was given.
+    #[error("HTTP port {http_port} + 1000 is over 65535: give the gRPC port with `NacosConfig::grpc_port` (or NACOS_GRPC_PORT for `from_env`)")]
+    NoGrpcPort {
+        /// The HTTP port.
+        http_port: u16,
     },
     /// The registry's background task needs a Tokio runtime.
     #[error(
@@ -165,52 +150,71 @@ impl NacosConfig {
         self
     }
 
-    /// Settings from Kitex's variables: `serverAddr` (default `127.0.0.1`), `serverPort`
-    /// (default 8848; unlike Kitex, which falls back to 8848, a `serverPort` that is not a port,
-    /// or whose gRPC port would be over 65535 without `NACOS_GRPC_PORT`, is an error), `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS`
-    /// (`k=v,k=v`, added to every instance's metadata); plus `NACOS_GRPC_PORT` (default
-    /// `serverPort + 1000`) and `NACOS_USERNAME` / `NACOS_PASSWORD`.
+    /// Settings from the environment (see [`env`](crate::env) for the rule), Kitex's
+    /// variables first: `serverAddr` (default `127.0.0.1`), `serverPort` (default 8848),
+    /// `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS` (`k=v,k=v`, added to
+    /// every instance's metadata); plus `NACOS_GRPC_PORT` (default `serverPort + 1000`) and
+    /// `NACOS_USERNAME` with `NACOS_PASSWORD`. A variable set to a bad value is an
+    /// [`EnvError`] naming it: a port that is not one, a `serverPort` whose gRPC port would be
+    /// over 65535 without `NACOS_GRPC_PORT`, a tag without `=`, a user without a password (or
+    /// the reverse). Kitex skips bad tags and falls back to 8848 instead. Setters called on
+    /// the result win over the variables.
     ///
     /// ```
     /// let config = service_registry::nacos::NacosConfig::from_env().unwrap();
     /// assert!(!config.http_addr().is_empty());
     /// ```
-    pub fn from_env() -> Result<Self, NacosConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let port = |variable: &'static str, value: String| {
-            value
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or(NacosConfigError::BadPort { variable, value })
-        };
-        let host = var(SERVER_ADDR_ENV).unwrap_or_else(|| "127.0.0.1".to_string());
-        let http_port = match var(SERVER_PORT_ENV) {
-            Some(value) => port(SERVER_PORT_ENV, value)?,
-            None => 8848,
-        };
-        let mut config = Self::new(host.trim(), http_port);
-        match var(GRPC_PORT_ENV) {
-            Some(value) => config.grpc_port = port(GRPC_PORT_ENV, value)?,
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_vars(&Vars::process())
+    }
+
+    pub(crate) fn from_vars(vars: &Vars) -> Result<Self, EnvError> {
+        const PORT: &str = "a port number (1-65535)";
+        let port = |value: &str| value.parse::<u16>().ok().filter(|p| *p > 0);
+        let host = vars
+            .get(NACOS_SERVER_ADDR_ENV)?
+            .map_or_else(|| "127.0.0.1".to_string(), |h| h.trim().to_string());
+        let http_port = vars
+            .parse(NACOS_SERVER_PORT_ENV, PORT, port)?
+            .unwrap_or(8848);
+        let mut config = Self::new(host, http_port);
+        match vars.parse(NACOS_GRPC_PORT_ENV, PORT, port)? {
+            Some(grpc_port) => config.grpc_port = grpc_port,
             None if config.grpc_port == 0 => {
-                return Err(NacosConfigError::BadPort {
-                    variable: SERVER_PORT_ENV,
-                    value: format!(
-                        "{http_port} (its gRPC port, + 1000, is over 65535: set {GRPC_PORT_ENV})"
-                    ),
+                return Err(EnvError::Invalid {
+                    variable: NACOS_SERVER_PORT_ENV,
+                    value: http_port.to_string(),
+                    expected:
+                        "a port with room for the gRPC port at + 1000 (or set NACOS_GRPC_PORT)",
                 })
             }
             None => {}
         }
-        if let Some(namespace) = var(NAMESPACE_ENV) {
+        if let Some(namespace) = vars.get(NACOS_NAMESPACE_ENV)? {
             config.namespace = namespace;
         }
-        if let (Some(user), Some(password)) = (var(USERNAME_ENV), var(PASSWORD_ENV)) {
-            config.user = Some((user, password));
+        match (vars.get(NACOS_USERNAME_ENV)?, vars.get(NACOS_PASSWORD_ENV)?) {
+            (Some(user), Some(password)) => config.user = Some((user, password)),
+            (Some(_), None) => {
+                return Err(EnvError::Missing {
+                    variable: NACOS_PASSWORD_ENV,
+                    required_by: NACOS_USERNAME_ENV,
+                })
+            }
+            (None, Some(_)) => {
+                return Err(EnvError::Missing {
+                    variable: NACOS_USERNAME_ENV,
+                    required_by: NACOS_PASSWORD_ENV,
+                })
+            }
+            (None, None) => {}
         }
-        if let Some(tags) = var(KITEX_TAGS_ENV) {
-            config.extra_metadata = parse_tags(&tags);
+        if let Some(tags) = vars.parse(
+            KITEX_NACOS_TAGS_ENV,
+            "`key=value` pairs separated by commas",
+            parse_tags,
+        )? {
+            config.extra_metadata = tags;
         }
         Ok(config)
     }
@@ -220,6 +224,17 @@ impl NacosConfig {
     /// See [`NacosConfig::new`] for an example.
     pub fn http_addr(&self) -> String {
         format!("{}:{}", self.host, self.http_port)
+    }
+
+    /// The server's endpoints, as `EtcdConfig::endpoints` and `ZookeeperConfig::endpoints`
+    /// list theirs: the HTTP address (login, open API), then the gRPC address.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("10.0.0.5", 8848);
+    /// assert_eq!(c.endpoints(), ["10.0.0.5:8848", "10.0.0.5:9848"]);
+    /// ```
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.http_addr(), self.grpc_addr()]
     }
 
     /// `host:grpc_port`, where the 2.x gRPC API answers.
@@ -401,9 +416,8 @@ impl NacosConfig {
             return Err(NacosConfigError::NoServer);
         }
         if self.grpc_port == 0 {
-            return Err(NacosConfigError::BadPort {
-                variable: GRPC_PORT_ENV,
-                value: format!("{} + 1000 (over 65535: set the gRPC port)", self.http_port),
+            return Err(NacosConfigError::NoGrpcPort {
+                http_port: self.http_port,
             });
         }
         self.warn_plain_text_credentials();
@@ -416,13 +430,16 @@ fn grpc_port_of(http_port: u16) -> u16 {
     http_port.checked_add(1000).unwrap_or(0)
 }
 
-/// Kitex's `parseTags`: `k1=v1,k2=v2`; parts without exactly one `=` are skipped.
-fn parse_tags(text: &str) -> BTreeMap<String, String> {
+/// Kitex's `parseTags` format, `k1=v1,k2=v2`; `None` when a part does not have exactly one
+/// `=` (Kitex skips such parts), or its key is empty.
+fn parse_tags(text: &str) -> Option<BTreeMap<String, String>> {
     text.split(',')
-        .filter_map(|part| {
+        .map(|part| {
             let mut pieces = part.split('=');
             match (pieces.next(), pieces.next(), pieces.next()) {
-                (Some(k), Some(v), None) => Some((k.to_string(), v.to_string())),
+                (Some(k), Some(v), None) if !k.trim().is_empty() => {
+                    Some((k.to_string(), v.to_string()))
+                }
                 _ => None,
             }
         })
@@ -434,17 +451,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tags_parse_as_kitex_does() {
-        let tags = parse_tags("env=prod,bad,a=b=c,idc=hz");
+    fn tags_parse_as_kitex_writes_them_and_a_bad_part_is_refused() {
+        let tags = parse_tags("env=prod,idc=hz").unwrap();
         assert_eq!(tags.len(), 2);
         assert_eq!(tags["env"], "prod");
         assert_eq!(tags["idc"], "hz");
+        assert_eq!(parse_tags("env=prod,bad"), None);
+        assert_eq!(parse_tags("a=b=c"), None);
+        assert_eq!(parse_tags("=v"), None);
+    }
+
+    #[test]
+    fn from_env_reads_its_variables_and_a_bad_value_names_the_variable() {
+        let vars = Vars::from_pairs(&[
+            (NACOS_SERVER_ADDR_ENV, " 10.0.0.5 "),
+            (NACOS_SERVER_PORT_ENV, "18848"),
+            (NACOS_NAMESPACE_ENV, "dev"),
+            (NACOS_USERNAME_ENV, "nacos"),
+            (NACOS_PASSWORD_ENV, "pw-9f1"),
+            (KITEX_NACOS_TAGS_ENV, "env=prod"),
+        ]);
+        let config = NacosConfig::from_vars(&vars).unwrap();
+        assert_eq!(config.endpoints(), ["10.0.0.5:18848", "10.0.0.5:19848"]);
+        assert_eq!(config.namespace, "dev");
+        assert_eq!(config.user_name(), "nacos");
+        assert_eq!(config.extra_metadata["env"], "prod");
+
+        for (pairs, named) in [
+            (
+                &[(NACOS_SERVER_PORT_ENV, "http")][..],
+                NACOS_SERVER_PORT_ENV,
+            ),
+            (
+                &[(NACOS_SERVER_PORT_ENV, "65000")][..],
+                NACOS_SERVER_PORT_ENV,
+            ),
+            (&[(NACOS_GRPC_PORT_ENV, "0")][..], NACOS_GRPC_PORT_ENV),
+            (&[(KITEX_NACOS_TAGS_ENV, "env")][..], KITEX_NACOS_TAGS_ENV),
+            (&[(NACOS_USERNAME_ENV, "nacos")][..], NACOS_PASSWORD_ENV),
+            (&[(NACOS_PASSWORD_ENV, "pw-9f1")][..], NACOS_USERNAME_ENV),
+        ] {
+            let err = NacosConfig::from_vars(&Vars::from_pairs(pairs)).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(named), "{pairs:?}: {text}");
+            assert!(!text.contains("pw-9f1"), "{text}");
+        }
+        let room = Vars::from_pairs(&[
+            (NACOS_SERVER_PORT_ENV, "65000"),
+            (NACOS_GRPC_PORT_ENV, "9848"),
+        ]);
+        assert_eq!(
+            NacosConfig::from_vars(&room).unwrap().grpc_addr(),
+            "127.0.0.1:9848"
+        );
     }
 
     #[test]
     fn an_http_port_without_room_for_the_grpc_port_is_an_error() {
         let c = NacosConfig::new("h", 65000);
-        assert!(matches!(c.check(), Err(NacosConfigError::BadPort { .. })));
+        assert!(matches!(
+            c.check(),
+            Err(NacosConfigError::NoGrpcPort { http_port: 65000 })
+        ));
         assert!(c.clone().grpc_port(9848).check().is_ok());
         assert!(NacosConfig::new("h", 64535).check().is_ok());
     }

@@ -172,7 +172,7 @@ impl ZookeeperDiscovery {
             Read::Denied => {
                 tracing::warn!(
                     path,
-                    user = self.config.user().unwrap_or("(none)"),
+                    user = self.config.user_name().unwrap_or("(none)"),
                     "ignoring a registry node whose ACL does not let this client read it"
                 );
                 Ok(None)
