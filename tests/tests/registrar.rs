@@ -227,7 +227,7 @@ async fn bad_options_are_refused_before_serving() {
 }
 
 #[tokio::test]
-async fn no_silent_traps_a_second_override_or_a_zero_threshold_is_an_error() {
+async fn no_silent_traps_a_second_override_for_one_service_is_an_error() {
     // A second override for the same service replaced the first without a word.
     let err = Running::try_start_with(|b| {
         b.registry(MemoryRegistry::new())
@@ -243,8 +243,11 @@ async fn no_silent_traps_a_second_override_or_a_zero_threshold_is_an_error() {
         "{err}"
     );
     assert!(err.to_string().contains("reg.echo"), "{err}");
+}
 
-    // A zero threshold counted as 1; a zero interval made tokio's timer spin.
+#[tokio::test]
+async fn no_silent_traps_a_zero_threshold_or_interval_is_an_error() {
+    // A zero threshold counted as 1; a zero interval checked without a pause.
     for (check, setting) in [
         (
             HealthCheck::tcp().failure_threshold(0),
