@@ -43,7 +43,7 @@ const BACKEND: &str = "zookeeper";
 /// use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let discovery = ZookeeperDiscovery::new(ZookeeperConfig::from_env());
+/// let discovery = ZookeeperDiscovery::new(ZookeeperConfig::from_env()?);
 /// let mut changes = discovery.watch("echo").await?;
 /// while let Some(change) = changes.next().await {
 ///     println!("{} instances", change.all.len());
