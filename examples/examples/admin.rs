@@ -120,7 +120,7 @@ fn admin_routes(admin: Admin) -> Router {
 fn with_registry(builder: RegistrarBuilder) -> Result<RegistrarBuilder, Box<dyn Error>> {
     #[cfg(feature = "etcd")]
     if std::env::var_os("ETCD_ENDPOINTS").is_some() {
-        let config = service_registry::etcd::EtcdConfig::from_env();
+        let config = service_registry::etcd::EtcdConfig::from_env()?;
         return Ok(builder.registry(service_registry::etcd::EtcdRegistry::new(config)?));
     }
     Ok(builder.registry(service_registry::MemoryRegistry::global().clone()))

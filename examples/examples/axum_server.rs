@@ -11,7 +11,7 @@ use std::future::IntoFuture;
 
 use axum::routing::get;
 use axum::Router;
-use service_registry::{service, Registrar, ServiceStatus};
+use service_registry::{service, MemoryRegistry, Registrar, ServiceStatus};
 use tokio::sync::mpsc;
 
 /// `GET /hello`.
@@ -22,6 +22,7 @@ pub struct Hello;
 async fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr) // stdout carries the `registered ..` line
         .init();
     let listen = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&listen).await?;
@@ -41,6 +42,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         );
 
     let registrar = Registrar::builder()
+        // This process's own in-memory registry, chosen on purpose: left out, the registrar
+        // uses the same one but warns that nobody else can find the server.
+        .registry(MemoryRegistry::global().clone())
         .listen_addr(listener.local_addr()?)
         .shutdown_signal(async move {
             tokio::select! {

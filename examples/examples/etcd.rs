@@ -16,9 +16,9 @@ use service_registry::etcd::{EtcdConfig, EtcdRegistry};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     examples::init_logging();
-    let registry = EtcdRegistry::new(EtcdConfig::from_env())?;
-    examples::serve_example_services(registry.clone()).await?;
-    registry.close().await;
+    let registry = EtcdRegistry::new(EtcdConfig::from_env()?)?;
+    // Deregisters at shutdown, then closes the registry.
+    examples::serve_example_services(registry).await?;
     println!("deregistered; bye");
     Ok(())
 }

@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(usize::MAX);
-    let discovery = EtcdDiscovery::new(EtcdConfig::from_env());
+    let discovery = EtcdDiscovery::new(EtcdConfig::from_env()?);
 
     let instances = discovery.resolve(&service).await?;
     println!("resolved {} instances", instances.len());

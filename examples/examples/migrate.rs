@@ -22,17 +22,17 @@ use service_registry::{Discovery, MergedDiscovery, Registry};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     examples::init_logging();
-    let etcd = EtcdRegistry::new(EtcdConfig::from_env())?;
-    let zookeeper = ZookeeperRegistry::new(ZookeeperConfig::from_env())?;
+    let etcd = EtcdRegistry::new(EtcdConfig::from_env()?)?;
+    let zookeeper = ZookeeperRegistry::new(ZookeeperConfig::from_env()?)?;
 
     // The client side of the migration: the registry services move to comes first, so its
     // data wins for an instance both list.
     let merged = MergedDiscovery::new()
         .source(
             "zookeeper",
-            ZookeeperDiscovery::new(ZookeeperConfig::from_env()),
+            ZookeeperDiscovery::new(ZookeeperConfig::from_env()?),
         )
-        .source("etcd", EtcdDiscovery::new(EtcdConfig::from_env()));
+        .source("etcd", EtcdDiscovery::new(EtcdConfig::from_env()?));
     tokio::spawn(async move {
         let mut changes = match merged.watch("example.echo").await {
             Ok(changes) => changes,
@@ -49,11 +49,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
     });
 
-    let registries: Vec<Arc<dyn Registry>> =
-        vec![Arc::new(etcd.clone()), Arc::new(zookeeper.clone())];
+    // Deregisters from both at shutdown, then closes both.
+    let registries: Vec<Arc<dyn Registry>> = vec![Arc::new(etcd), Arc::new(zookeeper)];
     examples::serve_example_services_in(registries).await?;
-    etcd.close().await;
-    zookeeper.close().await;
     println!("deregistered from etcd and ZooKeeper; bye");
     Ok(())
 }

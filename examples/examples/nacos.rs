@@ -19,8 +19,8 @@ use service_registry::nacos::{NacosConfig, NacosRegistry};
 async fn main() -> Result<(), Box<dyn Error>> {
     examples::init_logging();
     let registry = NacosRegistry::new(NacosConfig::from_env()?)?;
-    examples::serve_example_services(registry.clone()).await?;
-    registry.close().await;
+    // Deregisters at shutdown, then closes the registry.
+    examples::serve_example_services(registry).await?;
     println!("deregistered; bye");
     Ok(())
 }

@@ -211,7 +211,7 @@ async fn registry_and_discovery() -> Result<(Arc<dyn Registry>, Arc<dyn Discover
     #[cfg(feature = "etcd")]
     if std::env::var("ETCD_ENDPOINTS").is_ok() {
         use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry};
-        let config = EtcdConfig::from_env();
+        let config = EtcdConfig::from_env()?;
         println!("registry: etcd at {}", config.endpoints().join(","));
         return Ok((
             Arc::new(EtcdRegistry::new(config.clone())?),

@@ -61,7 +61,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 .await
         })
         .await?;
-    backend.close().await;
     println!("deregistered; bye");
     Ok(())
 }

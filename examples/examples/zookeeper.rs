@@ -15,9 +15,9 @@ use service_registry::zookeeper::{ZookeeperConfig, ZookeeperRegistry};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     examples::init_logging();
-    let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env())?;
-    examples::serve_example_services(registry.clone()).await?;
-    registry.close().await;
+    let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env()?)?;
+    // Deregisters at shutdown, then closes the registry.
+    examples::serve_example_services(registry).await?;
     println!("deregistered; bye");
     Ok(())
 }

@@ -56,7 +56,7 @@ impl Backend {
         }
         #[cfg(feature = "etcd")]
         if !wants_nacos() {
-            let config = service_registry::etcd::EtcdConfig::from_env();
+            let config = service_registry::etcd::EtcdConfig::from_env()?;
             return Ok(Backend::Etcd(service_registry::etcd::EtcdRegistry::new(
                 config,
             )?));
@@ -65,23 +65,13 @@ impl Backend {
         Err("build the Volo examples with `--features volo,etcd` or `--features volo,nacos`".into())
     }
 
-    /// The registry, for the registrar.
-    pub fn registry(&self) -> Arc<dyn Registry> {
-        match *self {
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(ref r) => Arc::new(r.clone()),
-            #[cfg(feature = "nacos")]
-            Backend::Nacos(ref r) => Arc::new(r.clone()),
-        }
-    }
-
-    /// Closes the connection (after the registrar deregistered).
-    pub async fn close(self) {
+    /// The registry, for the registrar (which closes it at the end of `serve`).
+    pub fn registry(self) -> Arc<dyn Registry> {
         match self {
             #[cfg(feature = "etcd")]
-            Backend::Etcd(r) => r.close().await,
+            Backend::Etcd(r) => Arc::new(r),
             #[cfg(feature = "nacos")]
-            Backend::Nacos(r) => r.close().await,
+            Backend::Nacos(r) => Arc::new(r),
         }
     }
 }
@@ -97,7 +87,7 @@ pub fn discovery_from_env() -> Result<Arc<dyn Discovery>, Box<dyn Error>> {
     }
     #[cfg(feature = "etcd")]
     if !wants_nacos() {
-        let config = service_registry::etcd::EtcdConfig::from_env();
+        let config = service_registry::etcd::EtcdConfig::from_env()?;
         return Ok(Arc::new(service_registry::etcd::EtcdDiscovery::new(config)));
     }
     Err("build the Volo examples with `--features volo,etcd` or `--features volo,nacos`".into())

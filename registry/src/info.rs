@@ -186,9 +186,6 @@ pub struct Info {
     pub warmup: Duration,
     /// Resolved tags.
     pub tags: BTreeMap<String, String>,
-    /// When true, `addr` was given explicitly and must be used as is instead of the listen
-    /// address (Kitex's `SkipListenAddr`).
-    pub skip_listen_addr: bool,
 }
 
 impl Info {
@@ -207,7 +204,6 @@ impl Info {
             start_time: SystemTime::now(),
             warmup: Duration::ZERO,
             tags: BTreeMap::new(),
-            skip_listen_addr: false,
         }
     }
 }

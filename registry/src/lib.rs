@@ -52,6 +52,7 @@ mod backends;
 mod backoff;
 pub mod balance;
 mod discovery;
+pub mod env;
 mod http_client;
 mod info;
 mod merged;
@@ -67,11 +68,30 @@ pub use info::{Endpoint, EndpointBasicInfo, Info, DEFAULT_WEIGHT, MAX_WEIGHT, MI
 pub use merged::MergedDiscovery;
 pub use registrar::{
     CheckOutcome, ControlHandle, HealthCheck, InfoOverride, Registrar, RegistrarBuilder,
-    RegistrarError, ServiceStatus, ShutdownSignal, StatusHandle, ADVERTISE_ADDR_ENV,
-    DRAIN_DELAY_ENV, KITEX_IP_ENV, KITEX_PORT_ENV,
+    RegistrarError, ServiceStatus, ShutdownSignal, StatusHandle,
 };
 pub use registry::{shared, BoxError, Health, Registry, RegistryError, SharedError};
 pub use service_registry_macros::service;
+
+/// Moved to [`env::ADVERTISE_ADDR_ENV`].
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::ADVERTISE_ADDR_ENV`"
+)]
+#[doc(hidden)]
+pub const ADVERTISE_ADDR_ENV: &str = env::ADVERTISE_ADDR_ENV;
+/// Moved to [`env::KITEX_IP_ENV`].
+#[deprecated(since = "0.1.0", note = "use `service_registry::env::KITEX_IP_ENV`")]
+#[doc(hidden)]
+pub const KITEX_IP_ENV: &str = env::KITEX_IP_ENV;
+/// Moved to [`env::KITEX_PORT_ENV`].
+#[deprecated(since = "0.1.0", note = "use `service_registry::env::KITEX_PORT_ENV`")]
+#[doc(hidden)]
+pub const KITEX_PORT_ENV: &str = env::KITEX_PORT_ENV;
+/// Moved to [`env::DRAIN_DELAY_ENV`].
+#[deprecated(since = "0.1.0", note = "use `service_registry::env::DRAIN_DELAY_ENV`")]
+#[doc(hidden)]
+pub const DRAIN_DELAY_ENV: &str = env::DRAIN_DELAY_ENV;
 
 /// The pieces `#[service]` generates and the registrar reads: the inventory entry of each
 /// annotated type and its tag templates. Rarely needed directly:

@@ -91,10 +91,11 @@ pub enum RegistryError {
 
 /// A service registry: makes instances findable and removes them.
 ///
-/// Two methods, as in Kitex: a backend owns its connection state (leases, sessions) and keeps
-/// its live registrations alive by itself; the harness ([`crate::Registrar`]) owns retries,
-/// status and shutdown. Both methods must be idempotent: registering the same `Info` twice
-/// overwrites, deregistering something absent succeeds.
+/// Two required methods, as in Kitex: a backend owns its connection state (leases, sessions)
+/// and keeps its live registrations alive by itself; the harness ([`crate::Registrar`]) owns
+/// retries, status and shutdown, and calls [`close`](Self::close) when it is done. Both
+/// methods must be idempotent: registering the same `Info` twice overwrites, deregistering
+/// something absent succeeds.
 ///
 /// ```
 /// use service_registry::{Info, MemoryRegistry, Registry};
@@ -136,6 +137,25 @@ pub trait Registry: Send + Sync + 'static {
     fn name(&self) -> String {
         "registry".to_string()
     }
+
+    /// Removes whatever this registry still holds and releases its connection (an etcd lease,
+    /// a ZooKeeper session, a Nacos connection); later calls fail. Bounded by the backend's
+    /// close timeout; what it cannot remove in time expires with the lease or session. Calling
+    /// it again does nothing.
+    ///
+    /// [`Registrar::serve`](crate::Registrar::serve) calls it on every registry it was given,
+    /// once its services are deregistered and its server has stopped, so a server does not
+    /// keep a clone of its registry just to close it. Default: nothing to release (the
+    /// in-memory registry keeps its data, so a test can read it afterwards).
+    ///
+    /// ```
+    /// use service_registry::{MemoryRegistry, Registry};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let registry = MemoryRegistry::new();
+    /// registry.close().await; // nothing to release
+    /// # }
+    /// ```
+    async fn close(&self) {}
 }
 
 /// The connection state a backend reports through [`Registry::health`].
@@ -177,5 +197,8 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
     }
     fn name(&self) -> String {
         (**self).name()
+    }
+    async fn close(&self) {
+        (**self).close().await
     }
 }

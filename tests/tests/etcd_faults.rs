@@ -215,7 +215,7 @@ async fn keep_alive_does_not_wait_behind_writes() {
     let registry = EtcdRegistry::new(
         EtcdConfig::new([format!("http://{}", proxy.endpoint())])
             .lease_ttl(Duration::from_secs(2))
-            .max_txn_ops(4)
+            .max_batch_ops(4)
             .request_timeout(Duration::from_secs(10)),
     )
     .unwrap();

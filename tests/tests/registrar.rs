@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use service_registry::{
-    service, Backoff, Discovery, Endpoint, InfoOverride, MemoryRegistry, Registrar, RegistrarError,
-    ServiceStatus,
+    service, Backoff, Discovery, Endpoint, HealthCheck, Info, InfoOverride, MemoryRegistry,
+    Registrar, RegistrarError, Registry, RegistryError, ServiceStatus,
 };
 use tests::registries::{Event, Flaky, Recording};
 use tests::running::Running;
@@ -175,7 +175,6 @@ async fn infos_carry_attribute_runtime_data_and_overrides() {
     assert_eq!(echo_info.warmup, Duration::from_secs(2));
     assert_eq!(echo_info.tags["idc"], "hz");
     assert_eq!(echo_info.tags["cluster"], "green");
-    assert!(!echo_info.skip_listen_addr);
     let age = std::time::SystemTime::now()
         .duration_since(echo_info.start_time)
         .unwrap();
@@ -183,7 +182,6 @@ async fn infos_carry_attribute_runtime_data_and_overrides() {
 
     let other = &infos[1];
     assert_eq!(other.addr, elsewhere);
-    assert!(other.skip_listen_addr);
     assert_eq!(
         other.tags["cluster"], "green",
         "global override replaces the declared tag"
@@ -225,6 +223,130 @@ async fn bad_options_are_refused_before_serving() {
     assert!(
         matches!(err, RegistrarError::InvalidWeight { weight: 0, .. }),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn no_silent_traps_a_second_override_for_one_service_is_an_error() {
+    // A second override for the same service replaced the first without a word.
+    let err = Running::try_start_with(|b| {
+        b.registry(MemoryRegistry::new())
+            .only(OURS)
+            .override_service("reg.echo", InfoOverride::new().weight(20))
+            .override_service("reg.other", InfoOverride::new().weight(30))
+            .override_service("reg.echo", InfoOverride::new().tag("idc", "sh"))
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, RegistrarError::DuplicateOverride { service } if service == "reg.echo"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("reg.echo"), "{err}");
+}
+
+#[tokio::test]
+async fn no_silent_traps_a_zero_threshold_or_interval_is_an_error() {
+    // A zero threshold counted as 1; a zero interval checked without a pause.
+    for (check, setting) in [
+        (
+            HealthCheck::tcp().failure_threshold(0),
+            "HealthCheck::failure_threshold",
+        ),
+        (
+            HealthCheck::tcp().success_threshold(0),
+            "HealthCheck::success_threshold",
+        ),
+        (
+            HealthCheck::tcp().interval(Duration::ZERO),
+            "HealthCheck::interval",
+        ),
+    ] {
+        let err = Running::try_start_with(|b| {
+            b.registry(MemoryRegistry::new())
+                .only(OURS)
+                .health_check(check)
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, RegistrarError::Zero { setting: s } if *s == setting),
+            "{setting}: {err}"
+        );
+    }
+}
+
+/// A memory registry that logs every call, `close` included, in one list.
+#[derive(Clone, Default)]
+struct Closing {
+    inner: MemoryRegistry,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Closing {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn log(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for Closing {
+    async fn register(&self, info: &Info) -> Result<(), RegistryError> {
+        self.log(format!("register {}", info.service_name));
+        self.inner.register(info).await
+    }
+    async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
+        self.log(format!("deregister {}", info.service_name));
+        self.inner.deregister(info).await
+    }
+    async fn close(&self) {
+        self.log("close".into());
+    }
+}
+
+#[tokio::test]
+async fn serve_closes_every_registry_once_after_deregistering() {
+    let (first, second) = (Closing::default(), Closing::default());
+    let running = Running::start_with(|b| {
+        b.registry(first.clone())
+            .registry(second.clone())
+            .only(["reg.echo"])
+    })
+    .await;
+    running
+        .status
+        .clone()
+        .wait_for(all_registered)
+        .await
+        .unwrap();
+    running.stop().await;
+    for registry in [&first, &second] {
+        assert_eq!(
+            registry.calls(),
+            ["register reg.echo", "deregister reg.echo", "close"]
+        );
+    }
+
+    // A server that ends on its own: deregistered, then closed all the same.
+    let registry = Closing::default();
+    let running = Running::serve_with(
+        |b| b.registry(registry.clone()).only(["reg.echo"]),
+        |listener, _shutdown| async move {
+            drop(listener);
+            Ok::<_, std::io::Error>(())
+        },
+    )
+    .await;
+    running.stop().await;
+    let calls = registry.calls();
+    assert_eq!(calls.last().map(String::as_str), Some("close"), "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| *c == "close").count(),
+        1,
+        "{calls:?}"
     );
 }
 

@@ -47,9 +47,16 @@ fn variables_resolve_at_registration_and_missing_ones_are_named() {
     let registrar = build().unwrap();
     assert_eq!(registrar.infos()[0].addr, "[fd00::5]:7".parse().unwrap());
     std::env::set_var("SERVICE_REGISTRY_ADVERTISE_ADDR", "not an address");
-    assert!(matches!(
-        build().unwrap_err(),
-        RegistrarError::InvalidAdvertiseAddr { .. }
-    ));
+    let err = build().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RegistrarError::Env(service_registry::env::EnvError::Invalid {
+                variable: "SERVICE_REGISTRY_ADVERTISE_ADDR",
+                ..
+            })
+        ),
+        "{err}"
+    );
     std::env::remove_var("SERVICE_REGISTRY_ADVERTISE_ADDR");
 }

@@ -320,7 +320,7 @@ async fn zookeeper_restart_brings_the_nodes_back_while_the_service_answers() {
 #[tokio::test]
 async fn digest_acl_protects_nodes_and_a_wrong_password_is_a_clear_error() {
     let zk = ZooKeeper::start().await;
-    let owner = ZookeeperRegistry::new(config(&zk).digest_auth("alice", "right")).unwrap();
+    let owner = ZookeeperRegistry::new(config(&zk).user("alice", "right")).unwrap();
     let mut info = Info::new("zk.secure", "127.0.0.1:7001".parse().unwrap());
     info.tags.insert("idc".into(), "hz".into());
     owner.register(&info).await.unwrap();
@@ -355,7 +355,7 @@ async fn digest_acl_protects_nodes_and_a_wrong_password_is_a_clear_error() {
     // ZooKeeper's digest scheme never checks a password: a wrong one is just another identity.
     // It cannot take over alice's node, and the error names the user without calling it a
     // credentials problem (the parent lets other identities create their own nodes).
-    let wrong = ZookeeperRegistry::new(config(&zk).digest_auth("alice", "wrong")).unwrap();
+    let wrong = ZookeeperRegistry::new(config(&zk).user("alice", "wrong")).unwrap();
     let err = wrong.register(&info).await.unwrap_err();
     assert!(
         matches!(err, RegistryError::Backend { .. }),
@@ -494,7 +494,7 @@ async fn the_digest_password_never_shows_in_debug_errors_status_or_logs() {
     let _logging = tracing::subscriber::set_default(subscriber);
 
     let zk = ZooKeeper::start().await;
-    let owner_config = config(&zk).digest_auth("alice", RIGHT);
+    let owner_config = config(&zk).user("alice", RIGHT);
     let owner = ZookeeperRegistry::new(owner_config.clone()).unwrap();
     let running = Running::start(owner.clone(), &OURS).await;
     running.registered(Duration::from_secs(10)).await;
@@ -502,7 +502,7 @@ async fn the_digest_password_never_shows_in_debug_errors_status_or_logs() {
     owner.register(&info).await.unwrap();
 
     // Another password is another identity: refused on alice's node.
-    let wrong_config = config(&zk).digest_auth("alice", WRONG);
+    let wrong_config = config(&zk).user("alice", WRONG);
     let wrong = ZookeeperRegistry::new(wrong_config.clone()).unwrap();
     let err = wrong.register(&info).await.unwrap_err();
     let discovery = ZookeeperDiscovery::new(wrong_config.clone());

@@ -101,13 +101,13 @@ async fn another_digest_user_can_register_under_a_shared_root() {
     let alice = ZookeeperRegistry::new(
         config(zk.connect_string())
             .root("/kitex")
-            .digest_auth("team-a", "a"),
+            .user("team-a", "a"),
     )
     .unwrap();
     let bob = ZookeeperRegistry::new(
         config(zk.connect_string())
             .root("/kitex")
-            .digest_auth("team-b", "b"),
+            .user("team-b", "b"),
     )
     .unwrap();
     alice.register(&info("zkf.a", 7821)).await.unwrap();

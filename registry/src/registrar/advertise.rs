@@ -3,16 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::error::RegistrarError;
-
-/// The environment variable that sets the advertised address; it wins over the builder and
-/// over Kitex's variables.
-pub const ADVERTISE_ADDR_ENV: &str = "SERVICE_REGISTRY_ADVERTISE_ADDR";
-/// Kitex's variable for the IP to register (as `kitex-contrib/registry-etcd` reads it): replaces
-/// the IP of the builder's or the listen address unless [`ADVERTISE_ADDR_ENV`] is set.
-pub const KITEX_IP_ENV: &str = "KITEX_IP_TO_REGISTRY";
-/// Kitex's variable for the port to register: replaces the port of the builder's or the listen
-/// address unless [`ADVERTISE_ADDR_ENV`] is set.
-pub const KITEX_PORT_ENV: &str = "KITEX_PORT_TO_REGISTRY";
+use crate::env::{EnvError, Vars, ADVERTISE_ADDR_ENV, KITEX_IP_ENV, KITEX_PORT_ENV};
 
 /// The environment variables that decide the advertised address (empty values count as unset,
 /// as in Kitex).
@@ -24,17 +15,12 @@ pub(crate) struct AdvertiseEnv {
 }
 
 impl AdvertiseEnv {
-    pub(crate) fn read() -> Self {
-        let var = |name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v: &String| !v.trim().is_empty())
-        };
-        Self {
-            addr: var(ADVERTISE_ADDR_ENV),
-            kitex_ip: var(KITEX_IP_ENV),
-            kitex_port: var(KITEX_PORT_ENV),
-        }
+    pub(crate) fn read(vars: &Vars) -> Result<Self, EnvError> {
+        Ok(Self {
+            addr: vars.get(ADVERTISE_ADDR_ENV)?,
+            kitex_ip: vars.get(KITEX_IP_ENV)?,
+            kitex_port: vars.get(KITEX_PORT_ENV)?,
+        })
     }
 }
 
@@ -96,32 +82,57 @@ pub(crate) fn advertised_addr(
     explicit: Option<SocketAddr>,
     env: AdvertiseEnv,
 ) -> Result<SocketAddr, RegistrarError> {
+    let invalid = |variable, value, expected| {
+        RegistrarError::Env(EnvError::Invalid {
+            variable,
+            value,
+            expected,
+        })
+    };
     if let Some(value) = env.addr {
-        return parse_advertise(&value, listen.port()).ok_or(
-            RegistrarError::InvalidAdvertiseAddr {
-                value,
-                source_name: ADVERTISE_ADDR_ENV,
-            },
-        );
+        let addr = parse_advertise(&value, listen.port()).ok_or_else(|| {
+            invalid(
+                ADVERTISE_ADDR_ENV,
+                value.clone(),
+                "an address: `ip:port`, `[ipv6]:port` or a bare IP",
+            )
+        })?;
+        if let Some(explicit) = explicit {
+            tracing::warn!(
+                variable = ADVERTISE_ADDR_ENV,
+                %addr,
+                code = %explicit,
+                "{ADVERTISE_ADDR_ENV} replaces the advertised address given to the builder"
+            );
+        }
+        return Ok(addr);
     }
     let kitex_ip = match env.kitex_ip {
         Some(value) => Some(
-            parse_ip(&value).ok_or(RegistrarError::InvalidAdvertiseAddr {
-                value,
-                source_name: KITEX_IP_ENV,
-            })?,
+            parse_ip(&value)
+                .ok_or_else(|| invalid(KITEX_IP_ENV, value.clone(), "an IP address"))?,
         ),
         None => None,
     };
     let kitex_port = match env.kitex_port {
-        Some(value) => Some(value.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or(
-            RegistrarError::InvalidAdvertiseAddr {
-                value,
-                source_name: KITEX_PORT_ENV,
-            },
-        )?),
+        Some(value) => Some(
+            value
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(KITEX_PORT_ENV, value.clone(), "a port number (1-65535)"))?,
+        ),
         None => None,
     };
+    if let (Some(explicit), true) = (explicit, kitex_ip.is_some() || kitex_port.is_some()) {
+        tracing::warn!(
+            code = %explicit,
+            ip = ?kitex_ip,
+            port = ?kitex_port,
+            "{KITEX_IP_ENV} / {KITEX_PORT_ENV} replace part of the advertised address given to the builder"
+        );
+    }
     let mut addr = match explicit {
         Some(addr) => addr,
         None if kitex_ip.is_some() || !listen.ip().is_unspecified() => listen,

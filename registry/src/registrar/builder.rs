@@ -22,6 +22,7 @@ use super::lifecycle::NamedRegistry;
 use super::overrides::InfoOverride;
 use super::status::{ServiceStatus, StatusBoard};
 use super::Registrar;
+use crate::env::{Vars, DRAIN_DELAY_ENV};
 
 pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -56,11 +57,14 @@ pub struct RegistrarBuilder {
     only: Option<Vec<String>>,
     override_all: InfoOverride,
     overrides: BTreeMap<String, InfoOverride>,
+    /// The first service given to `override_service` twice.
+    duplicate_override: Option<String>,
     backoff: Backoff,
     register_timeout: Duration,
     deregister_timeout: Duration,
     grace_period: Duration,
-    drain_delay: Duration,
+    /// `None`: not set in code (the default applies).
+    drain_delay: Option<Duration>,
     shutdown: Option<ShutdownFuture>,
     readiness: Option<BoxFuture<()>>,
     health_check: Option<HealthCheck>,
@@ -75,11 +79,12 @@ impl Default for RegistrarBuilder {
             only: None,
             override_all: InfoOverride::default(),
             overrides: BTreeMap::new(),
+            duplicate_override: None,
             backoff: Backoff::default(),
             register_timeout: Duration::from_secs(10),
             deregister_timeout: Duration::from_secs(5),
             grace_period: Duration::from_secs(10),
-            drain_delay: DEFAULT_DRAIN_DELAY,
+            drain_delay: None,
             shutdown: None,
             readiness: None,
             health_check: None,
@@ -93,7 +98,13 @@ impl RegistrarBuilder {
     /// registry is kept independently, so one that is down never delays the others. Its name in
     /// status, logs and metrics is [`Registry::name`] (`memory`, `etcd`, `zookeeper`; a second
     /// registry of the same name gets `#2`). Default when none is given:
-    /// [`MemoryRegistry::global`].
+    /// [`MemoryRegistry::global`], the process-wide in-memory registry, which only this
+    /// process can read (the quickstart and tests use it); [`build`](Self::build) says so in
+    /// a `warn`, since a server meant for others to find needs a real registry here.
+    ///
+    /// At the end of [`serve`](Registrar::serve) the registrar calls
+    /// [`Registry::close`] on every registry it was given, so there is no need to keep a
+    /// clone just to close it.
     ///
     /// ```
     /// let b = service_registry::Registrar::builder().registry(service_registry::MemoryRegistry::new());
@@ -147,8 +158,8 @@ impl RegistrarBuilder {
         self
     }
 
-    /// The address to register instead of the listen address. Environment variables win over
-    /// this, in this order: `SERVICE_REGISTRY_ADVERTISE_ADDR` (`ip:port`, `[ipv6]:port` or a bare
+    /// The address to register instead of the listen address. Environment variables (operator
+    /// knobs, see [`env`](crate::env)) win over this, with a `warn` in the log, in this order: `SERVICE_REGISTRY_ADVERTISE_ADDR` (`ip:port`, `[ipv6]:port` or a bare
     /// IP) replaces the whole address; otherwise Kitex's `KITEX_IP_TO_REGISTRY` replaces the IP
     /// and `KITEX_PORT_TO_REGISTRY` the port of this address (or of the listen address).
     ///
@@ -188,7 +199,9 @@ impl RegistrarBuilder {
         self
     }
 
-    /// An override for one service, applied after [`override_all`](Self::override_all).
+    /// An override for one service, applied after [`override_all`](Self::override_all). One
+    /// per service: a second call for the same service makes [`build`](Self::build) fail with
+    /// [`RegistrarError::DuplicateOverride`] (merge them into one override instead).
     ///
     /// ```
     /// use service_registry::{InfoOverride, Registrar};
@@ -196,7 +209,11 @@ impl RegistrarBuilder {
     /// # let _ = b;
     /// ```
     pub fn override_service(mut self, service: impl Into<String>, o: InfoOverride) -> Self {
-        self.overrides.insert(service.into(), o);
+        let service = service.into();
+        if self.overrides.contains_key(&service) && self.duplicate_override.is_none() {
+            self.duplicate_override = Some(service.clone());
+        }
+        self.overrides.insert(service, o);
         self
     }
 
@@ -256,15 +273,16 @@ impl RegistrarBuilder {
     /// drain is skipped when nothing was registered, and cut short by a second SIGINT/SIGTERM
     /// (which, while the deregistration is still waited for, also cuts that short: what is left
     /// expires with its lease or session).
-    /// The environment variable `SERVICE_REGISTRY_DRAIN_DELAY` (`6s`, `500ms`, `0`) wins over
-    /// this.
+    /// The environment variable `SERVICE_REGISTRY_DRAIN_DELAY` (`6s`, `500ms`, `0`), an operator
+    /// knob (see [`env`](crate::env)), wins over this; [`build`](Self::build) then logs a
+    /// `warn` with both values.
     ///
     /// ```
     /// let b = service_registry::Registrar::builder().drain_delay(std::time::Duration::from_secs(2));
     /// # let _ = b;
     /// ```
     pub fn drain_delay(mut self, delay: Duration) -> Self {
-        self.drain_delay = delay;
+        self.drain_delay = Some(delay);
         self
     }
 
@@ -341,6 +359,12 @@ impl RegistrarBuilder {
         if listen.port() == 0 {
             return Err(RegistrarError::UnboundListenAddr(listen));
         }
+        if let Some(service) = self.duplicate_override {
+            return Err(RegistrarError::DuplicateOverride { service });
+        }
+        if let Some(check) = &self.health_check {
+            check.validate()?;
+        }
         let entries = select(
             ServiceEntry::all().map(|e| e.info).collect(),
             self.only.as_deref(),
@@ -350,8 +374,23 @@ impl RegistrarBuilder {
                 return Err(unknown(name, &entries));
             }
         }
-        let addr = advertised_addr(listen, self.advertise_addr, AdvertiseEnv::read())?;
-        let drain_delay = drain_delay_from_env()?.unwrap_or(self.drain_delay);
+        let vars = Vars::process();
+        let addr = advertised_addr(listen, self.advertise_addr, AdvertiseEnv::read(&vars)?)?;
+        let drain_delay = match (drain_delay_from_env(&vars)?, self.drain_delay) {
+            (Some(from_env), Some(code)) => {
+                if from_env != code {
+                    tracing::warn!(
+                        variable = DRAIN_DELAY_ENV,
+                        drain_delay = ?from_env,
+                        code = ?code,
+                        "{DRAIN_DELAY_ENV} replaces the drain delay given to the builder"
+                    );
+                }
+                from_env
+            }
+            (Some(from_env), None) => from_env,
+            (None, code) => code.unwrap_or(DEFAULT_DRAIN_DELAY),
+        };
         let start_time = SystemTime::now();
         let infos = entries
             .iter()
@@ -407,6 +446,11 @@ fn name_registries(
     given: Vec<(Option<String>, Arc<dyn Registry>)>,
 ) -> Result<Vec<NamedRegistry>, RegistrarError> {
     let given = if given.is_empty() {
+        tracing::warn!(
+            "no registry given: registering into the process-wide MemoryRegistry::global(), \
+             which only this process can read; give `.registry(..)` (etcd, ZooKeeper, Nacos) \
+             for clients elsewhere to find this server"
+        );
         vec![(
             None,
             Arc::new(MemoryRegistry::global().clone()) as Arc<dyn Registry>,
@@ -504,7 +548,6 @@ fn base_info(
         start_time,
         warmup: entry.warmup,
         tags,
-        skip_listen_addr: false,
     })
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use super::desired::DesiredSet;
+use super::error::RegistrarError;
 use super::lifecycle::panic_text;
 
 /// What a readiness or health check returns: `true`/`Ok(())` passes; `false` or `Err(why)`
@@ -181,7 +182,8 @@ impl HealthCheck {
         Self::with(Probe::Http(path.into()))
     }
 
-    /// Time between checks (default 5 s).
+    /// Time between checks (default 5 s; zero is refused by
+    /// [`RegistrarBuilder::build`](crate::RegistrarBuilder::build)).
     ///
     /// See [`HealthCheck`] for an example.
     pub fn interval(mut self, interval: Duration) -> Self {
@@ -200,23 +202,46 @@ impl HealthCheck {
         self
     }
 
-    /// Failures in a row that withdraw the services (default 3; 0 counts as 1).
+    /// Failures in a row that withdraw the services (default 3). 0 is refused by
+    /// [`RegistrarBuilder::build`](crate::RegistrarBuilder::build) with
+    /// [`RegistrarError::Zero`](crate::RegistrarError::Zero).
     ///
     /// See [`HealthCheck`] for an example.
     pub fn failure_threshold(mut self, n: u32) -> Self {
-        self.failure_threshold = n.max(1);
+        self.failure_threshold = n;
         self
     }
 
-    /// Passes in a row that register them again (default 1; 0 counts as 1).
+    /// Passes in a row that register them again (default 1). 0 is refused by
+    /// [`RegistrarBuilder::build`](crate::RegistrarBuilder::build).
     ///
     /// ```
-    /// let c = service_registry::HealthCheck::tcp().success_threshold(2);
-    /// # let _ = c;
+    /// use service_registry::{HealthCheck, Registrar, RegistrarError};
+    /// let err = Registrar::builder()
+    ///     .listen_addr("127.0.0.1:9".parse().unwrap())
+    ///     .health_check(HealthCheck::tcp().success_threshold(0))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(err, RegistrarError::Zero { setting: "HealthCheck::success_threshold" }));
     /// ```
     pub fn success_threshold(mut self, n: u32) -> Self {
-        self.success_threshold = n.max(1);
+        self.success_threshold = n;
         self
+    }
+
+    /// Refuses settings that would disable the check: a zero threshold or interval.
+    pub(crate) fn validate(&self) -> Result<(), RegistrarError> {
+        let zero = |setting| Err(RegistrarError::Zero { setting });
+        if self.failure_threshold == 0 {
+            return zero("HealthCheck::failure_threshold");
+        }
+        if self.success_threshold == 0 {
+            return zero("HealthCheck::success_threshold");
+        }
+        if self.interval.is_zero() {
+            return zero("HealthCheck::interval");
+        }
+        Ok(())
     }
 
     async fn check_once(&self, addr: SocketAddr) -> Result<(), String> {

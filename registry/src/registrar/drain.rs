@@ -2,11 +2,7 @@
 
 use std::time::Duration;
 
-use super::error::RegistrarError;
-
-/// The environment variable that sets the drain delay (`6s`, `1500ms`, `2m`, or bare seconds
-/// such as `6`); it wins over [`RegistrarBuilder::drain_delay`](crate::RegistrarBuilder::drain_delay).
-pub const DRAIN_DELAY_ENV: &str = "SERVICE_REGISTRY_DRAIN_DELAY";
+use crate::env::{EnvError, Vars, DRAIN_DELAY_ENV};
 
 /// 5 s of Kitex's resolver refresh interval plus 1 s of margin.
 pub(crate) const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(6);
@@ -28,16 +24,12 @@ pub(crate) fn parse_delay(text: &str) -> Option<Duration> {
 }
 
 /// The drain delay the environment sets, if it sets one.
-pub(crate) fn drain_delay_from_env() -> Result<Option<Duration>, RegistrarError> {
-    match std::env::var(DRAIN_DELAY_ENV) {
-        Ok(value) => parse_delay(&value)
-            .map(Some)
-            .ok_or(RegistrarError::InvalidDuration {
-                value,
-                source_name: DRAIN_DELAY_ENV,
-            }),
-        Err(_) => Ok(None),
-    }
+pub(crate) fn drain_delay_from_env(vars: &Vars) -> Result<Option<Duration>, EnvError> {
+    vars.parse(
+        DRAIN_DELAY_ENV,
+        "a duration such as `6s`, `500ms`, `2m` or whole seconds",
+        parse_delay,
+    )
 }
 
 #[cfg(test)]
@@ -55,5 +47,22 @@ mod tests {
         assert_eq!(parse_delay("s"), None);
         assert_eq!(parse_delay("-1"), None);
         assert_eq!(parse_delay("6h"), None);
+    }
+
+    #[test]
+    fn a_bad_variable_is_an_error_that_names_it() {
+        let vars = Vars::from_pairs(&[(DRAIN_DELAY_ENV, "soon")]);
+        let err = drain_delay_from_env(&vars).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SERVICE_REGISTRY_DRAIN_DELAY = `soon`"),
+            "{err}"
+        );
+        let vars = Vars::from_pairs(&[(DRAIN_DELAY_ENV, "250ms")]);
+        assert_eq!(
+            drain_delay_from_env(&vars).unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(drain_delay_from_env(&Vars::from_pairs(&[])).unwrap(), None);
     }
 }

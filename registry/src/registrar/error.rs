@@ -72,23 +72,23 @@ pub enum RegistrarError {
         "listen address {0} has port 0; bind the listener first and pass `listener.local_addr()?`"
     )]
     UnboundListenAddr(std::net::SocketAddr),
-    /// The advertised address could not be parsed.
-    #[error(
-        "{source_name} = `{value}` is not valid; write `ip:port`, `[ipv6]:port` or a bare IP for an address, an IP for KITEX_IP_TO_REGISTRY, a port number for KITEX_PORT_TO_REGISTRY"
-    )]
-    InvalidAdvertiseAddr {
-        /// The text given.
-        value: String,
-        /// Where it came from.
-        source_name: &'static str,
+    /// An operator knob (see [`env`](crate::env)) is set to a value that cannot be used; the
+    /// error names the variable.
+    #[error(transparent)]
+    Env(#[from] crate::env::EnvError),
+    /// A setting that must be at least 1 was given 0 (a zero would disable what it counts).
+    #[error("`{setting}` is 0; give at least 1")]
+    Zero {
+        /// The setting, as the method that set it is named (`HealthCheck::failure_threshold`).
+        setting: &'static str,
     },
-    /// A duration in an environment variable could not be parsed.
-    #[error("{source_name} = `{value}` is not a duration; write `6s`, `500ms`, `2m` or a whole number of seconds")]
-    InvalidDuration {
-        /// The text given.
-        value: String,
-        /// Where it came from.
-        source_name: &'static str,
+    /// `override_service` was called twice for the same service.
+    #[error(
+        "`override_service(\"{service}\", ..)` is given twice; merge the two overrides into one"
+    )]
+    DuplicateOverride {
+        /// The service.
+        service: String,
     },
     /// Two registries were given the same name, or an empty one.
     #[error(

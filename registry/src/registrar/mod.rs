@@ -27,11 +27,9 @@ use crate::backoff::Backoff;
 use crate::info::Info;
 use crate::registry::{BoxError, Health};
 
-pub use advertise::{ADVERTISE_ADDR_ENV, KITEX_IP_ENV, KITEX_PORT_ENV};
 pub use builder::RegistrarBuilder;
 pub use checks::{CheckOutcome, HealthCheck};
 pub use control::ControlHandle;
-pub use drain::DRAIN_DELAY_ENV;
 pub use error::RegistrarError;
 pub use overrides::InfoOverride;
 pub use status::{ServiceStatus, StatusHandle};
@@ -51,7 +49,8 @@ use status::StatusBoard;
 /// [`ControlHandle`], and on SIGINT/SIGTERM or the
 /// [`shutdown_signal`](RegistrarBuilder::shutdown_signal) it deregisters every service first,
 /// keeps serving for the [drain delay](RegistrarBuilder::drain_delay) so clients stop calling,
-/// then tells the server to stop, waits for it up to the grace period, and returns.
+/// then tells the server to stop, waits for it up to the grace period, closes every registry
+/// ([`Registry::close`](crate::Registry::close)) and returns.
 ///
 /// ```no_run
 /// use service_registry::{service, Registrar};
@@ -168,7 +167,7 @@ impl Registrar {
         ControlHandle::new(self.desired.clone(), self.board.handle())
     }
 
-    /// The drain delay in effect (the builder's, or `SERVICE_REGISTRY_DRAIN_DELAY`).
+    /// The drain delay in effect (`SERVICE_REGISTRY_DRAIN_DELAY` if set, else the builder's).
     ///
     /// ```
     /// # use service_registry::{service, MemoryRegistry, Registrar};
@@ -347,8 +346,18 @@ impl Registrar {
                 }
             }
         };
+        close_registries(&self.registries).await;
         result.map_err(|err| RegistrarError::Server(err.into()))
     }
+}
+
+/// Closes every registry, all at once (each close is bounded by its backend's close timeout).
+async fn close_registries(registries: &[NamedRegistry]) {
+    futures_util::future::join_all(registries.iter().map(|target| async move {
+        tracing::debug!(registry = %target.name, "closing the registry");
+        target.registry.close().await;
+    }))
+    .await;
 }
 
 /// Keeps serving for `delay` after deregistration so that clients stop calling first; a second

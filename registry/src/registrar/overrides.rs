@@ -87,8 +87,7 @@ impl InfoOverride {
         self
     }
 
-    /// Registers this exact address instead of the advertised listen address (sets
-    /// [`Info::skip_listen_addr`]).
+    /// Registers this exact address instead of the advertised listen address.
     ///
     /// ```
     /// let o = service_registry::InfoOverride::new().addr("10.1.2.3:80".parse().unwrap());
@@ -116,7 +115,6 @@ impl InfoOverride {
             .extend(self.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(addr) = self.addr {
             info.addr = addr;
-            info.skip_listen_addr = true;
         }
     }
 }

@@ -14,7 +14,7 @@
 //! A volo-grpc client:
 //!
 //! ```text
-//! let discover = VoloDiscover::new(EtcdDiscovery::new(EtcdConfig::from_env()));
+//! let discover = VoloDiscover::new(EtcdDiscovery::new(EtcdConfig::from_env()?));
 //! let balance = VoloBalance::default();
 //! let client = GreeterClientBuilder::new("example.volo.greeter")
 //!     .load_balance(balance.clone())

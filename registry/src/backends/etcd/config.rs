@@ -7,18 +7,9 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
 use super::wire::DEFAULT_PREFIX;
 use crate::backoff::Backoff;
-
-/// The environment variable [`EtcdConfig::from_env`] reads the endpoints from (comma-separated;
-/// default `http://127.0.0.1:2379`).
-pub const ENDPOINTS_ENV: &str = "ETCD_ENDPOINTS";
-
-/// The environment variable that sets the lease TTL in seconds; it wins over the builder and
-/// over [`KITEX_LEASE_TTL_ENV`].
-pub const LEASE_TTL_ENV: &str = "REGISTRY_LEASE_TTL";
-
-/// Kitex's variable for the lease TTL in seconds (`kitex-contrib/registry-etcd`), honoured when
-/// [`LEASE_TTL_ENV`] is not set; it wins over the builder.
-pub const KITEX_LEASE_TTL_ENV: &str = "KITEX_ETCD_REGISTRY_LEASE_TTL";
+use crate::env::{
+    EnvError, Vars, ETCD_ENDPOINTS_ENV, ETCD_LEASE_TTL_ENV, KITEX_ETCD_LEASE_TTL_ENV,
+};
 
 /// Why an [`EtcdConfig`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +21,11 @@ pub enum EtcdConfigError {
     /// The lease TTL is too short to keep alive.
     #[error("lease TTL {0}s is too short; use at least 2 seconds")]
     TtlTooShort(i64),
-    /// `REGISTRY_LEASE_TTL` (or `KITEX_ETCD_REGISTRY_LEASE_TTL`) is not a number of seconds.
-    #[error("{variable} = `{value}` is not a whole number of seconds")]
-    BadTtlEnv {
-        /// The variable.
-        variable: &'static str,
-        /// Its value.
-        value: String,
+    /// A setting that must be at least 1 was given 0.
+    #[error("`EtcdConfig::{setting}` is 0; give at least 1")]
+    Zero {
+        /// The setter (`max_batch_ops`).
+        setting: &'static str,
     },
     /// A TLS file could not be read.
     #[error("cannot read TLS file {path}: {source}")]
@@ -151,23 +140,49 @@ impl EtcdConfig {
         self
     }
 
-    /// Settings from `ETCD_ENDPOINTS` (comma-separated), default `http://127.0.0.1:2379`.
+    /// Settings from the environment (see [`env`](crate::env) for the rule): the endpoints
+    /// from `ETCD_ENDPOINTS` (comma-separated; default `http://127.0.0.1:2379`) and the lease
+    /// TTL from `REGISTRY_LEASE_TTL`, else Kitex's `KITEX_ETCD_REGISTRY_LEASE_TTL` (whole
+    /// seconds, at least 2; default 15). A variable set to a bad value is an [`EnvError`]
+    /// naming it. Setters called on the result win over the variables.
     ///
     /// ```
-    /// let config = service_registry::etcd::EtcdConfig::from_env();
+    /// # fn main() -> Result<(), service_registry::env::EnvError> {
+    /// let config = service_registry::etcd::EtcdConfig::from_env()?;
     /// assert!(!config.endpoints().is_empty());
+    /// # Ok(()) }
     /// ```
-    pub fn from_env() -> Self {
-        let endpoints =
-            std::env::var(ENDPOINTS_ENV).unwrap_or_else(|_| "http://127.0.0.1:2379".to_string());
-        Self::new(
-            endpoints
-                .split(',')
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>(),
-        )
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_vars(&Vars::process())
+    }
+
+    pub(crate) fn from_vars(vars: &Vars) -> Result<Self, EnvError> {
+        let endpoints = vars
+            .parse(
+                ETCD_ENDPOINTS_ENV,
+                "a comma-separated list of endpoints such as `http://127.0.0.1:2379`",
+                |value| {
+                    let list: Vec<String> = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    (!list.is_empty()).then_some(list)
+                },
+            )?
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_string()]);
+        let mut config = Self::new(endpoints);
+        for variable in [ETCD_LEASE_TTL_ENV, KITEX_ETCD_LEASE_TTL_ENV] {
+            let ttl = vars.parse(variable, "a whole number of seconds, at least 2", |value| {
+                value.parse::<u64>().ok().filter(|s| *s >= 2)
+            })?;
+            if let Some(seconds) = ttl {
+                config.lease_ttl = Duration::from_secs(seconds);
+                break;
+            }
+        }
+        Ok(config)
     }
 
     /// The endpoints.
@@ -187,8 +202,9 @@ impl EtcdConfig {
         self
     }
 
-    /// The lease TTL (default 15 s; `REGISTRY_LEASE_TTL` seconds wins when set). A crashed
-    /// process's registrations disappear this long after its last keep-alive.
+    /// The lease TTL (default 15 s, in whole seconds, at least 2). A crashed process's
+    /// registrations disappear this long after its last keep-alive. No variable overrides it
+    /// ([`from_env`](Self::from_env) reads `REGISTRY_LEASE_TTL` into the config it returns).
     ///
     /// ```
     /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"])
@@ -297,16 +313,24 @@ impl EtcdConfig {
         self
     }
 
-    /// The most operations one transaction may carry (default 128, etcd's `--max-txn-ops`).
-    /// When etcd's limit is lower, the registry learns it from the first refusal and keeps to it.
+    /// The most operations one request (a transaction) may carry (default 128, etcd's
+    /// `--max-txn-ops`). When etcd's limit is lower, the registry learns it from the first
+    /// refusal and keeps to it. 0 is refused when the registry is built
+    /// ([`EtcdConfigError::Zero`]).
     ///
     /// ```
-    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).max_txn_ops(64);
+    /// let c = service_registry::etcd::EtcdConfig::new(["http://127.0.0.1:2379"]).max_batch_ops(64);
     /// # let _ = c;
     /// ```
-    pub fn max_txn_ops(mut self, ops: usize) -> Self {
-        self.max_txn_ops = ops.max(1);
+    pub fn max_batch_ops(mut self, ops: usize) -> Self {
+        self.max_txn_ops = ops;
         self
+    }
+
+    /// Renamed [`max_batch_ops`](Self::max_batch_ops), the name every backend uses.
+    #[deprecated(since = "0.1.0", note = "renamed `max_batch_ops`")]
+    pub fn max_txn_ops(self, ops: usize) -> Self {
+        self.max_batch_ops(ops)
     }
 
     /// How long [`close`](super::EtcdRegistry::close) may take in all (default 2 s). Whatever
@@ -322,19 +346,9 @@ impl EtcdConfig {
         self
     }
 
-    /// The TTL in whole seconds: `REGISTRY_LEASE_TTL`, else `KITEX_ETCD_REGISTRY_LEASE_TTL`, else
-    /// the builder's.
+    /// The TTL in whole seconds, as configured.
     pub(crate) fn effective_ttl(&self) -> Result<i64, EtcdConfigError> {
-        let from_env = [LEASE_TTL_ENV, KITEX_LEASE_TTL_ENV]
-            .into_iter()
-            .find_map(|variable| std::env::var(variable).ok().map(|value| (variable, value)));
-        let ttl = match from_env {
-            Some((variable, value)) => value
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| EtcdConfigError::BadTtlEnv { variable, value })?,
-            None => self.lease_ttl.as_secs() as i64,
-        };
+        let ttl = i64::try_from(self.lease_ttl.as_secs()).unwrap_or(i64::MAX);
         if ttl < 2 {
             return Err(EtcdConfigError::TtlTooShort(ttl));
         }
@@ -387,6 +401,11 @@ impl EtcdConfig {
         if self.endpoints.is_empty() {
             return Err(EtcdConfigError::NoEndpoints);
         }
+        if self.max_txn_ops == 0 {
+            return Err(EtcdConfigError::Zero {
+                setting: "max_batch_ops",
+            });
+        }
         self.effective_ttl().map(|_| ())
     }
 }
@@ -408,5 +427,50 @@ mod tests {
         assert!(!shown.contains("pa55-word"), "{shown}");
         assert!(!shown.contains("KEY-BYTES"), "{shown}");
         assert!(shown.contains(REDACTED), "{shown}");
+    }
+
+    #[test]
+    fn from_env_reads_its_variables_and_a_bad_value_names_the_variable() {
+        let vars = Vars::from_pairs(&[
+            (ETCD_ENDPOINTS_ENV, " http://a:1, ,http://b:2 "),
+            (KITEX_ETCD_LEASE_TTL_ENV, "9"),
+        ]);
+        let config = EtcdConfig::from_vars(&vars).unwrap();
+        assert_eq!(config.endpoints(), ["http://a:1", "http://b:2"]);
+        assert_eq!(config.lease_ttl, Duration::from_secs(9));
+
+        let ours_first =
+            Vars::from_pairs(&[(ETCD_LEASE_TTL_ENV, "4"), (KITEX_ETCD_LEASE_TTL_ENV, "9")]);
+        let config = EtcdConfig::from_vars(&ours_first).unwrap();
+        assert_eq!(config.lease_ttl, Duration::from_secs(4));
+
+        for (variable, value) in [
+            (ETCD_LEASE_TTL_ENV, "ten"),
+            (ETCD_LEASE_TTL_ENV, "1"),
+            (KITEX_ETCD_LEASE_TTL_ENV, "-3"),
+            (ETCD_ENDPOINTS_ENV, " , "),
+        ] {
+            let err = EtcdConfig::from_vars(&Vars::from_pairs(&[(variable, value)])).unwrap_err();
+            assert!(
+                matches!(&err, EnvError::Invalid { variable: v, .. } if *v == variable),
+                "{variable}={value}: {err}"
+            );
+            assert!(err.to_string().contains(variable), "{err}");
+        }
+        let defaults = EtcdConfig::from_vars(&Vars::from_pairs(&[])).unwrap();
+        assert_eq!(defaults.endpoints(), ["http://127.0.0.1:2379"]);
+        assert_eq!(defaults.lease_ttl, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn zero_batch_size_is_refused() {
+        let config = EtcdConfig::new(["http://127.0.0.1:2379"]).max_batch_ops(0);
+        assert!(matches!(
+            config.check(),
+            Err(EtcdConfigError::Zero {
+                setting: "max_batch_ops"
+            })
+        ));
+        assert!(config.max_batch_ops(1).check().is_ok());
     }
 }

@@ -53,7 +53,7 @@ const LIST_ATTEMPTS: u32 = 3;
 /// use service_registry::etcd::{EtcdConfig, EtcdDiscovery};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let discovery = EtcdDiscovery::new(EtcdConfig::from_env());
+/// let discovery = EtcdDiscovery::new(EtcdConfig::from_env()?);
 /// println!("{:?}", discovery.resolve("echo").await?);
 /// let mut changes = discovery.watch("echo").await?;
 /// while let Some(change) = changes.next().await {

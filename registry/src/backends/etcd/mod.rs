@@ -12,7 +12,31 @@ mod lease;
 mod registry;
 mod wire;
 
-pub use config::{EtcdConfig, EtcdConfigError, ENDPOINTS_ENV, KITEX_LEASE_TTL_ENV, LEASE_TTL_ENV};
+pub use config::{EtcdConfig, EtcdConfigError};
+
+use crate::env::{ETCD_ENDPOINTS_ENV, ETCD_LEASE_TTL_ENV, KITEX_ETCD_LEASE_TTL_ENV};
+
+/// Moved to [`env::ETCD_ENDPOINTS_ENV`](crate::env::ETCD_ENDPOINTS_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::ETCD_ENDPOINTS_ENV`"
+)]
+#[doc(hidden)]
+pub const ENDPOINTS_ENV: &str = ETCD_ENDPOINTS_ENV;
+/// Moved to [`env::ETCD_LEASE_TTL_ENV`](crate::env::ETCD_LEASE_TTL_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::ETCD_LEASE_TTL_ENV`"
+)]
+#[doc(hidden)]
+pub const LEASE_TTL_ENV: &str = ETCD_LEASE_TTL_ENV;
+/// Moved to [`env::KITEX_ETCD_LEASE_TTL_ENV`](crate::env::KITEX_ETCD_LEASE_TTL_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::KITEX_ETCD_LEASE_TTL_ENV`"
+)]
+#[doc(hidden)]
+pub const KITEX_LEASE_TTL_ENV: &str = KITEX_ETCD_LEASE_TTL_ENV;
 pub use discovery::EtcdDiscovery;
 pub use registry::EtcdRegistry;
 pub use wire::DEFAULT_PREFIX;

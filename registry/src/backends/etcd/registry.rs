@@ -47,15 +47,14 @@ struct Inner {
 /// use service_registry::Registrar;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let registry = EtcdRegistry::new(EtcdConfig::from_env())?;
+/// let registry = EtcdRegistry::new(EtcdConfig::from_env()?)?;
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
 /// Registrar::builder()
-///     .registry(registry.clone())
+///     .registry(registry)
 ///     .listen_addr(listener.local_addr()?)
 ///     .build()?
 ///     .serve(|shutdown| async move { shutdown.await; drop(listener); Ok::<_, std::io::Error>(()) })
-///     .await?;
-/// registry.close().await;
+///     .await?; // deregisters, then closes the registry
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -112,6 +111,9 @@ impl EtcdRegistry {
 
     /// Deletes every registration, revokes the lease and stops the lease task. Later calls fail.
     ///
+    /// The same as [`Registry::close`], which [`Registrar::serve`](crate::Registrar::serve)
+    /// calls at its end; call this one when the registry is used without a registrar.
+    ///
     /// See [`EtcdRegistry`] for an example.
     pub async fn close(&self) {
         self.inner.session.close().await;
@@ -141,5 +143,9 @@ impl Registry for EtcdRegistry {
 
     fn health(&self) -> Option<watch::Receiver<Health>> {
         Some(self.inner.session.health())
+    }
+
+    async fn close(&self) {
+        self.inner.session.close().await;
     }
 }

@@ -5,24 +5,10 @@ use std::time::Duration;
 
 use super::server::{grpc_port_of, NacosServer, Rotation};
 use crate::backoff::Backoff;
-
-/// Kitex's variable for the Nacos host (`kitex-contrib/registry-nacos`, `nacos/env.go`);
-/// default `127.0.0.1`. A cluster's nodes as a comma list, each `host` or `host:http_port`
-/// (`10.0.0.5,10.0.0.6:8849`), as Nacos' own `serverAddr` takes them.
-pub const SERVER_ADDR_ENV: &str = "serverAddr";
-/// Kitex's variable for the Nacos HTTP port; default `8848`. The gRPC port is this + 1000
-/// (Nacos' convention) unless [`GRPC_PORT_ENV`] says otherwise.
-pub const SERVER_PORT_ENV: &str = "serverPort";
-/// Kitex's variable for the namespace id; default empty (Nacos' `public`).
-pub const NAMESPACE_ENV: &str = "namespace";
-/// Kitex's variable for extra metadata on every instance: `k1=v1,k2=v2`.
-pub const KITEX_TAGS_ENV: &str = "KITEX_NACOS_ENV_TAGS";
-/// The gRPC port when it is not the HTTP port + 1000 (not a Kitex variable).
-pub const GRPC_PORT_ENV: &str = "NACOS_GRPC_PORT";
-/// The user name to log in with (not a Kitex variable: Kitex passes credentials in code).
-pub const USERNAME_ENV: &str = "NACOS_USERNAME";
-/// The password for [`USERNAME_ENV`].
-pub const PASSWORD_ENV: &str = "NACOS_PASSWORD";
+use crate::env::{
+    EnvError, Vars, KITEX_NACOS_TAGS_ENV, NACOS_GRPC_PORT_ENV, NACOS_NAMESPACE_ENV,
+    NACOS_PASSWORD_ENV, NACOS_SERVER_ADDR_ENV, NACOS_SERVER_PORT_ENV, NACOS_USERNAME_ENV,
+};
 
 /// Kitex's default group.
 pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
@@ -36,13 +22,11 @@ pub enum NacosConfigError {
     /// The host is empty.
     #[error("no Nacos server address: set one, e.g. `127.0.0.1` (or `serverAddr`)")]
     NoServer,
-    /// `serverPort` (or `NACOS_GRPC_PORT`) is not a port number.
-    #[error("{variable} = `{value}` is not a port number (1-65535)")]
-    BadPort {
-        /// The variable.
-        variable: &'static str,
-        /// Its value.
-        value: String,
+    /// The HTTP port leaves no room for the gRPC port at + 1000, and no gRPC port was given.
+    #[error("HTTP port {http_port} + 1000 is over 65535: give the gRPC port with `NacosConfig::grpc_port` (or NACOS_GRPC_PORT for `from_env`)")]
+    NoGrpcPort {
+        /// The HTTP port.
+        http_port: u16,
     },
     /// The registry's background task needs a Tokio runtime.
     #[error(
@@ -226,49 +210,69 @@ impl NacosConfig {
         self
     }
 
-    /// Settings from Kitex's variables: `serverAddr` (default `127.0.0.1`; a comma list names a
-    /// cluster's nodes, each `host` or `host:http_port`, see [`add_server`](Self::add_server)),
-    /// `serverPort`
-    /// (default 8848; unlike Kitex, which falls back to 8848, a `serverPort` that is not a port,
-    /// or whose gRPC port would be over 65535 without `NACOS_GRPC_PORT`, is an error), `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS`
-    /// (`k=v,k=v`, added to every instance's metadata); plus `NACOS_GRPC_PORT` (default
-    /// `serverPort + 1000`) and `NACOS_USERNAME` / `NACOS_PASSWORD`.
+    /// Settings from the environment (see [`env`](crate::env) for the rule), Kitex's
+    /// variables first: `serverAddr` (default `127.0.0.1`; a comma list names a cluster's
+    /// nodes, each `host` or `host:http_port`, see [`add_server`](Self::add_server)),
+    /// `serverPort` (default 8848),
+    /// `namespace` (default empty: `public`) and `KITEX_NACOS_ENV_TAGS` (`k=v,k=v`, added to
+    /// every instance's metadata); plus `NACOS_GRPC_PORT` (default `serverPort + 1000`) and
+    /// `NACOS_USERNAME` with `NACOS_PASSWORD`. A variable set to a bad value is an
+    /// [`EnvError`] naming it: a port that is not one, a `serverPort` whose gRPC port would be
+    /// over 65535 without `NACOS_GRPC_PORT`, a tag without `=`, a user without a password (or
+    /// the reverse). Kitex skips bad tags and falls back to 8848 instead. Setters called on
+    /// the result win over the variables.
     ///
     /// ```
     /// let config = service_registry::nacos::NacosConfig::from_env().unwrap();
     /// assert!(!config.http_addr().is_empty());
     /// ```
-    pub fn from_env() -> Result<Self, NacosConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let port = |variable: &'static str, value: String| {
-            value
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or(NacosConfigError::BadPort { variable, value })
-        };
-        let hosts = var(SERVER_ADDR_ENV).unwrap_or_else(|| "127.0.0.1".to_string());
-        let default_port = match var(SERVER_PORT_ENV) {
-            Some(value) => port(SERVER_PORT_ENV, value)?,
-            None => 8848,
-        };
-        let grpc = var(GRPC_PORT_ENV)
-            .map(|value| port(GRPC_PORT_ENV, value))
-            .transpose()?;
-        let nodes = parse_server_list(&hosts, default_port, grpc)?;
-        let mut nodes = nodes.into_iter();
-        let first = nodes.next().ok_or(NacosConfigError::NoServer)?;
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_vars(&Vars::process())
+    }
+
+    pub(crate) fn from_vars(vars: &Vars) -> Result<Self, EnvError> {
+        const PORT: &str = "a port number (1-65535)";
+        let port = |value: &str| value.parse::<u16>().ok().filter(|p| *p > 0);
+        let hosts = vars
+            .get(NACOS_SERVER_ADDR_ENV)?
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        let http_port = vars
+            .parse(NACOS_SERVER_PORT_ENV, PORT, port)?
+            .unwrap_or(8848);
+        let grpc = vars.parse(NACOS_GRPC_PORT_ENV, PORT, port)?;
+        let mut nodes = parse_server_list(&hosts, http_port, grpc)?.into_iter();
+        let first = nodes.next().ok_or_else(|| EnvError::Invalid {
+            variable: NACOS_SERVER_ADDR_ENV,
+            value: hosts.clone(),
+            expected: SERVER_LIST,
+        })?;
         let mut config = Self::new(first.host, first.http_port).grpc_port(first.grpc_port);
         config.more = nodes.collect();
-        if let Some(namespace) = var(NAMESPACE_ENV) {
+        if let Some(namespace) = vars.get(NACOS_NAMESPACE_ENV)? {
             config.namespace = namespace;
         }
-        if let (Some(user), Some(password)) = (var(USERNAME_ENV), var(PASSWORD_ENV)) {
-            config.user = Some((user, password));
+        match (vars.get(NACOS_USERNAME_ENV)?, vars.get(NACOS_PASSWORD_ENV)?) {
+            (Some(user), Some(password)) => config.user = Some((user, password)),
+            (Some(_), None) => {
+                return Err(EnvError::Missing {
+                    variable: NACOS_PASSWORD_ENV,
+                    required_by: NACOS_USERNAME_ENV,
+                })
+            }
+            (None, Some(_)) => {
+                return Err(EnvError::Missing {
+                    variable: NACOS_USERNAME_ENV,
+                    required_by: NACOS_PASSWORD_ENV,
+                })
+            }
+            (None, None) => {}
         }
-        if let Some(tags) = var(KITEX_TAGS_ENV) {
-            config.extra_metadata = parse_tags(&tags);
+        if let Some(tags) = vars.parse(
+            KITEX_NACOS_TAGS_ENV,
+            "`key=value` pairs separated by commas",
+            parse_tags,
+        )? {
+            config.extra_metadata = tags;
         }
         Ok(config)
     }
@@ -278,6 +282,24 @@ impl NacosConfig {
     /// See [`NacosConfig::new`] for an example.
     pub fn http_addr(&self) -> String {
         format!("{}:{}", self.host, self.http_port)
+    }
+
+    /// The servers' endpoints, as `EtcdConfig::endpoints` and `ZookeeperConfig::endpoints`
+    /// list theirs: for each node ([`servers`](Self::servers)), the HTTP address (login, open
+    /// API), then the gRPC address.
+    ///
+    /// ```
+    /// use service_registry::nacos::{NacosConfig, NacosServer};
+    /// let c = NacosConfig::new("10.0.0.5", 8848);
+    /// assert_eq!(c.endpoints(), ["10.0.0.5:8848", "10.0.0.5:9848"]);
+    /// let c = c.add_server(NacosServer::new("10.0.0.6", 8848));
+    /// assert_eq!(c.endpoints().len(), 4);
+    /// ```
+    pub fn endpoints(&self) -> Vec<String> {
+        self.servers()
+            .iter()
+            .flat_map(|node| [node.http_addr(), node.grpc_addr()])
+            .collect()
     }
 
     /// `host:grpc_port`, where the 2.x gRPC API answers.
@@ -460,12 +482,8 @@ impl NacosConfig {
                 return Err(NacosConfigError::NoServer);
             }
             if node.grpc_port == 0 {
-                return Err(NacosConfigError::BadPort {
-                    variable: GRPC_PORT_ENV,
-                    value: format!(
-                        "{} + 1000 for {} (over 65535: set the gRPC port)",
-                        node.http_port, node.host
-                    ),
+                return Err(NacosConfigError::NoGrpcPort {
+                    http_port: node.http_port,
                 });
             }
         }
@@ -474,6 +492,9 @@ impl NacosConfig {
     }
 }
 
+/// What `serverAddr` holds.
+const SERVER_LIST: &str = "hosts separated by commas, each `host`, `host:port` or `[v6]:port`";
+
 /// `serverAddr`'s comma list: `host`, `host:port` or `[v6]:port` each (a bare IPv6 address
 /// needs its brackets); `port` is the HTTP port, `default_port` where none is given; the gRPC
 /// port is `grpc`, else the HTTP port + 1000.
@@ -481,19 +502,20 @@ fn parse_server_list(
     text: &str,
     default_port: u16,
     grpc: Option<u16>,
-) -> Result<Vec<NacosServer>, NacosConfigError> {
-    let bad = |variable: &'static str, value: String| NacosConfigError::BadPort { variable, value };
+) -> Result<Vec<NacosServer>, EnvError> {
     let mut nodes = Vec::new();
     for item in text.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let invalid = |expected| EnvError::Invalid {
+            variable: NACOS_SERVER_ADDR_ENV,
+            value: item.to_string(),
+            expected,
+        };
         let (host, http_port) = match item.rsplit_once(':') {
             Some((host, port))
                 if (!host.is_empty() && !host.contains(':')) || host.ends_with(']') =>
             {
                 let port = port.parse::<u16>().ok().filter(|p| *p > 0);
-                (
-                    host,
-                    port.ok_or_else(|| bad(SERVER_ADDR_ENV, item.to_string()))?,
-                )
+                (host, port.ok_or_else(|| invalid(SERVER_LIST))?)
             }
             _ => (item, default_port),
         };
@@ -501,11 +523,8 @@ fn parse_server_list(
         let node = match grpc {
             Some(grpc) => node.grpc_port(grpc),
             None if node.grpc_port == 0 => {
-                return Err(bad(
-                    SERVER_PORT_ENV,
-                    format!(
-                        "{http_port} (its gRPC port, + 1000, is over 65535: set {GRPC_PORT_ENV})"
-                    ),
+                return Err(invalid(
+                    "ports with room for the gRPC port at + 1000 (or set NACOS_GRPC_PORT)",
                 ))
             }
             None => node,
@@ -515,13 +534,16 @@ fn parse_server_list(
     Ok(nodes)
 }
 
-/// Kitex's `parseTags`: `k1=v1,k2=v2`; parts without exactly one `=` are skipped.
-fn parse_tags(text: &str) -> BTreeMap<String, String> {
+/// Kitex's `parseTags` format, `k1=v1,k2=v2`; `None` when a part does not have exactly one
+/// `=` (Kitex skips such parts), or its key is empty.
+fn parse_tags(text: &str) -> Option<BTreeMap<String, String>> {
     text.split(',')
-        .filter_map(|part| {
+        .map(|part| {
             let mut pieces = part.split('=');
             match (pieces.next(), pieces.next(), pieces.next()) {
-                (Some(k), Some(v), None) => Some((k.to_string(), v.to_string())),
+                (Some(k), Some(v), None) if !k.trim().is_empty() => {
+                    Some((k.to_string(), v.to_string()))
+                }
                 _ => None,
             }
         })
@@ -552,15 +574,15 @@ mod tests {
         assert!(nodes.iter().all(|n| n.grpc_port == 9000));
         assert!(matches!(
             parse_server_list("a:http", 8848, None),
-            Err(NacosConfigError::BadPort {
-                variable: SERVER_ADDR_ENV,
+            Err(EnvError::Invalid {
+                variable: NACOS_SERVER_ADDR_ENV,
                 ..
             })
         ));
         assert!(matches!(
             parse_server_list("a:65000", 8848, None),
-            Err(NacosConfigError::BadPort {
-                variable: SERVER_PORT_ENV,
+            Err(EnvError::Invalid {
+                variable: NACOS_SERVER_ADDR_ENV,
                 ..
             })
         ));
@@ -587,17 +609,81 @@ mod tests {
     }
 
     #[test]
-    fn tags_parse_as_kitex_does() {
-        let tags = parse_tags("env=prod,bad,a=b=c,idc=hz");
+    fn from_env_takes_a_cluster_as_a_comma_list() {
+        let vars = Vars::from_pairs(&[
+            (NACOS_SERVER_ADDR_ENV, "10.0.0.5, 10.0.0.6:18848"),
+            (NACOS_SERVER_PORT_ENV, "8849"),
+        ]);
+        let config = NacosConfig::from_vars(&vars).unwrap();
+        let nodes: Vec<_> = config.servers().iter().map(|n| n.http_addr()).collect();
+        assert_eq!(nodes, ["10.0.0.5:8849", "10.0.0.6:18848"]);
+        let err = NacosConfig::from_vars(&Vars::from_pairs(&[(NACOS_SERVER_ADDR_ENV, ",")]));
+        assert!(err.unwrap_err().to_string().contains(NACOS_SERVER_ADDR_ENV));
+    }
+
+    #[test]
+    fn tags_parse_as_kitex_writes_them_and_a_bad_part_is_refused() {
+        let tags = parse_tags("env=prod,idc=hz").unwrap();
         assert_eq!(tags.len(), 2);
         assert_eq!(tags["env"], "prod");
         assert_eq!(tags["idc"], "hz");
+        assert_eq!(parse_tags("env=prod,bad"), None);
+        assert_eq!(parse_tags("a=b=c"), None);
+        assert_eq!(parse_tags("=v"), None);
+    }
+
+    #[test]
+    fn from_env_reads_its_variables_and_a_bad_value_names_the_variable() {
+        let vars = Vars::from_pairs(&[
+            (NACOS_SERVER_ADDR_ENV, " 10.0.0.5 "),
+            (NACOS_SERVER_PORT_ENV, "18848"),
+            (NACOS_NAMESPACE_ENV, "dev"),
+            (NACOS_USERNAME_ENV, "nacos"),
+            (NACOS_PASSWORD_ENV, "pw-9f1"),
+            (KITEX_NACOS_TAGS_ENV, "env=prod"),
+        ]);
+        let config = NacosConfig::from_vars(&vars).unwrap();
+        assert_eq!(config.endpoints(), ["10.0.0.5:18848", "10.0.0.5:19848"]);
+        assert_eq!(config.namespace, "dev");
+        assert_eq!(config.user_name(), "nacos");
+        assert_eq!(config.extra_metadata["env"], "prod");
+
+        for (pairs, named) in [
+            (
+                &[(NACOS_SERVER_PORT_ENV, "http")][..],
+                NACOS_SERVER_PORT_ENV,
+            ),
+            (
+                &[(NACOS_SERVER_PORT_ENV, "65000")][..],
+                NACOS_SERVER_PORT_ENV,
+            ),
+            (&[(NACOS_GRPC_PORT_ENV, "0")][..], NACOS_GRPC_PORT_ENV),
+            (&[(KITEX_NACOS_TAGS_ENV, "env")][..], KITEX_NACOS_TAGS_ENV),
+            (&[(NACOS_USERNAME_ENV, "nacos")][..], NACOS_PASSWORD_ENV),
+            (&[(NACOS_PASSWORD_ENV, "pw-9f1")][..], NACOS_USERNAME_ENV),
+        ] {
+            let err = NacosConfig::from_vars(&Vars::from_pairs(pairs)).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(named), "{pairs:?}: {text}");
+            assert!(!text.contains("pw-9f1"), "{text}");
+        }
+        let room = Vars::from_pairs(&[
+            (NACOS_SERVER_PORT_ENV, "65000"),
+            (NACOS_GRPC_PORT_ENV, "9848"),
+        ]);
+        assert_eq!(
+            NacosConfig::from_vars(&room).unwrap().grpc_addr(),
+            "127.0.0.1:9848"
+        );
     }
 
     #[test]
     fn an_http_port_without_room_for_the_grpc_port_is_an_error() {
         let c = NacosConfig::new("h", 65000);
-        assert!(matches!(c.check(), Err(NacosConfigError::BadPort { .. })));
+        assert!(matches!(
+            c.check(),
+            Err(NacosConfigError::NoGrpcPort { http_port: 65000 })
+        ));
         assert!(c.clone().grpc_port(9848).check().is_ok());
         assert!(NacosConfig::new("h", 64535).check().is_ok());
     }

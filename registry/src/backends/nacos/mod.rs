@@ -18,10 +18,58 @@ mod session;
 mod stream;
 mod wire;
 
-pub use config::{
-    NacosConfig, NacosConfigError, DEFAULT_CLUSTER, DEFAULT_GROUP, GRPC_PORT_ENV, KITEX_TAGS_ENV,
-    NAMESPACE_ENV, PASSWORD_ENV, SERVER_ADDR_ENV, SERVER_PORT_ENV, USERNAME_ENV,
-};
+pub use config::{NacosConfig, NacosConfigError, DEFAULT_CLUSTER, DEFAULT_GROUP};
+
+/// Moved to [`env::NACOS_SERVER_ADDR_ENV`](crate::env::NACOS_SERVER_ADDR_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::NACOS_SERVER_ADDR_ENV`"
+)]
+#[doc(hidden)]
+pub const SERVER_ADDR_ENV: &str = crate::env::NACOS_SERVER_ADDR_ENV;
+/// Moved to [`env::NACOS_SERVER_PORT_ENV`](crate::env::NACOS_SERVER_PORT_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::NACOS_SERVER_PORT_ENV`"
+)]
+#[doc(hidden)]
+pub const SERVER_PORT_ENV: &str = crate::env::NACOS_SERVER_PORT_ENV;
+/// Moved to [`env::NACOS_NAMESPACE_ENV`](crate::env::NACOS_NAMESPACE_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::NACOS_NAMESPACE_ENV`"
+)]
+#[doc(hidden)]
+pub const NAMESPACE_ENV: &str = crate::env::NACOS_NAMESPACE_ENV;
+/// Moved to [`env::KITEX_NACOS_TAGS_ENV`](crate::env::KITEX_NACOS_TAGS_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::KITEX_NACOS_TAGS_ENV`"
+)]
+#[doc(hidden)]
+pub const KITEX_TAGS_ENV: &str = crate::env::KITEX_NACOS_TAGS_ENV;
+/// Moved to [`env::NACOS_GRPC_PORT_ENV`](crate::env::NACOS_GRPC_PORT_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::NACOS_GRPC_PORT_ENV`"
+)]
+#[doc(hidden)]
+pub const GRPC_PORT_ENV: &str = crate::env::NACOS_GRPC_PORT_ENV;
+/// Moved to [`env::NACOS_USERNAME_ENV`](crate::env::NACOS_USERNAME_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::NACOS_USERNAME_ENV`"
+)]
+#[doc(hidden)]
+pub const USERNAME_ENV: &str = crate::env::NACOS_USERNAME_ENV;
+/// Moved to [`env::NACOS_PASSWORD_ENV`](crate::env::NACOS_PASSWORD_ENV).
+#[deprecated(
+    since = "0.1.0",
+    note = "use `service_registry::env::NACOS_PASSWORD_ENV`"
+)]
+#[doc(hidden)]
+pub const PASSWORD_ENV: &str = crate::env::NACOS_PASSWORD_ENV;
+
 pub use discovery::NacosDiscovery;
 pub use error::NacosError;
 pub use registry::NacosRegistry;

@@ -39,12 +39,11 @@ struct Inner {
 /// let registry = NacosRegistry::new(NacosConfig::from_env()?)?;
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
 /// Registrar::builder()
-///     .registry(registry.clone())
+///     .registry(registry)
 ///     .listen_addr(listener.local_addr()?)
 ///     .build()?
 ///     .serve(|shutdown| async move { shutdown.await; drop(listener); Ok::<_, std::io::Error>(()) })
-///     .await?;
-/// registry.close().await;
+///     .await?; // deregisters, then closes the registry
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -119,6 +118,9 @@ impl NacosRegistry {
 
     /// Deregisters every instance, closes the connection and stops the task. Later calls fail.
     ///
+    /// The same as [`Registry::close`], which [`Registrar::serve`](crate::Registrar::serve)
+    /// calls at its end; call this one when the registry is used without a registrar.
+    ///
     /// See [`NacosRegistry`] for an example.
     pub async fn close(&self) {
         self.inner.session.close().await;
@@ -157,5 +159,9 @@ impl Registry for NacosRegistry {
 
     fn health(&self) -> Option<watch::Receiver<Health>> {
         Some(self.inner.session.health())
+    }
+
+    async fn close(&self) {
+        self.inner.session.close().await;
     }
 }

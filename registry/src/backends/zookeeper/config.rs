@@ -3,14 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-
-/// The environment variable [`ZookeeperConfig::from_env`] reads the connect string from
-/// (`host:port[,host:port...][/chroot]`; default `127.0.0.1:2181`).
-pub const ENDPOINTS_ENV: &str = "ZOOKEEPER_ENDPOINTS";
-
-/// The environment variable [`ZookeeperConfig::from_env`] reads the session timeout from, in
-/// whole seconds.
-pub const SESSION_TIMEOUT_ENV: &str = "ZOOKEEPER_SESSION_TIMEOUT";
+use crate::env::{EnvError, Vars, ZOOKEEPER_ENDPOINTS_ENV, ZOOKEEPER_SESSION_TIMEOUT_ENV};
 
 /// Why a [`ZookeeperRegistry`](super::ZookeeperRegistry) could not be created.
 ///
@@ -28,6 +21,12 @@ pub enum ZookeeperConfigError {
     /// The connect string is empty.
     #[error("the ZooKeeper connect string is empty; give `host:port[,host:port][/chroot]`")]
     NoServers,
+    /// A setting that must be at least 1 was given 0.
+    #[error("`ZookeeperConfig::{setting}` is 0; give at least 1")]
+    Zero {
+        /// The setter (`max_batch_ops`).
+        setting: &'static str,
+    },
 }
 
 /// Connection settings shared by [`ZookeeperRegistry`](super::ZookeeperRegistry) and
@@ -39,8 +38,9 @@ pub enum ZookeeperConfigError {
 ///
 /// let config = ZookeeperConfig::new("127.0.0.1:2181,127.0.0.1:2182/chroot")
 ///     .session_timeout(Duration::from_secs(6))
-///     .digest_auth("svc", "secret");
+///     .user("svc", "secret");
 /// assert_eq!(config.connect_string(), "127.0.0.1:2181,127.0.0.1:2182/chroot");
+/// assert_eq!(config.endpoints(), ["127.0.0.1:2181", "127.0.0.1:2182"]);
 /// // `Debug` names the user, never the password.
 /// let shown = format!("{config:?}");
 /// assert!(shown.contains("svc") && !shown.contains("secret"));
@@ -86,10 +86,7 @@ impl std::fmt::Debug for ZookeeperConfig {
             .field("session_timeout", session_timeout)
             .field("connect_timeout", connect_timeout)
             .field("request_timeout", request_timeout)
-            .field(
-                "digest_auth",
-                &auth.as_ref().map(|(user, _)| Redacted(user)),
-            )
+            .field("user", &auth.as_ref().map(|(user, _)| Redacted(user)))
             .field("backoff", backoff)
             .field("max_multi_ops", max_multi_ops)
             .field("close_timeout", close_timeout)
@@ -143,30 +140,56 @@ impl ZookeeperConfig {
         self
     }
 
-    /// Settings from `ZOOKEEPER_ENDPOINTS` (default `127.0.0.1:2181`) and, when set,
-    /// `ZOOKEEPER_SESSION_TIMEOUT` (whole seconds).
+    /// Settings from the environment (see [`env`](crate::env) for the rule): the connect
+    /// string from `ZOOKEEPER_ENDPOINTS` (default `127.0.0.1:2181`) and the session timeout
+    /// from `ZOOKEEPER_SESSION_TIMEOUT` (whole seconds above 0; default 10). A variable set to
+    /// a bad value is an [`EnvError`] naming it. Setters called on the result win over the
+    /// variables.
     ///
     /// ```
-    /// let config = service_registry::zookeeper::ZookeeperConfig::from_env();
+    /// # fn main() -> Result<(), service_registry::env::EnvError> {
+    /// let config = service_registry::zookeeper::ZookeeperConfig::from_env()?;
     /// assert!(!config.connect_string().is_empty());
+    /// # Ok(()) }
     /// ```
-    pub fn from_env() -> Self {
-        let config =
-            Self::new(std::env::var(ENDPOINTS_ENV).unwrap_or_else(|_| "127.0.0.1:2181".into()));
-        match std::env::var(SESSION_TIMEOUT_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            Some(seconds) => config.session_timeout(Duration::from_secs(seconds)),
-            None => config,
-        }
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_vars(&Vars::process())
     }
 
-    /// The connect string.
+    pub(crate) fn from_vars(vars: &Vars) -> Result<Self, EnvError> {
+        let connect = vars
+            .get(ZOOKEEPER_ENDPOINTS_ENV)?
+            .map_or_else(|| "127.0.0.1:2181".to_string(), |v| v.trim().to_string());
+        let mut config = Self::new(connect);
+        let timeout = vars.parse(
+            ZOOKEEPER_SESSION_TIMEOUT_ENV,
+            "a whole number of seconds above 0",
+            |value| value.parse::<u64>().ok().filter(|s| *s > 0),
+        )?;
+        if let Some(seconds) = timeout {
+            config.session_timeout = Duration::from_secs(seconds);
+        }
+        Ok(config)
+    }
+
+    /// The connect string, chroot included.
     ///
     /// See [`ZookeeperConfig`] for an example.
     pub fn connect_string(&self) -> &str {
         &self.connect
+    }
+
+    /// The servers of the connect string (`host:port`, without the chroot), as
+    /// `EtcdConfig::endpoints` and `NacosConfig::endpoints` list theirs.
+    ///
+    /// See [`ZookeeperConfig`] for an example.
+    pub fn endpoints(&self) -> Vec<&str> {
+        let servers = self.connect.split('/').next().unwrap_or_default();
+        servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
     /// A root prefix for every path (default none, as Kitex).
@@ -215,13 +238,21 @@ impl ZookeeperConfig {
     /// this identity every permission and everyone else read access, so others cannot delete or
     /// overwrite them while Kitex clients without credentials can still resolve them.
     ///
+    /// Named `user` as on `EtcdConfig` and `NacosConfig`.
+    ///
     /// ```
-    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181").digest_auth("svc", "pw");
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181").user("svc", "pw");
     /// # let _ = c;
     /// ```
-    pub fn digest_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.auth = Some((user.into(), password.into()));
         self
+    }
+
+    /// Renamed [`user`](Self::user), the name every backend uses.
+    #[deprecated(since = "0.1.0", note = "renamed `user`")]
+    pub fn digest_auth(self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user(user, password)
     }
 
     /// The retry schedule for lost sessions (default 100 ms doubling to 2 s).
@@ -249,15 +280,22 @@ impl ZookeeperConfig {
         self
     }
 
-    /// The most creates one multi-op may carry (default 1000).
+    /// The most operations one request (a multi-op) may carry (default 1000). 0 is refused when
+    /// the registry is built ([`ZookeeperConfigError::Zero`]).
     ///
     /// ```
-    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181").max_multi_ops(200);
+    /// let c = service_registry::zookeeper::ZookeeperConfig::new("127.0.0.1:2181").max_batch_ops(200);
     /// # let _ = c;
     /// ```
-    pub fn max_multi_ops(mut self, ops: usize) -> Self {
-        self.max_multi_ops = ops.max(1);
+    pub fn max_batch_ops(mut self, ops: usize) -> Self {
+        self.max_multi_ops = ops;
         self
+    }
+
+    /// Renamed [`max_batch_ops`](Self::max_batch_ops), the name every backend uses.
+    #[deprecated(since = "0.1.0", note = "renamed `max_batch_ops`")]
+    pub fn max_multi_ops(self, ops: usize) -> Self {
+        self.max_batch_ops(ops)
     }
 
     /// How long [`close`](super::ZookeeperRegistry::close) may take in all (default 2 s).
@@ -295,7 +333,20 @@ impl ZookeeperConfig {
         self.jute_max_buffer.saturating_sub(1024)
     }
 
-    pub(crate) fn user(&self) -> Option<&str> {
+    /// Refuses settings a registry cannot work with.
+    pub(crate) fn check(&self) -> Result<(), ZookeeperConfigError> {
+        if self.connect.trim().is_empty() {
+            return Err(ZookeeperConfigError::NoServers);
+        }
+        if self.max_multi_ops == 0 {
+            return Err(ZookeeperConfigError::Zero {
+                setting: "max_batch_ops",
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn user_name(&self) -> Option<&str> {
         self.auth.as_ref().map(|(user, _)| user.as_str())
     }
 }
@@ -306,14 +357,48 @@ mod tests {
 
     #[test]
     fn debug_names_the_user_but_never_the_password() {
-        let config =
-            ZookeeperConfig::new("127.0.0.1:2181").digest_auth("team-a", "pw-5up3r-s3cret");
+        let config = ZookeeperConfig::new("127.0.0.1:2181").user("team-a", "pw-5up3r-s3cret");
         let shown = format!("{config:?}");
         assert!(!shown.contains("pw-5up3r-s3cret"), "{shown}");
         assert!(shown.contains("team-a:<redacted>"), "{shown}");
         let pretty = format!("{config:#?}");
         assert!(!pretty.contains("pw-5up3r-s3cret"), "{pretty}");
         let plain = format!("{:?}", ZookeeperConfig::new("127.0.0.1:2181"));
-        assert!(plain.contains("digest_auth: None"), "{plain}");
+        assert!(plain.contains("user: None"), "{plain}");
+    }
+
+    #[test]
+    fn from_env_reads_its_variables_and_a_bad_value_names_the_variable() {
+        let vars = Vars::from_pairs(&[
+            (ZOOKEEPER_ENDPOINTS_ENV, " h1:1,h2:2/root "),
+            (ZOOKEEPER_SESSION_TIMEOUT_ENV, "4"),
+        ]);
+        let config = ZookeeperConfig::from_vars(&vars).unwrap();
+        assert_eq!(config.connect_string(), "h1:1,h2:2/root");
+        assert_eq!(config.endpoints(), ["h1:1", "h2:2"]);
+        assert_eq!(config.session_timeout, Duration::from_secs(4));
+        for value in ["4s", "0", "-1"] {
+            let vars = Vars::from_pairs(&[(ZOOKEEPER_SESSION_TIMEOUT_ENV, value)]);
+            let err = ZookeeperConfig::from_vars(&vars).unwrap_err();
+            assert!(
+                err.to_string().contains("ZOOKEEPER_SESSION_TIMEOUT"),
+                "{value}: {err}"
+            );
+        }
+        let defaults = ZookeeperConfig::from_vars(&Vars::from_pairs(&[])).unwrap();
+        assert_eq!(defaults.connect_string(), "127.0.0.1:2181");
+        assert_eq!(defaults.session_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn zero_batch_size_is_refused() {
+        let config = ZookeeperConfig::new("127.0.0.1:2181").max_batch_ops(0);
+        assert!(matches!(
+            config.check(),
+            Err(ZookeeperConfigError::Zero {
+                setting: "max_batch_ops"
+            })
+        ));
+        assert!(config.max_batch_ops(1).check().is_ok());
     }
 }

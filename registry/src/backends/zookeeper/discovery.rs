@@ -43,7 +43,7 @@ const BACKEND: &str = "zookeeper";
 /// use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let discovery = ZookeeperDiscovery::new(ZookeeperConfig::from_env());
+/// let discovery = ZookeeperDiscovery::new(ZookeeperConfig::from_env()?);
 /// let mut changes = discovery.watch("echo").await?;
 /// while let Some(change) = changes.next().await {
 ///     println!("{} instances", change.all.len());
@@ -172,7 +172,7 @@ impl ZookeeperDiscovery {
             Read::Denied => {
                 tracing::warn!(
                     path,
-                    user = self.config.user().unwrap_or("(none)"),
+                    user = self.config.user_name().unwrap_or("(none)"),
                     "ignoring a registry node whose ACL does not let this client read it"
                 );
                 Ok(None)

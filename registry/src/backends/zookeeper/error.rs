@@ -20,7 +20,7 @@ pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> Registry
             backend: BACKEND,
             endpoint,
             user: config
-                .user()
+                .user_name()
                 .unwrap_or("(none: no digest auth configured)")
                 .to_string(),
             source: shared(format!("{err}: ZooKeeper refused the digest credentials")),
@@ -31,7 +31,9 @@ pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> Registry
             backend: BACKEND,
             source: shared(format!(
                 "{err}: the node's ACL does not admit user `{}` (another identity created it)",
-                config.user().unwrap_or("(none: no digest auth configured)")
+                config
+                    .user_name()
+                    .unwrap_or("(none: no digest auth configured)")
             )),
         },
         // `Custom` carries I/O failures of the connection (reset, broken pipe) and

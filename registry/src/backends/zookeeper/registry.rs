@@ -34,7 +34,7 @@ struct Inner {
 /// A node that another live session holds at the same path (another process advertising the
 /// same address, under an identity that may remove it) is left alone and the registration
 /// counts as done: the address stays registered as long as either process lives, and this
-/// registry's own node takes its place when the other goes. Logged once. With [`digest_auth`](ZookeeperConfig::digest_auth) nodes are protected by an
+/// registry's own node takes its place when the other goes. Logged once. With [`user`](ZookeeperConfig::user) nodes are protected by an
 /// ACL: this identity may do anything, everyone else may only read.
 ///
 /// Cheap to clone. [`close`](Self::close) deletes every node and closes the session; dropping the
@@ -45,15 +45,14 @@ struct Inner {
 /// use service_registry::Registrar;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env())?;
+/// let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env()?)?;
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
 /// Registrar::builder()
-///     .registry(registry.clone())
+///     .registry(registry)
 ///     .listen_addr(listener.local_addr()?)
 ///     .build()?
 ///     .serve(|shutdown| async move { shutdown.await; drop(listener); Ok::<_, std::io::Error>(()) })
-///     .await?;
-/// registry.close().await;
+///     .await?; // deregisters, then closes the registry
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -76,9 +75,7 @@ impl ZookeeperRegistry {
     ///
     /// See [`ZookeeperConfigError`] for an example.
     pub fn new(config: ZookeeperConfig) -> Result<Self, ZookeeperConfigError> {
-        if config.connect.trim().is_empty() {
-            return Err(ZookeeperConfigError::NoServers);
-        }
+        config.check()?;
         let current = Arc::new(Mutex::new(None));
         let (task_config, task_current) = (config.clone(), current.clone());
         let session = SessionHandle::spawn(
@@ -96,13 +93,26 @@ impl ZookeeperRegistry {
         })
     }
 
+    /// The configuration in use (its `Debug` shows the user, never the password).
+    ///
+    /// ```no_run
+    /// # use service_registry::zookeeper::{ZookeeperConfig, ZookeeperRegistry};
+    /// # #[tokio::main] async fn main() {
+    /// let registry = ZookeeperRegistry::new(ZookeeperConfig::new("127.0.0.1:2181")).unwrap();
+    /// assert_eq!(registry.config().endpoints(), ["127.0.0.1:2181"]);
+    /// # }
+    /// ```
+    pub fn config(&self) -> &ZookeeperConfig {
+        &self.inner.config
+    }
+
     /// The current session's id and password (`None` while there is none), for handing over to
     /// another client or for tests that force the session to expire.
     ///
     /// ```no_run
     /// # use service_registry::zookeeper::{ZookeeperConfig, ZookeeperRegistry};
     /// # #[tokio::main] async fn main() {
-    /// let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env()).unwrap();
+    /// let registry = ZookeeperRegistry::new(ZookeeperConfig::from_env().unwrap()).unwrap();
     /// if let Some(session) = registry.session() { println!("session {}", session.id()); }
     /// # }
     /// ```
@@ -115,6 +125,9 @@ impl ZookeeperRegistry {
     }
 
     /// Deletes every node, closes the session and stops the session task. Later calls fail.
+    ///
+    /// The same as [`Registry::close`], which [`Registrar::serve`](crate::Registrar::serve)
+    /// calls at its end; call this one when the registry is used without a registrar.
     ///
     /// See [`ZookeeperRegistry`] for an example.
     pub async fn close(&self) {
@@ -142,5 +155,9 @@ impl Registry for ZookeeperRegistry {
 
     fn health(&self) -> Option<watch::Receiver<Health>> {
         Some(self.inner.session.health())
+    }
+
+    async fn close(&self) {
+        self.inner.session.close().await;
     }
 }
