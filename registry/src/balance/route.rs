@@ -205,13 +205,16 @@ impl Route {
         let pickable = if whole {
             None
         } else {
-            let mut union: Vec<u32> = groups
+            // Marked, then read in order: O(n), no sort.
+            let mut marked = vec![false; all];
+            for &i in groups
                 .iter()
-                .flat_map(|g| g.members.iter().flatten().copied())
-                .chain(reserve.iter().copied())
-                .collect();
-            union.sort_unstable();
-            union.dedup();
+                .flat_map(|g| g.members.iter().flatten())
+                .chain(reserve)
+            {
+                marked[i as usize] = true;
+            }
+            let union: Vec<u32> = (0..all as u32).filter(|i| marked[*i as usize]).collect();
             (union.len() < all).then_some(union)
         };
         let count = pickable.as_ref().map_or(usize::MAX, Vec::len);
