@@ -15,7 +15,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use service_registry::balance::{Balancer, Outcome, OutlierDetection, Strategy};
+use service_registry::balance::{
+    Balancer, Lanes, Locality, Outcome, OutlierDetection, Strategy, Subset,
+};
 use service_registry::{Info, Instance};
 use tower::Service;
 
@@ -309,5 +311,133 @@ fn contended_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick_latency, report, rebuild, contended_throughput);
+/// `instances(n)` with priorities (`idc = hz` half at 0, the rest of each zone at 1 for every
+/// fourth) and lanes (every tenth instance in lane `canary`).
+fn routed(n: usize) -> Vec<Instance> {
+    let mut set = instances(n);
+    for (i, instance) in set.iter_mut().enumerate() {
+        let priority = if i % 4 == 3 { "1" } else { "0" };
+        instance.tags.insert("priority".into(), priority.into());
+        if i % 10 == 0 {
+            instance.tags.insert("lane".into(), "canary".into());
+        }
+    }
+    set
+}
+
+/// Issue 20 routing: pick cost with zone-aware routing (local zone healthy; local zone with a
+/// third of it ejected, so picks spill over: two alias tables per pick), with lanes (a canary
+/// pick, a base pick), with subsetting, next to the plain pick of the same strategy in the same
+/// run; and the rebuild of a 10 000 set with zones + priorities + lanes.
+fn routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("routing");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let zoned = || Locality::new().zone("idc", "hz").priority_tag("priority");
+    for n in [10, 1000, 10_000] {
+        let set = routed(n);
+        for (name, strategy) in [
+            ("weighted_random", Strategy::WeightedRandom),
+            ("least_request", Strategy::LeastRequest),
+            ("smooth_round_robin", Strategy::SmoothRoundRobin),
+            ("consistent_hash", Strategy::ConsistentHash),
+        ] {
+            let plain = Balancer::builder(strategy).build(set.clone());
+            let mut rng = fastrand::Rng::with_seed(1);
+            group.bench_with_input(BenchmarkId::new(format!("{name}/plain"), n), &n, |b, _| {
+                b.iter(|| std::hint::black_box(pick(&plain, &mut rng)))
+            });
+            let local = Balancer::builder(strategy)
+                .locality(zoned())
+                .build(set.clone());
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/zone_local"), n),
+                &n,
+                |b, _| b.iter(|| std::hint::black_box(pick(&local, &mut rng))),
+            );
+            // A third of the local primaries ejected (for an hour): local 1.4 × 2/3 = 93 %.
+            let spilling = Balancer::builder(strategy)
+                .locality(zoned())
+                .outlier_detection(
+                    OutlierDetection::new()
+                        .consecutive_failures(1)
+                        .base_ejection_time(Duration::from_secs(3600)),
+                )
+                .build(set.clone());
+            for instance in set
+                .iter()
+                .filter(|i| i.tags["idc"] == "hz" && i.tags["priority"] == "0")
+                .step_by(3)
+            {
+                spilling.report(instance.addr, Outcome::Failure);
+            }
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/zone_spill"), n),
+                &n,
+                |b, _| b.iter(|| std::hint::black_box(pick(&spilling, &mut rng))),
+            );
+            if strategy != Strategy::ConsistentHash {
+                let lanes = Balancer::builder(strategy)
+                    .lanes(Lanes::new("lane"))
+                    .build(set.clone());
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{name}/lane_canary"), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| {
+                            std::hint::black_box(lanes.pick_in_lane_with(Some("canary"), &mut rng))
+                        })
+                    },
+                );
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{name}/lane_base"), n),
+                    &n,
+                    |b, _| b.iter(|| std::hint::black_box(lanes.pick_in_lane_with(None, &mut rng))),
+                );
+            }
+        }
+    }
+    let n = 10_000;
+    let set = routed(n);
+    for (name, builder) in [
+        ("plain", Balancer::builder(Strategy::WeightedRandom)),
+        (
+            "zones_priorities_lanes",
+            Balancer::builder(Strategy::WeightedRandom)
+                .locality(zoned())
+                .lanes(Lanes::new("lane")),
+        ),
+        (
+            "subset_100",
+            Balancer::builder(Strategy::WeightedRandom).subset(Subset::new(7, 100)),
+        ),
+    ] {
+        let balancer = builder.build(set.clone());
+        group.bench_with_input(
+            BenchmarkId::new(format!("rebuild/{name}"), n),
+            &n,
+            |b, _| {
+                b.iter_batched(
+                    || (set.clone(), balancer.instances()),
+                    |(s, previous)| {
+                        balancer.update(s).unwrap();
+                        previous
+                    },
+                    BatchSize::LargeInput,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    pick_latency,
+    report,
+    rebuild,
+    contended_throughput,
+    routing
+);
 criterion_main!(benches);

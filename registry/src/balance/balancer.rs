@@ -13,8 +13,12 @@ use tokio::sync::watch;
 
 use super::consistent_hash;
 use super::filter::TagFilter;
+use super::lane::Lanes;
+use super::locality::Locality;
 use super::outlier::{Clock, Ejection, Outcome, OutlierDetection};
+use super::route::Route;
 use super::snapshot::{Config, Snapshot};
+use super::subset::Subset;
 use super::warmup::DEFAULT_MIN_FRACTION;
 use crate::discovery::{Discovery, DiscoveryError, Instance};
 
@@ -113,6 +117,13 @@ impl Inner {
         };
         if !sorted {
             filtered.sort_by_key(|i| i.addr);
+        }
+        if let Some(subset) = &self.config.subset {
+            let addrs: Vec<SocketAddr> = filtered.iter().map(|i| i.addr).collect();
+            let kept = subset.choose(&addrs);
+            if kept.len() < filtered.len() {
+                filtered = kept.into_iter().map(|k| filtered[k].clone()).collect();
+            }
         }
         let _rebuilding = self.lock();
         let previous = self.snapshot.load();
@@ -247,7 +258,7 @@ impl Inner {
 /// registry.register(&heavy).await.unwrap();
 ///
 /// let balancer = Balancer::builder(Strategy::WeightedRandom)
-///     .filter(TagFilter::new().require("idc", "hz").fallback_to_all(true))
+///     .filter(TagFilter::new().require("idc", "hz"))
 ///     .warmup_floor(0.05)
 ///     .watch(&registry, "echo")
 ///     .await
@@ -282,6 +293,32 @@ impl BalancerBuilder {
     /// See [`BalancerBuilder`] for an example.
     pub fn filter(mut self, filter: TagFilter) -> Self {
         self.config.filter = filter;
+        self
+    }
+
+    /// Zone-aware routing with failover, priority levels and a panic threshold (default: none;
+    /// every instance that is not ejected is picked by weight).
+    ///
+    /// See [`Locality`] for the rules and an example.
+    pub fn locality(mut self, locality: Locality) -> Self {
+        self.config.locality = Some(locality);
+        self
+    }
+
+    /// Request routing by lane (default: none; the lane of a call is ignored).
+    ///
+    /// See [`Lanes`] for the rules and an example.
+    pub fn lanes(mut self, lanes: Lanes) -> Self {
+        self.config.lanes = Some(lanes);
+        self
+    }
+
+    /// Deterministic subsetting: keep only this client's subset of the instances (after the
+    /// filter; default: all of them).
+    ///
+    /// See [`Subset`] for the algorithm and an example.
+    pub fn subset(mut self, subset: Subset) -> Self {
+        self.config.subset = Some(subset);
         self
     }
 
@@ -507,6 +544,9 @@ impl Balancer {
                 filter: TagFilter::default(),
                 min_fraction: DEFAULT_MIN_FRACTION,
                 outliers: OutlierDetection::default(),
+                locality: None,
+                lanes: None,
+                subset: None,
             },
             hold_when_empty: DEFAULT_HOLD_WHEN_EMPTY,
         }
@@ -581,13 +621,46 @@ impl Balancer {
     /// assert!(b.pick_with(&mut rng).is_some());
     /// ```
     pub fn pick_with(&self, rng: &mut fastrand::Rng) -> Option<Arc<Instance>> {
+        self.pick_in_lane_with(None, rng)
+    }
+
+    /// Picks for a call in `lane` (`None`: a call without one), on a balancer with
+    /// [`Lanes`](super::Lanes): an instance of that lane, or where its
+    /// [`LaneFallback`](super::LaneFallback) sends calls when the lane has none that can
+    /// take it. Without lanes the lane is ignored. `None` on a hashing balancer, as
+    /// [`pick`](Self::pick).
+    ///
+    /// See [`Lanes`](super::Lanes) for an example.
+    pub fn pick_in_lane(&self, lane: Option<&str>) -> Option<Arc<Instance>> {
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        self.pick_in_lane_with(lane, &mut rng)
+    }
+
+    /// [`pick_in_lane`](Self::pick_in_lane) with a caller-owned random source.
+    ///
+    /// ```
+    /// use service_registry::balance::{Balancer, Lanes, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// let b = Balancer::builder(Strategy::WeightedRandom)
+    ///     .lanes(Lanes::new("lane"))
+    ///     .build([Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))]);
+    /// let mut rng = fastrand::Rng::with_seed(7);
+    /// assert!(b.pick_in_lane_with(Some("canary"), &mut rng).is_some(), "falls back");
+    /// ```
+    pub fn pick_in_lane_with(
+        &self,
+        lane: Option<&str>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
         if snapshot.hashes() {
             return None;
         }
         self.inner.refresh_if_due(&snapshot);
+        let route = snapshot.route_for(lane)?;
         snapshot
             .pick(
+                route,
                 || self.inner.cursor.fetch_add(1, Ordering::Relaxed),
                 rng,
                 None,
@@ -607,18 +680,19 @@ impl Balancer {
     /// assert_eq!(b.pick_by_key("user-42").unwrap().addr, b.pick_by_key("user-42").unwrap().addr);
     /// ```
     pub fn pick_by_key(&self, key: impl Hash) -> Option<Arc<Instance>> {
-        self.pick_by_hash(consistent_hash::hash(key))
+        self.pick_by_hash(None, consistent_hash::hash(key))
     }
 
-    /// [`pick_by_key`](Self::pick_by_key) for a key already hashed.
-    pub(crate) fn pick_by_hash(&self, hash: u64) -> Option<Arc<Instance>> {
+    /// [`pick_by_key`](Self::pick_by_key) for a key already hashed, in `lane`.
+    pub(crate) fn pick_by_hash(&self, lane: Option<&str>, hash: u64) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
         if !snapshot.hashes() {
-            return self.pick();
+            return self.pick_in_lane(lane);
         }
         self.inner.refresh_if_due(&snapshot);
         let mut rng = fastrand::Rng::with_seed(0);
-        snapshot.pick(|| 0, &mut rng, Some(hash)).cloned()
+        let route = snapshot.route_for(lane)?;
+        snapshot.pick(route, || 0, &mut rng, Some(hash)).cloned()
     }
 
     /// True for a [`Strategy::ConsistentHash`] balancer: it picks only by key
@@ -651,22 +725,51 @@ impl Balancer {
     /// assert!(b.pick_avoiding(&[first, other]).is_none());
     /// ```
     pub fn pick_avoiding(&self, tried: &[SocketAddr]) -> Option<Arc<Instance>> {
+        self.pick_avoiding_in(None, tried)
+    }
+
+    /// [`pick_avoiding`](Self::pick_avoiding) among the instances a call in `lane` may go to.
+    pub(crate) fn pick_avoiding_in(
+        &self,
+        lane: Option<&str>,
+        tried: &[SocketAddr],
+    ) -> Option<Arc<Instance>> {
         let snapshot = self.inner.snapshot.load();
         self.inner.refresh_if_due(&snapshot);
         let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        let route = snapshot.route_for(lane)?;
+        self.avoiding(&snapshot, route, tried, &mut rng)
+            .or_else(|| {
+                // Every instance of the call's lane failed it: its fallback may take it.
+                let fallback = snapshot.fallback_for(lane)?;
+                self.avoiding(&snapshot, fallback, tried, &mut rng)
+            })
+            .cloned()
+    }
+
+    /// An instance of `route` not in `tried`, if there is one.
+    fn avoiding<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        route: &Route,
+        tried: &[SocketAddr],
+        rng: &mut fastrand::Rng,
+    ) -> Option<&'s Arc<Instance>> {
         let cursor = || self.inner.cursor.fetch_add(1, Ordering::Relaxed);
         for _ in 0..AVOIDING_PICKS {
-            let picked = snapshot.pick(cursor, &mut rng, None)?;
+            let picked = snapshot.pick(route, cursor, rng, None)?;
             if !tried.contains(&picked.addr) {
-                return Some(picked.clone());
+                return Some(picked);
             }
         }
-        let count = snapshot.pickable_len();
+        let count = snapshot.pickable_len(route);
+        if count == 0 {
+            return None;
+        }
         let start = rng.usize(..count);
         (0..count)
-            .filter_map(|k| snapshot.chosen((start + k) % count))
+            .filter_map(|k| snapshot.chosen(route, (start + k) % count))
             .find(|i| !tried.contains(&i.addr))
-            .cloned()
     }
 
     /// Records how a call to `addr` went, for outlier ejection: a success ends its failure
@@ -941,7 +1044,7 @@ mod tests {
     }
 
     #[test]
-    fn filters_apply_and_fall_back() {
+    fn filters_apply() {
         let mut instances = weighted(&[10, 10]);
         instances[0].tags.insert("idc".into(), "hz".into());
         let only_hz = Balancer::builder(Strategy::WeightedRandom)
@@ -951,11 +1054,7 @@ mod tests {
         let none = Balancer::builder(Strategy::WeightedRandom)
             .filter(TagFilter::new().require("idc", "bj"))
             .build(instances.clone());
-        assert!(none.pick().is_none());
-        let fallback = Balancer::builder(Strategy::WeightedRandom)
-            .filter(TagFilter::new().require("idc", "bj").fallback_to_all(true))
-            .build(instances);
-        assert_eq!(fallback.instances().len(), 2);
+        assert!(none.pick().is_none(), "a filter is a hard constraint");
     }
 
     /// Trap 2 of issue 20: an update on a watched balancer was silently undone by the

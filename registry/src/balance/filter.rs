@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use crate::discovery::Instance;
 
-/// Keeps instances whose tags include every `key = value` given; optionally falls back to all
-/// instances when none match (so a missing zone degrades to "anywhere" instead of "nowhere").
+/// Keeps instances whose tags include every `key = value` given, and only those: a hard
+/// constraint. To prefer a zone and spill over to others as it loses health, use
+/// [`Locality`](super::Locality) instead; to route calls by a lane they carry, with a
+/// fallback, [`Lanes`](super::Lanes).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -21,12 +23,10 @@ use crate::discovery::Instance;
 /// assert_eq!(filter.apply(&all).len(), 1);
 /// let strict = TagFilter::new().require("idc", "bj");
 /// assert!(strict.apply(&all).is_empty());
-/// assert_eq!(strict.fallback_to_all(true).apply(&all).len(), 2);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TagFilter {
     required: BTreeMap<String, String>,
-    fallback: bool,
 }
 
 impl TagFilter {
@@ -45,14 +45,6 @@ impl TagFilter {
         self
     }
 
-    /// When nothing matches, use every instance instead of none.
-    ///
-    /// See [`TagFilter`] for an example.
-    pub fn fallback_to_all(mut self, fallback: bool) -> Self {
-        self.fallback = fallback;
-        self
-    }
-
     /// True when this filter admits every instance.
     pub(crate) fn admits_all(&self) -> bool {
         self.required.is_empty()
@@ -62,15 +54,10 @@ impl TagFilter {
     ///
     /// See [`TagFilter`] for an example.
     pub fn apply(&self, instances: &[Arc<Instance>]) -> Vec<Arc<Instance>> {
-        let matching: Vec<Arc<Instance>> = instances
+        instances
             .iter()
             .filter(|i| self.required.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
             .cloned()
-            .collect();
-        if matching.is_empty() && self.fallback {
-            instances.to_vec()
-        } else {
-            matching
-        }
+            .collect()
     }
 }

@@ -1,7 +1,10 @@
 //! Client-side load balancing over a live instance set: weighted random (alias table), smooth
 //! weighted round-robin (precomputed cycle), consistent hashing (indexed hash ring) and least
 //! request (power of two choices over calls in flight), each O(1) per pick, with warm-up, tag
-//! filters and outlier ejection set up front by [`Balancer::builder`]; adapters for `tower`
+//! filters, outlier ejection, zone-aware routing with priority levels and a panic threshold
+//! ([`Locality`]), request routing by lane ([`Lanes`]) and deterministic subsetting
+//! ([`Subset`]), all set up front by
+//! [`Balancer::builder`]; adapters for `tower`
 //! (feature `tower`: a `Discover` for `tower::balance`, a balanced service that reports
 //! outcomes, and a retry policy that retries on another instance) and tonic's
 //! `Channel::balance_channel` (feature `tonic`).
@@ -9,10 +12,14 @@
 mod balancer;
 mod consistent_hash;
 mod filter;
+mod lane;
 mod least_request;
+mod locality;
 mod outlier;
 mod round_robin;
+mod route;
 mod snapshot;
+mod subset;
 #[cfg(feature = "tonic")]
 mod tonic;
 #[cfg(feature = "tower")]
@@ -24,12 +31,16 @@ mod weighted_random;
 pub use self::tonic::balance_channel;
 #[cfg(feature = "tower")]
 pub use self::tower::{
-    discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, HashKey, NoKey,
-    ReportLayer, Reporting, RetryClass, RetryPolicy, RetryableError, ServiceDiscover,
+    discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, HashKey, LaneOf,
+    NoKey, NoLane, ReportLayer, Reporting, RetryClass, RetryPolicy, RetryableError,
+    ServiceDiscover,
 };
 pub use balancer::{
     Balancer, BalancerBuilder, InFlight, Strategy, UpdateError, DEFAULT_HOLD_WHEN_EMPTY,
 };
 pub use filter::TagFilter;
+pub use lane::{LaneFallback, Lanes};
+pub use locality::{Locality, LocalityError, DEFAULT_OVERPROVISIONING, DEFAULT_PANIC_THRESHOLD};
 pub use outlier::{Ejection, Outcome, OutlierDetection};
+pub use subset::Subset;
 pub use warmup::{effective_weight, DEFAULT_MIN_FRACTION};

@@ -2,28 +2,21 @@
 //! picked (not ejected), and the picker built over those. Built whenever the set changes, an
 //! instance is ejected or comes back, or warm-up weights are due; never changed afterwards.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::consistent_hash::Ring;
 use super::filter::TagFilter;
-use super::least_request::LeastRequest;
+use super::lane::{LaneFallback, Lanes};
+use super::locality::Locality;
 use super::outlier::{Clock, Health, OutlierDetection};
-use super::round_robin::Schedule;
+use super::route::{Inputs, Route};
+use super::subset::Subset;
 use super::warmup::{bounded_weight, effective_weight, next_refresh};
-use super::weighted_random::AliasTable;
 use super::Strategy;
 use crate::discovery::Instance;
-
-#[derive(Debug)]
-pub(crate) enum Picker {
-    Random(AliasTable),
-    RoundRobin(Schedule),
-    Hash(Ring),
-    Least(LeastRequest),
-}
 
 /// What a [`BalancerBuilder`](super::BalancerBuilder) sets; fixed for the life of the balancer.
 #[derive(Clone, Debug)]
@@ -32,10 +25,23 @@ pub(crate) struct Config {
     pub(crate) filter: TagFilter,
     pub(crate) min_fraction: f64,
     pub(crate) outliers: OutlierDetection,
+    pub(crate) locality: Option<Locality>,
+    pub(crate) lanes: Option<Lanes>,
+    pub(crate) subset: Option<Subset>,
 }
 
 /// What a snapshot is built from: the instances and their health records (`None`: all clean).
 pub(crate) type Parts = (Vec<Arc<Instance>>, Option<Vec<Health>>);
+
+/// The routes of the lanes other than the base one.
+#[derive(Debug)]
+pub(crate) struct LaneRoutes {
+    /// Sorted by lane, for a binary search (cheaper than hashing the lane on every pick).
+    by_lane: Vec<(Box<str>, Route)>,
+    /// Over every instance, for [`LaneFallback::All`].
+    all: Option<Route>,
+    fallback: LaneFallback,
+}
 
 #[derive(Debug)]
 pub(crate) struct Snapshot {
@@ -44,9 +50,10 @@ pub(crate) struct Snapshot {
     /// The health record of each instance (same order), copied from the snapshot before for
     /// as long as the address stays in the set; `None` while every record would be clean.
     pub(crate) health: Option<Vec<Health>>,
-    /// While some are ejected: the indexes (into `instances`) the picker was built over.
-    pickable: Option<Vec<u32>>,
-    picker: Picker,
+    /// Where calls without a lane go (with lanes: the base lane; without: everything).
+    route: Route,
+    /// With lanes: the other lanes' routes.
+    lanes: Option<LaneRoutes>,
     /// How many instances are ejected in this view.
     pub(crate) ejected: usize,
     /// When this view stops being right: the next warm-up step or the end of the first
@@ -57,6 +64,7 @@ pub(crate) struct Snapshot {
     /// Least request only (empty otherwise): the calls in flight to each instance (same
     /// order), shared with the snapshot before for as long as the address stays in the set.
     pub(crate) in_flight: Vec<Arc<AtomicUsize>>,
+    hashes: bool,
 }
 
 impl Config {
@@ -77,63 +85,78 @@ impl Config {
             }
             None => (None, Vec::new()),
         };
-        let pickable = match &health {
-            Some(health) if !ejected.is_empty() && ejected.len() < instances.len() => Some(
-                (0..instances.len() as u32)
-                    .filter(|i| !health[*i as usize].is_ejected())
-                    .collect::<Vec<u32>>(),
-            ),
-            _ => None,
-        };
-        let chosen = |k: usize| -> &Instance {
-            match &pickable {
-                Some(indexes) => &instances[indexes[k] as usize],
-                None => &instances[k],
-            }
-        };
-        let count = pickable.as_ref().map_or(instances.len(), Vec::len);
         let wall = SystemTime::now();
-        let warmup = match self.strategy {
+        let hashes = self.strategy == Strategy::ConsistentHash;
+        let warmup = if hashes {
             // The ring ignores warm-up: changing its points would move keys.
-            Strategy::ConsistentHash => None,
-            _ => next_refresh(instances.iter().map(|i| &**i), wall),
+            None
+        } else {
+            next_refresh(instances.iter().map(|i| &**i), wall)
         };
-        let weights = || {
-            (0..count)
-                .map(|k| match warmup {
-                    Some(_) => effective_weight(chosen(k), wall, self.min_fraction),
-                    None => f64::from(bounded_weight(chosen(k))),
-                })
-                .collect::<Vec<f64>>()
-        };
+        let weights: Vec<f64> = instances
+            .iter()
+            .map(|i| match warmup {
+                Some(_) => effective_weight(i, wall, self.min_fraction),
+                None => f64::from(bounded_weight(i)),
+            })
+            .collect();
+        let out =
+            |i: usize| !ejected.is_empty() && health.as_ref().is_some_and(|h| h[i].is_ejected());
+        let scores: Vec<f64> = (0..instances.len())
+            .map(|i| {
+                if out(i) {
+                    0.0
+                } else if warmup.is_some() {
+                    // Warming counts for its share of the full weight (never quite zero).
+                    (weights[i] / f64::from(bounded_weight(&instances[i]))).max(1e-9)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
         let in_flight = match self.strategy {
             Strategy::LeastRequest => carry_in_flight(&instances, previous),
             _ => Vec::new(),
         };
-        let picker = match self.strategy {
-            Strategy::WeightedRandom => Picker::Random(AliasTable::new(&weights())),
-            Strategy::LeastRequest => Picker::Least(LeastRequest::new(
-                &weights(),
-                (0..count).map(|k| match &pickable {
-                    Some(indexes) => in_flight[indexes[k] as usize].clone(),
-                    None => in_flight[k].clone(),
-                }),
-            )),
-            Strategy::SmoothRoundRobin => {
-                // Warm-up weights in sixteenths, so that the ramp survives integer slots.
-                let resolution = if warmup.is_some() { 16.0 } else { 1.0 };
-                let slots: Vec<u64> = weights()
+        let inputs = Inputs {
+            strategy: self.strategy,
+            instances: &instances,
+            weights,
+            health: scores,
+            in_flight: &in_flight,
+            warming: warmup.is_some(),
+            previous_ring: previous.and_then(|p| p.route.ring()),
+        };
+        let locality = self.locality.as_ref();
+        let all: Vec<u32> = (0..instances.len() as u32).collect();
+        let (route, lanes) = match &self.lanes {
+            None => (inputs.route(&all, locality), None),
+            Some(lanes) => {
+                let mut base = Vec::new();
+                let mut by_lane: HashMap<&str, Vec<u32>> = HashMap::new();
+                for (i, instance) in instances.iter().enumerate() {
+                    match instance.tags.get(&lanes.key) {
+                        Some(lane) => by_lane.entry(lane.as_str()).or_default().push(i as u32),
+                        None => base.push(i as u32),
+                    }
+                }
+                let mut by_lane: Vec<(Box<str>, Route)> = by_lane
                     .into_iter()
-                    .map(|w| (w * resolution).round().max(1.0) as u64)
+                    // A lane none of whose instances can take a call falls back.
+                    .filter(|(_, members)| inputs.any_healthy(members))
+                    .map(|(lane, members)| (lane.into(), inputs.route(&members, locality)))
                     .collect();
-                Picker::RoundRobin(Schedule::new(&slots))
-            }
-            Strategy::ConsistentHash => {
-                let previous = previous.and_then(|s| match &s.picker {
-                    Picker::Hash(ring) => Some(ring),
-                    _ => None,
-                });
-                Picker::Hash(Ring::new((0..count).map(chosen), previous))
+                by_lane.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let all =
+                    (lanes.fallback == LaneFallback::All).then(|| inputs.route(&all, locality));
+                (
+                    inputs.route(&base, locality),
+                    Some(LaneRoutes {
+                        by_lane,
+                        all,
+                        fallback: lanes.fallback,
+                    }),
+                )
             }
         };
         let ejection_ends = ejected.iter().map(|(_, until)| clock.instant(*until)).min();
@@ -145,11 +168,12 @@ impl Config {
             in_flight,
             instances,
             health,
-            pickable,
-            picker,
+            route,
+            lanes,
             ejected: ejected.len(),
             refresh_at,
             refreshing: AtomicBool::new(false),
+            hashes,
         }
     }
 
@@ -269,42 +293,62 @@ impl Snapshot {
         self.health.as_ref()?.get(i)
     }
 
-    /// How many instances the picker chooses from.
-    pub(crate) fn pickable_len(&self) -> usize {
-        self.pickable
-            .as_ref()
-            .map_or(self.instances.len(), Vec::len)
-    }
-
-    /// The instance behind the picker's `k`-th choice.
+    /// Where a call for `lane` goes (`None`: no lane, the base lane); `None` when its lane
+    /// has no instance that can take it and the fallback is to fail.
     #[inline]
-    pub(crate) fn chosen(&self, k: usize) -> Option<&Arc<Instance>> {
-        match &self.pickable {
-            Some(indexes) => self.instances.get(*indexes.get(k)? as usize),
-            None => self.instances.get(k),
+    pub(crate) fn route_for(&self, lane: Option<&str>) -> Option<&Route> {
+        let (Some(lanes), Some(lane)) = (&self.lanes, lane) else {
+            return Some(&self.route);
+        };
+        match lanes.by_lane.binary_search_by(|(l, _)| (**l).cmp(lane)) {
+            Ok(k) => Some(&lanes.by_lane[k].1),
+            Err(_) => match lanes.fallback {
+                LaneFallback::Base => Some(&self.route),
+                LaneFallback::All => lanes.all.as_ref(),
+                LaneFallback::Fail => None,
+            },
         }
     }
 
-    /// The picker's choice for the `cursor`-th round-robin pick, random number `random`
-    /// (weighted random), or key hash `hash` (consistent hashing).
+    /// Where a call for `lane` goes once every instance of its own lane has failed it: the
+    /// lane's fallback (`None` for a call without a lane, without lanes, or to fail).
+    pub(crate) fn fallback_for(&self, lane: Option<&str>) -> Option<&Route> {
+        let (Some(lanes), Some(_)) = (&self.lanes, lane) else {
+            return None;
+        };
+        match lanes.fallback {
+            LaneFallback::Base => Some(&self.route),
+            LaneFallback::All => lanes.all.as_ref(),
+            LaneFallback::Fail => None,
+        }
+    }
+
+    /// How many instances `route` chooses from.
+    pub(crate) fn pickable_len(&self, route: &Route) -> usize {
+        route.len(self.instances.len())
+    }
+
+    /// The `k`-th instance `route` chooses from.
+    #[inline]
+    pub(crate) fn chosen(&self, route: &Route, k: usize) -> Option<&Arc<Instance>> {
+        self.instances.get(route.chosen(k))
+    }
+
+    /// `route`'s choice for the `cursor`-th round-robin pick, random number source `rng`, or
+    /// key hash `hash` (consistent hashing).
     #[inline]
     pub(crate) fn pick(
         &self,
+        route: &Route,
         cursor: impl FnOnce() -> usize,
         rng: &mut fastrand::Rng,
         hash: Option<u64>,
     ) -> Option<&Arc<Instance>> {
-        let k = match &self.picker {
-            Picker::Random(table) => table.pick(rng),
-            Picker::RoundRobin(schedule) => schedule.pick(cursor()),
-            Picker::Hash(ring) => ring.pick(hash.unwrap_or_else(|| rng.u64(..))),
-            Picker::Least(least) => least.pick(rng),
-        }?;
-        self.chosen(k)
+        self.instances.get(route.pick(cursor, rng, hash)?)
     }
 
     /// True for a consistent-hashing view.
     pub(crate) fn hashes(&self) -> bool {
-        matches!(self.picker, Picker::Hash(_))
+        self.hashes
     }
 }

@@ -50,15 +50,16 @@ use crate::discovery::Instance;
 /// assert_eq!(reply.unwrap(), "127.0.0.1:7001: hi");
 /// # }
 /// ```
-pub struct Balanced<M, S, C = AnyError, K = NoKey> {
+pub struct Balanced<M, S, C = AnyError, K = NoKey, L = NoLane> {
     balancer: Balancer,
     make: Arc<M>,
     services: Arc<Mutex<HashMap<SocketAddr, S>>>,
     classify: C,
     key: K,
+    lane: L,
 }
 
-impl<M, S, C: Clone, K: Clone> Clone for Balanced<M, S, C, K> {
+impl<M, S, C: Clone, K: Clone, L: Clone> Clone for Balanced<M, S, C, K, L> {
     fn clone(&self) -> Self {
         Self {
             balancer: self.balancer.clone(),
@@ -66,6 +67,7 @@ impl<M, S, C: Clone, K: Clone> Clone for Balanced<M, S, C, K> {
             services: self.services.clone(),
             classify: self.classify.clone(),
             key: self.key.clone(),
+            lane: self.lane.clone(),
         }
     }
 }
@@ -100,7 +102,34 @@ where
     }
 }
 
-impl<M, S, C, K> std::fmt::Debug for Balanced<M, S, C, K> {
+/// Gives the lane of a request, for a [`Balanced`] service over a balancer with
+/// [`Lanes`](crate::balance::Lanes): any `Fn(&R) -> Option<&str>` is one
+/// ([`Balanced::with_lane`]); [`NoLane`] (the default) gives none.
+pub trait LaneOf<R> {
+    /// The lane `request` is for, `None` for the base lane.
+    fn lane_of<'r>(&self, request: &'r R) -> Option<&'r str>;
+}
+
+/// The default [`LaneOf`]: every call is for the base lane.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoLane;
+
+impl<R> LaneOf<R> for NoLane {
+    fn lane_of<'r>(&self, _: &'r R) -> Option<&'r str> {
+        None
+    }
+}
+
+impl<R, F> LaneOf<R> for F
+where
+    F: for<'r> Fn(&'r R) -> Option<&'r str>,
+{
+    fn lane_of<'r>(&self, request: &'r R) -> Option<&'r str> {
+        self(request)
+    }
+}
+
+impl<M, S, C, K, L> std::fmt::Debug for Balanced<M, S, C, K, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balanced")
             .field("balancer", &self.balancer)
@@ -130,21 +159,23 @@ where
             services: Arc::default(),
             classify: AnyError,
             key: NoKey,
+            lane: NoLane,
         }
     }
 }
 
-impl<M, S, C, K> Balanced<M, S, C, K> {
+impl<M, S, C, K, L> Balanced<M, S, C, K, L> {
     /// Judges results with `classify`: which errors (or responses) count against an instance.
     ///
     /// See [`Classify`] for an example of a classifier.
-    pub fn classify<C2>(self, classify: C2) -> Balanced<M, S, C2, K> {
+    pub fn classify<C2>(self, classify: C2) -> Balanced<M, S, C2, K, L> {
         Balanced {
             balancer: self.balancer,
             make: self.make,
             services: self.services,
             classify,
             key: self.key,
+            lane: self.lane,
         }
     }
 
@@ -173,13 +204,60 @@ impl<M, S, C, K> Balanced<M, S, C, K> {
     /// assert_eq!(first, again);
     /// # }
     /// ```
-    pub fn with_hash_key<K2>(self, key: K2) -> Balanced<M, S, C, K2> {
+    pub fn with_hash_key<K2>(self, key: K2) -> Balanced<M, S, C, K2, L> {
         Balanced {
             balancer: self.balancer,
             make: self.make,
             services: self.services,
             classify: self.classify,
             key,
+            lane: self.lane,
+        }
+    }
+
+    /// Sends each call to the lane `lane(&request)` names (for a balancer with
+    /// [`Lanes`](crate::balance::Lanes): its instances of that lane, or where the lane's
+    /// fallback says when it has none that can take the call; `None`: the base lane). A
+    /// retried call stays in its lane. The lane can come from anything the request carries:
+    /// a field, a header, a request extension.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use service_registry::balance::{Balanced, Balancer, Call, Lanes, Strategy};
+    /// use service_registry::{Info, Instance};
+    /// use tower::ServiceExt;
+    ///
+    /// struct Request { lane: Option<String> }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let stable = Info::new("s", "127.0.0.1:1".parse().unwrap());
+    /// let mut canary = Info::new("s", "127.0.0.1:2".parse().unwrap());
+    /// canary.tags.insert("lane".into(), "canary".into());
+    /// let balancer = Balancer::builder(Strategy::WeightedRandom)
+    ///     .lanes(Lanes::new("lane"))
+    ///     .build([Instance::from(&stable), Instance::from(&canary)]);
+    /// let service = Balanced::new(balancer, |instance| {
+    ///     let addr = instance.addr;
+    ///     tower::service_fn(move |_: Request| async move { Ok::<_, Infallible>(addr) })
+    /// })
+    /// .with_lane(|request: &Request| request.lane.as_deref());
+    /// let to_canary = Request { lane: Some("canary".into()) };
+    /// assert_eq!(service.clone().oneshot(Call::new(to_canary)).await.unwrap(), canary.addr);
+    /// let plain = Request { lane: None };
+    /// assert_eq!(service.oneshot(Call::new(plain)).await.unwrap(), stable.addr);
+    /// # }
+    /// ```
+    pub fn with_lane<R, L2>(self, lane: L2) -> Balanced<M, S, C, K, L2>
+    where
+        L2: for<'r> Fn(&'r R) -> Option<&'r str>,
+    {
+        Balanced {
+            balancer: self.balancer,
+            make: self.make,
+            services: self.services,
+            classify: self.classify,
+            key: self.key,
+            lane,
         }
     }
 
@@ -197,7 +275,7 @@ impl<M, S, C, K> Balanced<M, S, C, K> {
     }
 }
 
-impl<M, S: Clone, C, K> Balanced<M, S, C, K>
+impl<M, S: Clone, C, K, L> Balanced<M, S, C, K, L>
 where
     M: Fn(&Instance) -> S,
 {
@@ -216,9 +294,10 @@ where
     }
 }
 
-impl<M, S, C, K, R> Service<Call<R>> for Balanced<M, S, C, K>
+impl<M, S, C, K, L, R> Service<Call<R>> for Balanced<M, S, C, K, L>
 where
     K: HashKey<R>,
+    L: LaneOf<R>,
     M: Fn(&Instance) -> S,
     S: Service<R> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
@@ -241,15 +320,18 @@ where
         if hashes && key.is_none() {
             return Box::pin(std::future::ready(Err(CallError::NoHashKey)));
         }
+        let lane = self.lane.lane_of(call.request());
         let first = || match key {
-            Some(key) if hashes => self.balancer.pick_by_hash(key),
-            _ => self.balancer.pick(),
+            Some(key) if hashes => self.balancer.pick_by_hash(lane, key),
+            _ => self.balancer.pick_in_lane(lane),
         };
         let picked = if call.tried().is_empty() {
             first()
         } else {
             // Every pickable instance failed it already: the policy's retry limit decides.
-            self.balancer.pick_avoiding(call.tried()).or_else(first)
+            self.balancer
+                .pick_avoiding_in(lane, call.tried())
+                .or_else(first)
         };
         let Some(instance) = picked else {
             return Box::pin(std::future::ready(Err(CallError::NoInstance)));

@@ -30,7 +30,7 @@ mod error;
 mod report;
 mod retry;
 
-pub use balanced::{Balanced, HashKey, NoKey};
+pub use balanced::{Balanced, HashKey, LaneOf, NoKey, NoLane};
 pub use call::Call;
 pub use discover::{discover, ServiceDiscover};
 pub use error::{is_connect_error, CallError, RetryClass, RetryableError};
