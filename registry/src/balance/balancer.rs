@@ -365,6 +365,13 @@ impl BalancerBuilder {
         self
     }
 
+    /// The hold set by [`hold_when_empty`](Self::hold_when_empty), for adapters that feed a
+    /// balancer from another framework's changes (the Volo `VoloBalance`) and hold alike.
+    #[cfg_attr(not(feature = "volo"), allow(dead_code))]
+    pub(crate) fn held_when_empty(&self) -> Duration {
+        self.hold_when_empty
+    }
+
     /// A balancer over `instances`, changed only by [`Balancer::update`] (which a balancer
     /// from [`watch`](Self::watch) refuses).
     ///
