@@ -124,8 +124,7 @@ async fn a_service_turning_empty_in_a_lagging_view_keeps_its_last_instance() {
     .await;
     let b = start_greeter(registry.clone(), Duration::from_secs(1)).await;
     let deadline = Instant::now() + LIMIT;
-    while !holds(&balance, SERVICE, b.addr) || holds(&balance, SERVICE, a_addr) || b.served() == 0
-    {
+    while !holds(&balance, SERVICE, b.addr) || holds(&balance, SERVICE, a_addr) || b.served() == 0 {
         assert!(Instant::now() < deadline, "the client never moved to b");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

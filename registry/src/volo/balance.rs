@@ -1,17 +1,16 @@
 //! [`VoloBalance`]: Volo's `LoadBalance` backed by this crate's [`Balancer`].
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use volo::context::Endpoint;
 use volo::discovery::{Change as VoloChange, Discover, Instance as VoloInstance};
 use volo::loadbalance::error::LoadBalanceError;
 use volo::loadbalance::LoadBalance;
 
 use super::keyed::Keyed;
+use super::keys::Keys;
 use super::picker::Picker;
 use crate::balance::{Balancer, BalancerBuilder, Strategy};
 
@@ -72,9 +71,8 @@ pub struct VoloBalance<K> {
 
 struct Inner<K> {
     builder: BalancerBuilder,
-    /// Copy-on-write: a call reads it without a lock; only a new key rebuilds it.
-    balancers: ArcSwap<HashMap<K, Arc<Keyed>>>,
-    insert: Mutex<()>,
+    /// Read by every call without a lock; grows by a key at a time.
+    balancers: Keys<K, Arc<Keyed>>,
 }
 
 impl<K> Clone for VoloBalance<K> {
@@ -86,11 +84,10 @@ impl<K> Clone for VoloBalance<K> {
     }
 }
 
-impl<K: std::fmt::Debug> std::fmt::Debug for VoloBalance<K> {
+impl<K: std::fmt::Debug + Clone> std::fmt::Debug for VoloBalance<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let balancers = self.inner.balancers.load();
         f.debug_struct("VoloBalance")
-            .field("keys", &balancers.keys().collect::<Vec<_>>())
+            .field("keys", &self.inner.balancers.keys())
             .finish_non_exhaustive()
     }
 }
@@ -117,8 +114,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 builder,
-                balancers: ArcSwap::from_pointee(HashMap::new()),
-                insert: Mutex::new(()),
+                balancers: Keys::default(),
             }),
             wait: DEFAULT_WAIT_FOR_INSTANCE,
         }
@@ -164,24 +160,14 @@ where
     }
 
     fn keyed(&self, key: &K) -> Option<Arc<Keyed>> {
-        self.inner.balancers.load().get(key).cloned()
+        self.inner.balancers.with(key, Arc::clone)
     }
 
     /// The entry of `key`: the existing one (left as it is), or a new one over `instances`.
     fn get_or_insert(&self, key: K, label: &str, instances: &[Arc<VoloInstance>]) -> Arc<Keyed> {
-        let _guard = self
-            .inner
-            .insert
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(existing) = self.keyed(&key) {
-            return existing;
-        }
-        let keyed = Keyed::new(&self.inner.builder, label, instances);
-        let mut next = HashMap::clone(&self.inner.balancers.load());
-        next.insert(key, keyed.clone());
-        self.inner.balancers.store(Arc::new(next));
-        keyed
+        self.inner
+            .balancers
+            .get_or_insert_with(key, || Keyed::new(&self.inner.builder, label, instances))
     }
 
     /// A picker for a call to `keyed`: at once when it has an instance to pick, else once a
@@ -209,8 +195,18 @@ where
         discover: &'future D,
     ) -> Result<Picker, LoadBalanceError> {
         let key = discover.key(endpoint);
-        let keyed = match self.keyed(&key) {
-            Some(keyed) => keyed,
+        // The path of nearly every call: the key is known and has an instance to pick.
+        let found = self.inner.balancers.with(&key, |keyed| {
+            let picker = Picker::first(keyed.balancer.clone());
+            if picker.found() {
+                Ok(picker)
+            } else {
+                Err(keyed.clone())
+            }
+        });
+        let keyed = match found {
+            Some(Ok(picker)) => return Ok(picker),
+            Some(Err(keyed)) => keyed,
             None => {
                 let instances = discover.discover(endpoint).await.map_err(Into::into)?;
                 self.get_or_insert(key, endpoint.service_name_ref(), &instances)

@@ -37,7 +37,7 @@ pub struct Picker {
 impl Picker {
     /// A picker over `balancer` whose first pick is made now.
     pub(crate) fn first(balancer: Balancer) -> Self {
-        let first = balancer.pick().map(|i| i.addr);
+        let first = pick(&balancer);
         Self {
             balancer,
             first,
@@ -53,9 +53,16 @@ impl Picker {
 
     /// Picks the first instance again (the set changed while the call waited for one).
     pub(crate) fn pick_again(&mut self) -> bool {
-        self.first = self.balancer.pick().map(|i| i.addr);
+        self.first = pick(&self.balancer);
         self.found()
     }
+}
+
+/// One pick's address: [`Balancer::pick`] without cloning the instance's `Arc`.
+#[inline]
+fn pick(balancer: &Balancer) -> Option<SocketAddr> {
+    let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+    balancer.pick_then(&mut rng, |instance| instance.addr)
 }
 
 impl Iterator for Picker {
