@@ -142,7 +142,7 @@ async fn a_service_turning_empty_in_a_lagging_view_keeps_its_last_instance() {
         saw_empty,
         "the client's discover never reported the service empty: the test proves nothing"
     );
-    let failed = failed.lock().unwrap();
+    let failed = std::mem::take(&mut *failed.lock().unwrap());
     let ok = ok.load(Ordering::SeqCst);
     eprintln!(
         "a -> (empty) -> b in the lagging view: {} calls, {} failed (first: {:?})",
