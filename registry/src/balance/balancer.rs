@@ -402,6 +402,13 @@ impl BalancerBuilder {
         self
     }
 
+    /// The hold set by [`hold_when_empty`](Self::hold_when_empty), for adapters that feed a
+    /// balancer from another framework's changes (the Volo `VoloBalance`) and hold alike.
+    #[cfg_attr(not(feature = "volo"), allow(dead_code))]
+    pub(crate) fn held_when_empty(&self) -> Duration {
+        self.hold_when_empty
+    }
+
     /// A balancer over `instances`, changed only by [`Balancer::update`] (which a balancer
     /// from [`watch`](Self::watch) refuses).
     ///
@@ -652,6 +659,28 @@ impl Balancer {
         lane: Option<&str>,
         rng: &mut fastrand::Rng,
     ) -> Option<Arc<Instance>> {
+        self.pick_in_lane_then(lane, rng, Arc::clone)
+    }
+
+    /// [`pick_with`](Self::pick_with), handing the pick to `then` instead of cloning its
+    /// `Arc` (the Volo adapter needs only the address: two atomic operations fewer per call).
+    #[inline]
+    #[cfg_attr(not(feature = "volo"), allow(dead_code))]
+    pub(crate) fn pick_then<T>(
+        &self,
+        rng: &mut fastrand::Rng,
+        then: impl FnOnce(&Arc<Instance>) -> T,
+    ) -> Option<T> {
+        self.pick_in_lane_then(None, rng, then)
+    }
+
+    #[inline]
+    fn pick_in_lane_then<T>(
+        &self,
+        lane: Option<&str>,
+        rng: &mut fastrand::Rng,
+        then: impl FnOnce(&Arc<Instance>) -> T,
+    ) -> Option<T> {
         let snapshot = self.inner.snapshot.load();
         if snapshot.hashes() {
             return None;
@@ -665,7 +694,7 @@ impl Balancer {
                 rng,
                 None,
             )
-            .cloned()
+            .map(then)
     }
 
     /// Picks for `key`: with [`Strategy::ConsistentHash`] the same key maps to the same instance

@@ -1,19 +1,22 @@
 //! [`VoloBalance`]: Volo's `LoadBalance` backed by this crate's [`Balancer`].
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use volo::context::Endpoint;
 use volo::discovery::{Change as VoloChange, Discover, Instance as VoloInstance};
 use volo::loadbalance::error::LoadBalanceError;
 use volo::loadbalance::LoadBalance;
-use volo::net::Address;
 
-use super::convert::from_volo;
+use super::keyed::Keyed;
+use super::keys::Keys;
+use super::picker::Picker;
 use crate::balance::{Balancer, BalancerBuilder, Strategy};
+
+/// How long a call waits for an instance when its service has none to pick, by default (see
+/// [`VoloBalance::wait_for_instance`]).
+pub const DEFAULT_WAIT_FOR_INSTANCE: Duration = Duration::from_secs(1);
 
 /// Volo's [`LoadBalance`] backed by one [`Balancer`] per key: a Volo client keeps this crate's
 /// O(1) pickers, warm-up ramp, tag filters and outlier ejection (report outcomes with
@@ -24,6 +27,14 @@ use crate::balance::{Balancer, BalancerBuilder, Strategy};
 /// the balancer follows the discover's change channel (a change for a key not picked yet is
 /// kept too, so a change that races the first `discover` is never lost). Retries on another
 /// instance come from Volo's own `retry_count`: the picker never returns an instance twice.
+///
+/// An empty set is handled as this crate's watched balancers handle it: a service that turns
+/// empty keeps its last instances for the builder's
+/// [`hold_when_empty`](BalancerBuilder::hold_when_empty) (default 10 s) or until instances are
+/// back, and a call that finds nothing to pick waits up to
+/// [`wait_for_instance`](Self::wait_for_instance) (default 1 s) for an instance to arrive
+/// before it fails, so a client whose view of the registry lags (its service's first instance
+/// is registered but not seen yet) waits instead of failing with no instance.
 ///
 /// Volo hands a balancer no request, so there is no key to hash: a
 /// [`Strategy::ConsistentHash`](crate::balance::Strategy::ConsistentHash) builder picks
@@ -55,28 +66,28 @@ use crate::balance::{Balancer, BalancerBuilder, Strategy};
 /// ```
 pub struct VoloBalance<K> {
     inner: Arc<Inner<K>>,
+    wait: Duration,
 }
 
 struct Inner<K> {
     builder: BalancerBuilder,
-    /// Copy-on-write: a call reads it without a lock; only a new key rebuilds it.
-    balancers: ArcSwap<HashMap<K, Balancer>>,
-    insert: Mutex<()>,
+    /// Read by every call without a lock; grows by a key at a time.
+    balancers: Keys<K, Arc<Keyed>>,
 }
 
 impl<K> Clone for VoloBalance<K> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            wait: self.wait,
         }
     }
 }
 
-impl<K: std::fmt::Debug> std::fmt::Debug for VoloBalance<K> {
+impl<K: std::fmt::Debug + Clone> std::fmt::Debug for VoloBalance<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let balancers = self.inner.balancers.load();
         f.debug_struct("VoloBalance")
-            .field("keys", &balancers.keys().collect::<Vec<_>>())
+            .field("keys", &self.inner.balancers.keys())
             .finish_non_exhaustive()
     }
 }
@@ -103,10 +114,36 @@ where
         Self {
             inner: Arc::new(Inner {
                 builder,
-                balancers: ArcSwap::from_pointee(HashMap::new()),
-                insert: Mutex::new(()),
+                balancers: Keys::default(),
             }),
+            wait: DEFAULT_WAIT_FOR_INSTANCE,
         }
+    }
+
+    /// How long a call that finds no instance to pick waits for one (default
+    /// [`DEFAULT_WAIT_FOR_INSTANCE`], 1 s; `Duration::ZERO` fails at once). The call picks as
+    /// soon as a change brings an instance; after `wait` it fails as Volo fails a call with no
+    /// instance. A [`Strategy::ConsistentHash`] balancer never waits (it never picks here).
+    /// Applies to this value and the clones made from it afterwards.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use service_registry::volo::VoloBalance;
+    /// use volo::discovery::StaticDiscover;
+    /// use volo::loadbalance::LoadBalance;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let balance = VoloBalance::default().wait_for_instance(Duration::from_millis(20));
+    /// let endpoint = volo::context::Endpoint::new("echo".into());
+    /// let started = std::time::Instant::now();
+    /// let mut picker = balance.get_picker(&endpoint, &StaticDiscover::new(vec![])).await.unwrap();
+    /// assert_eq!(picker.next(), None);
+    /// assert!(started.elapsed() >= Duration::from_millis(20));
+    /// # }
+    /// ```
+    pub fn wait_for_instance(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// The balancer of `key`, once it has been called or changed (for
@@ -119,39 +156,31 @@ where
     /// assert!(balance.balancer(&"echo".into()).is_none());
     /// ```
     pub fn balancer(&self, key: &K) -> Option<Balancer> {
-        self.inner.balancers.load().get(key).cloned()
+        self.keyed(key).map(|keyed| keyed.balancer.clone())
     }
 
-    /// The balancer of `key`: the existing one (left as it is), or a new one over `instances`.
-    fn get_or_insert(&self, key: K, instances: &[Arc<VoloInstance>]) -> Balancer {
-        let _guard = self
-            .inner
-            .insert
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(existing) = self.balancer(&key) {
-            return existing;
+    fn keyed(&self, key: &K) -> Option<Arc<Keyed>> {
+        self.inner.balancers.with(key, Arc::clone)
+    }
+
+    /// The entry of `key`: the existing one (left as it is), or a new one over `instances`.
+    fn get_or_insert(&self, key: K, label: &str, instances: &[Arc<VoloInstance>]) -> Arc<Keyed> {
+        self.inner
+            .balancers
+            .get_or_insert_with(key, || Keyed::new(&self.inner.builder, label, instances))
+    }
+
+    /// A picker for a call to `keyed`: at once when it has an instance to pick, else once a
+    /// change brings one or the wait is over (then it picks nothing).
+    async fn picker(&self, keyed: Arc<Keyed>) -> Picker {
+        let mut picker = Picker::first(keyed.balancer.clone());
+        if picker.found() || self.wait.is_zero() || keyed.balancer.hashes() {
+            return picker;
         }
-        let balancer = self.inner.builder.clone().build(ours(instances));
-        let mut next = HashMap::clone(&self.inner.balancers.load());
-        next.insert(key, balancer.clone());
-        self.inner.balancers.store(Arc::new(next));
-        balancer
+        let deadline = tokio::time::Instant::now() + self.wait;
+        keyed.wait_for(deadline, || picker.pick_again()).await;
+        picker
     }
-}
-
-/// This crate's instances from Volo's (non-IP addresses left out).
-fn ours(instances: &[Arc<VoloInstance>]) -> Vec<crate::Instance> {
-    instances
-        .iter()
-        .filter_map(|instance| {
-            let converted = from_volo(instance);
-            if converted.is_none() {
-                tracing::debug!(address = %instance.address, "skipping a non-IP Volo instance");
-            }
-            converted
-        })
-        .collect()
 }
 
 impl<D> LoadBalance<D> for VoloBalance<D::Key>
@@ -166,78 +195,33 @@ where
         discover: &'future D,
     ) -> Result<Picker, LoadBalanceError> {
         let key = discover.key(endpoint);
-        if let Some(balancer) = self.balancer(&key) {
-            return Ok(Picker::new(balancer));
-        }
-        let instances = discover.discover(endpoint).await.map_err(Into::into)?;
-        Ok(Picker::new(self.get_or_insert(key, &instances)))
+        // The path of nearly every call: the key is known and has an instance to pick.
+        let found = self.inner.balancers.with(&key, |keyed| {
+            let picker = Picker::first(keyed.balancer.clone());
+            if picker.found() {
+                Ok(picker)
+            } else {
+                Err(keyed.clone())
+            }
+        });
+        let keyed = match found {
+            Some(Ok(picker)) => return Ok(picker),
+            Some(Err(keyed)) => keyed,
+            None => {
+                let instances = discover.discover(endpoint).await.map_err(Into::into)?;
+                self.get_or_insert(key, endpoint.service_name_ref(), &instances)
+            }
+        };
+        Ok(self.picker(keyed).await)
     }
 
     fn rebalance(&self, change: VoloChange<D::Key>) {
         // Inserted meanwhile by a first call with an older set, or held: this one is newer.
-        let balancer = match self.balancer(&change.key) {
-            Some(balancer) => balancer,
-            None => self.get_or_insert(change.key, &change.all),
+        let keyed = match self.keyed(&change.key) {
+            Some(keyed) => keyed,
+            // Volo keys are not `Display`: the service is named once a call names it.
+            None => self.get_or_insert(change.key.clone(), "", &change.all),
         };
-        // Our balancers are built from sets (never from a watch), so an update is accepted.
-        if let Err(err) = balancer.update(ours(&change.all)) {
-            tracing::warn!(error = %err, "a Volo change was not applied");
-        }
-    }
-}
-
-/// The instances of one call, in the order Volo tries them: the balancer's pick first, then
-/// (on a retry) instances not tried yet.
-///
-/// ```
-/// use service_registry::volo::VoloBalance;
-/// use volo::discovery::StaticDiscover;
-/// use volo::loadbalance::LoadBalance;
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let discover = StaticDiscover::from(vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
-/// let balance = VoloBalance::default();
-/// let endpoint = volo::context::Endpoint::new("echo".into());
-/// let tried: Vec<_> = balance.get_picker(&endpoint, &discover).await.unwrap().collect();
-/// assert_eq!(tried.len(), 2);
-/// assert_ne!(tried[0], tried[1]);
-/// # }
-/// ```
-#[derive(Debug)]
-pub struct Picker {
-    balancer: Balancer,
-    first: Option<SocketAddr>,
-    tried: Vec<SocketAddr>,
-}
-
-impl Picker {
-    fn new(balancer: Balancer) -> Self {
-        Self {
-            balancer,
-            first: None,
-            tried: Vec::new(),
-        }
-    }
-}
-
-impl Iterator for Picker {
-    type Item = Address;
-
-    fn next(&mut self) -> Option<Address> {
-        let picked = match self.first {
-            None => self.balancer.pick()?,
-            Some(first) => {
-                if self.tried.is_empty() {
-                    self.tried.push(first);
-                }
-                self.balancer.pick_avoiding(&self.tried)?
-            }
-        };
-        if self.first.is_none() {
-            self.first = Some(picked.addr);
-        } else {
-            self.tried.push(picked.addr);
-        }
-        Some(Address::Ip(picked.addr))
+        keyed.apply(&change.all);
     }
 }

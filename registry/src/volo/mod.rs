@@ -29,11 +29,15 @@
 mod balance;
 mod convert;
 mod discover;
+mod keyed;
+mod keys;
+mod picker;
 mod report;
 mod server;
 
-pub use balance::{Picker, VoloBalance};
+pub use balance::{VoloBalance, DEFAULT_WAIT_FOR_INSTANCE};
 pub use convert::{START_TIME_TAG, WARMUP_TAG};
 pub use discover::{VoloDiscover, VoloDiscoverError, DEFAULT_CHANNEL_CAPACITY};
+pub use picker::Picker;
 pub use report::{ReportLayer, Reporting};
 pub use server::{grpc_shutdown, thrift_shutdown, HookFuture, ThriftHook, ThriftSignal};

@@ -119,7 +119,14 @@ pub fn client(
     discovery: Arc<dyn Discovery>,
     service: &str,
 ) -> (greeter::GreeterClient, VoloBalance<FastStr>) {
-    let discover = VoloDiscover::new(discovery);
+    client_with(VoloDiscover::new(discovery), service)
+}
+
+/// [`client`] over a given discover (to follow its change channel too).
+pub fn client_with(
+    discover: VoloDiscover<Arc<dyn Discovery>>,
+    service: &str,
+) -> (greeter::GreeterClient, VoloBalance<FastStr>) {
     let balance = VoloBalance::default();
     let client = greeter::GreeterClientBuilder::new(service)
         .load_balance(balance.clone())
@@ -146,4 +153,20 @@ pub fn holds(balance: &VoloBalance<FastStr>, service: &str, addr: SocketAddr) ->
     balance
         .balancer(&FastStr::new(service))
         .is_some_and(|b| b.instances().iter().any(|i| i.addr == addr))
+}
+
+/// An etcd discovery whose view lags the registry: every byte between it and `etcd` is
+/// delayed by `one_way` each way by a loopback [`FaultProxy`](tests::proxy::FaultProxy)
+/// (a client far from etcd, or an etcd slow to notify). Keep the proxy alive while the
+/// discovery is used.
+#[cfg(feature = "etcd")]
+pub async fn lagging_discovery(
+    etcd: &tests::fixtures::etcd::Etcd,
+    one_way: Duration,
+) -> (tests::proxy::FaultProxy, Arc<dyn Discovery>) {
+    use service_registry::etcd::{EtcdConfig, EtcdDiscovery};
+    let proxy = tests::proxy::FaultProxy::start(etcd.members[0].client_addr()).await;
+    proxy.set_latency(one_way);
+    let config = EtcdConfig::new(vec![format!("http://{}", proxy.endpoint())]);
+    (proxy, Arc::new(EtcdDiscovery::new(config)))
 }

@@ -1,0 +1,84 @@
+//! [`Picker`]: the instances of one Volo call.
+
+use std::net::SocketAddr;
+
+use volo::net::Address;
+
+use crate::balance::Balancer;
+
+/// The instances of one call, in the order Volo tries them: the balancer's pick first (made
+/// when the call asked for its picker), then (on a retry) instances not tried yet.
+///
+/// ```
+/// use service_registry::volo::VoloBalance;
+/// use volo::discovery::StaticDiscover;
+/// use volo::loadbalance::LoadBalance;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let discover = StaticDiscover::from(vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
+/// let balance = VoloBalance::default();
+/// let endpoint = volo::context::Endpoint::new("echo".into());
+/// let tried: Vec<_> = balance.get_picker(&endpoint, &discover).await.unwrap().collect();
+/// assert_eq!(tried.len(), 2);
+/// assert_ne!(tried[0], tried[1]);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Picker {
+    balancer: Balancer,
+    /// The first pick; `None` when there was nothing to pick.
+    first: Option<SocketAddr>,
+    /// Whether `first` has been handed out.
+    started: bool,
+    /// Every address handed out, once a retry asks for a second one.
+    tried: Vec<SocketAddr>,
+}
+
+impl Picker {
+    /// A picker over `balancer` whose first pick is made now.
+    pub(crate) fn first(balancer: Balancer) -> Self {
+        let first = pick(&balancer);
+        Self {
+            balancer,
+            first,
+            started: false,
+            tried: Vec::new(),
+        }
+    }
+
+    /// Whether the first pick found an instance.
+    pub(crate) fn found(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// Picks the first instance again (the set changed while the call waited for one).
+    pub(crate) fn pick_again(&mut self) -> bool {
+        self.first = pick(&self.balancer);
+        self.found()
+    }
+}
+
+/// One pick's address: [`Balancer::pick`] without cloning the instance's `Arc`.
+#[inline]
+fn pick(balancer: &Balancer) -> Option<SocketAddr> {
+    let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+    balancer.pick_then(&mut rng, |instance| instance.addr)
+}
+
+impl Iterator for Picker {
+    type Item = Address;
+
+    fn next(&mut self) -> Option<Address> {
+        if !self.started {
+            self.started = true;
+            return self.first.map(Address::Ip);
+        }
+        let first = self.first?;
+        if self.tried.is_empty() {
+            self.tried.push(first);
+        }
+        let picked = self.balancer.pick_avoiding(&self.tried)?.addr;
+        self.tried.push(picked);
+        Some(Address::Ip(picked))
+    }
+}
