@@ -510,22 +510,34 @@ fn parse_server_list(
             value: item.to_string(),
             expected,
         };
-        let (host, http_port) = match item.rsplit_once(':') {
+        let (host, http_port, explicit) = match item.rsplit_once(':') {
             Some((host, port))
                 if (!host.is_empty() && !host.contains(':')) || host.ends_with(']') =>
             {
                 let port = port.parse::<u16>().ok().filter(|p| *p > 0);
-                (host, port.ok_or_else(|| invalid(SERVER_LIST))?)
+                (host, port.ok_or_else(|| invalid(SERVER_LIST))?, true)
             }
-            _ => (item, default_port),
+            _ => (item, default_port, false),
         };
         let node = NacosServer::new(host, http_port);
         let node = match grpc {
             Some(grpc) => node.grpc_port(grpc),
             None if node.grpc_port == 0 => {
-                return Err(invalid(
-                    "ports with room for the gRPC port at + 1000 (or set NACOS_GRPC_PORT)",
-                ))
+                // Name the variable the port came from.
+                return Err(EnvError::Invalid {
+                    variable: if explicit {
+                        NACOS_SERVER_ADDR_ENV
+                    } else {
+                        NACOS_SERVER_PORT_ENV
+                    },
+                    value: if explicit {
+                        item.to_string()
+                    } else {
+                        http_port.to_string()
+                    },
+                    expected:
+                        "a port with room for the gRPC port at + 1000 (or set NACOS_GRPC_PORT)",
+                });
             }
             None => node,
         };
