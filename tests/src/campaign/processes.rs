@@ -358,11 +358,12 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 /// longer than that.
 const NACOS_SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
-/// Registrars for `linked.alpha` started and shut down `rounds` times on `leaving` while another
+/// Registrars for `linked.alpha` started and shut down `rounds` times, each on a registry of its
+/// own from `leaving` (a registrar closes its registries when it ends, as a process does), while another
 /// instance stays on `staying` and a client resolves through `discovery`'s watch and calls an
 /// instance every millisecond (round robin, one call at a time), with no retry.
 async fn shutdown_rounds<R, D>(
-    leaving: R,
+    leaving: impl Fn() -> R,
     staying: R,
     discovery: D,
     rounds: usize,
@@ -371,7 +372,7 @@ async fn shutdown_rounds<R, D>(
     name: &str,
 ) -> (CallLog, Dist, Dist)
 where
-    R: Registry + Clone,
+    R: Registry,
     D: Discovery,
 {
     let stay = Running::start(staying, &["linked.alpha"]).await;
@@ -441,7 +442,7 @@ where
         // Keep serving 500 ms after deregistering: the watching client drops the instance
         // within milliseconds (RELIABILITY.md finding 1).
         let leave = Running::start_with(|b| {
-            b.registry(leaving.clone())
+            b.registry(leaving())
                 .only(["linked.alpha"])
                 .drain_delay(drain)
         })
@@ -498,9 +499,9 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
     results.push((
         "memory",
         shutdown_rounds(
+            || memory.clone(),
             memory.clone(),
             memory.clone(),
-            memory,
             rounds,
             SHUTDOWN_DRAIN,
             &ctx.progress,
@@ -511,13 +512,13 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
     {
         let etcd = Etcd::start().await;
         let config = EtcdConfig::new([etcd.endpoint()]);
-        let leaving = EtcdRegistry::new(config.clone()).expect("an etcd registry");
+        let leaving = || EtcdRegistry::new(config.clone()).expect("an etcd registry");
         let staying = EtcdRegistry::new(config.clone()).expect("an etcd registry");
-        let discovery = EtcdDiscovery::new(config);
+        let discovery = EtcdDiscovery::new(config.clone());
         results.push((
             "etcd",
             shutdown_rounds(
-                leaving.clone(),
+                leaving,
                 staying.clone(),
                 discovery,
                 rounds,
@@ -527,19 +528,18 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
             )
             .await,
         ));
-        leaving.close().await;
         staying.close().await;
     }
     {
         let zk = ZooKeeper::start().await;
         let config = ZookeeperConfig::new(zk.connect_string());
-        let leaving = ZookeeperRegistry::new(config.clone()).expect("a ZooKeeper registry");
+        let leaving = || ZookeeperRegistry::new(config.clone()).expect("a ZooKeeper registry");
         let staying = ZookeeperRegistry::new(config.clone()).expect("a ZooKeeper registry");
-        let discovery = ZookeeperDiscovery::new(config);
+        let discovery = ZookeeperDiscovery::new(config.clone());
         results.push((
             "ZooKeeper",
             shutdown_rounds(
-                leaving.clone(),
+                leaving,
                 staying.clone(),
                 discovery,
                 rounds,
@@ -549,19 +549,18 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
             )
             .await,
         ));
-        leaving.close().await;
         staying.close().await;
     }
     {
         let nacos = Nacos::start().await;
         let config = NacosConfig::new("127.0.0.1", nacos.http_port).grpc_port(nacos.grpc_port);
-        let leaving = NacosRegistry::new(config.clone()).expect("a Nacos registry");
+        let leaving = || NacosRegistry::new(config.clone()).expect("a Nacos registry");
         let staying = NacosRegistry::new(config.clone()).expect("a Nacos registry");
-        let discovery = NacosDiscovery::new(config);
+        let discovery = NacosDiscovery::new(config.clone());
         results.push((
             "Nacos",
             shutdown_rounds(
-                leaving.clone(),
+                leaving,
                 staying.clone(),
                 discovery,
                 rounds,
@@ -571,7 +570,6 @@ pub(crate) async fn shutdown(ctx: Ctx) -> Section {
             )
             .await,
         ));
-        leaving.close().await;
         staying.close().await;
     }
     let mut failed = 0;
