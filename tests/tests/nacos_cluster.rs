@@ -52,14 +52,7 @@ fn index_of(cluster: &NacosCluster, server: &NacosServer) -> usize {
 }
 
 async fn listed(nacos: &Nacos) -> Vec<u16> {
-    let mut ports: Vec<u16> = nacos
-        .list(SERVICE)
-        .await
-        .iter()
-        .filter_map(|h| h["port"].as_u64().map(|p| p as u16))
-        .collect();
-    ports.sort();
-    ports
+    nacos.ports(SERVICE).await
 }
 
 /// Polls until every running node lists exactly `want`, or fails after `limit`.

@@ -23,14 +23,7 @@ fn config(nacos: &Nacos, proxy: &FaultProxy) -> NacosConfig {
 }
 
 async fn listed(nacos: &Nacos, service: &str) -> Vec<u16> {
-    let mut ports: Vec<u16> = nacos
-        .list(service)
-        .await
-        .iter()
-        .filter_map(|h| h["port"].as_u64().map(|p| p as u16))
-        .collect();
-    ports.sort();
-    ports
+    nacos.ports(service).await
 }
 
 async fn until_health(registry: &NacosRegistry, what: &str, check: impl Fn(&Health) -> bool) {
