@@ -3,8 +3,8 @@
 //!
 //! Memory runs every scenario that applies to it: it cannot hold foreign (unreadable) bytes and
 //! has no server to take away, so `unreadable_data_is_left_out`, `outage_and_recovery` and
-//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only;
-//! `refused_update_keeps_the_last_accepted_value` runs on etcd (see below).
+//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only, and so does
+//! `refused_update_keeps_the_last_accepted_value` (memory has no request size limit).
 
 use tests::conformance::{self, Backend};
 
@@ -47,11 +47,6 @@ conformance! {
     refused_update_keeps_the_last_accepted_value,
 }
 
-// `refused_update_keeps_the_last_accepted_value` is not run on ZooKeeper and Nacos yet:
-// ZooKeeper closes the connection on a packet over `jute.maxbuffer` instead of refusing it, so
-// the backend sees a lost connection and writes the oversized value again on every reconnect
-// (issue 18, defect 7: a size check in `zookeeper/` is needed); rnacos took a 5 MiB value.
-
 #[cfg(feature = "zookeeper")]
 conformance! {
     zookeeper = conformance::ZookeeperBackend::start().await;
@@ -63,6 +58,7 @@ conformance! {
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
     registrar_address_change_leaves_no_old_address,
+    refused_update_keeps_the_last_accepted_value,
 }
 
 #[cfg(feature = "nacos")]
@@ -76,4 +72,5 @@ conformance! {
     outage_and_recovery,
     deregistration_during_outage_stays_gone,
     registrar_address_change_leaves_no_old_address,
+    refused_update_keeps_the_last_accepted_value,
 }

@@ -689,7 +689,9 @@ async fn a_service_of_five_thousand_instances_with_1_kb_of_metadata_is_resolved_
 #[tokio::test]
 async fn an_answer_over_the_size_limit_is_a_size_error_and_keeps_the_shared_connection() {
     let nacos = Nacos::start().await;
-    let registry = NacosRegistry::new(config(&nacos)).unwrap();
+    // A writer that ignores the servers' request limit (r-nacos has none): this crate refuses
+    // such a registration by default (`max_request_size`).
+    let registry = NacosRegistry::new(config(&nacos).max_request_size(32 << 20)).unwrap();
     let small = Info::new("nacos.small", "127.0.0.1:7001".parse().unwrap());
     registry.register(&small).await.unwrap();
     let grows = Info::new("nacos.grows", "127.0.0.1:7003".parse().unwrap());

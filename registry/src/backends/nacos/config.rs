@@ -78,6 +78,7 @@ pub struct NacosConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) concurrency: usize,
     pub(crate) resolve_from_watch: bool,
+    pub(crate) max_request_size: usize,
     /// The cluster's other nodes, after the one above.
     pub(crate) more: Vec<NacosServer>,
     pub(crate) rotation: Rotation,
@@ -106,6 +107,7 @@ impl std::fmt::Debug for NacosConfig {
             .field("close_timeout", &self.close_timeout)
             .field("concurrency", &self.concurrency)
             .field("resolve_from_watch", &self.resolve_from_watch)
+            .field("max_request_size", &self.max_request_size)
             .field("more_servers", &self.more)
             .finish()
     }
@@ -137,6 +139,7 @@ impl NacosConfig {
             close_timeout: Duration::from_secs(2),
             concurrency: 64,
             resolve_from_watch: true,
+            max_request_size: DEFAULT_MAX_REQUEST_SIZE,
             more: Vec::new(),
             rotation: Rotation::default(),
         }
@@ -193,6 +196,23 @@ impl NacosConfig {
         }
         config.more.clear();
         config
+    }
+
+    /// The largest registration request the servers accept, in bytes (default 10 MiB, Nacos'
+    /// `nacos.remote.server.grpc.sdk.max-inbound-message-size`, which is also the most this
+    /// crate's discovery decodes in one answer). A registration whose instance would not fit
+    /// is refused here, before it is sent: an update keeps the value registered before it
+    /// (a service holding an instance that large could not be read by anyone). r-nacos sets
+    /// no limit of its own; raise this only together with the servers' setting.
+    ///
+    /// ```
+    /// let c = service_registry::nacos::NacosConfig::new("127.0.0.1", 8848)
+    ///     .max_request_size(16 << 20);
+    /// # let _ = c;
+    /// ```
+    pub fn max_request_size(mut self, bytes: usize) -> Self {
+        self.max_request_size = bytes.max(MIN_REQUEST_SIZE);
+        self
     }
 
     /// Whether [`NacosDiscovery::resolve`](super::NacosDiscovery) answers from a live watch of
@@ -493,6 +513,13 @@ impl NacosConfig {
 }
 
 /// What `serverAddr` holds.
+/// Nacos' default `nacos.remote.server.grpc.sdk.max-inbound-message-size`.
+pub(crate) const DEFAULT_MAX_REQUEST_SIZE: usize = 10 << 20;
+/// The least [`NacosConfig::max_request_size`] takes: room for an instance with its metadata.
+const MIN_REQUEST_SIZE: usize = 64 << 10;
+/// What a registration request carries beside the instance (its envelope and metadata).
+pub(crate) const REQUEST_OVERHEAD: usize = 1 << 10;
+
 const SERVER_LIST: &str = "hosts separated by commas, each `host`, `host:port` or `[v6]:port`";
 
 /// `serverAddr`'s comma list: `host`, `host:port` or `[v6]:port` each (a bare IPv6 address

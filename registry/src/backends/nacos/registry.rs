@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::config::{NacosConfig, NacosConfigError};
+use super::config::{NacosConfig, NacosConfigError, REQUEST_OVERHEAD};
 use super::server::NacosServer;
 use super::session::{key, Session};
 use super::wire;
@@ -145,6 +145,26 @@ impl Registry for NacosRegistry {
         let instance = wire::encode(info, &config.cluster, &config.extra_metadata);
         // Plain strings, numbers and a map: serializing cannot fail.
         let value = serde_json::to_vec(&instance).unwrap_or_default();
+        let limit = config.max_request_size;
+        if value.len() + REQUEST_OVERHEAD > limit {
+            tracing::warn!(
+                service = %info.service_name,
+                addr = %info.addr,
+                bytes = value.len(),
+                limit,
+                "registration refused: the instance is larger than a Nacos request may be; the value registered before (if any) stays"
+            );
+            return Err(RegistryError::InvalidInfo {
+                service: info.service_name.clone(),
+                reason: format!(
+                    "the instance at {} is {} bytes, more than one Nacos request carries ({limit} \
+                     bytes less 1 KiB for the request; see NacosConfig::max_request_size); not \
+                     sent, the value registered before stays",
+                    info.addr,
+                    value.len()
+                ),
+            });
+        }
         self.inner.session.put(key(info), value).await
     }
 
