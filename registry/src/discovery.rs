@@ -127,6 +127,22 @@ pub enum DiscoveryError {
         #[source]
         source: SharedError,
     },
+    /// The registry did not answer within a time limit (the one spelling of a timeout, as
+    /// [`RegistryError::Timeout`](crate::RegistryError::Timeout)); a later call may succeed.
+    #[error(
+        "{backend} registry{} did not answer within {timeout:?} while resolving `{service}`",
+        endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default()
+    )]
+    Timeout {
+        /// The backend.
+        backend: &'static str,
+        /// The endpoint(s) asked, when known.
+        endpoint: Option<String>,
+        /// The service being resolved.
+        service: String,
+        /// The limit that was exceeded.
+        timeout: std::time::Duration,
+    },
     /// The registry server lacks something this client needs to follow a service (ZooKeeper
     /// older than 3.6 has no persistent watches).
     #[error("{backend} registry at {endpoint} cannot watch `{service}`: {reason}")]
@@ -212,6 +228,14 @@ impl DiscoveryError {
                 endpoint,
                 service: service.to_string(),
                 source,
+            },
+            crate::RegistryError::Timeout {
+                endpoint, timeout, ..
+            } => DiscoveryError::Timeout {
+                backend,
+                endpoint,
+                service: service.to_string(),
+                timeout,
             },
             other => DiscoveryError::Backend {
                 backend,

@@ -66,15 +66,35 @@ pub enum RegistryError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The call did not finish in time.
+    /// The registry did not answer within a time limit: a backend's own network call, or the
+    /// registrar's limit on a whole register/deregister. The call may succeed later (the
+    /// registrar retries it). This is the one spelling of a timeout; see
+    /// [`is_transient`](Self::is_transient).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use service_registry::RegistryError;
+    /// let err = RegistryError::Timeout {
+    ///     backend: "etcd",
+    ///     endpoint: Some("127.0.0.1:2379".into()),
+    ///     service: None,
+    ///     timeout: Duration::from_secs(3),
+    /// };
+    /// assert_eq!(err.to_string(), "etcd registry at 127.0.0.1:2379 did not answer within 3s; the call is retried");
+    /// assert!(err.is_transient());
+    /// ```
     #[error(
-        "{backend} did not answer within {timeout:?} for service `{service}`; the call is retried"
+        "{backend} registry{} did not answer within {timeout:?}{}; the call is retried",
+        at_endpoint(.endpoint),
+        for_service(.service)
     )]
     Timeout {
         /// The backend.
         backend: &'static str,
-        /// The service whose call timed out.
-        service: String,
+        /// The endpoint(s) asked, when the call went to known ones.
+        endpoint: Option<String>,
+        /// The service the call was for, when it was for one.
+        service: Option<String>,
         /// The limit that was exceeded.
         timeout: std::time::Duration,
     },
@@ -87,6 +107,35 @@ pub enum RegistryError {
         #[source]
         source: SharedError,
     },
+}
+
+fn at_endpoint(endpoint: &Option<String>) -> String {
+    endpoint
+        .as_deref()
+        .map(|e| format!(" at {e}"))
+        .unwrap_or_default()
+}
+
+fn for_service(service: &Option<String>) -> String {
+    service
+        .as_deref()
+        .map(|s| format!(" for service `{s}`"))
+        .unwrap_or_default()
+}
+
+impl RegistryError {
+    /// Whether the registry could not be reached or did not answer in time
+    /// ([`Unavailable`](Self::Unavailable) or [`Timeout`](Self::Timeout)): the same call may
+    /// succeed later, and a connection it went over may be dead.
+    ///
+    /// ```
+    /// use service_registry::RegistryError;
+    /// let invalid = RegistryError::InvalidInfo { service: "a/b".into(), reason: "contains `/`".into() };
+    /// assert!(!invalid.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
 }
 
 /// A service registry: makes instances findable and removes them.

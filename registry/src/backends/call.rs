@@ -1,14 +1,13 @@
 //! Bounded backend calls: every network call a backend makes has a time limit, and running out
-//! of it reads as "unavailable".
+//! of it is a [`RegistryError::Timeout`].
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::registry::shared;
 use crate::registry::RegistryError;
 
 /// Runs one backend call under `limit`: its own error goes through `map`, no answer in time
-/// reads as "unavailable" at `endpoint`.
+/// is a [`RegistryError::Timeout`] at `endpoint`.
 pub(crate) async fn bounded_call<T, E>(
     backend: &'static str,
     endpoint: &str,
@@ -24,9 +23,10 @@ pub(crate) async fn bounded_call<T, E>(
 
 /// The error for a call that got no answer within `limit`.
 pub(crate) fn timed_out(backend: &'static str, endpoint: &str, limit: Duration) -> RegistryError {
-    RegistryError::Unavailable {
+    RegistryError::Timeout {
         backend,
-        endpoint: endpoint.to_string(),
-        source: shared(format!("no answer within {limit:?}")),
+        endpoint: Some(endpoint.to_string()),
+        service: None,
+        timeout: limit,
     }
 }

@@ -141,7 +141,8 @@ where
         }),
         Err(_) => Err(RegistryError::Timeout {
             backend: "registry",
-            service: service.to_string(),
+            endpoint: None,
+            service: Some(service.to_string()),
             timeout,
         }),
     };

@@ -219,7 +219,7 @@ impl EtcdDiscovery {
     async fn list(&self, service: &str) -> Result<(Entries, i64), RegistryError> {
         let (client, epoch) = self.client().await?;
         let listed = self.list_with(&client, service).await;
-        if let Err(RegistryError::Unavailable { .. }) = &listed {
+        if listed.as_ref().is_err_and(RegistryError::is_transient) {
             // Reconnect next time: the connection may be dead.
             self.client.forget(epoch);
         }
@@ -335,7 +335,7 @@ impl Source for EtcdDiscovery {
         let (entries, revision) = match self.list_with(&client, service).await {
             Ok(listed) => listed,
             Err(err) => {
-                if let RegistryError::Unavailable { .. } = err {
+                if err.is_transient() {
                     self.client.forget(epoch);
                 }
                 return Err(error(err));

@@ -112,9 +112,9 @@ pub(crate) fn txn_failure(config: &EtcdConfig, err: EtcdError) -> TxnFailure {
         };
     }
     match registry_error(config, err) {
-        err @ (RegistryError::Unavailable { .. } | RegistryError::Unauthenticated { .. }) => {
-            TxnFailure::Fatal(err)
-        }
+        err @ (RegistryError::Unavailable { .. }
+        | RegistryError::Timeout { .. }
+        | RegistryError::Unauthenticated { .. }) => TxnFailure::Fatal(err),
         other => TxnFailure::Refused {
             error: other,
             passes: false,

@@ -430,9 +430,13 @@ impl Connection {
             }
             Ok(Err(status)) => return Err(rejection(&self.server, what, &status)),
             Err(_) => {
-                let reason = format!("{what} got no answer within {limit:?}");
-                self.mark_lost(&reason);
-                return Err(lost(reason));
+                let err = NacosError::TimedOut {
+                    server: self.server.clone(),
+                    what: what.to_string(),
+                    limit,
+                };
+                self.mark_lost(&err.to_string());
+                return Err(err);
             }
         };
         serde_json::from_slice(answer.json()).map_err(|err| NacosError::Refused {
@@ -453,7 +457,13 @@ impl Connection {
         let answer = match tokio::time::timeout(limit, self.grpc.request(payload)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(status)) => return Err(failed(format!("{what} failed: {status}"))),
-            Err(_) => return Err(failed(format!("{what} got no answer within {limit:?}"))),
+            Err(_) => {
+                return Err(NacosError::TimedOut {
+                    server: self.server.clone(),
+                    what: what.to_string(),
+                    limit,
+                })
+            }
         };
         serde_json::from_slice(answer.json()).map_err(|err| {
             failed(format!(

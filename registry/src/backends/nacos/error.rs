@@ -41,6 +41,17 @@ pub enum NacosError {
         /// What happened.
         reason: String,
     },
+    /// A request got no answer within the request timeout; the connection it went over is
+    /// given up (everything is registered again on a new one).
+    #[error("{what} to Nacos at {server} got no answer within {limit:?}")]
+    TimedOut {
+        /// `host:port`.
+        server: String,
+        /// What was asked.
+        what: String,
+        /// The limit.
+        limit: std::time::Duration,
+    },
     /// Nacos refused the user name or password, or requires a login and none is configured.
     #[error("Nacos at {server} refused the credentials of user `{user}` ({reason}); check the user name and password")]
     Unauthenticated {
@@ -103,7 +114,10 @@ pub enum NacosError {
 impl NacosError {
     /// Whether this is about the connection (retry on a new one) rather than the request.
     pub(crate) fn is_connection(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Lost { .. })
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Lost { .. } | Self::TimedOut { .. }
+        )
     }
 
     /// Whether nothing more can be written on this connection: it is gone, or the server no
@@ -129,6 +143,12 @@ impl NacosError {
                     source: Arc::new(self),
                 }
             }
+            Self::TimedOut { server, limit, .. } => RegistryError::Timeout {
+                backend: BACKEND,
+                endpoint: Some(server.clone()),
+                service: None,
+                timeout: *limit,
+            },
             Self::Unauthenticated { user, server, .. } => RegistryError::Unauthenticated {
                 backend: BACKEND,
                 endpoint: server.clone(),

@@ -57,7 +57,7 @@ pub(crate) fn registry_error(config: &ZookeeperConfig, err: ZkError) -> Registry
     }
 }
 
-/// Runs one ZooKeeper call under `limit`; a timeout reads as "unavailable".
+/// Runs one ZooKeeper call under `limit`; no answer in time is a `RegistryError::Timeout`.
 pub(crate) async fn bounded<T>(
     config: &ZookeeperConfig,
     limit: Duration,

@@ -185,7 +185,7 @@ async fn terminated(mut states: StateWatcher) {
 /// True for errors that say the connection or session is gone (as opposed to the server
 /// refusing this one operation).
 fn is_connection_error(err: &RegistryError) -> bool {
-    matches!(err, RegistryError::Unavailable { .. })
+    err.is_transient()
 }
 
 pub(crate) struct Session {
