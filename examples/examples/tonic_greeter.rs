@@ -20,9 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_registry::balance::{
-    Balanced, Balancer, Call, CallError, Outcome, OutlierDetection, RetryPolicy, Strategy,
-};
+use service_registry::balance::tower::{Balanced, Call, CallError, RetryPolicy};
+use service_registry::balance::{Balancer, Outcome, OutlierDetection, Strategy};
 use service_registry::{
     service, Discovery, InfoOverride, Instance, Registrar, RegistrarError, Registry, ServiceStatus,
 };

@@ -57,7 +57,8 @@ impl From<&Info> for Instance {
 /// differences, and `all` is always the complete set after the change.
 ///
 /// ```
-/// use service_registry::{diff_instances, Info, Instance};
+/// use service_registry::{Info, Instance};
+/// use service_registry::kit::diff_instances;
 /// let a = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
 /// let change = diff_instances("s", &[a.clone()], &[]).unwrap();
 /// assert_eq!(change.removed, vec![a]);
@@ -105,7 +106,8 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
 /// Why discovery failed.
 ///
 /// ```
-/// use service_registry::{shared, DiscoveryError};
+/// use service_registry::DiscoveryError;
+/// use service_registry::kit::shared;
 /// let err = DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: shared("boom") };
 /// assert!(err.to_string().contains("echo"));
 /// ```
@@ -171,7 +173,8 @@ pub enum DiscoveryError {
     /// none was added.
     ///
     /// ```
-    /// use service_registry::{shared, DiscoveryError};
+    /// use service_registry::DiscoveryError;
+    /// use service_registry::kit::shared;
     /// let down = DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: shared("refused") };
     /// let err = DiscoveryError::AllSourcesFailed {
     ///     operation: "resolve",
@@ -297,7 +300,8 @@ impl<D: Discovery + ?Sized> Discovery for std::sync::Arc<D> {
 /// Backends that re-list after an outage use this so watchers see exactly what differs.
 ///
 /// ```
-/// use service_registry::{diff_instances, Info, Instance};
+/// use service_registry::{Info, Instance};
+/// use service_registry::kit::diff_instances;
 ///
 /// let a = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
 /// let change = diff_instances("s", &[], &[a.clone()]).unwrap();

@@ -55,6 +55,7 @@ mod discovery;
 pub mod env;
 mod http_client;
 mod info;
+pub mod kit;
 mod merged;
 pub mod metrics;
 mod registrar;
@@ -63,14 +64,17 @@ mod tags;
 
 pub use backends::memory::MemoryRegistry;
 pub use backoff::Backoff;
-pub use discovery::{diff_instances, Change, Discovery, DiscoveryError, Instance, WatchStream};
+pub use discovery::{Change, Discovery, DiscoveryError, Instance, WatchStream};
+// Moved to `kit` (helpers for backend authors); the old root paths keep working, out of the docs.
 pub use info::{Endpoint, EndpointBasicInfo, Info, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT};
+#[doc(hidden)]
+pub use kit::{diff_instances, shared, BoxError, SharedError};
 pub use merged::MergedDiscovery;
 pub use registrar::{
     CheckOutcome, ControlHandle, HealthCheck, InfoOverride, Registrar, RegistrarBuilder,
     RegistrarError, ServiceStatus, ShutdownSignal, StatusHandle,
 };
-pub use registry::{shared, BoxError, Health, Registry, RegistryError, SharedError};
+pub use registry::{Health, Registry, RegistryError};
 pub use service_registry_macros::service;
 
 /// Moved to [`env::ADVERTISE_ADDR_ENV`].

@@ -15,7 +15,8 @@ pub type SharedError = std::sync::Arc<dyn std::error::Error + Send + Sync + 'sta
 /// Wraps an error or a message as a [`SharedError`].
 ///
 /// ```
-/// use service_registry::{shared, RegistryError};
+/// use service_registry::RegistryError;
+/// use service_registry::kit::shared;
 /// let err = RegistryError::Backend { backend: "custom", source: shared("disk full") };
 /// let copy = err.clone();
 /// assert_eq!(copy.to_string(), "custom registry call failed: disk full");

@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use service_registry::{shared, Info, MemoryRegistry, Registry, RegistryError};
+use service_registry::kit::shared;
+use service_registry::{Info, MemoryRegistry, Registry, RegistryError};
 
 /// What a [`Recording`] registry saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]

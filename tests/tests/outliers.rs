@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use service_registry::balance::{
-    Balanced, Balancer, Call, CallError, OutlierDetection, RetryPolicy, Strategy,
-};
+use service_registry::balance::tower::{Balanced, Call, CallError, RetryPolicy};
+use service_registry::balance::{Balancer, OutlierDetection, Strategy};
 use service_registry::{Info, MemoryRegistry, Registry};
 use tests::echo;
 use tests::proxy::{Fault, FaultProxy};

@@ -278,7 +278,7 @@ impl Registry for Controlled {
             }
             return Err(RegistryError::Backend {
                 backend: "controlled",
-                source: service_registry::shared("the update is refused"),
+                source: service_registry::kit::shared("the update is refused"),
             });
         }
         self.inner.register(info).await

@@ -6,10 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use service_registry::balance::{
-    Balanced, Balancer, Call, CallError, LaneFallback, Lanes, OutlierDetection, RetryPolicy,
-    Strategy,
-};
+use service_registry::balance::tower::{Balanced, Call, CallError, RetryPolicy};
+use service_registry::balance::{Balancer, LaneFallback, Lanes, OutlierDetection, Strategy};
 use service_registry::{Info, MemoryRegistry, Registry};
 use tests::echo;
 use tokio::net::TcpListener;

@@ -8,9 +8,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use service_registry::balance::{
-    Balanced, Balancer, Call, CallError, Locality, Outcome, OutlierDetection, RetryPolicy, Strategy,
-};
+use service_registry::balance::tower::{Balanced, Call, CallError, RetryPolicy};
+use service_registry::balance::{Balancer, Locality, Outcome, OutlierDetection, Strategy};
 use service_registry::{Info, Instance, MemoryRegistry, Registry};
 use tests::echo;
 use tokio::net::TcpListener;

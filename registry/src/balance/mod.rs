@@ -4,7 +4,7 @@
 //! filters, outlier ejection, zone-aware routing with priority levels and a panic threshold
 //! ([`Locality`]), request routing by lane ([`Lanes`]) and deterministic subsetting
 //! ([`Subset`]), all set up front by
-//! [`Balancer::builder`]; adapters for `tower`
+//! [`Balancer::builder`]; adapters for `tower` in [`balance::tower`](self::tower)
 //! (feature `tower`: a `Discover` for `tower::balance`, a balanced service that reports
 //! outcomes, and a retry policy that retries on another instance) and tonic's
 //! `Channel::balance_channel` (feature `tonic`).
@@ -23,13 +23,16 @@ mod subset;
 #[cfg(feature = "tonic")]
 mod tonic;
 #[cfg(feature = "tower")]
-mod tower;
+pub mod tower;
 mod warmup;
 mod weighted_random;
 
 #[cfg(feature = "tonic")]
 pub use self::tonic::balance_channel;
+// The tower items were flat in `balance` before they had a module of their own: the old paths
+// keep working, out of the docs.
 #[cfg(feature = "tower")]
+#[doc(hidden)]
 pub use self::tower::{
     discover, is_connect_error, AnyError, Balanced, Call, CallError, Classify, HashKey, LaneOf,
     NoKey, NoLane, ReportLayer, Reporting, RetryClass, RetryPolicy, RetryableError,

@@ -349,7 +349,8 @@ impl<D: Discovery> Discover for VoloDiscover<D> {
 /// (the next `discover` tries again). Volo reads it as `LoadBalanceError::Discover`.
 ///
 /// ```
-/// use service_registry::{shared, volo::VoloDiscoverError, DiscoveryError};
+/// use service_registry::{volo::VoloDiscoverError, DiscoveryError};
+/// use service_registry::kit::shared;
 /// let err = VoloDiscoverError(DiscoveryError::Backend { backend: "etcd", service: "echo".into(), source: shared("down") });
 /// let volo: volo::loadbalance::error::LoadBalanceError = err.into();
 /// assert!(volo.to_string().contains("echo"));

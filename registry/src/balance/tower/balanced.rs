@@ -29,7 +29,8 @@ use crate::discovery::Instance;
 /// ```
 /// use std::convert::Infallible;
 /// use std::time::Duration;
-/// use service_registry::balance::{Balanced, Balancer, Call, RetryPolicy, Strategy};
+/// use service_registry::balance::{Balancer, Strategy};
+/// use service_registry::balance::tower::{Balanced, Call, RetryPolicy};
 /// use service_registry::{Info, MemoryRegistry, Registry};
 /// use tower::{Service, ServiceBuilder, ServiceExt};
 ///
@@ -187,7 +188,8 @@ impl<M, S, C, K, L> Balanced<M, S, C, K, L> {
     ///
     /// ```
     /// use std::convert::Infallible;
-    /// use service_registry::balance::{Balanced, Balancer, Call, Strategy};
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::balance::tower::{Balanced, Call};
     /// use service_registry::{Info, Instance};
     /// use tower::ServiceExt;
     ///
@@ -223,7 +225,8 @@ impl<M, S, C, K, L> Balanced<M, S, C, K, L> {
     ///
     /// ```
     /// use std::convert::Infallible;
-    /// use service_registry::balance::{Balanced, Balancer, Call, Lanes, Strategy};
+    /// use service_registry::balance::{Balancer, Lanes, Strategy};
+    /// use service_registry::balance::tower::{Balanced, Call};
     /// use service_registry::{Info, Instance};
     /// use tower::ServiceExt;
     ///
@@ -265,7 +268,8 @@ impl<M, S, C, K, L> Balanced<M, S, C, K, L> {
     ///
     /// ```
     /// use std::convert::Infallible;
-    /// use service_registry::balance::{Balanced, Balancer, Strategy};
+    /// use service_registry::balance::{Balancer, Strategy};
+    /// use service_registry::balance::tower::Balanced;
     /// let balancer = Balancer::builder(Strategy::WeightedRandom).build([]);
     /// let service = Balanced::new(balancer, |_| tower::service_fn(|()| async { Ok::<_, Infallible>(()) }));
     /// assert!(service.balancer().instances().is_empty());

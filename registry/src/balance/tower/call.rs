@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 /// The per-instance service receives the bare request.
 ///
 /// ```
-/// use service_registry::balance::Call;
+/// use service_registry::balance::tower::Call;
 ///
 /// let call = Call::new("GET /users/7").idempotent(true);
 /// assert!(call.is_idempotent());

@@ -13,7 +13,7 @@ use tower::BoxError;
 ///
 /// ```
 /// use std::io;
-/// use service_registry::balance::CallError;
+/// use service_registry::balance::tower::CallError;
 ///
 /// let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
 /// let err = CallError::Unreachable { addr: "127.0.0.1:1".parse().unwrap(), source: refused.into() };
@@ -80,7 +80,7 @@ impl CallError {
     /// The per-instance service's error, if there was one.
     ///
     /// ```
-    /// use service_registry::balance::CallError;
+    /// use service_registry::balance::tower::CallError;
     /// let err = CallError::Failed { addr: "127.0.0.1:1".parse().unwrap(), source: "boom".into() };
     /// assert_eq!(err.into_source().unwrap().to_string(), "boom");
     /// ```
@@ -100,7 +100,7 @@ impl CallError {
 ///
 /// ```
 /// use std::io;
-/// use service_registry::balance::is_connect_error;
+/// use service_registry::balance::tower::is_connect_error;
 /// let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
 /// assert!(is_connect_error(&refused));
 /// let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
@@ -144,7 +144,7 @@ pub enum RetryClass {
 /// [`CallError`] inside them or, failing that, by [`is_connect_error`].
 ///
 /// ```
-/// use service_registry::balance::{CallError, RetryClass, RetryableError};
+/// use service_registry::balance::tower::{CallError, RetryClass, RetryableError};
 /// let err = CallError::Failed { addr: "127.0.0.1:1".parse().unwrap(), source: "timed out".into() };
 /// assert_eq!(err.retry_class(), RetryClass::IfIdempotent);
 /// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);

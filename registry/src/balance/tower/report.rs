@@ -21,7 +21,8 @@ use crate::balance::{Balancer, Outcome};
 /// whatever the classifier says.
 ///
 /// ```
-/// use service_registry::balance::{AnyError, Classify, Outcome};
+/// use service_registry::balance::Outcome;
+/// use service_registry::balance::tower::{AnyError, Classify};
 /// let boom: tower::BoxError = "boom".into();
 /// assert_eq!(Classify::<()>::classify(&AnyError, Err(&boom)), Outcome::Failure);
 /// let status = |result: Result<&u16, &tower::BoxError>| match result {
@@ -67,7 +68,8 @@ where
 ///
 /// ```
 /// use std::convert::Infallible;
-/// use service_registry::balance::{Balancer, Call, ReportLayer, Strategy};
+/// use service_registry::balance::{Balancer, Strategy};
+/// use service_registry::balance::tower::{Call, ReportLayer};
 /// use service_registry::{Info, Instance};
 /// use tower::{Layer, ServiceExt};
 ///

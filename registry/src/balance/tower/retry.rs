@@ -35,7 +35,8 @@ use super::error::{RetryClass, RetryableError};
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 /// use std::sync::Arc;
-/// use service_registry::balance::{Balanced, Balancer, Call, RetryPolicy, Strategy};
+/// use service_registry::balance::{Balancer, Strategy};
+/// use service_registry::balance::tower::{Balanced, Call, RetryPolicy};
 /// use service_registry::{Info, Instance};
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
