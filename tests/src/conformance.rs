@@ -1150,7 +1150,17 @@ pub async fn refused_update_keeps_the_last_accepted_value(backend: &mut dyn Back
     // And a later update the server takes still applies.
     let v2 = if backend.updates_tags() { "2" } else { "1" };
     let a2 = info(service, 7001, 20, &[("v", v2)]);
-    register(name, &*registry, &a2).await;
+    // The registry may still be rebuilding its connection (a ZooKeeper session reconnecting):
+    // an `Unavailable` register is retried, as the harness would.
+    eventually(
+        RECOVERY,
+        &format!("[{name}] the next update after the outage"),
+        || {
+            let (registry, a2) = (&registry, &a2);
+            async move { registry.register(a2).await.map_err(|err| err.to_string()) }
+        },
+    )
+    .await;
     lists(
         name,
         &*discovery,
