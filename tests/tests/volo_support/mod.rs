@@ -10,7 +10,8 @@ use std::time::Duration;
 use examples::volo_common::greeter;
 use service_registry::volo::{grpc_shutdown, ReportLayer, VoloBalance, VoloDiscover};
 use service_registry::{
-    service, ControlHandle, Discovery, Registrar, RegistrarError, Registry, ServiceStatus,
+    service, ControlHandle, Discovery, InfoOverride, Registrar, RegistrarError, Registry,
+    ServiceStatus,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -69,6 +70,15 @@ impl Running {
 
 /// Starts a greeter on a free loopback port, registered in `registry`, with `drain`.
 pub async fn start_greeter(registry: Arc<dyn Registry>, drain: Duration) -> Running {
+    start_greeter_with(registry, drain, InfoOverride::new()).await
+}
+
+/// [`start_greeter`], registered with `registered` applied (tags, weight).
+pub async fn start_greeter_with(
+    registry: Arc<dyn Registry>,
+    drain: Duration,
+    registered: InfoOverride,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -76,6 +86,7 @@ pub async fn start_greeter(registry: Arc<dyn Registry>, drain: Duration) -> Runn
         .shared_registry(registry)
         .listen_addr(addr)
         .only([SERVICE])
+        .override_service(SERVICE, registered)
         .drain_delay(drain)
         .shutdown_signal(async move {
             let _ = stopped.await;
@@ -127,7 +138,15 @@ pub fn client_with(
     discover: VoloDiscover<Arc<dyn Discovery>>,
     service: &str,
 ) -> (greeter::GreeterClient, VoloBalance<FastStr>) {
-    let balance = VoloBalance::default();
+    client_over(discover, service, VoloBalance::default())
+}
+
+/// [`client`] over a given discover and balance (a balancer builder of its own).
+pub fn client_over(
+    discover: VoloDiscover<Arc<dyn Discovery>>,
+    service: &str,
+    balance: VoloBalance<FastStr>,
+) -> (greeter::GreeterClient, VoloBalance<FastStr>) {
     let client = greeter::GreeterClientBuilder::new(service)
         .load_balance(balance.clone())
         .discover(discover)
