@@ -21,8 +21,9 @@ use crate::balance::{Balancer, BalancerBuilder, Strategy};
 pub const DEFAULT_WAIT_FOR_INSTANCE: Duration = Duration::from_secs(1);
 
 /// Volo's [`LoadBalance`] backed by one [`Balancer`] per key: a Volo client keeps this crate's
-/// O(1) pickers, warm-up ramp, tag filters and outlier ejection (report outcomes with
-/// [`ReportLayer`](super::ReportLayer)).
+/// O(1) pickers, warm-up ramp, tag filters, outlier ejection and least request (report
+/// outcomes and count calls in flight with [`ReportLayer`](super::ReportLayer)), and the
+/// routing of [`BalancerBuilder`] (zones, subsets, lanes).
 ///
 /// Works with any Volo `Discover`; with [`VoloDiscover`](super::VoloDiscover) the warm-up of
 /// each instance arrives in its tags. A key is discovered once, on its first call; after that

@@ -25,6 +25,8 @@ pub const SERVICE: &str = "volo.it.greeter";
 pub struct ItGreeter {
     served: Arc<AtomicUsize>,
     server: String,
+    /// How long each call waits before its reply.
+    delay: Duration,
 }
 
 impl greeter::Greeter for ItGreeter {
@@ -32,6 +34,9 @@ impl greeter::Greeter for ItGreeter {
         &self,
         req: volo_grpc::Request<greeter::HelloRequest>,
     ) -> Result<volo_grpc::Response<greeter::HelloReply>, volo_grpc::Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         self.served.fetch_add(1, Ordering::SeqCst);
         Ok(volo_grpc::Response::new(greeter::HelloReply {
             message: format!("Hello, {}!", req.get_ref().name).into(),
@@ -79,6 +84,24 @@ pub async fn start_greeter_with(
     drain: Duration,
     registered: InfoOverride,
 ) -> Running {
+    start(registry, drain, registered, Duration::ZERO).await
+}
+
+/// [`start_greeter`], answering each call after `delay`.
+pub async fn start_slow_greeter(
+    registry: Arc<dyn Registry>,
+    drain: Duration,
+    delay: Duration,
+) -> Running {
+    start(registry, drain, InfoOverride::new(), delay).await
+}
+
+async fn start(
+    registry: Arc<dyn Registry>,
+    drain: Duration,
+    registered: InfoOverride,
+    delay: Duration,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -99,6 +122,7 @@ pub async fn start_greeter_with(
     let greeter = greeter::GreeterServer::new(ItGreeter {
         served: served.clone(),
         server: addr.to_string(),
+        delay,
     });
     let task = tokio::spawn(registrar.serve(|shutdown| async move {
         Server::new()
