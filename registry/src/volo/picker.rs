@@ -90,3 +90,60 @@ impl Iterator for Picker {
         Some(Address::Ip(picked))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{LaneFallback, Lanes, Strategy};
+    use crate::{Info, Instance};
+
+    /// Ports 1, 2 in lane `canary`, 3, 4 in the base lane.
+    fn balancer(fallback: LaneFallback) -> Balancer {
+        let set = (1..=4u16).map(|port| {
+            let mut info = Info::new("s", SocketAddr::from(([127, 0, 0, 1], port)));
+            if port <= 2 {
+                info.tags.insert("lane".into(), "canary".into());
+            }
+            Instance::from(&info)
+        });
+        Balancer::builder(Strategy::WeightedRandom)
+            .lanes(Lanes::new("lane").fallback(fallback))
+            .build(set)
+    }
+
+    fn ports(picker: Picker) -> Vec<u16> {
+        picker
+            .map(|address| match address {
+                Address::Ip(addr) => addr.port(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retries_stay_in_the_lane_until_it_is_exhausted_then_follow_the_fallback() {
+        for _ in 0..50 {
+            let tried = ports(Picker::first(
+                balancer(LaneFallback::Base),
+                Some("canary".into()),
+            ));
+            assert_eq!(tried.len(), 4, "{tried:?}");
+            let (lane, then) = tried.split_at(2);
+            assert!(lane.iter().all(|p| *p <= 2), "{tried:?}");
+            assert!(then.iter().all(|p| *p > 2), "{tried:?}");
+            assert_ne!(lane[0], lane[1]);
+            assert_ne!(then[0], then[1]);
+
+            let strict = ports(Picker::first(
+                balancer(LaneFallback::Fail),
+                Some("canary".into()),
+            ));
+            assert_eq!(strict.len(), 2, "{strict:?}");
+            assert!(strict.iter().all(|p| *p <= 2), "{strict:?}");
+
+            let plain = ports(Picker::first(balancer(LaneFallback::Base), None));
+            assert_eq!(plain.len(), 2, "{plain:?}");
+            assert!(plain.iter().all(|p| *p > 2), "{plain:?}");
+        }
+    }
+}
