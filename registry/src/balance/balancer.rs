@@ -662,20 +662,11 @@ impl Balancer {
         self.pick_in_lane_then(lane, rng, Arc::clone)
     }
 
-    /// [`pick_with`](Self::pick_with), handing the pick to `then` instead of cloning its
-    /// `Arc` (the Volo adapter needs only the address: two atomic operations fewer per call).
+    /// [`pick_in_lane_with`](Self::pick_in_lane_with), handing the pick to `then` instead of
+    /// cloning its `Arc` (the Volo adapter needs only the address: two atomic operations fewer
+    /// per call).
     #[inline]
-    #[cfg_attr(not(feature = "volo"), allow(dead_code))]
-    pub(crate) fn pick_then<T>(
-        &self,
-        rng: &mut fastrand::Rng,
-        then: impl FnOnce(&Arc<Instance>) -> T,
-    ) -> Option<T> {
-        self.pick_in_lane_then(None, rng, then)
-    }
-
-    #[inline]
-    fn pick_in_lane_then<T>(
+    pub(crate) fn pick_in_lane_then<T>(
         &self,
         lane: Option<&str>,
         rng: &mut fastrand::Rng,

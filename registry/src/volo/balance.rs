@@ -8,9 +8,11 @@ use volo::context::Endpoint;
 use volo::discovery::{Change as VoloChange, Discover, Instance as VoloInstance};
 use volo::loadbalance::error::LoadBalanceError;
 use volo::loadbalance::LoadBalance;
+use volo::FastStr;
 
 use super::keyed::Keyed;
 use super::keys::Keys;
+use super::lane::Lane;
 use super::picker::Picker;
 use crate::balance::{Balancer, BalancerBuilder, Strategy};
 
@@ -19,8 +21,9 @@ use crate::balance::{Balancer, BalancerBuilder, Strategy};
 pub const DEFAULT_WAIT_FOR_INSTANCE: Duration = Duration::from_secs(1);
 
 /// Volo's [`LoadBalance`] backed by one [`Balancer`] per key: a Volo client keeps this crate's
-/// O(1) pickers, warm-up ramp, tag filters and outlier ejection (report outcomes with
-/// [`ReportLayer`](super::ReportLayer)).
+/// O(1) pickers, warm-up ramp, tag filters, outlier ejection and least request (report
+/// outcomes and count calls in flight with [`ReportLayer`](super::ReportLayer)), and the
+/// routing of [`BalancerBuilder`] (zones, subsets, lanes).
 ///
 /// Works with any Volo `Discover`; with [`VoloDiscover`](super::VoloDiscover) the warm-up of
 /// each instance arrives in its tags. A key is discovered once, on its first call; after that
@@ -35,6 +38,15 @@ pub const DEFAULT_WAIT_FOR_INSTANCE: Duration = Duration::from_secs(1);
 /// [`wait_for_instance`](Self::wait_for_instance) (default 1 s) for an instance to arrive
 /// before it fails, so a client whose view of the registry lags (its service's first instance
 /// is registered but not seen yet) waits instead of failing with no instance.
+///
+/// Request routing by lane works as under tower: with a builder that has
+/// [`Lanes`](crate::balance::Lanes), a call whose callee endpoint carries a
+/// [`Lane`](super::Lane) tag (set per call through `with_callopt`, or by a client layer) goes
+/// to the instances of that lane, and by the lanes' fallback when it has none that can take
+/// it; a call without one goes to the base lane (see [`Lane`](super::Lane) for an example). A
+/// call that finds nothing to pick in its lane (fallback
+/// [`Fail`](crate::balance::LaneFallback::Fail)) waits as any call that finds nothing does,
+/// then fails.
 ///
 /// Volo hands a balancer no request, so there is no key to hash: a
 /// [`Strategy::ConsistentHash`](crate::balance::Strategy::ConsistentHash) builder picks
@@ -172,8 +184,8 @@ where
 
     /// A picker for a call to `keyed`: at once when it has an instance to pick, else once a
     /// change brings one or the wait is over (then it picks nothing).
-    async fn picker(&self, keyed: Arc<Keyed>) -> Picker {
-        let mut picker = Picker::first(keyed.balancer.clone());
+    async fn picker(&self, keyed: Arc<Keyed>, lane: Option<FastStr>) -> Picker {
+        let mut picker = Picker::first(keyed.balancer.clone(), lane);
         if picker.found() || self.wait.is_zero() || keyed.balancer.hashes() {
             return picker;
         }
@@ -195,9 +207,10 @@ where
         discover: &'future D,
     ) -> Result<Picker, LoadBalanceError> {
         let key = discover.key(endpoint);
+        let lane = lane_of(endpoint);
         // The path of nearly every call: the key is known and has an instance to pick.
         let found = self.inner.balancers.with(&key, |keyed| {
-            let picker = Picker::first(keyed.balancer.clone());
+            let picker = Picker::first(keyed.balancer.clone(), lane.clone());
             if picker.found() {
                 Ok(picker)
             } else {
@@ -212,7 +225,7 @@ where
                 self.get_or_insert(key, endpoint.service_name_ref(), &instances)
             }
         };
-        Ok(self.picker(keyed).await)
+        Ok(self.picker(keyed, lane).await)
     }
 
     fn rebalance(&self, change: VoloChange<D::Key>) {
@@ -224,4 +237,14 @@ where
         };
         keyed.apply(&change.all);
     }
+}
+
+/// The call's [`Lane`], from the callee's tags (a call that carries none costs an emptiness
+/// check).
+#[inline]
+fn lane_of(endpoint: &Endpoint) -> Option<FastStr> {
+    if endpoint.faststr_tags.is_empty() {
+        return None;
+    }
+    endpoint.get_faststr::<Lane>().cloned()
 }

@@ -4,7 +4,8 @@
 //!   (memory, etcd, ZooKeeper, Nacos, [`MergedDiscovery`](crate::MergedDiscovery)), answered
 //!   from a live watch; [`VoloBalance`] is Volo's `LoadBalance` backed by this crate's
 //!   [`Balancer`](crate::balance::Balancer) (warm-up, tag filters, outlier ejection through
-//!   [`ReportLayer`]); retries on another instance through Volo's `retry_count` (volo-thrift;
+//!   [`ReportLayer`], zones, subsets, and lanes: a call carries its [`Lane`] in the callee's
+//!   tags); retries on another instance through Volo's `retry_count` (volo-thrift;
 //!   volo-grpc 0.12's load-balance layer makes one attempt per call and has no retry count).
 //! - Server: a volo-grpc server passes [`grpc_shutdown`] to `run_with_shutdown`; a volo-thrift
 //!   server, which handles signals itself, registers the hook of [`thrift_shutdown`]. Either
@@ -31,6 +32,7 @@ mod convert;
 mod discover;
 mod keyed;
 mod keys;
+mod lane;
 mod picker;
 mod report;
 mod server;
@@ -38,6 +40,7 @@ mod server;
 pub use balance::{VoloBalance, DEFAULT_WAIT_FOR_INSTANCE};
 pub use convert::{START_TIME_TAG, WARMUP_TAG};
 pub use discover::{VoloDiscover, VoloDiscoverError, DEFAULT_CHANNEL_CAPACITY};
+pub use lane::Lane;
 pub use picker::Picker;
 pub use report::{ReportLayer, Reporting};
 pub use server::{grpc_shutdown, thrift_shutdown, HookFuture, ThriftHook, ThriftSignal};

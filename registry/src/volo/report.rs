@@ -10,7 +10,9 @@ use super::VoloBalance;
 use crate::balance::Outcome;
 
 /// A Volo client layer that reports each call's outcome to the [`VoloBalance`] that picked its
-/// instance, so consecutive failures eject it ([`OutlierDetection`](crate::balance::OutlierDetection)).
+/// instance, so consecutive failures eject it ([`OutlierDetection`](crate::balance::OutlierDetection)),
+/// and counts the call as in flight to that instance while it runs, which is what
+/// [`Strategy::LeastRequest`](crate::balance::Strategy::LeastRequest) picks by.
 ///
 /// Add it with the client builder's `layer_inner` (inner layers run after the load balancer,
 /// once the callee's address is set). A call counts as failed when its error is one Volo
@@ -69,16 +71,27 @@ where
     type Error = S::Error;
 
     async fn call(&self, cx: &mut Cx, req: Req) -> Result<S::Response, S::Error> {
-        let result = self.inner.call(cx, req).await;
         let callee = cx.rpc_info().callee();
-        if let Some(Address::Ip(addr)) = &callee.address {
-            if let Some(balancer) = self.balance.balancer(&callee.service_name) {
-                let outcome = match &result {
-                    Err(err) if err.retryable() => Outcome::Failure,
-                    _ => Outcome::Success,
-                };
-                balancer.report(*addr, outcome);
-            }
+        let target = match &callee.address {
+            Some(Address::Ip(addr)) => self
+                .balance
+                .balancer(&callee.service_name)
+                .map(|balancer| (balancer, *addr)),
+            _ => None,
+        };
+        // In flight (for least request) from here until the outcome is reported, or the call
+        // is dropped.
+        let in_flight = target
+            .as_ref()
+            .map(|(balancer, addr)| balancer.start(*addr));
+        let result = self.inner.call(cx, req).await;
+        drop(in_flight);
+        if let Some((balancer, addr)) = target {
+            let outcome = match &result {
+                Err(err) if err.retryable() => Outcome::Failure,
+                _ => Outcome::Success,
+            };
+            balancer.report(addr, outcome);
         }
         result
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use examples::volo_common::greeter;
 use service_registry::volo::{grpc_shutdown, ReportLayer, VoloBalance, VoloDiscover};
 use service_registry::{
-    service, ControlHandle, Discovery, Registrar, RegistrarError, Registry, ServiceStatus,
+    service, ControlHandle, Discovery, InfoOverride, Registrar, RegistrarError, Registry,
+    ServiceStatus,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,6 +25,8 @@ pub const SERVICE: &str = "volo.it.greeter";
 pub struct ItGreeter {
     served: Arc<AtomicUsize>,
     server: String,
+    /// How long each call waits before its reply.
+    delay: Duration,
 }
 
 impl greeter::Greeter for ItGreeter {
@@ -31,6 +34,9 @@ impl greeter::Greeter for ItGreeter {
         &self,
         req: volo_grpc::Request<greeter::HelloRequest>,
     ) -> Result<volo_grpc::Response<greeter::HelloReply>, volo_grpc::Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         self.served.fetch_add(1, Ordering::SeqCst);
         Ok(volo_grpc::Response::new(greeter::HelloReply {
             message: format!("Hello, {}!", req.get_ref().name).into(),
@@ -69,6 +75,33 @@ impl Running {
 
 /// Starts a greeter on a free loopback port, registered in `registry`, with `drain`.
 pub async fn start_greeter(registry: Arc<dyn Registry>, drain: Duration) -> Running {
+    start_greeter_with(registry, drain, InfoOverride::new()).await
+}
+
+/// [`start_greeter`], registered with `registered` applied (tags, weight).
+pub async fn start_greeter_with(
+    registry: Arc<dyn Registry>,
+    drain: Duration,
+    registered: InfoOverride,
+) -> Running {
+    start(registry, drain, registered, Duration::ZERO).await
+}
+
+/// [`start_greeter`], answering each call after `delay`.
+pub async fn start_slow_greeter(
+    registry: Arc<dyn Registry>,
+    drain: Duration,
+    delay: Duration,
+) -> Running {
+    start(registry, drain, InfoOverride::new(), delay).await
+}
+
+async fn start(
+    registry: Arc<dyn Registry>,
+    drain: Duration,
+    registered: InfoOverride,
+    delay: Duration,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -76,6 +109,7 @@ pub async fn start_greeter(registry: Arc<dyn Registry>, drain: Duration) -> Runn
         .shared_registry(registry)
         .listen_addr(addr)
         .only([SERVICE])
+        .override_service(SERVICE, registered)
         .drain_delay(drain)
         .shutdown_signal(async move {
             let _ = stopped.await;
@@ -88,6 +122,7 @@ pub async fn start_greeter(registry: Arc<dyn Registry>, drain: Duration) -> Runn
     let greeter = greeter::GreeterServer::new(ItGreeter {
         served: served.clone(),
         server: addr.to_string(),
+        delay,
     });
     let task = tokio::spawn(registrar.serve(|shutdown| async move {
         Server::new()
@@ -127,7 +162,15 @@ pub fn client_with(
     discover: VoloDiscover<Arc<dyn Discovery>>,
     service: &str,
 ) -> (greeter::GreeterClient, VoloBalance<FastStr>) {
-    let balance = VoloBalance::default();
+    client_over(discover, service, VoloBalance::default())
+}
+
+/// [`client`] over a given discover and balance (a balancer builder of its own).
+pub fn client_over(
+    discover: VoloDiscover<Arc<dyn Discovery>>,
+    service: &str,
+    balance: VoloBalance<FastStr>,
+) -> (greeter::GreeterClient, VoloBalance<FastStr>) {
     let client = greeter::GreeterClientBuilder::new(service)
         .load_balance(balance.clone())
         .discover(discover)
