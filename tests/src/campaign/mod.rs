@@ -215,7 +215,7 @@ impl Options {
     /// Tiny counts, for CI.
     pub fn quick() -> Self {
         Self {
-            etcd_restarts: 5,
+            etcd_restarts: 3,
             member_kills: 2,
             zk_leader_kills: 1,
             zk_expiries: 2,
