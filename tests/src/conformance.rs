@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use service_registry::kit::shared;
 use service_registry::{
-    shared, Backoff, Change, Discovery, Health, Info, InfoOverride, Instance, MemoryRegistry,
-    Registrar, Registry, RegistryError, ServiceStatus, WatchStream,
+    Backoff, Change, Discovery, Health, Info, InfoOverride, Instance, MemoryRegistry, Registrar,
+    Registry, RegistryError, ServiceStatus, WatchStream,
 };
 
 // `registrar_address_change_leaves_no_old_address` runs a registrar for `linked.alpha`, a

@@ -4,9 +4,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use service_registry::kit::BoxError;
 use service_registry::{
-    BoxError, ControlHandle, Info, Registrar, RegistrarBuilder, RegistrarError, Registry,
-    ServiceStatus, ShutdownSignal, StatusHandle,
+    ControlHandle, Info, Registrar, RegistrarBuilder, RegistrarError, Registry, ServiceStatus,
+    ShutdownSignal, StatusHandle,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

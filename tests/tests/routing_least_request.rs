@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use service_registry::balance::{Balanced, Balancer, Call, Strategy};
+use service_registry::balance::tower::{Balanced, Call};
+use service_registry::balance::{Balancer, Strategy};
 use service_registry::{Info, Instance, MemoryRegistry, Registry};
 use tests::echo::{self, Connections, Pace};
 use tokio::net::TcpListener;

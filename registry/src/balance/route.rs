@@ -59,6 +59,36 @@ pub(crate) struct Inputs<'a> {
     pub(crate) warming: bool,
     /// The ring of the route before, to keep its resolution.
     pub(crate) previous_ring: Option<&'a Ring>,
+    /// Where each instance is for the snapshot's [`Locality`] (empty without one): read from
+    /// its tags once per rebuild, not once per route that considers it.
+    pub(crate) places: Vec<Place>,
+}
+
+/// An instance's priority level and whether it is in the caller's zone.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Place {
+    level: u64,
+    local: bool,
+}
+
+/// The [`Place`] of every one of `instances` under `locality`.
+pub(crate) fn places(instances: &[Arc<Instance>], locality: Option<&Locality>) -> Vec<Place> {
+    let Some(locality) = locality else {
+        return Vec::new();
+    };
+    instances
+        .iter()
+        .map(|instance| Place {
+            level: locality
+                .priority_key
+                .as_ref()
+                .map_or(0, |key| level(instance.tags.get(key))),
+            local: locality
+                .zone
+                .as_ref()
+                .is_some_and(|(key, own)| instance.tags.get(key) == Some(own)),
+        })
+        .collect()
 }
 
 impl Inputs<'_> {
@@ -140,12 +170,10 @@ impl Inputs<'_> {
         };
         let mut levels: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for &i in members {
-            let tags = &self.instances[i as usize].tags;
-            let at = locality
-                .priority_key
-                .as_ref()
-                .map_or(0, |key| level(tags.get(key)));
-            levels.entry(at).or_default().push(i);
+            levels
+                .entry(self.places[i as usize].level)
+                .or_default()
+                .push(i);
         }
         let levels: Vec<Vec<u32>> = levels.into_values().collect();
         let healths: Vec<f64> = levels.iter().map(|m| self.mean_health(m)).collect();
@@ -173,13 +201,12 @@ impl Inputs<'_> {
                 groups.push((self.group(level.clone(), None), load));
                 continue;
             }
-            let Some((key, own)) = &locality.zone else {
+            if locality.zone.is_none() {
                 groups.push((self.group(self.healthy(level), None), load));
                 continue;
-            };
-            let (local, remote): (Vec<u32>, Vec<u32>) = level
-                .iter()
-                .partition(|i| self.instances[**i as usize].tags.get(key) == Some(own));
+            }
+            let (local, remote): (Vec<u32>, Vec<u32>) =
+                level.iter().partition(|i| self.places[**i as usize].local);
             let (split, _) = spill(
                 &[self.mean_health(&local), self.mean_health(&remote)],
                 factor,

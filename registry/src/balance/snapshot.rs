@@ -12,7 +12,7 @@ use super::filter::TagFilter;
 use super::lane::{LaneFallback, Lanes};
 use super::locality::Locality;
 use super::outlier::{Clock, Health, OutlierDetection};
-use super::route::{Inputs, Route};
+use super::route::{places, Inputs, Route};
 use super::subset::Subset;
 use super::warmup::{bounded_weight, effective_weight, next_refresh};
 use super::Strategy;
@@ -126,6 +126,7 @@ impl Config {
             in_flight: &in_flight,
             warming: warmup.is_some(),
             previous_ring: previous.and_then(|p| p.route.ring()),
+            places: places(&instances, self.locality.as_ref()),
         };
         let locality = self.locality.as_ref();
         let all: Vec<u32> = (0..instances.len() as u32).collect();
