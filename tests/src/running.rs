@@ -81,7 +81,7 @@ impl Running {
         let registrar = configure(builder).build()?;
         let status = registrar.status();
         let control = registrar.control();
-        let infos = registrar.infos().to_vec();
+        let infos = registrar.infos();
         let task = tokio::spawn(registrar.serve(|shutdown| server(listener, shutdown)));
         Ok(Self {
             addr,

@@ -44,7 +44,7 @@ pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send + 'stati
 ///     .backoff(Backoff::new(Duration::from_millis(50), Duration::from_secs(5)))
 ///     .build()
 ///     .unwrap();
-/// let info = &registrar.infos()[0];
+/// let info = registrar.infos()[0].clone();
 /// assert_eq!(info.weight, 40);
 /// assert_eq!(info.tags["idc"], "hz");
 /// assert_eq!(info.tags["cluster"], "blue");
@@ -424,7 +424,6 @@ impl RegistrarBuilder {
         let desired = DesiredSet::new(&infos, self.readiness.is_none());
         Ok(Registrar {
             registries,
-            infos,
             desired,
             board,
             advertised: addr,

@@ -93,6 +93,15 @@ impl DesiredSet {
         self.services.keys()
     }
 
+    /// The [`Info`] each service registers now (ordered by service name), the changes made
+    /// through the control handle included.
+    pub(crate) fn infos(&self) -> Vec<Info> {
+        self.services
+            .values()
+            .map(|tx| tx.borrow().info.clone())
+            .collect()
+    }
+
     pub(crate) fn get(&self, service: &str) -> Option<Desired> {
         self.services.get(service).map(|tx| tx.borrow().clone())
     }

@@ -83,7 +83,7 @@ use status::StatusBoard;
 /// ```
 pub struct Registrar {
     registries: Vec<NamedRegistry>,
-    infos: Vec<Info>,
+    /// The one record of what each service registers (and whether it should be now).
     desired: DesiredSet,
     board: StatusBoard,
     advertised: SocketAddr,
@@ -100,7 +100,7 @@ pub struct Registrar {
 impl std::fmt::Debug for Registrar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registrar")
-            .field("infos", &self.infos)
+            .field("infos", &self.desired.infos())
             .field(
                 "registries",
                 &self.registries.iter().map(|r| &r.name).collect::<Vec<_>>(),
@@ -186,11 +186,24 @@ impl Registrar {
         self.drain_delay
     }
 
-    /// What will be registered, one [`Info`] per service, ordered by service name.
+    /// What each service registers, one [`Info`] per service, ordered by service name: as
+    /// built, with every change made since through a [`ControlHandle`] (the same record the
+    /// registration tasks follow).
     ///
-    /// See [`RegistrarBuilder`] for an example.
-    pub fn infos(&self) -> &[Info] {
-        &self.infos
+    /// ```
+    /// use service_registry::{service, InfoOverride, MemoryRegistry, Registrar};
+    /// # #[service(name = "infos-doc")] struct Doc;
+    /// let registrar = Registrar::builder()
+    ///     .registry(MemoryRegistry::new())
+    ///     .listen_addr("127.0.0.1:8080".parse().unwrap())
+    ///     .only(["infos-doc"])
+    ///     .build()
+    ///     .unwrap();
+    /// registrar.control().update("infos-doc", InfoOverride::new().weight(7)).unwrap();
+    /// assert_eq!(registrar.infos()[0].weight, 7);
+    /// ```
+    pub fn infos(&self) -> Vec<Info> {
+        self.desired.infos()
     }
 
     /// A handle on every service's registration status.
@@ -219,8 +232,9 @@ impl Registrar {
 
         let holdings = lifecycle::Holdings::default();
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        for info in &self.infos {
-            let Some(desired) = self.desired.subscribe(&info.service_name) else {
+        let names: Vec<String> = self.desired.names().cloned().collect();
+        for name in &names {
+            let Some(desired) = self.desired.subscribe(name) else {
                 continue;
             };
             for target in &self.registries {
@@ -287,15 +301,7 @@ impl Registrar {
         }
         let was_registered = self.board.any_live();
         // What each service registers now, live changes included.
-        let current: Vec<Info> = self
-            .infos
-            .iter()
-            .map(|info| {
-                self.desired
-                    .get(&info.service_name)
-                    .map_or_else(|| info.clone(), |d| d.info)
-            })
-            .collect();
+        let current: Vec<Info> = self.desired.infos();
         // Keep serving while the registrations are withdrawn: clients still routed here must be
         // answered until the registry no longer lists this instance.
         let withdraw = async {
