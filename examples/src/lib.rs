@@ -47,26 +47,14 @@ pub async fn serve_example_services(registry: impl Registry) -> Result<(), Box<d
     serve_example_services_in(vec![Arc::new(registry)]).await
 }
 
-/// [`serve_example_services`] registering into every registry of `registries` at once (the
-/// `registered` line appears once a service is registered in all of them).
-pub async fn serve_example_services_in(
-    registries: Vec<Arc<dyn Registry>>,
-) -> Result<(), Box<dyn Error>> {
-    let listen = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "0.0.0.0:0".into());
-    let listener = TcpListener::bind(&listen).await?;
-    let builder = registries
-        .into_iter()
-        .fold(Registrar::builder(), |b, r| b.shared_registry(r));
-    let registrar = builder
-        .listen_addr(listener.local_addr()?)
-        .only(["example.echo", "example.shout"])
-        .build()?;
+/// Prints `registered <service> at <host:port>` once each service of `registrar` is
+/// registered (in every registry it registers into); the tests read these lines.
+pub fn announce(registrar: &Registrar) {
     let addrs: Vec<_> = registrar
         .infos()
         .iter()
         .map(|i| (i.service_name.clone(), i.addr))
         .collect();
-
     let mut status = registrar.status();
     tokio::spawn(async move {
         let mut printed = BTreeSet::new();
@@ -83,6 +71,23 @@ pub async fn serve_example_services_in(
             }
         }
     });
+}
+
+/// [`serve_example_services`] registering into every registry of `registries` at once (the
+/// `registered` line appears once a service is registered in all of them).
+pub async fn serve_example_services_in(
+    registries: Vec<Arc<dyn Registry>>,
+) -> Result<(), Box<dyn Error>> {
+    let listen = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "0.0.0.0:0".into());
+    let listener = TcpListener::bind(&listen).await?;
+    let builder = registries
+        .into_iter()
+        .fold(Registrar::builder(), |b, r| b.shared_registry(r));
+    let registrar = builder
+        .listen_addr(listener.local_addr()?)
+        .only(["example.echo", "example.shout"])
+        .build()?;
+    announce(&registrar);
 
     registrar
         .serve(|shutdown| async move {

@@ -4,11 +4,10 @@
 //! The registry: etcd (`ETCD_ENDPOINTS`, feature `etcd`) or Nacos (`serverAddr`, ...; feature
 //! `nacos`). With both features, `VOLO_REGISTRY=nacos` picks Nacos.
 
-use std::collections::BTreeSet;
 use std::error::Error;
 use std::sync::Arc;
 
-use service_registry::{Discovery, Registrar, Registry, ServiceStatus};
+use service_registry::{Discovery, Registry};
 
 /// The generated code (volo-build, in `build.rs`).
 #[allow(missing_docs, clippy::all, unused_imports, dead_code)]
@@ -93,31 +92,7 @@ pub fn discovery_from_env() -> Result<Arc<dyn Discovery>, Box<dyn Error>> {
     Err("build the Volo examples with `--features volo,etcd` or `--features volo,nacos`".into())
 }
 
-/// Prints `registered <service> at <host:port>` once each service of `registrar` is
-/// registered.
-pub fn announce(registrar: &Registrar) {
-    let addrs: Vec<_> = registrar
-        .infos()
-        .iter()
-        .map(|i| (i.service_name.clone(), i.addr))
-        .collect();
-    let mut status = registrar.status();
-    tokio::spawn(async move {
-        let mut printed = BTreeSet::new();
-        loop {
-            for (name, addr) in &addrs {
-                if status.get(name) == Some(ServiceStatus::Registered)
-                    && printed.insert(name.clone())
-                {
-                    println!("registered {name} at {addr}");
-                }
-            }
-            if printed.len() == addrs.len() || !status.changed().await {
-                return;
-            }
-        }
-    });
-}
+pub use crate::announce;
 
 /// `LISTEN_ADDR`, default `127.0.0.1:0`.
 pub async fn listen() -> std::io::Result<tokio::net::TcpListener> {

@@ -151,27 +151,23 @@ where
     (tally, seen_after)
 }
 
-#[tokio::test]
-async fn sigterm_of_a_volo_grpc_server_fails_no_call_with_the_drain() {
-    let etcd = Etcd::start().await;
-    let (_proxy, discovery) = lagging_discovery(&etcd, LAG).await;
-    let (client, balance) = client(discovery, GREETER);
-    let call = move || {
-        let client = client.clone();
-        async move { hello(&client).await }
-    };
-    let (drained, drained_seen) = round(
-        &etcd,
-        "volo_greeter_server",
-        "1s",
-        GREETER,
-        &balance,
-        call.clone(),
-    )
-    .await;
-    let (cut, cut_seen) = round(&etcd, "volo_greeter_server", "0", GREETER, &balance, call).await;
+/// Two rounds of `example` under calls from `call`: with a 1 s drain (no call may fail) and
+/// with none (calls must fail, or the test could not tell the drain's effect).
+async fn drained_and_cut<F, Fut>(
+    kind: &str,
+    etcd: &Etcd,
+    example: &str,
+    service: &str,
+    balance: &VoloBalance<FastStr>,
+    call: F,
+) where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, String>> + Send,
+{
+    let (drained, drained_seen) = round(etcd, example, "1s", service, balance, call.clone()).await;
+    let (cut, cut_seen) = round(etcd, example, "0", service, balance, call).await;
     eprintln!(
-        "volo-grpc, drain 1 s: {} calls, {} failed, removal seen {drained_seen:?} after SIGTERM; \
+        "{kind}, drain 1 s: {} calls, {} failed, removal seen {drained_seen:?} after SIGTERM; \
          drain 0: {} calls, {} failed (first: {:?}), removal seen {cut_seen:?} after SIGTERM",
         drained.ok + drained.failed.len(),
         drained.failed.len(),
@@ -181,18 +177,38 @@ async fn sigterm_of_a_volo_grpc_server_fails_no_call_with_the_drain() {
     );
     assert!(
         drained.failed.is_empty(),
-        "with the drain: {:?}",
+        "{kind} with the drain: {:?}",
         drained.failed
     );
     assert!(
         drained.ok > 100,
-        "too few calls to mean anything: {}",
+        "{kind}: too few calls to mean anything: {}",
         drained.ok
     );
     assert!(
         !cut.failed.is_empty(),
-        "with drain 0 no call failed either: the test cannot tell the drain's effect"
+        "{kind} with drain 0: no call failed either, the test cannot tell the drain's effect"
     );
+}
+
+#[tokio::test]
+async fn sigterm_of_a_volo_grpc_server_fails_no_call_with_the_drain() {
+    let etcd = Etcd::start().await;
+    let (_proxy, discovery) = lagging_discovery(&etcd, LAG).await;
+    let (client, balance) = client(discovery, GREETER);
+    let call = move || {
+        let client = client.clone();
+        async move { hello(&client).await }
+    };
+    drained_and_cut(
+        "volo-grpc",
+        &etcd,
+        "volo_greeter_server",
+        GREETER,
+        &balance,
+        call,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -219,37 +235,13 @@ async fn sigterm_of_a_volo_thrift_server_fails_no_call_with_the_drain() {
             }
         }
     };
-    let (drained, drained_seen) = round(
+    drained_and_cut(
+        "volo-thrift",
         &etcd,
         "volo_echo_server",
-        "1s",
         ECHO,
         &balance,
-        call.clone(),
+        call,
     )
     .await;
-    let (cut, cut_seen) = round(&etcd, "volo_echo_server", "0", ECHO, &balance, call).await;
-    eprintln!(
-        "volo-thrift, drain 1 s: {} calls, {} failed, removal seen {drained_seen:?} after SIGTERM; \
-         drain 0: {} calls, {} failed (first: {:?}), removal seen {cut_seen:?} after SIGTERM",
-        drained.ok + drained.failed.len(),
-        drained.failed.len(),
-        cut.ok + cut.failed.len(),
-        cut.failed.len(),
-        cut.failed.first(),
-    );
-    assert!(
-        drained.failed.is_empty(),
-        "with the drain: {:?}",
-        drained.failed
-    );
-    assert!(
-        drained.ok > 100,
-        "too few calls to mean anything: {}",
-        drained.ok
-    );
-    assert!(
-        !cut.failed.is_empty(),
-        "with drain 0 no call failed either: the test cannot tell the drain's effect"
-    );
 }
