@@ -236,8 +236,11 @@ async fn shutdown_while_zookeeper_is_down_is_quick() {
     assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
 }
 
-/// Defect 17: a service started during an outage is registered within a second of ZooKeeper
-/// answering, not after the rest of the registrar's backoff.
+/// Defect 17: a service started during an outage is registered soon after ZooKeeper answers,
+/// not after the rest of the registrar's backoff (which has grown to 6.4 s by then: 200 ms
+/// doubling over the 8 s outage). Alone this took 0.06 ms to 440 ms (6 runs on 2026-12-02);
+/// once, beside this binary's other tests and a JVM starting, 1.62 s. The deadline is 2 s: what
+/// it catches is waiting out the backoff, not a slow machine.
 #[tokio::test]
 async fn a_service_started_during_an_outage_registers_within_a_second() {
     let mut zk = ZooKeeper::start().await;
@@ -258,7 +261,7 @@ async fn a_service_started_during_an_outage_registers_within_a_second() {
     let took = answering.elapsed();
     println!("registered {took:?} after ZooKeeper answered");
     assert!(
-        took <= Duration::from_secs(1),
+        took <= Duration::from_secs(2),
         "registered only after {took:?}"
     );
     running.stop().await;
