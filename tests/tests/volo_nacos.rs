@@ -23,7 +23,7 @@ use tests::child::{example_command, next_line, registered_at, spawn_lines, termi
 use tests::fixtures::nacos::Nacos;
 use tokio::process::Child;
 use volo::FastStr;
-use volo_support::{client, hello};
+use volo_support::{client, hello, ping};
 
 /// Spawns example `name` registering into `nacos` through its environment variables alone.
 async fn spawn_server(name: &str, nacos: &Nacos) -> (Child, SocketAddr) {
@@ -126,16 +126,7 @@ async fn the_volo_thrift_example_registers_in_nacos_and_is_found_through_it() {
         .build();
     let calls = until_all_answer("volo-thrift over Nacos", &[a_addr, b_addr], || {
         let client = client.clone();
-        async move {
-            let request = echo::EchoRequest {
-                message: FastStr::from_static_str("ping"),
-            };
-            match tokio::time::timeout(Duration::from_secs(5), client.echo(request)).await {
-                Ok(Ok(reply)) => Ok(reply.server.to_string()),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err("no reply within 5 s".to_string()),
-            }
-        }
+        async move { ping(&client).await }
     })
     .await;
     println!("volo-thrift over Nacos: both servers answered within {calls} calls");

@@ -28,7 +28,7 @@ use tests::child::{example_command, next_line, registered_at, spawn_lines, termi
 use tests::fixtures::etcd::Etcd;
 use tokio::process::Child;
 use volo::FastStr;
-use volo_support::{client, hello, holds, lagging_discovery};
+use volo_support::{client, hello, holds, lagging_discovery, ping};
 
 const CALLERS: usize = 4;
 /// How late the client's view of etcd is, each way.
@@ -224,16 +224,7 @@ async fn sigterm_of_a_volo_thrift_server_fails_no_call_with_the_drain() {
         .build();
     let call = move || {
         let client = client.clone();
-        async move {
-            let request = echo::EchoRequest {
-                message: FastStr::from_static_str("ping"),
-            };
-            match tokio::time::timeout(Duration::from_secs(5), client.echo(request)).await {
-                Ok(Ok(reply)) => Ok(reply.server.to_string()),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err("no reply within 5 s".to_string()),
-            }
-        }
+        async move { ping(&client).await }
     };
     drained_and_cut(
         "volo-thrift",

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use examples::volo_common::greeter;
+use examples::volo_common::{echo, greeter};
 use service_registry::volo::{grpc_shutdown, ReportLayer, VoloBalance, VoloDiscover};
 use service_registry::{
     service, ControlHandle, Discovery, InfoOverride, Registrar, RegistrarError, Registry,
@@ -188,6 +188,18 @@ pub async fn hello(client: &greeter::GreeterClient) -> Result<String, String> {
         Ok(Ok(reply)) => Ok(reply.into_inner().server.to_string()),
         Ok(Err(status)) => Err(status.to_string()),
         Err(_) => Err("no reply within 5 s".into()),
+    }
+}
+
+/// One volo-thrift echo call; the answering server's address.
+pub async fn ping(client: &echo::EchoClient) -> Result<String, String> {
+    let request = echo::EchoRequest {
+        message: FastStr::from_static_str("ping"),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.echo(request)).await {
+        Ok(Ok(reply)) => Ok(reply.server.to_string()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("no reply within 5 s".to_string()),
     }
 }
 
