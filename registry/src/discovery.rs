@@ -133,7 +133,7 @@ pub enum DiscoveryError {
     /// [`RegistryError::Timeout`](crate::RegistryError::Timeout)); a later call may succeed.
     #[error(
         "{backend} registry{} did not answer within {timeout:?} while resolving `{service}`",
-        endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default()
+        crate::registry::at_endpoint(.endpoint)
     )]
     Timeout {
         /// The backend.

@@ -110,7 +110,8 @@ pub enum RegistryError {
     },
 }
 
-fn at_endpoint(endpoint: &Option<String>) -> String {
+/// ` at <endpoint>` when the endpoint is known (also used by `DiscoveryError::Timeout`).
+pub(crate) fn at_endpoint(endpoint: &Option<String>) -> String {
     endpoint
         .as_deref()
         .map(|e| format!(" at {e}"))

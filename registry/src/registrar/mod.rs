@@ -232,8 +232,7 @@ impl Registrar {
 
         let holdings = lifecycle::Holdings::default();
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        let names: Vec<String> = self.desired.names().cloned().collect();
-        for name in &names {
+        for name in self.desired.names() {
             let Some(desired) = self.desired.subscribe(name) else {
                 continue;
             };
