@@ -26,7 +26,7 @@ mod proptests;
 ///     name = "billing.invoice",          // required: 1..=255 of [A-Za-z0-9._-]
 ///     weight = 40,                       // 1..=10000, default 10
 ///     payload_codec = "protobuf",        // thrift, protobuf, grpc, json, ...
-///     warmup = "30s",                    // ms, s, m, h; combinable ("1m30s")
+///     warmup = "30s",                    // humantime: "500ms", "2m", "1m30s"
 ///     tag(idc = "${IDC:-hz}", cluster = "blue"), // values may read the environment
 /// )]
 /// pub struct Invoices;

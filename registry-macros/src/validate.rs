@@ -272,7 +272,7 @@ fn check_warmup(expr: &Expr, errors: &mut Errors) -> Option<u64> {
     match parse_duration(&lit.value()) {
         Ok(nanos) => Some(nanos),
         Err(why) => {
-            errors.push(lit.span(), format!("invalid duration {:?}: {why}; write e.g. \"500ms\", \"30s\", \"2m\", \"1h\" or \"1m30s\"", lit.value()));
+            errors.push(lit.span(), format!("invalid duration {:?}: {why}; write e.g. \"500ms\", \"30s\", \"2m\", \"1h\" or \"1m30s\" (humantime's grammar)", lit.value()));
             None
         }
     }

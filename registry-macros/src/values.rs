@@ -4,42 +4,12 @@
 
 use crate::model::Part;
 
-/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`, `"1m30s"` into nanoseconds.
+/// Parses a duration in [`humantime`]'s grammar (`"500ms"`, `"30s"`, `"2m"`, `"1h"`,
+/// `"1m30s"`, `"1min 30s"`), the grammar the registry crate's duration variables use too, into
+/// nanoseconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    if text.is_empty() {
-        return Err("it is empty".into());
-    }
-    let mut total: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return Err(format!("expected a number at {rest:?}"));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| "the number is too large".to_string())?;
-        rest = &rest[digits..];
-        let unit_len = rest.len()
-            - rest
-                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
-                .len();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale: u64 = match unit {
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err(format!("{number} has no unit (ms, s, m or h)")),
-            other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
-        };
-        total = number
-            .checked_mul(scale)
-            .and_then(|n| total.checked_add(n))
-            .ok_or_else(|| "the duration is too large".to_string())?;
-    }
-    Ok(total)
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    u64::try_from(duration.as_nanos()).map_err(|_| "the duration is too large".to_string())
 }
 
 /// Splits a tag value into text and `${VAR}` / `${VAR:-default}` parts.
@@ -105,6 +75,8 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(30_000_000_000));
         assert_eq!(parse_duration("2m"), Ok(120_000_000_000));
         assert_eq!(parse_duration("1m30s"), Ok(90_000_000_000));
+        assert_eq!(parse_duration("1min 30s"), Ok(90_000_000_000));
+        assert_eq!(parse_duration("250us"), Ok(250_000));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("30x").is_err());
         assert!(parse_duration("s").is_err());

@@ -48,7 +48,8 @@ pub const KITEX_IP_ENV: &str = "KITEX_IP_TO_REGISTRY";
 /// Kitex's variable for the port to register: replaces the port of the builder's or the listen
 /// address unless [`ADVERTISE_ADDR_ENV`] is set.
 pub const KITEX_PORT_ENV: &str = "KITEX_PORT_TO_REGISTRY";
-/// Sets the drain delay (`6s`, `1500ms`, `2m`, or bare seconds such as `6`); wins over
+/// Sets the drain delay, a duration in [`humantime`]'s grammar (`6s`, `1500ms`, `2m`, `1m30s`;
+/// `0` for none), the grammar of `#[service(warmup = ..)]` too; wins over
 /// [`RegistrarBuilder::drain_delay`](crate::RegistrarBuilder::drain_delay).
 pub const DRAIN_DELAY_ENV: &str = "SERVICE_REGISTRY_DRAIN_DELAY";
 

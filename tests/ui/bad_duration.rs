@@ -1,6 +1,6 @@
 use service_registry::service;
 
-#[service(name = "echo", warmup = "30 seconds")]
+#[service(name = "echo", warmup = "30")]
 pub struct Echo;
 
 fn main() {}

@@ -7,27 +7,17 @@ use crate::env::{EnvError, Vars, DRAIN_DELAY_ENV};
 /// 5 s of Kitex's resolver refresh interval plus 1 s of margin.
 pub(crate) const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(6);
 
-/// Parses `500ms`, `6s`, `2m` or a bare number of seconds.
+/// Parses a duration in [`humantime`]'s grammar (`500ms`, `6s`, `2m`, `1m30s`), the grammar of
+/// `#[service(warmup = ..)]` too.
 pub(crate) fn parse_delay(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "" | "s" => Some(Duration::from_secs(number)),
-        "ms" => Some(Duration::from_millis(number)),
-        "m" => number.checked_mul(60).map(Duration::from_secs),
-        _ => None,
-    }
+    humantime::parse_duration(text.trim()).ok()
 }
 
 /// The drain delay the environment sets, if it sets one.
 pub(crate) fn drain_delay_from_env(vars: &Vars) -> Result<Option<Duration>, EnvError> {
     vars.parse(
         DRAIN_DELAY_ENV,
-        "a duration such as `6s`, `500ms`, `2m` or whole seconds",
+        "a duration such as `6s`, `500ms`, `2m` or `1m30s`",
         parse_delay,
     )
 }
@@ -39,14 +29,16 @@ mod tests {
     #[test]
     fn reads_every_written_form() {
         assert_eq!(parse_delay("6s"), Some(Duration::from_secs(6)));
-        assert_eq!(parse_delay("6"), Some(Duration::from_secs(6)));
+        assert_eq!(parse_delay("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_delay("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_delay(" 1500ms "), Some(Duration::from_millis(1500)));
         assert_eq!(parse_delay("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_delay("0"), Some(Duration::ZERO));
-        assert_eq!(parse_delay("1.5s"), None);
+        // One grammar with `#[service(warmup = ..)]`: a number needs its unit.
+        assert_eq!(parse_delay("6"), None);
         assert_eq!(parse_delay("s"), None);
         assert_eq!(parse_delay("-1"), None);
-        assert_eq!(parse_delay("6h"), None);
+        assert_eq!(parse_delay("6x"), None);
     }
 
     #[test]
