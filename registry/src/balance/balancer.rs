@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
@@ -16,6 +15,7 @@ use super::filter::TagFilter;
 use super::lane::Lanes;
 use super::locality::Locality;
 use super::outlier::{Clock, Ejection, Outcome, OutlierDetection};
+use super::published::Published;
 use super::route::Route;
 use super::snapshot::{Config, Snapshot};
 use super::subset::Subset;
@@ -64,7 +64,7 @@ const AVOIDING_PICKS: usize = 8;
 #[derive(Debug)]
 struct Inner {
     config: Config,
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: Published,
     /// Held while a new snapshot is built from the current one and swapped in (set changes,
     /// ejections, returns, warm-up steps), so that none of them undoes another; picks and
     /// reports never take it.
@@ -436,7 +436,7 @@ impl BalancerBuilder {
             .config
             .snapshot((Vec::new(), None), None, &clock, Instant::now());
         let inner = Inner {
-            snapshot: ArcSwap::from_pointee(empty),
+            snapshot: Published::new(empty),
             config: self.config,
             rebuild: Mutex::new(()),
             clock,
@@ -612,8 +612,7 @@ impl Balancer {
     /// assert!(hashing.pick_by_key("user-42").is_some());
     /// ```
     pub fn pick(&self) -> Option<Arc<Instance>> {
-        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-        self.pick_with(&mut rng)
+        self.pick_in_lane_map(None, Arc::clone)
     }
 
     /// Picks with a caller-owned random source (seed it for reproducible sequences). `None`
@@ -639,8 +638,7 @@ impl Balancer {
     ///
     /// See [`Lanes`](super::Lanes) for an example.
     pub fn pick_in_lane(&self, lane: Option<&str>) -> Option<Arc<Instance>> {
-        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-        self.pick_in_lane_with(lane, &mut rng)
+        self.pick_in_lane_map(lane, Arc::clone)
     }
 
     /// [`pick_in_lane`](Self::pick_in_lane) with a caller-owned random source.
@@ -672,11 +670,35 @@ impl Balancer {
         rng: &mut fastrand::Rng,
         then: impl FnOnce(&Arc<Instance>) -> T,
     ) -> Option<T> {
-        let snapshot = self.inner.snapshot.load();
+        self.inner
+            .snapshot
+            .with(|snapshot, _| self.pick_from(snapshot, lane, rng, then))
+    }
+
+    /// [`pick_in_lane_then`](Self::pick_in_lane_then) with this thread's random source.
+    #[inline]
+    pub(crate) fn pick_in_lane_map<T>(
+        &self,
+        lane: Option<&str>,
+        then: impl FnOnce(&Arc<Instance>) -> T,
+    ) -> Option<T> {
+        self.inner
+            .snapshot
+            .with(|snapshot, rng| self.pick_from(snapshot, lane, rng, then))
+    }
+
+    #[inline]
+    fn pick_from<T>(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        lane: Option<&str>,
+        rng: &mut fastrand::Rng,
+        then: impl FnOnce(&Arc<Instance>) -> T,
+    ) -> Option<T> {
         if snapshot.hashes() {
             return None;
         }
-        self.inner.refresh_if_due(&snapshot);
+        self.inner.refresh_if_due(snapshot);
         let route = snapshot.route_for(lane)?;
         snapshot
             .pick(
@@ -705,14 +727,15 @@ impl Balancer {
 
     /// [`pick_by_key`](Self::pick_by_key) for a key already hashed, in `lane`.
     pub(crate) fn pick_by_hash(&self, lane: Option<&str>, hash: u64) -> Option<Arc<Instance>> {
-        let snapshot = self.inner.snapshot.load();
-        if !snapshot.hashes() {
-            return self.pick_in_lane(lane);
-        }
-        self.inner.refresh_if_due(&snapshot);
-        let mut rng = fastrand::Rng::with_seed(0);
-        let route = snapshot.route_for(lane)?;
-        snapshot.pick(route, || 0, &mut rng, Some(hash)).cloned()
+        self.inner.snapshot.with(|snapshot, _| {
+            if !snapshot.hashes() {
+                return self.pick_in_lane(lane);
+            }
+            self.inner.refresh_if_due(snapshot);
+            let mut rng = fastrand::Rng::with_seed(0);
+            let route = snapshot.route_for(lane)?;
+            snapshot.pick(route, || 0, &mut rng, Some(hash)).cloned()
+        })
     }
 
     /// True for a [`Strategy::ConsistentHash`] balancer: it picks only by key
@@ -754,17 +777,17 @@ impl Balancer {
         lane: Option<&str>,
         tried: &[SocketAddr],
     ) -> Option<Arc<Instance>> {
-        let snapshot = self.inner.snapshot.load();
-        self.inner.refresh_if_due(&snapshot);
-        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-        let route = snapshot.route_for(lane)?;
-        self.avoiding(&snapshot, route, tried, &mut rng)
-            .or_else(|| {
-                // Every instance of the call's lane failed it: its fallback may take it.
-                let fallback = snapshot.fallback_for(lane)?;
-                self.avoiding(&snapshot, fallback, tried, &mut rng)
-            })
-            .cloned()
+        self.inner.snapshot.with(|snapshot, rng| {
+            self.inner.refresh_if_due(snapshot);
+            let route = snapshot.route_for(lane)?;
+            self.avoiding(snapshot, route, tried, rng)
+                .or_else(|| {
+                    // Every instance of the call's lane failed it: its fallback may take it.
+                    let fallback = snapshot.fallback_for(lane)?;
+                    self.avoiding(snapshot, fallback, tried, rng)
+                })
+                .cloned()
+        })
     }
 
     /// An instance of `route` not in `tried`, if there is one.
@@ -804,31 +827,32 @@ impl Balancer {
         if !outliers.enabled {
             return;
         }
-        let snapshot = self.inner.snapshot.load();
-        if outcome == Outcome::Success && snapshot.health.is_none() {
-            return; // a clean set has nothing to reset
-        }
-        let Some(i) = snapshot.position(addr) else {
-            return;
-        };
-        let due = match (snapshot.health(i), outcome) {
-            (Some(health), Outcome::Success) => {
-                health.success();
-                false
+        self.inner.snapshot.with(|snapshot, _| {
+            if outcome == Outcome::Success && snapshot.health.is_none() {
+                return; // a clean set has nothing to reset
             }
-            // A success in a clean set: nothing to record.
-            (None, Outcome::Success) => false,
-            (Some(health), Outcome::Failure) => health.failure(outliers.consecutive_failures),
-            (None, Outcome::Failure) => self.inner.first_failure(addr),
-        };
-        if due {
-            // Capped: skip the lock until an ejection ends.
-            let capped = snapshot.ejected >= outliers.cap(snapshot.instances.len())
-                && snapshot.refresh_at.is_none_or(|at| Instant::now() < at);
-            if !capped {
-                self.inner.eject(addr);
+            let Some(i) = snapshot.position(addr) else {
+                return;
+            };
+            let due = match (snapshot.health(i), outcome) {
+                (Some(health), Outcome::Success) => {
+                    health.success();
+                    false
+                }
+                // A success in a clean set: nothing to record.
+                (None, Outcome::Success) => false,
+                (Some(health), Outcome::Failure) => health.failure(outliers.consecutive_failures),
+                (None, Outcome::Failure) => self.inner.first_failure(addr),
+            };
+            if due {
+                // Capped: skip the lock until an ejection ends.
+                let capped = snapshot.ejected >= outliers.cap(snapshot.instances.len())
+                    && snapshot.refresh_at.is_none_or(|at| Instant::now() < at);
+                if !capped {
+                    self.inner.eject(addr);
+                }
             }
-        }
+        })
     }
 
     /// Counts a call to `addr` as in flight until the returned guard is dropped, for
@@ -854,11 +878,12 @@ impl Balancer {
         if self.inner.config.strategy != Strategy::LeastRequest {
             return InFlight(None);
         }
-        let snapshot = self.inner.snapshot.load();
-        let counter = snapshot
-            .position(addr)
-            .and_then(|i| snapshot.in_flight.get(i))
-            .cloned();
+        let counter = self.inner.snapshot.with(|snapshot, _| {
+            snapshot
+                .position(addr)
+                .and_then(|i| snapshot.in_flight.get(i))
+                .cloned()
+        });
         if let Some(count) = &counter {
             count.fetch_add(1, Ordering::Relaxed);
         }

@@ -16,6 +16,7 @@ mod lane;
 mod least_request;
 mod locality;
 mod outlier;
+mod published;
 mod round_robin;
 mod route;
 mod snapshot;

@@ -182,16 +182,38 @@ where
             .get_or_insert_with(key, || Keyed::new(&self.inner.builder, label, instances))
     }
 
-    /// A picker for a call to `keyed`: at once when it has an instance to pick, else once a
-    /// change brings one or the wait is over (then it picks nothing).
-    async fn picker(&self, keyed: Arc<Keyed>, lane: Option<FastStr>) -> Picker {
-        let mut picker = Picker::first(keyed.balancer.clone(), lane);
-        if picker.found() || self.wait.is_zero() || keyed.balancer.hashes() {
+    /// The call of `picker` (made on `keyed`, which had nothing to pick) once a change brings an
+    /// instance or the wait is over (then it picks nothing).
+    #[cold]
+    async fn wait_for_instance_of(&self, keyed: Arc<Keyed>, mut picker: Picker) -> Picker {
+        if self.wait.is_zero() || keyed.balancer.hashes() {
             return picker;
         }
         let deadline = tokio::time::Instant::now() + self.wait;
         keyed.wait_for(deadline, || picker.pick_again()).await;
         picker
+    }
+
+    /// The first call for `key`: discovers it, then picks (waiting as any call that finds
+    /// nothing).
+    #[cold]
+    async fn first_call<D>(
+        &self,
+        key: K,
+        lane: Option<FastStr>,
+        endpoint: &Endpoint,
+        discover: &D,
+    ) -> Result<Picker, LoadBalanceError>
+    where
+        D: Discover<Key = K>,
+    {
+        let instances = discover.discover(endpoint).await.map_err(Into::into)?;
+        let keyed = self.get_or_insert(key, endpoint.service_name_ref(), &instances);
+        let picker = Picker::first(keyed.balancer.clone(), lane);
+        if picker.found() {
+            return Ok(picker);
+        }
+        Ok(self.wait_for_instance_of(keyed, picker).await)
     }
 }
 
@@ -207,25 +229,25 @@ where
         discover: &'future D,
     ) -> Result<Picker, LoadBalanceError> {
         let key = discover.key(endpoint);
-        let lane = lane_of(endpoint);
-        // The path of nearly every call: the key is known and has an instance to pick.
+        let mut lane = lane_of(endpoint);
+        // The path of nearly every call: the key is known and has an instance to pick. It
+        // awaits nothing; the rare paths are boxed, so this call's future stays small (a
+        // larger one costs its copies on every call).
         let found = self.inner.balancers.with(&key, |keyed| {
-            let picker = Picker::first(keyed.balancer.clone(), lane.clone());
+            let picker = Picker::first(keyed.balancer.clone(), lane.take());
             if picker.found() {
                 Ok(picker)
             } else {
-                Err(keyed.clone())
+                Err((keyed.clone(), picker))
             }
         });
-        let keyed = match found {
-            Some(Ok(picker)) => return Ok(picker),
-            Some(Err(keyed)) => keyed,
-            None => {
-                let instances = discover.discover(endpoint).await.map_err(Into::into)?;
-                self.get_or_insert(key, endpoint.service_name_ref(), &instances)
+        match found {
+            Some(Ok(picker)) => Ok(picker),
+            Some(Err((keyed, picker))) => {
+                Ok(Box::pin(self.wait_for_instance_of(keyed, picker)).await)
             }
-        };
-        Ok(self.picker(keyed, lane).await)
+            None => Box::pin(self.first_call(key, lane, endpoint, discover)).await,
+        }
     }
 
     fn rebalance(&self, change: VoloChange<D::Key>) {

@@ -66,8 +66,7 @@ impl Picker {
 /// One pick's address: [`Balancer::pick_in_lane`] without cloning the instance's `Arc`.
 #[inline]
 fn pick(balancer: &Balancer, lane: Option<&str>) -> Option<SocketAddr> {
-    let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-    balancer.pick_in_lane_then(lane, &mut rng, |instance| instance.addr)
+    balancer.pick_in_lane_map(lane, |instance| instance.addr)
 }
 
 impl Iterator for Picker {
