@@ -85,7 +85,9 @@ async fn change_to_first_call() {
     volo_support::hello(&client).await.unwrap();
     let mut samples = Vec::new();
     for _ in 0..SAMPLES {
-        let later = volo_support::start_greeter(registry.clone(), Duration::ZERO).await;
+        // Its own registry: `serve` closes the registries it was given when it ends.
+        let own: Arc<dyn Registry> = Arc::new(EtcdRegistry::new(config()).unwrap());
+        let later = volo_support::start_greeter(own, Duration::ZERO).await;
         let registered = Instant::now();
         while later.served() == 0 {
             volo_support::hello(&client).await.unwrap();
