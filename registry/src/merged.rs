@@ -13,8 +13,8 @@ use futures_util::stream::{self, BoxStream, FuturesUnordered, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 use tracing::Instrument;
 
-use crate::backends::watch::{self, Publisher};
 use crate::backoff::Backoff;
+use crate::discovery::latest::{self, Publisher};
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::registry::shared;
 
@@ -438,7 +438,7 @@ impl Discovery for MergedDiscovery {
         for pending in opening {
             follow.retries.push(pending);
         }
-        let (publisher, changes) = watch::channel("merged", service, follow.merged());
+        let (publisher, changes) = latest::channel("merged", service, follow.merged());
         let span = tracing::info_span!("merged_watch", service);
         tokio::spawn(follow.run(publisher).instrument(span));
         Ok(changes)

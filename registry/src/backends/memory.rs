@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
 
-use super::watch::{self, Publisher};
+use crate::discovery::latest::{self, Publisher};
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::info::Info;
 use crate::registry::{Registry, RegistryError};
@@ -271,7 +271,7 @@ impl Discovery for MemoryRegistry {
             publisher.publish(all);
             return Ok(publisher.subscribe());
         }
-        let (publisher, stream) = watch::channel("memory", service, all);
+        let (publisher, stream) = latest::channel("memory", service, all);
         state.watchers.insert(service.to_string(), publisher);
         Ok(stream)
     }

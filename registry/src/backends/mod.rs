@@ -1,18 +1,10 @@
-//! Registry backends. The in-memory one is always compiled; the others sit behind features.
+//! Registry backends. The in-memory one is always compiled; the others sit behind features and
+//! share the kit in `kit/`.
 
 pub mod memory;
-pub(crate) mod watch;
 
 #[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
-pub(crate) mod cache;
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
-pub(crate) mod call;
-#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
-pub(crate) mod handle;
-#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "nacos"))]
-pub(crate) mod live;
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
-pub(crate) mod names;
+pub(crate) mod kit;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;

@@ -10,8 +10,9 @@ use etcd_client::{
 use super::config::EtcdConfig;
 use super::error::bounded;
 use super::wire;
-use crate::backends::cache::WatchCache;
-use crate::backends::watch::{self, by_addr, Entries, SharedClient, Source, Step};
+use crate::backends::kit::cache::WatchCache;
+use crate::backends::kit::client::SharedClient;
+use crate::backends::kit::watch::{self, by_addr, Entries, Source, Step};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 use crate::registry::shared;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use etcd_client::Error as EtcdError;
 
 use super::config::EtcdConfig;
-use crate::backends::call::bounded_call;
+use crate::backends::kit::call::bounded_call;
 use crate::registry::shared;
 use crate::registry::RegistryError;
 

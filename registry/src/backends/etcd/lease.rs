@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use super::config::EtcdConfig;
 use super::error::{bounded, txn_failure, TxnFailure};
 use super::guard::{Guard, Scope, Seen};
-use crate::backends::handle::{finish, Command, Reply, Step};
-use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::backends::kit::handle::{finish, Command, Reply, Step};
+use crate::backends::kit::live::{absorb_queued, wait_offline, LiveSet};
 use crate::backoff::Backoff;
 use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
@@ -618,7 +618,7 @@ impl Session {
                 Ok(revision)
             }
             Ok(Err(err)) => Err(txn_failure(&self.config, err)),
-            Err(_) => Err(TxnFailure::Fatal(crate::backends::call::timed_out(
+            Err(_) => Err(TxnFailure::Fatal(crate::backends::kit::call::timed_out(
                 "etcd",
                 &self.config.endpoint_list(),
                 limit,

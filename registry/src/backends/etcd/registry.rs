@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use super::config::{EtcdConfig, EtcdConfigError};
 use super::lease::Session;
 use super::wire;
-use crate::backends::handle::SessionHandle;
-use crate::backends::names::check_service_name;
+use crate::backends::kit::handle::SessionHandle;
+use crate::backends::kit::names::check_service_name;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 

@@ -11,8 +11,9 @@ use super::connection::{Connection, Push, MAX_ANSWER};
 use super::error::NacosError;
 use super::server::NacosServer;
 use super::wire::{self, QueryRequest, ServiceInfo, SubscribeRequest};
-use crate::backends::cache::WatchCache;
-use crate::backends::watch::{watch, Entries, SharedClient, Source, Step};
+use crate::backends::kit::cache::WatchCache;
+use crate::backends::kit::client::SharedClient;
+use crate::backends::kit::watch::{watch, Entries, Source, Step};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
 

@@ -9,7 +9,7 @@ use super::config::{NacosConfig, NacosConfigError, REQUEST_OVERHEAD};
 use super::server::NacosServer;
 use super::session::{key, Session};
 use super::wire;
-use crate::backends::handle::SessionHandle;
+use crate::backends::kit::handle::SessionHandle;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 

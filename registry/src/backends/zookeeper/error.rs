@@ -6,7 +6,7 @@ use std::time::Duration;
 use zookeeper_client::{Client, Error as ZkError, SessionState};
 
 use super::config::ZookeeperConfig;
-use crate::backends::call::bounded_call;
+use crate::backends::kit::call::bounded_call;
 use crate::registry::shared;
 use crate::registry::RegistryError;
 
@@ -71,7 +71,7 @@ pub(crate) async fn bounded<T>(
 
 /// The error for a call that got no answer within `limit`.
 pub(crate) fn timed_out(config: &ZookeeperConfig, limit: Duration) -> RegistryError {
-    crate::backends::call::timed_out(BACKEND, &config.connect, limit)
+    crate::backends::kit::call::timed_out(BACKEND, &config.connect, limit)
 }
 
 /// The error for a request not made, or given up, because the session is not connected.

@@ -9,8 +9,8 @@ use zookeeper_client::SessionInfo;
 use super::config::{ZookeeperConfig, ZookeeperConfigError};
 use super::session::Session;
 use super::wire;
-use crate::backends::handle::SessionHandle;
-use crate::backends::names::check_service_name;
+use crate::backends::kit::handle::SessionHandle;
+use crate::backends::kit::names::check_service_name;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 

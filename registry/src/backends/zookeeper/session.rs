@@ -28,8 +28,8 @@ use super::config::ZookeeperConfig;
 use super::error::{bounded, registry_error, request, while_connected};
 use super::guard::{Guard, Seen};
 use super::sentinel::{Sentinel, Verdict};
-use crate::backends::handle::{finish, Command, Reply};
-use crate::backends::live::{absorb_queued, wait_offline, LiveSet};
+use crate::backends::kit::handle::{finish, Command, Reply};
+use crate::backends::kit::live::{absorb_queued, wait_offline, LiveSet};
 use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
 

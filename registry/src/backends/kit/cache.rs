@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::watch;
 
-use super::watch::Latest;
+use crate::discovery::latest::Latest;
 use crate::discovery::Instance;
 
 /// Services are swept of dead entries when there are at least this many.

@@ -1,4 +1,7 @@
-//! The client side: [`Discovery`] resolves and watches the instances of a service.
+//! The client side: [`Discovery`] resolves and watches the instances of a service; [`latest`]
+//! is the channel every watch is built on.
+
+pub(crate) mod latest;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
