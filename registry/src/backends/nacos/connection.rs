@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,58 +20,16 @@ use tonic::transport::Endpoint;
 use super::auth::{login, Token};
 use super::config::NacosConfig;
 use super::error::NacosError;
+use super::lost::mark_lost;
 use super::proto::{NacosGrpc, Payload};
-use super::wire::{self, Empty, Envelope, Response, ServiceInfo};
+use super::push::{lock, Push, Pushes, MAX_ANSWER, MAX_STREAM_MESSAGE};
+use super::wire::{self, Empty, Envelope, Response, FORBIDDEN, INVALID_PARAM, UNREGISTERED};
 
-/// What the server answers when it does not know the connection a request came on.
-pub(crate) const UNREGISTERED: u16 = 301;
-/// What the server answers when auth is on and the request carries no (valid) token.
-const FORBIDDEN: u16 = 403;
-/// Java Nacos' `INVALID_PARAM`: the request itself is wrong and always will be.
-const INVALID_PARAM: u16 = 400;
 /// Our client version, as the server lists it.
 const CLIENT_VERSION: &str = concat!(
     "Nacos-Rust-Client:service-registry-",
     env!("CARGO_PKG_VERSION")
 );
-
-/// The largest answer decoded, and the largest push delivered: 10 MiB, as the Java client
-/// (`maxInboundMessageSize`). tonic's default, 4 MiB, is already exceeded by a service of 5 000
-/// instances with 1 KB of metadata each. A constant rather than a [`NacosConfig`] option: a
-/// larger one would only move the point where a service is too large to follow.
-pub(crate) const MAX_ANSWER: usize = 10 << 20;
-/// The largest message the stream decodes. A push above [`MAX_ANSWER`] (and up to this) is
-/// read and passed over, failing only the watch of its service: a message over the decode
-/// limit would end the stream, and with it the connection every watch of the discovery shares.
-pub(crate) const MAX_STREAM_MESSAGE: usize = 4 * MAX_ANSWER;
-
-/// What the server pushed last for a service.
-#[derive(Clone, Debug)]
-pub(crate) enum Push {
-    /// The service's instances.
-    State(Arc<ServiceInfo>),
-    /// A push of this many bytes, over [`MAX_ANSWER`]: passed over.
-    TooLarge(usize),
-}
-
-/// The latest push per `group@@service`, for whoever follows it.
-pub(crate) type Pushes = Arc<Mutex<HashMap<String, watch::Sender<Option<Push>>>>>;
-
-/// Records the first cause of a lost connection; later ones are dropped.
-pub(crate) fn mark_lost(lost: &watch::Sender<Option<String>>, cause: String) {
-    lost.send_if_modified(|slot| {
-        if slot.is_some() {
-            return false;
-        }
-        *slot = Some(cause);
-        true
-    });
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update is one insert or remove: a poisoned lock is still consistent.
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
 
 /// A live connection. Dropping it closes the stream.
 pub(crate) struct Connection {

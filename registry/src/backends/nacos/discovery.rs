@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::config::NacosConfig;
-use super::connection::{Connection, Push, MAX_ANSWER};
+use super::connection::Connection;
 use super::error::NacosError;
+use super::push::{Push, MAX_ANSWER};
 use super::server::NacosServer;
 use super::wire::{self, QueryRequest, ServiceInfo, SubscribeRequest};
 use crate::backends::kit::cache::WatchCache;

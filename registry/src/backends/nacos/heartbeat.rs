@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::connection::{mark_lost, UNREGISTERED};
+use super::lost::mark_lost;
 use super::proto::{NacosGrpc, Payload};
-use super::wire::{Empty, Envelope, Response};
+use super::wire::{Empty, Envelope, Response, UNREGISTERED};
 
 /// Sends a `HealthCheckRequest` every `every`; a failure or no answer within `limit` marks
 /// the connection lost.

@@ -11,8 +11,9 @@ use tokio::sync::{mpsc, watch};
 
 use serde::Deserialize;
 
-use super::connection::{lock, mark_lost, Push, Pushes, MAX_ANSWER};
+use super::lost::mark_lost;
 use super::proto::Payload;
+use super::push::{lock, Push, Pushes, MAX_ANSWER};
 use super::wire::{self, Ack, ServerRequest};
 
 /// A server request without its service info: all that is read of a push too large to use.

@@ -216,6 +216,13 @@ pub(crate) struct SetupRequest<'a> {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Empty {}
 
+/// What the server answers when it does not know the connection a request came on.
+pub(crate) const UNREGISTERED: u16 = 301;
+/// What the server answers when auth is on and the request carries no (valid) token.
+pub(crate) const FORBIDDEN: u16 = 403;
+/// Java Nacos' `INVALID_PARAM`: the request itself is wrong and always will be.
+pub(crate) const INVALID_PARAM: u16 = 400;
+
 /// What every response carries, plus `serviceInfo` for queries and subscriptions and
 /// `connectionId` for a server check.
 #[derive(Debug, Default, Deserialize)]

@@ -6,9 +6,9 @@ use zookeeper_client::{
     AddWatchMode, Client, Error as ZkError, EventType, PersistentWatcher, SessionState, Stat,
 };
 
+use super::client::connect;
 use super::config::ZookeeperConfig;
 use super::error::bounded;
-use super::session::connect;
 use super::wire;
 use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;

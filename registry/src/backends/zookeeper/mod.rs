@@ -2,6 +2,7 @@
 //! `registry-zookeeper`: ephemeral nodes `/{service}/{host}:{port}` holding
 //! `{"Weight":..,"Tags":{..}}`.
 
+mod client;
 mod config;
 mod discovery;
 mod error;

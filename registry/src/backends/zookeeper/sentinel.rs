@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use zookeeper_client::{Client, Error as ZkError, SessionInfo, SessionState, StateWatcher};
 
+use super::client::{attach, connect};
 use super::config::ZookeeperConfig;
-use super::session::{attach, connect};
 use crate::registry::RegistryError;
 
 /// How often to probe while our session is disconnected.
