@@ -196,7 +196,9 @@ pub trait Registry: Send + Sync + 'static {
     ///
     /// [`Registrar::serve`](crate::Registrar::serve) calls it on every registry it was given,
     /// once its services are deregistered and its server has stopped, so a server does not
-    /// keep a clone of its registry just to close it. Default: nothing to release (the
+    /// keep a clone of its registry just to close it (a
+    /// [`shared_registry`](crate::RegistrarBuilder::shared_registry) still held elsewhere is
+    /// left open). Default: nothing to release (the
     /// in-memory registry keeps its data, so a test can read it afterwards).
     ///
     /// ```

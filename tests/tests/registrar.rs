@@ -350,6 +350,40 @@ async fn serve_closes_every_registry_once_after_deregistering() {
     );
 }
 
+#[tokio::test]
+async fn a_shared_registry_is_closed_only_by_its_last_holder() {
+    let registry = Closing::default();
+    let shared: std::sync::Arc<dyn Registry> = std::sync::Arc::new(registry.clone());
+    let start = |shared: std::sync::Arc<dyn Registry>| {
+        Running::start_with(move |b| b.shared_registry(shared).only(["reg.echo"]))
+    };
+    let first = start(shared.clone()).await;
+    let second = start(shared.clone()).await;
+    for running in [&first, &second] {
+        running
+            .status
+            .clone()
+            .wait_for(all_registered)
+            .await
+            .unwrap();
+    }
+    first.stop().await;
+    assert!(
+        !registry.calls().contains(&"close".to_string()),
+        "closed under a registrar still serving: {:?}",
+        registry.calls()
+    );
+    drop(shared);
+    second.stop().await;
+    let calls = registry.calls();
+    assert_eq!(calls.last().map(String::as_str), Some("close"), "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| *c == "close").count(),
+        1,
+        "{calls:?}"
+    );
+}
+
 /// Serves `reg.echo` on a flaky registry, retrying with `backoff`.
 async fn serve_echo_retrying(registry: &Flaky, backoff: Backoff) -> Running {
     Running::start_with(|b| {

@@ -115,7 +115,12 @@ impl RegistrarBuilder {
         self
     }
 
-    /// A registry, already shared (see [`registry`](Self::registry)).
+    /// A registry, already shared (see [`registry`](Self::registry)), e.g. one registry for
+    /// several registrars of one process. [`serve`](crate::Registrar::serve) closes it only
+    /// when nothing else holds it any more; while another holder is left (another registrar
+    /// still serving, a client), it stays open. A cloned backend handle given to
+    /// [`registry`](Self::registry) is closed by `serve` like any owned one: share it with this
+    /// method to keep it open.
     ///
     /// ```
     /// use std::sync::Arc;

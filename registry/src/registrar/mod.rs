@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -356,9 +357,17 @@ impl Registrar {
     }
 }
 
-/// Closes every registry, all at once (each close is bounded by its backend's close timeout).
+/// Closes every registry this registrar holds the last reference to, all at once (each close
+/// is bounded by its backend's close timeout). A [`shared_registry`](RegistrarBuilder::shared_registry)
+/// still held elsewhere (another registrar of the same process, a client) is left open for
+/// its other holders; the last one to drop it closes it, or its owner does.
 async fn close_registries(registries: &[NamedRegistry]) {
     futures_util::future::join_all(registries.iter().map(|target| async move {
+        // Every task of this registrar has ended by now: only `registries` holds it here.
+        if Arc::strong_count(&target.registry) > 1 {
+            tracing::debug!(registry = %target.name, "the registry is shared and still held elsewhere; left open");
+            return;
+        }
         tracing::debug!(registry = %target.name, "closing the registry");
         target.registry.close().await;
     }))
