@@ -64,7 +64,9 @@ mod tags;
 
 pub use backends::memory::MemoryRegistry;
 pub use backoff::Backoff;
-pub use discovery::{Change, Discovery, DiscoveryError, Instance, WatchStream};
+pub use discovery::{
+    Change, Discovery, DiscoveryError, Instance, Instances, InstancesIter, WatchStream,
+};
 // Moved to `kit` (helpers for backend authors); the old root paths keep working, out of the docs.
 pub use info::{Endpoint, EndpointBasicInfo, Info, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT};
 #[doc(hidden)]

@@ -1,7 +1,6 @@
 //! [`MergedDiscovery`]: one [`Discovery`] over several registries at once, for a migration from
 //! one registry to another or for one registry per datacenter.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::discovery::latest::{self, Publisher};
-use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
+use crate::discovery::{Discovery, DiscoveryError, Instances, WatchStream};
 use crate::registry::shared;
 
 /// How long [`MergedDiscovery::watch`] waits for the other sources once one has started.
@@ -186,16 +185,18 @@ impl MergedDiscovery {
 
 /// The union of `sets`, one instance per address, sorted by address: the first set that lists
 /// an address gives its data.
-fn merge<'a>(sets: impl IntoIterator<Item = &'a [Instance]>) -> Vec<Instance> {
-    let mut by_addr = BTreeMap::new();
+fn merge<'a>(sets: impl IntoIterator<Item = &'a Instances>) -> Instances {
+    let mut sets = sets.into_iter();
+    // Built on the first set, so it shares that set's structure.
+    let mut merged = sets.next().cloned().unwrap_or_default();
     for set in sets {
-        for instance in set {
-            by_addr
-                .entry(instance.addr)
-                .or_insert_with(|| instance.clone());
+        for instance in set.shared() {
+            if !merged.contains(&instance.addr) {
+                merged.insert(Arc::clone(instance));
+            }
         }
     }
-    by_addr.into_values().collect()
+    merged
 }
 
 /// A failure of `source` that the source itself did not report (a panic, a stream that ended
@@ -221,7 +222,7 @@ async fn guarded<T>(
 }
 
 /// A started source watch and the instances of its snapshot.
-type Opened = (WatchStream, Vec<Instance>);
+type Opened = (WatchStream, Instances);
 
 /// Opens the watch of `source` and reads its snapshot.
 async fn open(source: Source, service: String) -> Result<Opened, DiscoveryError> {
@@ -238,7 +239,7 @@ async fn open(source: Source, service: String) -> Result<Opened, DiscoveryError>
 }
 
 /// An event of source `index`: its latest set, or `None` when its watch ended.
-type Event = (usize, Option<Vec<Instance>>);
+type Event = (usize, Option<Instances>);
 
 /// The changes of source `index` as events, a panic ending them like the end of the stream.
 fn events(index: usize, source: &Source, changes: WatchStream) -> BoxStream<'static, Event> {
@@ -263,7 +264,7 @@ struct Follow {
     service: String,
     sources: Vec<Source>,
     /// The latest set of each source, by index; `None` until its watch first starts.
-    sets: Vec<Option<Vec<Instance>>>,
+    sets: Vec<Option<Instances>>,
     /// The retry schedule of each source.
     backoffs: Vec<Backoff>,
     /// The started source watches.
@@ -295,8 +296,8 @@ impl Follow {
             .push(events(index, &self.sources[index], changes));
     }
 
-    fn merged(&self) -> Vec<Instance> {
-        merge(self.sets.iter().flatten().map(Vec::as_slice))
+    fn merged(&self) -> Instances {
+        merge(self.sets.iter().flatten())
     }
 
     /// Opens source `index` again after its next backoff delay.
@@ -353,7 +354,7 @@ impl Follow {
 
 #[async_trait]
 impl Discovery for MergedDiscovery {
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
         let calls = self
             .sources
             .iter()
@@ -377,7 +378,7 @@ impl Discovery for MergedDiscovery {
                 "a source of the merged discovery failed; answering from the others"
             );
         }
-        Ok(merge(answered.iter().map(Vec::as_slice)))
+        Ok(merge(&answered))
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
@@ -455,7 +456,7 @@ mod tests {
 
     use super::*;
     use crate::discovery::Change;
-    use crate::{Info, MemoryRegistry, Registry};
+    use crate::{Info, Instance, MemoryRegistry, Registry};
 
     const SERVICE: &str = "svc";
 
@@ -471,7 +472,7 @@ mod tests {
         Instance::from(info)
     }
 
-    fn ports(instances: &[Instance]) -> Vec<u16> {
+    fn ports(instances: &Instances) -> Vec<u16> {
         instances.iter().map(|i| i.addr.port()).collect()
     }
 
@@ -492,7 +493,7 @@ mod tests {
 
     #[async_trait]
     impl Discovery for Down {
-        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        async fn resolve(&self, _: &str) -> Result<Instances, DiscoveryError> {
             Err(down(self.0))
         }
         async fn watch(&self, _: &str) -> Result<WatchStream, DiscoveryError> {
@@ -505,7 +506,7 @@ mod tests {
 
     #[async_trait]
     impl Discovery for Panics {
-        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        async fn resolve(&self, _: &str) -> Result<Instances, DiscoveryError> {
             panic!("a broken source")
         }
         async fn watch(&self, _: &str) -> Result<WatchStream, DiscoveryError> {
@@ -522,7 +523,7 @@ mod tests {
 
     #[async_trait]
     impl Discovery for Flaky {
-        async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
             self.inner.resolve(service).await
         }
         async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
@@ -542,7 +543,7 @@ mod tests {
 
     #[async_trait]
     impl Discovery for Hangs {
-        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        async fn resolve(&self, _: &str) -> Result<Instances, DiscoveryError> {
             Err(down("hangs"))
         }
         async fn watch(&self, _: &str) -> Result<WatchStream, DiscoveryError> {
@@ -565,8 +566,8 @@ mod tests {
 
     #[async_trait]
     impl Discovery for EndsOnce {
-        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
-            Ok(self.first.clone())
+        async fn resolve(&self, _: &str) -> Result<Instances, DiscoveryError> {
+            Ok(self.first.clone().into())
         }
         async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
             if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -587,7 +588,7 @@ mod tests {
 
     #[async_trait]
     impl Discovery for Slow {
-        async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
             self.inner.resolve(service).await
         }
         async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
@@ -881,9 +882,9 @@ mod tests {
 
     #[test]
     fn merge_keeps_the_first_data_of_each_address_in_address_order() {
-        let a = [instance(&info(3, 1)), instance(&info(1, 1))];
-        let b = [instance(&info(2, 2)), instance(&info(3, 2))];
-        let merged = merge([&a[..], &b[..]]);
+        let a: Instances = [instance(&info(3, 1)), instance(&info(1, 1))].into();
+        let b: Instances = [instance(&info(2, 2)), instance(&info(3, 2))].into();
+        let merged = merge([&a, &b]);
         assert_eq!(ports(&merged), [1, 2, 3]);
         assert_eq!(merged[2].weight, 1);
         assert!(merge(std::iter::empty()).is_empty());

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use service_registry::kit::shared;
 use service_registry::{
-    Backoff, Change, Discovery, Health, Info, InfoOverride, Instance, MemoryRegistry, Registrar,
-    Registry, RegistryError, ServiceStatus, WatchStream,
+    Backoff, Change, Discovery, Health, Info, InfoOverride, MemoryRegistry, Registrar, Registry,
+    RegistryError, ServiceStatus, WatchStream,
 };
 
 // `registrar_address_change_leaves_no_old_address` runs a registrar for `linked.alpha`, a
@@ -355,7 +355,7 @@ mod nacos {
 pub type Seen = (SocketAddr, u32, BTreeMap<String, String>);
 
 /// The comparable part of instances, sorted by address.
-pub fn seen(instances: &[Instance]) -> Vec<Seen> {
+pub fn seen(instances: &service_registry::Instances) -> Vec<Seen> {
     let mut seen: Vec<Seen> = instances
         .iter()
         .map(|i| (i.addr, i.weight, i.tags.clone()))
@@ -374,7 +374,7 @@ pub fn expected(infos: &[&Info]) -> Vec<Seen> {
     seen
 }
 
-fn addrs(instances: &[Instance]) -> Vec<SocketAddr> {
+fn addrs(instances: &service_registry::Instances) -> Vec<SocketAddr> {
     let mut addrs: Vec<_> = instances.iter().map(|i| i.addr).collect();
     addrs.sort();
     addrs

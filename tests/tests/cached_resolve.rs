@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use service_registry::{Change, Discovery, DiscoveryError, Instance, WatchStream};
+use service_registry::{Change, Discovery, DiscoveryError, WatchStream};
 use tests::proxy::{Fault, FaultProxy};
 
 /// A cached answer comes back in well under this; a round trip to a black hole never does.
 const CACHED: Duration = Duration::from_millis(100);
 
-fn addrs(instances: &[Instance]) -> Vec<SocketAddr> {
+fn addrs(instances: &service_registry::Instances) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
     out.sort();
     out

@@ -12,7 +12,7 @@ use etcd_client::{Client, Txn, TxnOp};
 use futures_util::StreamExt;
 use service_registry::balance::{Balancer, Strategy};
 use service_registry::etcd::{EtcdConfig, EtcdDiscovery};
-use service_registry::{Change, Discovery, Instance};
+use service_registry::{Change, Discovery};
 use tests::fixtures::etcd::Etcd;
 use tests::poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +32,7 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn addrs(instances: &[Instance]) -> Vec<SocketAddr> {
+fn addrs(instances: &service_registry::Instances) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
     out.sort();
     out

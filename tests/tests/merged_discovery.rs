@@ -8,9 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry};
 use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery, ZookeeperRegistry};
-use service_registry::{
-    Backoff, Change, Discovery, Info, Instance, MergedDiscovery, Registry, WatchStream,
-};
+use service_registry::{Backoff, Change, Discovery, Info, MergedDiscovery, Registry, WatchStream};
 use tests::fixtures::etcd::Etcd;
 use tests::fixtures::zookeeper::ZooKeeper;
 use tests::poll;
@@ -32,7 +30,7 @@ fn info(service: &str, addr: &str) -> Info {
     Info::new(service, addr.parse().unwrap())
 }
 
-fn addrs(instances: &[Instance]) -> Vec<SocketAddr> {
+fn addrs(instances: &service_registry::Instances) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
     out.sort();
     out

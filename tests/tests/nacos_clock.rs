@@ -28,7 +28,7 @@ fn libfaketime() -> PathBuf {
     .expect("libfaketime is missing: run ./scripts/test.sh, or `apt-get install libfaketime`")
 }
 
-fn addrs(instances: &[service_registry::Instance]) -> Vec<SocketAddr> {
+fn addrs(instances: &service_registry::Instances) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
     out.sort();
     out

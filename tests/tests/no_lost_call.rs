@@ -169,7 +169,7 @@ async fn calls_survive_wiped_restarts<R, D, C>(
     for info in &echoes.infos {
         registry.register(info).await.unwrap();
     }
-    let everyone = |listed: Vec<service_registry::Instance>| {
+    let everyone = |listed: service_registry::Instances| {
         let mut addrs: Vec<SocketAddr> = listed.iter().map(|i| i.addr).collect();
         addrs.sort();
         let mut want: Vec<SocketAddr> = echoes.infos.iter().map(|i| i.addr).collect();

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures_util::Stream;
 use service_registry::volo::VoloDiscover;
 use service_registry::{
-    Discovery, DiscoveryError, Info, Instance, MemoryRegistry, Registry, WatchStream,
+    Discovery, DiscoveryError, Info, Instances, MemoryRegistry, Registry, WatchStream,
 };
 use tests::conformance::{self, Backend};
 use tests::poll;
@@ -68,7 +68,7 @@ impl Drop for Open {
 
 #[async_trait]
 impl<D: Discovery> Discovery for Counting<D> {
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
         self.resolves.fetch_add(1, Ordering::SeqCst);
         self.inner.resolve(service).await
     }

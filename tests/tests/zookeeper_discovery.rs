@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use service_registry::balance::{Balancer, Strategy};
 use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery};
-use service_registry::{Discovery, Instance};
+use service_registry::Discovery;
 use tests::fixtures::zookeeper::ZooKeeper;
 use tests::poll;
 use zookeeper_client::{Acls, CreateMode};
@@ -25,7 +25,7 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn addrs(instances: &[Instance]) -> Vec<SocketAddr> {
+fn addrs(instances: &service_registry::Instances) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
     out.sort();
     out

@@ -1,13 +1,12 @@
 //! [`MemoryRegistry`]: an in-process registry with discovery and watch.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
 
 use crate::discovery::latest::{self, Publisher};
-use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
+use crate::discovery::{Discovery, DiscoveryError, Instance, Instances, WatchStream};
 use crate::info::Info;
 use crate::registry::{Registry, RegistryError};
 
@@ -17,19 +16,8 @@ const MIN_SWEEP: usize = 16;
 /// The instances of one service.
 #[derive(Default)]
 struct Service {
-    by_addr: BTreeMap<SocketAddr, Instance>,
-    /// `by_addr`'s instances as one list, built by the first read after a change: a resolve
-    /// copies it out after releasing the lock, with no tree walk (`MemoryRegistry` resolves
-    /// 10 instances in well under 100 ns, `BENCHMARKS.md`), and registering stays O(log n).
-    list: Option<Arc<[Instance]>>,
-}
-
-impl Service {
-    fn list(&mut self) -> Arc<[Instance]> {
-        self.list
-            .get_or_insert_with(|| self.by_addr.values().cloned().collect())
-            .clone()
-    }
+    /// Shared with every watcher and resolve; a change costs `O(log n)`, not a copy.
+    instances: Instances,
 }
 
 struct State {
@@ -55,19 +43,13 @@ impl Default for State {
 
 impl State {
     /// The instances of `service` (empty when it has none).
-    fn list(&mut self, service: &str) -> Arc<[Instance]> {
-        match self.services.get_mut(service) {
-            Some(instances) => instances.list(),
-            None => Arc::new([]),
-        }
+    fn instances(&self, service: &str) -> Instances {
+        self.services
+            .get(service)
+            .map(|service| service.instances.clone())
+            .unwrap_or_default()
     }
 
-    fn instances(&mut self, service: &str) -> Vec<Instance> {
-        self.list(service).to_vec()
-    }
-
-    /// Hands the current set of `service` to its watchers, or drops its channel when they are
-    /// all gone.
     fn publish(&mut self, service: &str) {
         match self.watchers.get(service) {
             None => return,
@@ -148,7 +130,7 @@ impl MemoryRegistry {
         let mut names: Vec<_> = state
             .services
             .iter()
-            .filter(|(_, instances)| !instances.by_addr.is_empty())
+            .filter(|(_, service)| !service.instances.is_empty())
             .map(|(name, _)| name.clone())
             .collect();
         names.sort();
@@ -168,8 +150,8 @@ impl MemoryRegistry {
     /// assert!(registry.instances("nothing").is_empty());
     /// # }
     /// ```
-    pub fn instances(&self, service: &str) -> Arc<[Instance]> {
-        self.lock().list(service)
+    pub fn instances(&self, service: &str) -> Instances {
+        self.lock().instances(service)
     }
 
     /// The process-wide registry the [`Registrar`](crate::Registrar) uses when none is given.
@@ -233,19 +215,16 @@ impl Registry for MemoryRegistry {
     async fn register(&self, info: &Info) -> Result<(), RegistryError> {
         let mut state = self.lock();
         let service = state.services.entry(info.service_name.clone()).or_default();
-        service.by_addr.insert(info.addr, Instance::from(info));
-        service.list = None;
+        service.instances.insert(Instance::from(info));
         state.publish(&info.service_name);
         Ok(())
     }
 
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
         let mut state = self.lock();
-        if let Some(instances) = state.services.get_mut(&info.service_name) {
-            if instances.by_addr.remove(&info.addr).is_some() {
-                instances.list = None;
-            }
-            if instances.by_addr.is_empty() {
+        if let Some(service) = state.services.get_mut(&info.service_name) {
+            service.instances.remove(&info.addr);
+            if service.instances.is_empty() {
                 state.services.remove(&info.service_name);
             }
         }
@@ -256,10 +235,9 @@ impl Registry for MemoryRegistry {
 
 #[async_trait]
 impl Discovery for MemoryRegistry {
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
-        // Copied after the lock is released.
-        let list = self.lock().list(service);
-        Ok(list.to_vec())
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
+        // Shared, not copied: one reference count under the lock.
+        Ok(self.lock().instances(service))
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
@@ -281,6 +259,7 @@ impl Discovery for MemoryRegistry {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
+    use std::net::SocketAddr;
 
     fn info(port: u16) -> Info {
         Info::new("svc", SocketAddr::from(([127, 0, 0, 1], port)))
@@ -370,5 +349,20 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         assert_eq!(registry.resolve("svc").await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn resolve_shares_the_set_instead_of_copying_it() {
+        let registry = MemoryRegistry::new();
+        registry.register(&info(1)).await.unwrap();
+        let (a, b) = (
+            registry.resolve("svc").await.unwrap(),
+            registry.resolve("svc").await.unwrap(),
+        );
+        assert!(a.ptr_eq(&b), "two resolves share one set");
+        registry.register(&info(2)).await.unwrap();
+        let c = registry.resolve("svc").await.unwrap();
+        assert!(!a.ptr_eq(&c));
+        assert_eq!((a.len(), c.len()), (1, 2));
     }
 }

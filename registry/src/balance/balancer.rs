@@ -99,15 +99,15 @@ impl Inner {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn replace(&self, instances: impl IntoIterator<Item = Instance>) {
-        // Watches hand the set over sorted by address: checked on the way, sorted only if not.
+    fn replace(&self, instances: impl IntoIterator<Item = Arc<Instance>>) {
+        // Watches hand the set over sorted by address and shared: checked on the way, sorted
+        // only if not; the instances are not copied.
         let (mut sorted, mut last) = (true, None);
         let all: Vec<Arc<Instance>> = instances
             .into_iter()
-            .map(|instance| {
+            .inspect(|instance| {
                 sorted &= last.is_none_or(|last| last <= instance.addr);
                 last = Some(instance.addr);
-                Arc::new(instance)
             })
             .collect();
         let mut filtered = if self.config.filter.admits_all() {
@@ -422,13 +422,13 @@ impl BalancerBuilder {
     /// assert!(Balancer::builder(Strategy::ConsistentHash).build([]).pick().is_none());
     /// ```
     pub fn build(self, instances: impl IntoIterator<Item = Instance>) -> Balancer {
-        self.build_fed(instances, None)
+        self.build_fed(instances.into_iter().map(Arc::new), None)
     }
 
     /// [`build`](Self::build), for a watch of `watched` when it is `Some`.
     fn build_fed(
         self,
-        instances: impl IntoIterator<Item = Instance>,
+        instances: impl IntoIterator<Item = Arc<Instance>>,
         watched: Option<String>,
     ) -> Balancer {
         let clock = Clock::new();
@@ -585,7 +585,7 @@ impl Balancer {
                 service: service.clone(),
             });
         }
-        self.inner.replace(instances);
+        self.inner.replace(instances.into_iter().map(Arc::new));
         Ok(())
     }
 
@@ -727,9 +727,10 @@ impl Balancer {
 
     /// [`pick_by_key`](Self::pick_by_key) for a key already hashed, in `lane`.
     pub(crate) fn pick_by_hash(&self, lane: Option<&str>, hash: u64) -> Option<Arc<Instance>> {
-        self.inner.snapshot.with(|snapshot, _| {
+        self.inner.snapshot.with(|snapshot, rng| {
             if !snapshot.hashes() {
-                return self.pick_in_lane(lane);
+                // From the snapshot in hand: a nested read would miss the thread's view.
+                return self.pick_from(snapshot, lane, rng, Arc::clone);
             }
             self.inner.refresh_if_due(snapshot);
             let mut rng = fastrand::Rng::with_seed(0);

@@ -28,6 +28,12 @@ const VIEWS: usize = 8;
 /// The number of the next swap, process-wide; 0 means "no view".
 static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
 
+#[cfg(test)]
+thread_local! {
+    /// How many reads on this thread missed the views and loaded directly.
+    static DIRECT_LOADS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 thread_local! {
     /// This thread's views, and the random source of its picks.
     static THREAD_VIEWS: RefCell<Views> = RefCell::new(Views {
@@ -104,7 +110,11 @@ impl Published {
         }
         match read.take() {
             // The thread's views are taken or gone (the thread is ending).
-            Some(read) => read(&self.current.load_full(), &mut fastrand::Rng::new()),
+            Some(read) => {
+                #[cfg(test)]
+                DIRECT_LOADS.with(|n| n.set(n.get() + 1));
+                read(&self.current.load_full(), &mut fastrand::Rng::new())
+            }
             // `read` is taken only right before it is called, and then its result returned.
             None => unreachable!("a snapshot read ran without returning"),
         }
@@ -165,12 +175,25 @@ mod tests {
         let outer = Balancer::builder(Strategy::SmoothRoundRobin).build(set(&[1]));
         let inner = Balancer::builder(Strategy::SmoothRoundRobin).build(set(&[2]));
         let mut rng = fastrand::Rng::with_seed(1);
+        let before = DIRECT_LOADS.with(|n| n.get());
         let ports = outer.pick_in_lane_then(None, &mut rng, |picked| {
             (picked.addr.port(), inner.pick().unwrap().addr.port())
         });
         assert_eq!(ports, Some((1, 2)));
+        let direct = DIRECT_LOADS.with(|n| n.get()) - before;
+        assert_eq!(direct, 1, "the inner read loaded directly");
         // Both views are still right afterwards.
         assert_eq!(outer.pick().unwrap().addr.port(), 1);
         assert_eq!(inner.pick().unwrap().addr.port(), 2);
+    }
+
+    #[test]
+    fn a_hash_pick_on_a_non_hashing_balancer_reads_the_view_once() {
+        let balancer = Balancer::builder(Strategy::SmoothRoundRobin).build(set(&[1, 2]));
+        let before = DIRECT_LOADS.with(|n| n.get());
+        for _ in 0..10 {
+            assert!(balancer.pick_by_hash(None, 42).is_some());
+        }
+        assert_eq!(DIRECT_LOADS.with(|n| n.get()), before, "no nested read");
     }
 }

@@ -2,11 +2,13 @@
 //! (the memory registry, [`MergedDiscovery`](crate::MergedDiscovery) and each network backend):
 //! a channel that holds the latest instance set, never a history.
 //!
-//! The producer [`publish`](Publisher::publish)es the whole current set; the consumer stream,
-//! when polled, yields the [`Change`] from what it last delivered to the latest set (the first
-//! item is a [`Change::snapshot`]), or nothing when the two are equal. A slow consumer therefore
-//! skips intermediate states instead of queueing them, and each watcher costs two copies of the
-//! current set at most.
+//! The producer [`publish`](Publisher::publish)es the whole current set, or
+//! [`apply`](Publisher::apply)s what changed to it; the consumer stream, when polled, yields the
+//! [`Change`] from what it last delivered to the latest set (the first item is a
+//! [`Change::snapshot`]), or nothing when the two are equal. A slow consumer therefore skips
+//! intermediate states instead of queueing them. The sets are [`Instances`]: versions share
+//! what they have in common, so an event costs `O(log n)` to publish and to deliver, and a
+//! watcher holds at most two versions of the set.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,10 +17,10 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::sync::watch;
 
-use crate::discovery::{diff_instances, Change, Instance, WatchStream};
+use crate::discovery::{diff_instances, Change, Instance, Instances, WatchStream};
 
-/// The shared state: the latest set, behind an `Arc` so consumers clone a pointer.
-pub(crate) type Latest = Arc<Vec<Instance>>;
+/// The shared state: the latest set (a clone shares it).
+pub(crate) type Latest = Instances;
 
 /// The producer side of a latest-state channel. Dropping it ends every consumer stream (after
 /// the last state is delivered).
@@ -35,10 +37,11 @@ pub(crate) struct Publisher {
 pub(crate) fn channel(
     backend: &'static str,
     service: &str,
-    initial: Vec<Instance>,
+    initial: impl Into<Instances>,
 ) -> (Publisher, WatchStream) {
+    let initial = initial.into();
     crate::metrics::watch_state(backend, service, initial.len(), true);
-    let (tx, rx) = watch::channel(Arc::new(sorted(initial)));
+    let (tx, rx) = watch::channel(initial);
     let publisher = Publisher {
         backend,
         service: service.to_string(),
@@ -48,22 +51,52 @@ pub(crate) fn channel(
     (publisher, stream)
 }
 
-fn sorted(mut instances: Vec<Instance>) -> Vec<Instance> {
-    instances.sort_by_key(|i| i.addr);
-    instances
-}
-
 impl Publisher {
     /// Makes `instances` the latest set; consumers are woken only when it differs.
-    pub(crate) fn publish(&self, instances: Vec<Instance>) {
-        let instances = sorted(instances);
-        let count = instances.len();
+    pub(crate) fn publish(&self, instances: impl Into<Instances>) {
+        let instances = instances.into();
+        let mut count = 0;
         let changed = self.tx.send_if_modified(|latest| {
-            if **latest == instances {
+            if latest.ptr_eq(&instances) || *latest == instances {
                 return false;
             }
-            *latest = Arc::new(instances);
+            count = instances.len();
+            *latest = instances;
             true
+        });
+        if changed {
+            crate::metrics::watch_state(self.backend, &self.service, count, true);
+        }
+    }
+
+    /// Applies `updates` to the latest set: each address gets its new instance, or leaves
+    /// (`None`). Costs `O(log n)` per update, not a copy of the set; consumers are woken only
+    /// when something differs.
+    #[cfg_attr(
+        not(any(feature = "etcd", feature = "zookeeper", feature = "nacos")),
+        allow(dead_code)
+    )]
+    pub(crate) fn apply(
+        &self,
+        updates: impl IntoIterator<Item = (std::net::SocketAddr, Option<Arc<Instance>>)>,
+    ) {
+        let mut count = 0;
+        let changed = self.tx.send_if_modified(|latest| {
+            let mut changed = false;
+            for (addr, instance) in updates {
+                changed |= match instance {
+                    Some(instance) => match latest.get_shared(&addr) {
+                        Some(old) if Arc::ptr_eq(old, &instance) || **old == *instance => false,
+                        _ => {
+                            latest.insert(instance);
+                            true
+                        }
+                    },
+                    None => latest.remove(&addr).is_some(),
+                };
+            }
+            count = latest.len();
+            changed
         });
         if changed {
             crate::metrics::watch_state(self.backend, &self.service, count, true);
@@ -124,7 +157,7 @@ impl Stream for Changes {
                 Poll::Pending => return Poll::Pending,
             };
             let change = match &this.delivered {
-                None => Some(Change::snapshot(&this.service, latest.to_vec())),
+                None => Some(Change::snapshot(&this.service, latest.clone())),
                 Some(delivered) => diff_instances(&this.service, delivered, &latest),
             };
             this.delivered = Some(latest);
@@ -192,5 +225,36 @@ mod tests {
         drop(publisher);
         assert_eq!(stream.next().await.unwrap().all, vec![instance(1)]);
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn applied_updates_are_delivered_as_a_change_of_what_they_touched() {
+        let all: Vec<Instance> = (1..=1000).map(instance).collect();
+        let (publisher, mut stream) = channel("test", "s", all);
+        let first = stream.next().await.unwrap();
+        assert_eq!(first.all.len(), 1000);
+        let mut moved = instance(500);
+        moved.weight = 9;
+        publisher.apply([
+            (instance(1).addr, None),
+            (moved.addr, Some(Arc::new(moved.clone()))),
+            (instance(1001).addr, Some(Arc::new(instance(1001)))),
+            // Equal to what is there: not a change.
+            (instance(2).addr, Some(Arc::new(instance(2)))),
+        ]);
+        let change = stream.next().await.unwrap();
+        assert_eq!(change.removed, vec![instance(1)]);
+        assert_eq!(change.updated, vec![moved]);
+        assert_eq!(change.added, vec![instance(1001)]);
+        assert_eq!(change.all.len(), 1000);
+        // The untouched instances are the very ones of the snapshot, not copies.
+        let shared = |set: &Instances, port: u16| set.get_shared(&instance(port).addr).cloned();
+        assert!(Arc::ptr_eq(
+            &shared(&first.all, 3).unwrap(),
+            &shared(&change.all, 3).unwrap()
+        ));
+        // Nothing differs: no wake-up.
+        publisher.apply([(instance(2).addr, Some(Arc::new(instance(2))))]);
+        assert!(stream.next().now_or_never().is_none());
     }
 }

@@ -1,7 +1,10 @@
 //! The client side: [`Discovery`] resolves and watches the instances of a service; [`latest`]
 //! is the channel every watch is built on.
 
+mod instances;
 pub(crate) mod latest;
+
+pub use instances::{Instances, InstancesIter};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,13 +60,15 @@ impl From<&Info> for Instance {
 /// One step of a watch, modelled on Volo's `Change`: the whole current set plus what changed.
 ///
 /// The first item of every watch has `all == added` (the snapshot); later items carry the
-/// differences, and `all` is always the complete set after the change.
+/// differences, and `all` is always the complete set after the change. Every field is an
+/// [`Instances`]: the instances are shared with the watch and with each other, never copied,
+/// so a change of one instance in a large service costs `O(log n)`, not a copy of the set.
 ///
 /// ```
-/// use service_registry::{Info, Instance};
+/// use service_registry::{Info, Instance, Instances};
 /// use service_registry::kit::diff_instances;
 /// let a = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
-/// let change = diff_instances("s", &[a.clone()], &[]).unwrap();
+/// let change = diff_instances("s", &a.clone().into(), &Instances::new()).unwrap();
 /// assert_eq!(change.removed, vec![a]);
 /// assert!(change.all.is_empty());
 /// ```
@@ -72,13 +77,13 @@ pub struct Change {
     /// The watched service.
     pub service: String,
     /// Every instance after this change.
-    pub all: Vec<Instance>,
+    pub all: Instances,
     /// Instances that appeared.
-    pub added: Vec<Instance>,
+    pub added: Instances,
     /// Instances whose data changed (same address).
-    pub updated: Vec<Instance>,
-    /// Instances that went away.
-    pub removed: Vec<Instance>,
+    pub updated: Instances,
+    /// Instances that went away (as they were last seen).
+    pub removed: Instances,
 }
 
 impl Change {
@@ -92,13 +97,14 @@ impl Change {
     /// assert_eq!(first.all, first.added);
     /// assert!(first.updated.is_empty() && first.removed.is_empty());
     /// ```
-    pub fn snapshot(service: &str, all: Vec<Instance>) -> Self {
+    pub fn snapshot(service: &str, all: impl Into<Instances>) -> Self {
+        let all = all.into();
         Self {
             service: service.to_string(),
             added: all.clone(),
             all,
-            updated: Vec::new(),
-            removed: Vec::new(),
+            updated: Instances::new(),
+            removed: Instances::new(),
         }
     }
 }
@@ -276,7 +282,9 @@ pub trait Discovery: Send + Sync + 'static {
     /// The etcd and ZooKeeper discoveries answer from a live watch on the same service when
     /// they have one that is in sync (no round trip; as fresh as the watch), and read from the
     /// registry otherwise.
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError>;
+    ///
+    /// The set is shared, not copied: answering from a watch costs a reference count.
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError>;
     /// The current set first (a [`Change::snapshot`]), then the changes; the stream ends only
     /// when the backend is dropped. Backends recover from broken watches by themselves (re-list
     /// and resume).
@@ -290,7 +298,7 @@ pub trait Discovery: Send + Sync + 'static {
 
 #[async_trait]
 impl<D: Discovery + ?Sized> Discovery for std::sync::Arc<D> {
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
         (**self).resolve(service).await
     }
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
@@ -300,39 +308,27 @@ impl<D: Discovery + ?Sized> Discovery for std::sync::Arc<D> {
 
 /// Computes the [`Change`] from `old` to `new` (keyed by address); `None` when nothing changed.
 ///
-/// Backends that re-list after an outage use this so watchers see exactly what differs.
+/// Backends that re-list after an outage use this so watchers see exactly what differs. The
+/// parts the two sets share are skipped, not compared: the difference between two versions of
+/// one set costs in proportion to what changed.
 ///
 /// ```
-/// use service_registry::{Info, Instance};
+/// use service_registry::{Info, Instance, Instances};
 /// use service_registry::kit::diff_instances;
 ///
 /// let a = Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()));
-/// let change = diff_instances("s", &[], &[a.clone()]).unwrap();
+/// let change = diff_instances("s", &Instances::new(), &a.clone().into()).unwrap();
 /// assert_eq!(change.added, vec![a.clone()]);
-/// assert!(diff_instances("s", &[a.clone()], &[a]).is_none());
+/// assert!(diff_instances("s", &a.clone().into(), &a.into()).is_none());
 /// ```
-pub fn diff_instances(service: &str, old: &[Instance], new: &[Instance]) -> Option<Change> {
-    let old_by_addr: BTreeMap<_, _> = old.iter().map(|i| (i.addr, i)).collect();
-    let new_by_addr: BTreeMap<_, _> = new.iter().map(|i| (i.addr, i)).collect();
-    let mut change = Change {
+pub fn diff_instances(service: &str, old: &Instances, new: &Instances) -> Option<Change> {
+    let (added, updated, removed) = old.diff(new);
+    let empty = added.is_empty() && updated.is_empty() && removed.is_empty();
+    (!empty).then(|| Change {
         service: service.to_string(),
-        all: new.to_vec(),
-        added: Vec::new(),
-        updated: Vec::new(),
-        removed: Vec::new(),
-    };
-    for (addr, instance) in &new_by_addr {
-        match old_by_addr.get(addr) {
-            None => change.added.push((*instance).clone()),
-            Some(previous) if previous != instance => change.updated.push((*instance).clone()),
-            Some(_) => {}
-        }
-    }
-    for (addr, instance) in &old_by_addr {
-        if !new_by_addr.contains_key(addr) {
-            change.removed.push((*instance).clone());
-        }
-    }
-    let empty = change.added.is_empty() && change.updated.is_empty() && change.removed.is_empty();
-    (!empty).then_some(change)
+        all: new.clone(),
+        added,
+        updated,
+        removed,
+    })
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use volo::discovery::Instance as VoloInstance;
 use volo::net::Address;
 
-use crate::discovery::Instance;
+use crate::discovery::{Instance, Instances};
 use crate::info::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT};
 
 /// The reserved Volo tag that carries an instance's start time (milliseconds since the Unix
@@ -59,19 +59,32 @@ pub(crate) fn to_volo(instance: &Instance) -> VoloInstance {
 }
 
 /// Volo's view of every instance, reusing the `Arc` of an instance that did not change.
+///
+/// `previous` is what `instances` was converted to before, in the same address order; an
+/// instance `changed` says is new or different is converted again, any other reuses its old
+/// view (one walk over both, no search).
 pub(crate) fn to_volo_all(
-    instances: &[Instance],
+    instances: &Instances,
     previous: &[Arc<VoloInstance>],
+    changed: impl Fn(&std::net::SocketAddr) -> bool,
 ) -> Vec<Arc<VoloInstance>> {
+    let mut old = previous.iter().peekable();
     instances
         .iter()
         .map(|instance| {
-            let next = to_volo(instance);
-            previous
-                .iter()
-                .find(|old| ***old == next)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(next))
+            let ip = |view: &&Arc<VoloInstance>| match &view.address {
+                Address::Ip(addr) => Some(*addr),
+                _ => None,
+            };
+            // Skip the views of instances that went away (they sort before this one).
+            while old
+                .next_if(|view| ip(view).is_none_or(|addr| addr < instance.addr))
+                .is_some()
+            {}
+            match old.next_if(|view| ip(view) == Some(instance.addr)) {
+                Some(view) if !changed(&instance.addr) => Arc::clone(view),
+                _ => Arc::new(to_volo(instance)),
+            }
         })
         .collect()
 }

@@ -231,7 +231,7 @@ impl<D: Discovery> VoloDiscover<D> {
         let mut changes = self.shared.discovery.watch(service).await?;
         let first = changes.next().await.map(|c| c.all).unwrap_or_default();
         let followed = Arc::new(Followed {
-            current: ArcSwap::from_pointee(to_volo_all(&first, &[])),
+            current: ArcSwap::from_pointee(to_volo_all(&first, &[], |_| true)),
         });
         let services = self.shared.lock_keys().len();
         {
@@ -290,7 +290,9 @@ async fn follow_changes<D>(
 /// Stores the set after `change` and returns Volo's view of the change.
 fn apply(followed: &Followed, service: &Key, change: &Change) -> VoloChange<Key> {
     let previous = followed.current.load_full();
-    let all = to_volo_all(&change.all, &previous);
+    let all = to_volo_all(&change.all, &previous, |addr| {
+        change.added.contains(addr) || change.updated.contains(addr)
+    });
     let pick = |addr: std::net::SocketAddr, from: &[Arc<VoloInstance>]| {
         from.iter()
             .find(|i| i.address == volo::net::Address::Ip(addr))

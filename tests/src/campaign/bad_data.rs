@@ -25,7 +25,7 @@ const LATER_GOOD: u16 = 9206;
 /// A bad entry written after the watch started.
 const LATER_BAD: u16 = 9099;
 
-fn ports(instances: &[service_registry::Instance]) -> BTreeSet<u16> {
+fn ports(instances: &service_registry::Instances) -> BTreeSet<u16> {
     instances.iter().map(|i| i.addr.port()).collect()
 }
 

@@ -498,8 +498,8 @@ pub(crate) async fn memory_watcher(ctx: Ctx) -> Section {
     }
     let took = started.elapsed();
     let after = rss();
-    let mut current = registry.resolve("flappy").await.expect("resolve");
-    current.sort_by_key(|i| i.addr);
+    // In address order, as every set is.
+    let current = registry.resolve("flappy").await.expect("resolve");
     let first = tokio::time::timeout(Duration::from_secs(1), idle.next())
         .await
         .ok()
@@ -508,8 +508,7 @@ pub(crate) async fn memory_watcher(ctx: Ctx) -> Section {
     while idle.next().now_or_never().flatten().is_some() {
         queued += 1;
     }
-    let mut delivered = first.as_ref().map(|c| c.all.clone()).unwrap_or_default();
-    delivered.sort_by_key(|i| i.addr);
+    let delivered = first.as_ref().map(|c| c.all.clone()).unwrap_or_default();
     let grown = after.saturating_sub(before);
     section.figure(format!(
         "{changes} changes in {}; RSS before {}, after {} (+{})",

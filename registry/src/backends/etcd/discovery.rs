@@ -14,7 +14,7 @@ use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
 use crate::backends::kit::watch::{self, by_addr, Entries, Source, Step};
 use crate::backoff::Backoff;
-use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
+use crate::discovery::{Discovery, DiscoveryError, Instance, Instances, WatchStream};
 use crate::registry::shared;
 use crate::registry::RegistryError;
 
@@ -426,7 +426,7 @@ impl Source for EtcdDiscovery {
 
 #[async_trait]
 impl Discovery for EtcdDiscovery {
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
         if self.config.resolve_from_watch {
             if let Some(instances) = self.cache.resolve(service) {
                 return Ok(instances);

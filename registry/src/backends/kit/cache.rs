@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::watch;
 
 use crate::discovery::latest::Latest;
-use crate::discovery::Instance;
 
 /// Services are swept of dead entries when there are at least this many.
 const MIN_SWEEP: usize = 16;
@@ -100,7 +99,7 @@ impl WatchCache {
     }
 
     /// The set of `service` from a watch that is in sync, if there is one.
-    pub(crate) fn resolve(&self, service: &str) -> Option<Vec<Instance>> {
+    pub(crate) fn resolve(&self, service: &str) -> Option<Latest> {
         let latest = {
             let mut entries = self.lock();
             let list = entries.by_service.get_mut(service)?;
@@ -115,20 +114,17 @@ impl WatchCache {
             latest
         }?;
         tracing::trace!(service, "resolved from a live watch");
-        Some(latest.as_ref().clone())
+        Some(latest)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Info;
+    use crate::{Info, Instance};
 
     fn set(port: u16) -> Latest {
-        Arc::new(vec![Instance::from(&Info::new(
-            "s",
-            ([127, 0, 0, 1], port).into(),
-        ))])
+        Instance::from(&Info::new("s", ([127, 0, 0, 1], port).into())).into()
     }
 
     #[test]

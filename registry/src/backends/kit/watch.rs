@@ -3,7 +3,7 @@
 //! state to the [latest-state channel](crate::discovery::latest), keeps the resolve cache in
 //! step, opens the watch again when it breaks, and ends as soon as that watcher is gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,27 +12,135 @@ use async_trait::async_trait;
 use super::cache::{Entry, WatchCache};
 use crate::backoff::Backoff;
 use crate::discovery::latest::{channel, Publisher};
-use crate::discovery::{DiscoveryError, Instance, WatchStream};
+use crate::discovery::{DiscoveryError, Instance, Instances, WatchStream};
+
+/// An address and what it reads as now (`None`: gone).
+pub(crate) type Update = (SocketAddr, Option<Arc<Instance>>);
 
 /// What a backend read for one service: instances by registry key (etcd key, ZooKeeper node
 /// name). Two keys may name the same address; [`by_addr`] makes them one instance.
-pub(crate) type Entries = BTreeMap<String, Instance>;
+///
+/// It remembers which addresses its inserts and removals touched since it was last
+/// [`settle`](Entries::settle)d, so a watch publishes an event in `O(log n)`: only the
+/// addresses it touched are looked at again.
+#[derive(Debug, Default)]
+pub(crate) struct Entries {
+    by_key: BTreeMap<String, Arc<Instance>>,
+    /// The keys that hold each address.
+    keys_by_addr: HashMap<SocketAddr, BTreeSet<String>>,
+    /// The addresses touched since the last `settle`.
+    touched: Vec<SocketAddr>,
+    /// Built from nothing since the last `settle` (a fresh listing): publish it whole.
+    fresh: bool,
+}
 
-/// One instance per address. When several keys hold the same address, the key that spells
-/// the address exactly wins, then the smallest key; removing one of them leaves the address
-/// in place as long as another key still holds it.
-pub(crate) fn by_addr(entries: &Entries) -> Vec<Instance> {
-    let mut chosen: BTreeMap<SocketAddr, (&str, &Instance)> = BTreeMap::new();
-    for (key, instance) in entries {
-        let exact = |k: &str| k.ends_with(&instance.addr.to_string());
-        match chosen.get(&instance.addr) {
-            Some((kept, _)) if exact(kept) || !exact(key) => {}
-            _ => {
-                chosen.insert(instance.addr, (key, instance));
+impl Entries {
+    /// No entries; a fresh listing.
+    pub(crate) fn new() -> Self {
+        Self {
+            fresh: true,
+            ..Self::default()
+        }
+    }
+
+    /// Puts `instance` under `key`.
+    pub(crate) fn insert(&mut self, key: String, instance: Instance) {
+        self.insert_shared(key, Arc::new(instance));
+    }
+
+    fn insert_shared(&mut self, key: String, instance: Arc<Instance>) {
+        let addr = instance.addr;
+        if let Some(old) = self.by_key.insert(key.clone(), instance) {
+            if old.addr != addr {
+                self.unlink(&key, old.addr);
+            }
+        }
+        self.keys_by_addr.entry(addr).or_default().insert(key);
+        self.touched.push(addr);
+    }
+
+    /// Takes the instance under `key` away.
+    pub(crate) fn remove(&mut self, key: &str) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.unlink(key, old.addr);
+        }
+    }
+
+    /// Makes these entries what `listed` holds (a listing of the whole service), touching only
+    /// the keys that differ, so what is published after it shares the rest.
+    pub(crate) fn assign(&mut self, listed: Entries) {
+        let gone: Vec<String> = self
+            .by_key
+            .keys()
+            .filter(|key| !listed.by_key.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove(&key);
+        }
+        for (key, instance) in listed.by_key {
+            match self.by_key.get(&key) {
+                Some(old) if **old == *instance => {}
+                _ => self.insert_shared(key, instance),
             }
         }
     }
-    chosen.into_values().map(|(_, i)| i.clone()).collect()
+
+    fn unlink(&mut self, key: &str, addr: SocketAddr) {
+        if let Some(keys) = self.keys_by_addr.get_mut(&addr) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.keys_by_addr.remove(&addr);
+            }
+        }
+        self.touched.push(addr);
+    }
+
+    /// The instance `addr` reads as. When several keys hold the same address, the key that
+    /// spells the address exactly wins, then the smallest key; removing one of them leaves the
+    /// address in place as long as another key still holds it.
+    fn chosen(&self, addr: &SocketAddr) -> Option<&Arc<Instance>> {
+        let keys = self.keys_by_addr.get(addr)?;
+        let spelled = addr.to_string();
+        let key = keys
+            .iter()
+            .find(|key| key.ends_with(&spelled))
+            .or_else(|| keys.iter().next())?;
+        self.by_key.get(key)
+    }
+
+    /// What changed since the last call (or the whole set, after a fresh listing), and forgets
+    /// it: `Err(all)` after a fresh listing, `Ok(updates)` otherwise.
+    fn settle(&mut self) -> Result<Vec<Update>, Instances> {
+        let touched = std::mem::take(&mut self.touched);
+        if std::mem::take(&mut self.fresh) {
+            return Err(by_addr(self));
+        }
+        let mut seen = BTreeSet::new();
+        Ok(touched
+            .into_iter()
+            .filter(|addr| seen.insert(*addr))
+            .map(|addr| (addr, self.chosen(&addr).cloned()))
+            .collect())
+    }
+}
+
+impl Entries {
+    /// The whole set, forgetting what was touched.
+    fn settle_whole(&mut self) -> Instances {
+        self.touched.clear();
+        self.fresh = false;
+        by_addr(self)
+    }
+}
+
+/// One instance per address (see [`Entries`] for which key wins).
+pub(crate) fn by_addr(entries: &Entries) -> Instances {
+    entries
+        .keys_by_addr
+        .keys()
+        .filter_map(|addr| entries.chosen(addr).cloned())
+        .collect()
 }
 
 /// What one [`Source::next`] did.
@@ -80,8 +188,8 @@ pub(crate) async fn watch<S: Source>(
     source: &S,
     service: &str,
 ) -> Result<WatchStream, DiscoveryError> {
-    let (cursor, entries) = source.open(service).await?;
-    let (publisher, stream) = channel(S::BACKEND, service, by_addr(&entries));
+    let (cursor, mut entries) = source.open(service).await?;
+    let (publisher, stream) = channel(S::BACKEND, service, entries.settle_whole());
     let cached = source.cache().follow(service, publisher.sender());
     cached.in_sync();
     let span = tracing::info_span!("watch", backend = S::BACKEND, service);
@@ -114,7 +222,10 @@ async fn follow<S: Source>(
                 () = publisher.closed() => return,
                 step = source.next(&service, &mut cursor, &mut entries) => match step {
                     Ok(Step::Applied) => {
-                        publisher.publish(by_addr(&entries));
+                        match entries.settle() {
+                            Ok(updates) => publisher.apply(updates),
+                            Err(all) => publisher.publish(all),
+                        }
                         cached.in_sync();
                     }
                     Ok(Step::Disconnected) => cached.broken(),
@@ -140,7 +251,8 @@ async fn follow<S: Source>(
                 Ok((opened, listed)) => {
                     cursor = opened;
                     entries = listed;
-                    publisher.publish(by_addr(&entries));
+                    // A fresh listing: published whole (its consumers get the difference).
+                    publisher.publish(entries.settle_whole());
                     cached.in_sync();
                     backoff.reset();
                     break;
@@ -162,7 +274,11 @@ mod tests {
     fn instance(port: u16, weight: u32) -> Instance {
         let mut info = Info::new("s", ([127, 0, 0, 1], port).into());
         info.weight = weight;
-        Instance::from(&info)
+        // Equal data reads as equal (`Info::new` stamps the current time).
+        Instance {
+            start_time: None,
+            ..Instance::from(&info)
+        }
     }
 
     #[test]
@@ -178,5 +294,73 @@ mod tests {
         entries.remove("p/s/127.0.0.1:80");
         // Neither spells the address: the smallest key.
         assert_eq!(by_addr(&entries)[0].weight, 1);
+    }
+
+    #[test]
+    fn what_an_event_touched_adds_up_to_the_whole_set() {
+        // Seeded random puts, moves and removals over keys that share addresses: after each
+        // step, the set rebuilt from what was touched equals the set listed whole.
+        let mut rng = fastrand::Rng::with_seed(22);
+        let mut entries = Entries::new();
+        let mut published = entries.settle_whole();
+        assert!(published.is_empty());
+        let keys = [
+            "127.0.0.1:1",
+            "127.0.0.1:01",
+            "a:1",
+            "127.0.0.1:2",
+            "b:2",
+            "127.0.0.1:3",
+        ];
+        for step in 0..2000 {
+            for _ in 0..rng.usize(1..4) {
+                let key = format!("p/s/{}", keys[rng.usize(..keys.len())]);
+                if rng.bool() {
+                    entries.insert(key, instance(rng.u16(1..4), rng.u32(1..4)));
+                } else {
+                    entries.remove(&key);
+                }
+            }
+            match entries.settle() {
+                Ok(updates) => {
+                    for (addr, instance) in updates {
+                        match instance {
+                            Some(instance) => published.insert(instance),
+                            None => published.remove(&addr),
+                        };
+                    }
+                }
+                Err(_) => panic!("step {step}: not a fresh listing"),
+            }
+            assert_eq!(published, by_addr(&entries), "step {step}");
+        }
+    }
+
+    #[test]
+    fn assigning_a_listing_touches_only_what_differs() {
+        let mut entries = Entries::new();
+        for port in 1..=100 {
+            entries.insert(format!("p/s/127.0.0.1:{port}"), instance(port, 1));
+        }
+        let before = entries.settle_whole();
+        let mut listed = Entries::new();
+        for port in 2..=101 {
+            let weight = if port == 50 { 7 } else { 1 };
+            listed.insert(format!("p/s/127.0.0.1:{port}"), instance(port, weight));
+        }
+        entries.assign(listed);
+        let updates = entries.settle().expect("not fresh");
+        let mut ports: Vec<u16> = updates.iter().map(|(addr, _)| addr.port()).collect();
+        ports.sort();
+        assert_eq!(ports, [1, 50, 101]);
+        let mut after = before.clone();
+        for (addr, instance) in updates {
+            match instance {
+                Some(instance) => after.insert(instance),
+                None => after.remove(&addr),
+            };
+        }
+        assert_eq!(after, by_addr(&entries));
+        assert_eq!(after.get(&([127, 0, 0, 1], 50).into()).unwrap().weight, 7);
     }
 }

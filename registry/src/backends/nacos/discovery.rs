@@ -1,6 +1,5 @@
 //! [`NacosDiscovery`]: resolve by query, watch by Nacos' push.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,9 +13,9 @@ use super::server::NacosServer;
 use super::wire::{self, QueryRequest, ServiceInfo, SubscribeRequest};
 use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
-use crate::backends::kit::watch::{watch, Entries, Source, Step};
+use crate::backends::kit::watch::{by_addr, watch, Entries, Source, Step};
 use crate::backoff::Backoff;
-use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
+use crate::discovery::{Discovery, DiscoveryError, Instances, WatchStream};
 
 const BACKEND: &str = "nacos";
 
@@ -143,7 +142,7 @@ impl NacosDiscovery {
 
 /// The instances of `info` Kitex's resolver would use, by address.
 fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries {
-    let mut entries = BTreeMap::new();
+    let mut entries = Entries::new();
     let hosts = info.map(|i| i.instances(service)).unwrap_or_default();
     for host in &hosts {
         match wire::decode(host, cluster) {
@@ -164,7 +163,7 @@ fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries 
 
 #[async_trait]
 impl Discovery for NacosDiscovery {
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
         if self.config.resolve_from_watch {
             if let Some(instances) = self.cache.resolve(service) {
                 return Ok(instances);
@@ -176,7 +175,7 @@ impl Discovery for NacosDiscovery {
             .await
             .map_err(|err| self.failed(service, epoch, err))?;
         let found = entries(service, &self.config.cluster, info.as_ref());
-        Ok(found.into_values().collect())
+        Ok(by_addr(&found))
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
@@ -311,11 +310,11 @@ impl Source for NacosDiscovery {
                             .await
                             .map_err(|err| format!("querying after an out-of-order push: {err}"))?;
                         cursor.last_ref_time = current.as_ref().map_or(0, |i| i.last_ref_time);
-                        *entries_now = entries(service, &self.config.cluster, current.as_ref());
+                        entries_now.assign(entries(service, &self.config.cluster, current.as_ref()));
                         return Ok(Step::Applied);
                     }
                     cursor.last_ref_time = info.last_ref_time;
-                    *entries_now = entries(service, &self.config.cluster, Some(&info));
+                    entries_now.assign(entries(service, &self.config.cluster, Some(&info)));
                     return Ok(Step::Applied);
                 }
             }

@@ -14,7 +14,7 @@ use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
 use crate::backends::kit::watch::{self, by_addr, Entries, Source, Step};
 use crate::backoff::Backoff;
-use crate::discovery::{Discovery, DiscoveryError, Instance, WatchStream};
+use crate::discovery::{Discovery, DiscoveryError, Instance, Instances, WatchStream};
 use crate::registry::RegistryError;
 
 const BACKEND: &str = "zookeeper";
@@ -275,10 +275,11 @@ impl Source for ZookeeperDiscovery {
                     // Events during the disconnection may be lost: not current until re-listed.
                     SessionState::Disconnected => return Ok(Step::Disconnected),
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        *entries = self
+                        let listed = self
                             .list(&cursor.client, service)
                             .await
                             .map_err(|err| err.to_string())?;
+                        entries.assign(listed);
                         return Ok(Step::Applied);
                     }
                     // Terminal: this watcher must not be polled again.
@@ -307,7 +308,7 @@ impl Source for ZookeeperDiscovery {
 
 #[async_trait]
 impl Discovery for ZookeeperDiscovery {
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, DiscoveryError> {
+    async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
         if self.config.resolve_from_watch {
             if let Some(instances) = self.cache.resolve(service) {
                 return Ok(instances);
