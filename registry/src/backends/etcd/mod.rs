@@ -4,12 +4,15 @@
 //! values are Kitex's JSON `{"network":"tcp","address":..,"weight":..,"tags":{..}}`, so Go
 //! services using Kitex and Rust services using this crate find each other.
 
+mod chunk;
 mod config;
 mod discovery;
 mod error;
 mod guard;
 mod lease;
+mod probe;
 mod registry;
+mod session;
 mod wire;
 
 pub use config::{EtcdConfig, EtcdConfigError};

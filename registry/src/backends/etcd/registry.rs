@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::config::{EtcdConfig, EtcdConfigError};
-use super::lease::Session;
+use super::session::Session;
 use super::wire;
 use crate::backends::kit::handle::SessionHandle;
 use crate::backends::kit::names::check_service_name;

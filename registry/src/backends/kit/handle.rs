@@ -1,5 +1,8 @@
 //! The registry side of a session task (etcd lease, ZooKeeper session, Nacos connection): the
 //! commands a handle sends, the handle itself, and the supervisor that reports a task that died.
+//!
+//! Commands carry the backend's own record: a key and bytes for etcd and ZooKeeper (the
+//! defaults), Nacos' typed instance under its address and service.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,16 +15,12 @@ use crate::registry::{Health, RegistryError};
 /// Where the result of one command goes.
 pub(crate) type Reply = oneshot::Sender<Result<(), RegistryError>>;
 
-/// What a handle asks its session task to do.
-pub(crate) enum Command {
+/// What a handle asks its session task to do, about records of type `V` under keys of type `K`.
+pub(crate) enum Command<K = String, V = Vec<u8>> {
     /// Make `key` hold `value` for as long as the session lives (and in every later session).
-    Put {
-        key: String,
-        value: Vec<u8>,
-        done: Reply,
-    },
+    Put { key: K, value: V, done: Reply },
     /// Remove `key`.
-    Delete { key: String, done: Reply },
+    Delete { key: K, done: Reply },
     /// Remove every key, end the session, stop the task.
     Close { done: oneshot::Sender<()> },
 }
@@ -43,14 +42,14 @@ pub(crate) fn finish(done: Option<oneshot::Sender<()>>) {
 }
 
 /// The registry side of a session task: cheap to share, one channel to the task.
-pub(crate) struct SessionHandle {
+pub(crate) struct SessionHandle<K = String, V = Vec<u8>> {
     backend: &'static str,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<Command<K, V>>,
     health: watch::Receiver<Health>,
     close_limit: Duration,
 }
 
-impl SessionHandle {
+impl<K, V> SessionHandle<K, V> {
     /// Spawns `run(health, commands)` on the current Tokio runtime; `None` outside one. A
     /// supervisor reports the task's end through [`Health::Failed`] if it panics or is
     /// cancelled before it was closed. [`close`](Self::close) waits at most `close_limit`.
@@ -60,7 +59,7 @@ impl SessionHandle {
         run: F,
     ) -> Option<Self>
     where
-        F: FnOnce(watch::Sender<Health>, mpsc::UnboundedReceiver<Command>) -> Fut,
+        F: FnOnce(watch::Sender<Health>, mpsc::UnboundedReceiver<Command<K, V>>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
@@ -102,7 +101,10 @@ impl SessionHandle {
         }
     }
 
-    async fn call(&self, command: impl FnOnce(Reply) -> Command) -> Result<(), RegistryError> {
+    async fn call(
+        &self,
+        command: impl FnOnce(Reply) -> Command<K, V>,
+    ) -> Result<(), RegistryError> {
         let (done, wait) = oneshot::channel();
         self.commands
             .send(command(done))
@@ -110,11 +112,11 @@ impl SessionHandle {
         wait.await.map_err(|_| self.closed())?
     }
 
-    pub(crate) async fn put(&self, key: String, value: Vec<u8>) -> Result<(), RegistryError> {
+    pub(crate) async fn put(&self, key: K, value: V) -> Result<(), RegistryError> {
         self.call(|done| Command::Put { key, value, done }).await
     }
 
-    pub(crate) async fn delete(&self, key: String) -> Result<(), RegistryError> {
+    pub(crate) async fn delete(&self, key: K) -> Result<(), RegistryError> {
         self.call(|done| Command::Delete { key, done }).await
     }
 
@@ -144,10 +146,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_task_is_reported_as_failed() {
-        let handle = SessionHandle::spawn("test", Duration::from_secs(1), |_health, _rx| async {
-            panic!("boom");
-        })
-        .unwrap();
+        let handle: SessionHandle =
+            SessionHandle::spawn("test", Duration::from_secs(1), |_health, _rx| async {
+                panic!("boom");
+            })
+            .unwrap();
         let mut health = handle.health();
         let failed = tokio::time::timeout(
             Duration::from_secs(5),

@@ -7,15 +7,16 @@ use tokio::sync::watch;
 
 use super::config::{NacosConfig, NacosConfigError, REQUEST_OVERHEAD};
 use super::server::NacosServer;
-use super::session::{key, Session};
+use super::session::{InstanceKey, Session};
 use super::wire;
+use super::wire::NacosInstance;
 use crate::backends::kit::handle::SessionHandle;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
 
 struct Inner {
     config: NacosConfig,
-    session: SessionHandle,
+    session: SessionHandle<InstanceKey, NacosInstance>,
 }
 
 /// Registers services in Nacos the way Kitex's `registry-nacos` does, on one gRPC connection
@@ -143,14 +144,15 @@ impl Registry for NacosRegistry {
         check(info)?;
         let config = &self.inner.config;
         let instance = wire::encode(info, &config.cluster, &config.extra_metadata);
-        // Plain strings, numbers and a map: serializing cannot fail.
-        let value = serde_json::to_vec(&instance).unwrap_or_default();
+        // The size of the instance as a request carries it. Plain strings, numbers and a map:
+        // serializing cannot fail.
+        let size = serde_json::to_vec(&instance).map_or(0, |json| json.len());
         let limit = config.max_request_size;
-        if value.len() + REQUEST_OVERHEAD > limit {
+        if size + REQUEST_OVERHEAD > limit {
             tracing::warn!(
                 service = %info.service_name,
                 addr = %info.addr,
-                bytes = value.len(),
+                bytes = size,
                 limit,
                 "registration refused: the instance is larger than a Nacos request may be; the value registered before (if any) stays"
             );
@@ -160,17 +162,19 @@ impl Registry for NacosRegistry {
                     "the instance at {} is {} bytes, more than one Nacos request carries ({limit} \
                      bytes less 1 KiB for the request; see NacosConfig::max_request_size); not \
                      sent, the value registered before stays",
-                    info.addr,
-                    value.len()
+                    info.addr, size
                 ),
             });
         }
-        self.inner.session.put(key(info), value).await
+        self.inner
+            .session
+            .put(InstanceKey::of(info), instance)
+            .await
     }
 
     async fn deregister(&self, info: &Info) -> Result<(), RegistryError> {
         check(info)?;
-        self.inner.session.delete(key(info)).await
+        self.inner.session.delete(InstanceKey::of(info)).await
     }
 
     fn name(&self) -> String {

@@ -6,7 +6,8 @@
 //! written concurrently, one request per instance whose state changed. The connection's own
 //! tasks keep it alive (stream reader, health check); they never wait behind a write.
 //!
-//! A key is `{addr}|{service}`; its value is the JSON of the Nacos instance to register.
+//! The live set holds each [`NacosInstance`] to register under its [`InstanceKey`] (address and
+//! service), and requests are built from them as they are: nothing is encoded to fit the set.
 //!
 //! Between attempts to connect the task waits out its backoff, but after a connect failed it
 //! probes the server every [`PROBE_EVERY`]: once the server answers again after not answering,
@@ -45,33 +46,49 @@ const PROBE_EVERY: Duration = Duration::from_millis(150);
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The live-set key of `info`.
-pub(crate) fn key(info: &Info) -> String {
-    format!("{}|{}", info.addr, info.service_name)
+/// What one instance is kept under in the live set: the address and service it is registered
+/// at. Shown as `{addr}|{service}`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct InstanceKey {
+    addr: SocketAddr,
+    service: String,
 }
 
-/// The address and service of a key.
-fn parse_key(key: &str) -> Option<(SocketAddr, &str)> {
-    let (addr, service) = key.split_once('|')?;
-    Some((addr.parse().ok()?, service))
+impl InstanceKey {
+    /// The key of `info`.
+    pub(crate) fn of(info: &Info) -> Self {
+        Self {
+            addr: info.addr,
+            service: info.service_name.clone(),
+        }
+    }
 }
 
-/// One write: register (`Some` instance JSON) or deregister (`None`).
-type Op = (String, Option<Vec<u8>>);
+impl std::fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}|{}", self.addr, self.service)
+    }
+}
+
+/// What a [`NacosRegistry`](super::NacosRegistry) handle sends to the session.
+pub(crate) type NacosCommand = Command<InstanceKey, NacosInstance>;
+
+/// One write: register (`Some` instance) or deregister (`None`).
+type Op = (InstanceKey, Option<NacosInstance>);
 
 pub(crate) struct Session {
     config: NacosConfig,
-    live: LiveSet,
+    live: LiveSet<InstanceKey, NacosInstance>,
     health: watch::Sender<Health>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<NacosCommand>,
     /// Puts taken from the queue while (re)connecting, answered once the live set is written.
-    pending_puts: Vec<(String, Reply)>,
+    pending_puts: Vec<(InstanceKey, Reply)>,
     /// A close taken from the queue while (re)connecting (`Some(None)`: every handle is gone).
     closing: Option<Option<oneshot::Sender<()>>>,
     /// Kept keys whose registration failed on this connection for a reason of the moment (a
     /// server error, an unreadable answer): retried with backoff, the health `Recovering`
     /// until every one is written. Never dropped from the live set for it.
-    unwritten: BTreeSet<String>,
+    unwritten: BTreeSet<InstanceKey>,
     /// Why the last attempt at an unwritten key failed.
     unwritten_error: String,
     /// Connections that may still hold instances, kept open until a new one holds every
@@ -99,7 +116,7 @@ impl Session {
     pub(crate) fn new(
         config: NacosConfig,
         health: watch::Sender<Health>,
-        commands: mpsc::UnboundedReceiver<Command>,
+        commands: mpsc::UnboundedReceiver<NacosCommand>,
     ) -> Self {
         Self {
             config,
@@ -219,10 +236,11 @@ impl Session {
             return Ok(self.closed());
         }
         let writes = self.live.writes();
-        let results = write(&self.config, &connection, writes.clone()).await;
+        let results = write(&self.config, &connection, &writes).await;
         let mut failure: Option<NacosError> = None;
         let mut refusals = BTreeMap::new();
-        let waiting: BTreeSet<String> = self.pending_puts.iter().map(|(k, _)| k.clone()).collect();
+        let waiting: BTreeSet<InstanceKey> =
+            self.pending_puts.iter().map(|(k, _)| k.clone()).collect();
         let mut accepted = 0usize;
         for ((key, value), result) in writes.iter().zip(results) {
             match (value, result) {
@@ -336,15 +354,15 @@ impl Session {
     /// token), holding the instance, and a new connection cannot remove it (rnacos ignores a
     /// deregistration from a connection other than the one that registered). So while the
     /// stale connection's stream is open, the deregistration goes out on it too, at once.
-    fn delete_on_stale(&mut self, key: &str) {
+    fn delete_on_stale(&mut self, key: &InstanceKey) {
         while self.stale_deletes.try_join_next().is_some() {}
         for stale in self.stale.iter().filter(|c| c.stream_open()) {
-            let (config, key, stale) = (self.config.clone(), key.to_string(), stale.clone());
+            let (config, key, stale) = (self.config.clone(), key.clone(), stale.clone());
             self.stale_deletes.spawn(async move {
                 match write_one(&config, &stale, &key, None, false).await {
-                    Ok(()) => tracing::debug!(key, "deregistered on a stale connection"),
+                    Ok(()) => tracing::debug!(%key, "deregistered on a stale connection"),
                     Err(err) => {
-                        tracing::debug!(key, error = %err, "deregistering on a stale connection failed")
+                        tracing::debug!(%key, error = %err, "deregistering on a stale connection failed")
                     }
                 }
             });
@@ -386,20 +404,20 @@ impl Session {
     /// with backoff. Returns what the waiter (if any) hears.
     fn put_failed(
         &mut self,
-        key: &str,
-        value: &[u8],
+        key: &InstanceKey,
+        value: &NacosInstance,
         err: NacosError,
         waiting: bool,
     ) -> Option<RegistryError> {
         match put_outcome(&err, waiting) {
             PutOutcome::Refused => {
-                tracing::warn!(key, error = %err, "Nacos rejected a registration");
+                tracing::warn!(%key, error = %err, "Nacos rejected a registration");
                 self.live.refused(key, value);
                 self.unwritten.remove(key);
             }
             PutOutcome::Retry => {
-                tracing::warn!(key, error = %err, "a registration failed; retrying");
-                self.unwritten.insert(key.to_string());
+                tracing::warn!(%key, error = %err, "a registration failed; retrying");
+                self.unwritten.insert(key.clone());
                 self.unwritten_error = format!("registering `{key}`: {err}");
             }
         }
@@ -428,7 +446,7 @@ impl Session {
         if self.closing.is_some() {
             return;
         }
-        let doomed: BTreeSet<String> = self.live.doomed_keys().into_iter().collect();
+        let doomed: BTreeSet<InstanceKey> = self.live.doomed_keys().into_iter().collect();
         let absorbed = absorb_queued(&mut self.commands, &mut self.live);
         // Deregistrations queued meanwhile: the new connection cannot remove what a stale
         // one holds.
@@ -484,10 +502,10 @@ impl Session {
                         .into_iter()
                         .map(|k| (k, None))
                         .chain(self.unwritten.iter().filter_map(|k| {
-                            self.live.value(k).map(|v| (k.clone(), Some(v.to_vec())))
+                            self.live.value(k).map(|v| (k.clone(), Some(v.clone())))
                         }))
                         .collect();
-                    let results = write(&self.config, connection, ops.clone()).await;
+                    let results = write(&self.config, connection, &ops).await;
                     for ((key, value), result) in ops.iter().zip(results) {
                         match (value, result) {
                             (_, Err(err)) if err.is_fatal() => return Step::Lost(err.to_string()),
@@ -509,14 +527,18 @@ impl Session {
 
     /// Applies `first` and every command queued behind it to the live set, in order, then
     /// writes the final state of each instance they touched, concurrently.
-    async fn apply_batch(&mut self, connection: &Arc<Connection>, first: Command) -> Option<Step> {
+    async fn apply_batch(
+        &mut self,
+        connection: &Arc<Connection>,
+        first: NacosCommand,
+    ) -> Option<Step> {
         let mut batch = vec![first];
         while let Ok(command) = self.commands.try_recv() {
             batch.push(command);
         }
         let mut close = None;
-        let mut touched: Vec<String> = Vec::new();
-        let mut put_waiters: Vec<(String, Reply)> = Vec::new();
+        let mut touched: Vec<InstanceKey> = Vec::new();
+        let mut put_waiters: Vec<(InstanceKey, Reply)> = Vec::new();
         for command in batch {
             match command {
                 Command::Put { key, value, done } => {
@@ -542,12 +564,12 @@ impl Session {
         let ops: Vec<Op> = touched
             .into_iter()
             .map(|key| {
-                let value = self.live.value(&key).map(<[u8]>::to_vec);
+                let value = self.live.value(&key).cloned();
                 (key, value)
             })
             .collect();
-        let results = write(&self.config, connection, ops.clone()).await;
-        let mut outcome: BTreeMap<String, Result<(), RegistryError>> = BTreeMap::new();
+        let results = write(&self.config, connection, &ops).await;
+        let mut outcome: BTreeMap<InstanceKey, Result<(), RegistryError>> = BTreeMap::new();
         let mut lost = None;
         for ((key, value), result) in ops.iter().zip(results) {
             match (value, result) {
@@ -599,7 +621,7 @@ impl Session {
             .map(|k| (k, None))
             .collect();
         let count = ops.len();
-        match tokio::time::timeout(limit, write(&self.config, connection, ops)).await {
+        match tokio::time::timeout(limit, write(&self.config, connection, &ops)).await {
             Ok(results) => {
                 let failed = results.iter().filter(|r| r.is_err()).count();
                 if failed > 0 {
@@ -647,40 +669,30 @@ async fn back_after_outage(config: &NacosConfig, outage: &mut bool) {
 async fn write(
     config: &NacosConfig,
     connection: &Arc<Connection>,
-    ops: Vec<Op>,
+    ops: &[Op],
 ) -> Vec<Result<(), NacosError>> {
-    let requests = ops.into_iter().map(|(key, value)| {
-        let connection = connection.clone();
-        async move { write_one(config, &connection, &key, value.as_deref(), true).await }
-    });
-    futures_util::stream::iter(requests)
+    // Boxed: the borrowing closure stays out of the caller's future, which the compiler
+    // otherwise cannot prove `Send` for every lifetime of the borrow.
+    let requests: futures_util::stream::BoxStream<'_, _> = futures_util::stream::iter(ops)
+        .map(|(key, value)| write_one(config, connection, key, value.as_ref(), true))
         .buffered(config.concurrency.max(1))
-        .collect()
-        .await
+        .boxed();
+    requests.collect().await
 }
 
 async fn write_one(
     config: &NacosConfig,
     connection: &Connection,
-    key: &str,
-    value: Option<&[u8]>,
+    key: &InstanceKey,
+    value: Option<&NacosInstance>,
     live: bool,
 ) -> Result<(), NacosError> {
-    let refused = |reason: String| NacosError::Rejected {
-        server: connection.server().to_string(),
-        what: format!("the instance `{key}`"),
-        reason,
-    };
-    let (addr, service) = parse_key(key).ok_or_else(|| refused("not an instance key".into()))?;
+    let InstanceKey { addr, service } = key;
+    let deregistration;
     let (kind, instance) = match value {
-        Some(json) => {
-            let instance: NacosInstance = serde_json::from_slice(json)
-                .map_err(|err| refused(format!("unreadable instance: {err}")))?;
-            ("registerInstance", instance)
-        }
-        None => (
-            "deregisterInstance",
-            NacosInstance {
+        Some(instance) => ("registerInstance", instance),
+        None => {
+            deregistration = NacosInstance {
                 ip: addr.ip().to_string(),
                 port: u32::from(addr.port()),
                 weight: 1.0,
@@ -688,17 +700,18 @@ async fn write_one(
                 enabled: true,
                 ephemeral: true,
                 cluster_name: config.cluster.clone(),
-                service_name: service.to_string(),
+                service_name: service.clone(),
                 ..Default::default()
-            },
-        ),
+            };
+            ("deregisterInstance", &deregistration)
+        }
     };
     let request = InstanceRequest {
         namespace: &config.namespace,
         service_name: service,
         group_name: &config.group,
         kind,
-        instance: &instance,
+        instance,
     };
     let what = format!("{kind} of `{service}` at {addr}");
     let answer = if live {
@@ -775,9 +788,9 @@ mod tests {
     #[test]
     fn keys_name_the_address_and_the_service() {
         let info = Info::new("a|b", "[fd00::1]:80".parse().unwrap());
-        let key = key(&info);
-        assert_eq!(key, "[fd00::1]:80|a|b");
-        assert_eq!(parse_key(&key), Some((info.addr, "a|b")));
-        assert_eq!(parse_key("nonsense"), None);
+        let key = InstanceKey::of(&info);
+        assert_eq!(key.addr, info.addr);
+        assert_eq!(key.service, "a|b");
+        assert_eq!(key.to_string(), "[fd00::1]:80|a|b");
     }
 }

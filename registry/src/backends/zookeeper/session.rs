@@ -783,7 +783,7 @@ impl Session {
     /// Puts `path` back as we registered it, unless it already is (our own writes show up as
     /// events too).
     async fn restore(&mut self, client: &Client, path: &str) {
-        let Some(data) = self.live.value(path).map(<[u8]>::to_vec) else {
+        let Some(data) = self.live.value(path).cloned() else {
             return;
         };
         let limit = self.config.request_timeout;
