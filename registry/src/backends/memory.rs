@@ -1,6 +1,8 @@
 //! [`MemoryRegistry`]: an in-process registry with discovery and watch.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
@@ -21,10 +23,10 @@ struct Service {
 }
 
 struct State {
-    services: HashMap<String, Service>,
+    services: HashMap<String, Service, RandomState>,
     /// One latest-state channel per watched service, shared by all its watchers: a watcher
     /// costs a receiver, however many changes it has not read.
-    watchers: HashMap<String, Publisher>,
+    watchers: HashMap<String, Publisher, RandomState>,
     /// When `watchers` reaches this size, channels whose watchers are all gone are dropped, and
     /// the next sweep waits for twice the survivors: dropped watchers never pile up, at an
     /// amortized constant cost per watch.
@@ -34,8 +36,8 @@ struct State {
 impl Default for State {
     fn default() -> Self {
         Self {
-            services: HashMap::new(),
-            watchers: HashMap::new(),
+            services: HashMap::default(),
+            watchers: HashMap::default(),
             sweep_at: MIN_SWEEP,
         }
     }
