@@ -64,13 +64,13 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> String 
 
 /// The service and address of an example's `registered <service> at <addr>` line.
 pub fn registered_at(line: &str) -> (String, SocketAddr) {
-    let rest = line
-        .strip_prefix("registered ")
-        .unwrap_or_else(|| panic!("unexpected line {line}"));
-    let (service, addr) = rest
-        .split_once(" at ")
-        .unwrap_or_else(|| panic!("unexpected line {line}"));
-    (service.to_string(), addr.parse().unwrap())
+    parse_registered(line).unwrap_or_else(|| panic!("unexpected line {line}"))
+}
+
+/// [`registered_at`], or `None` for another line.
+fn parse_registered(line: &str) -> Option<(String, SocketAddr)> {
+    let (service, addr) = line.strip_prefix("registered ")?.split_once(" at ")?;
+    Some((service.to_string(), addr.parse().ok()?))
 }
 
 /// Spawns a backend example with `env`, `LISTEN_ADDR=127.0.0.1:0` and no drain delay (unless
@@ -81,20 +81,40 @@ pub async fn spawn_example(
     env: &[(&str, String)],
 ) -> (Child, Vec<(String, SocketAddr)>) {
     let mut command = example_command(name);
-    command.env("LISTEN_ADDR", "127.0.0.1:0");
     // No drain after SIGTERM unless the test sets one (tests/tests/drain.rs covers the drain).
     command.env("SERVICE_REGISTRY_DRAIN_DELAY", "0");
     for (key, value) in env {
         command.env(key, value);
     }
-    let (child, mut lines) = spawn_lines(&mut command);
+    spawn_registered(&mut command)
+        .await
+        .unwrap_or_else(|err| panic!("example {name}: {err}"))
+}
+
+/// Spawns `command` (its stdout piped) with `LISTEN_ADDR=127.0.0.1:0` and waits (20 s at most
+/// for each line) for two `registered <service> at <addr>` lines, passing over other lines;
+/// then keeps reading its stdout, so that the child never blocks on a full pipe.
+pub async fn spawn_registered(
+    command: &mut Command,
+) -> Result<(Child, Vec<(String, SocketAddr)>), String> {
+    let mut child = command
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("spawn: {err}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
     let mut registered = Vec::new();
     while registered.len() < 2 {
-        registered.push(registered_at(&next_line(&mut lines).await));
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .map_err(|_| "printed nothing for 20 s".to_string())?
+            .map_err(|err| err.to_string())?
+            .ok_or("exited before registering")?;
+        registered.extend(parse_registered(&line));
     }
-    // Keep reading so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, registered)
+    Ok((child, registered))
 }
 
 /// Sends SIGTERM to a child.

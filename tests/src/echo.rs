@@ -1,6 +1,7 @@
-//! A line echo server over TCP that stops on a shutdown future, and its client; a paced
-//! variant ([`serve_paced`]) for servers that take time and have a limited number of workers,
-//! with a client that keeps its connections open ([`Connections`]).
+//! A line echo server over TCP that stops on a shutdown future (or, spawned as a [`Server`], when
+//! dropped), and its client; a paced variant ([`serve_paced`]) for servers that take time and
+//! have a limited number of workers, with a client that keeps its connections open
+//! ([`Connections`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinHandle;
 
 /// Accepts on `listener` and echoes every line back, until `shutdown` completes.
 pub async fn serve(
@@ -17,6 +19,42 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     accept(listener, shutdown, None).await
+}
+
+/// An echo server spawned on a loopback port; it stops when dropped.
+#[derive(Debug)]
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    _task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds `127.0.0.1:0` and serves there.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an echo server on loopback");
+        let addr = listener.local_addr().expect("echo server address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            _task: task,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// How a [`serve_paced`] server answers: each line holds one of `workers` slots for `delay`

@@ -2,8 +2,9 @@
 //!
 //! Put it in front of etcd or ZooKeeper, point the client at [`FaultProxy::endpoint`], and
 //! command it: pass traffic, black-hole it, refuse it, cut every connection with a reset, or
-//! delay every chunk. Faults apply to new and existing connections alike. Every task it spawns is
-//! owned by the proxy and ends when the proxy is dropped (which closes every connection).
+//! delay every chunk. Faults apply to new and existing connections alike. It counts the
+//! connections it accepted and the bytes it forwarded each way. Every task it spawns is owned by
+//! the proxy and ends when the proxy is dropped (which closes every connection).
 //!
 //! ```no_run
 //! # async fn demo(upstream: std::net::SocketAddr) {
@@ -19,7 +20,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,6 +62,12 @@ struct Settings {
     latency: Mutex<Duration>,
     upstream: Mutex<SocketAddr>,
     connections: AtomicUsize,
+    /// Client connections accepted (and not refused) so far.
+    accepted: AtomicU64,
+    /// Bytes written upstream so far.
+    to_upstream: AtomicU64,
+    /// Bytes written to clients so far.
+    to_clients: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,6 +109,9 @@ impl FaultProxy {
             latency: Mutex::new(Duration::ZERO),
             upstream: Mutex::new(upstream),
             connections: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            to_upstream: AtomicU64::new(0),
+            to_clients: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, watcher, settings.clone()));
         Self {
@@ -149,6 +159,19 @@ impl FaultProxy {
         self.settings.connections.load(Ordering::SeqCst)
     }
 
+    /// Client connections accepted so far, open or closed (refused ones are never counted).
+    pub fn accepted(&self) -> u64 {
+        self.settings.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Bytes forwarded so far: (client → upstream, upstream → client).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.settings.to_upstream.load(Ordering::Relaxed),
+            self.settings.to_clients.load(Ordering::Relaxed),
+        )
+    }
+
     /// Where connections are forwarded.
     pub fn upstream(&self) -> SocketAddr {
         *lock(&self.settings.upstream)
@@ -188,6 +211,7 @@ struct Counted(Arc<Settings>);
 impl Counted {
     fn new(settings: &Arc<Settings>) -> Self {
         settings.connections.fetch_add(1, Ordering::SeqCst);
+        settings.accepted.fetch_add(1, Ordering::Relaxed);
         Self(settings.clone())
     }
 }
@@ -468,13 +492,19 @@ async fn pump(
             }
             written = write_due(&mut upstream_write, &up.queue), if passing && !up.queue.is_empty() => {
                 match written {
-                    Ok(n) => up.advance(n),
+                    Ok(n) => {
+                        settings.to_upstream.fetch_add(n as u64, Ordering::Relaxed);
+                        up.advance(n);
+                    }
                     Err(_) => return End::Reset,
                 }
             }
             written = write_due(&mut client_write, &down.queue), if passing && !down.queue.is_empty() => {
                 match written {
-                    Ok(n) => down.advance(n),
+                    Ok(n) => {
+                        settings.to_clients.fetch_add(n as u64, Ordering::Relaxed);
+                        down.advance(n);
+                    }
                     Err(_) => return End::Reset,
                 }
             }

@@ -1,5 +1,5 @@
 //! Rollout behaviour of the registrar (issue 11), written once against
-//! [`Backend`](crate::conformance::Backend) and run on memory, etcd and ZooKeeper by
+//! [`Harness`](crate::conformance::Harness) and run on memory, etcd and ZooKeeper by
 //! `tests/tests/rollout.rs`: the readiness gate, the health check (custom and HTTP), taking a
 //! service out of rotation, live weight and tag changes, and several registries at once.
 //!
@@ -16,7 +16,7 @@ use service_registry::{Discovery, HealthCheck, MemoryRegistry, ServiceStatus, Wa
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::conformance::{eventually, next_change, observe, watch, Backend, Seen};
+use crate::conformance::{eventually, next_change, observe, watch, Harness, Seen};
 use crate::echo;
 use crate::running::Running;
 
@@ -63,7 +63,7 @@ async fn watch_registered(name: &str, discovery: &dyn Discovery) -> WatchStream 
 
 /// Nothing is registered before the readiness gate passes; the server answers meanwhile; once
 /// it passes the service is registered.
-pub async fn readiness_gates_registration(backend: &mut dyn Backend) {
+pub async fn readiness_gates_registration(backend: &mut Harness) {
     let name = backend.name();
     let registry = backend.registry().await;
     let discovery = backend.discovery().await;
@@ -117,7 +117,7 @@ pub async fn readiness_gates_registration(backend: &mut dyn Backend) {
 
 /// A failing health check withdraws the service while the server keeps answering; passing
 /// again registers it again.
-pub async fn health_check_withdraws_and_restores(backend: &mut dyn Backend) {
+pub async fn health_check_withdraws_and_restores(backend: &mut Harness) {
     let name = backend.name();
     let registry = backend.registry().await;
     let discovery = backend.discovery().await;
@@ -164,7 +164,7 @@ pub async fn health_check_withdraws_and_restores(backend: &mut dyn Backend) {
 }
 
 /// `HealthCheck::http` probes the advertised address: a 503 withdraws, a 200 restores.
-pub async fn http_health_check_follows_the_answer(backend: &mut dyn Backend) {
+pub async fn http_health_check_follows_the_answer(backend: &mut Harness) {
     let name = backend.name();
     let registry = backend.registry().await;
     let discovery = backend.discovery().await;
@@ -220,7 +220,7 @@ pub async fn http_health_check_follows_the_answer(backend: &mut dyn Backend) {
 
 /// Out of rotation: deregistered (watchers see the removal), status `OutOfService`, the server
 /// still answers; back in rotation: registered again.
-pub async fn take_out_and_put_back_while_serving(backend: &mut dyn Backend) {
+pub async fn take_out_and_put_back_while_serving(backend: &mut Harness) {
     let name = backend.name();
     let registry = backend.registry().await;
     let discovery = backend.discovery().await;
@@ -260,7 +260,7 @@ pub async fn take_out_and_put_back_while_serving(backend: &mut dyn Backend) {
 
 /// A new weight or tag re-registers the instance: watchers see one update (never a removal),
 /// and resolve returns the new data.
-pub async fn live_changes_are_updates(backend: &mut dyn Backend) {
+pub async fn live_changes_are_updates(backend: &mut Harness) {
     live_changes(backend, true).await;
 }
 
@@ -268,11 +268,11 @@ pub async fn live_changes_are_updates(backend: &mut dyn Backend) {
 /// servers that keep an instance's first metadata across re-registrations: rnacos 0.8.8 does
 /// (its "priority metadata", `naming/service.rs`, kept per ip:port), so a live tag change does
 /// not reach its readers.
-pub async fn live_weight_change_is_an_update(backend: &mut dyn Backend) {
+pub async fn live_weight_change_is_an_update(backend: &mut Harness) {
     live_changes(backend, false).await;
 }
 
-async fn live_changes(backend: &mut dyn Backend, tags: bool) {
+async fn live_changes(backend: &mut Harness, tags: bool) {
     let name = backend.name();
     let registry = backend.registry().await;
     let discovery = backend.discovery().await;
@@ -313,7 +313,7 @@ async fn live_changes(backend: &mut dyn Backend, tags: bool) {
 /// One registrar, two registries: the backend under test and a memory registry. With the
 /// backend's server down, the memory registration happens at once and the status names the
 /// registry that is down; once it is back, the service is registered there too.
-pub async fn one_registry_down_never_delays_another(backend: &mut dyn Backend) {
+pub async fn one_registry_down_never_delays_another(backend: &mut Harness) {
     let name = backend.name();
     let registry = backend.registry().await;
     let discovery = backend.discovery().await;

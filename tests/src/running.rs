@@ -38,11 +38,22 @@ impl Running {
         Self::try_start_with(configure).await.unwrap()
     }
 
+    /// [`Running::start_with`] on `listener`, bound by the caller (who needed its address
+    /// first).
+    pub async fn start_on(
+        listener: TcpListener,
+        configure: impl FnOnce(RegistrarBuilder) -> RegistrarBuilder,
+    ) -> Self {
+        Self::try_serve_on(listener, configure, echo::serve)
+            .await
+            .unwrap()
+    }
+
     /// [`Running::start_with`], returning the error of `build` instead of panicking.
     pub async fn try_start_with(
         configure: impl FnOnce(RegistrarBuilder) -> RegistrarBuilder,
     ) -> Result<Self, RegistrarError> {
-        Self::try_serve_with(configure, echo::serve).await
+        Self::try_serve_on(loopback().await, configure, echo::serve).await
     }
 
     /// [`Running::start_with`] with the server that `server` builds from the listener and the
@@ -56,10 +67,13 @@ impl Running {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        Self::try_serve_with(configure, server).await.unwrap()
+        Self::try_serve_on(loopback().await, configure, server)
+            .await
+            .unwrap()
     }
 
-    async fn try_serve_with<S, Fut, E>(
+    async fn try_serve_on<S, Fut, E>(
+        listener: TcpListener,
         configure: impl FnOnce(RegistrarBuilder) -> RegistrarBuilder,
         server: S,
     ) -> Result<Self, RegistrarError>
@@ -68,7 +82,6 @@ impl Running {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         // No drain unless a test asks for one: most tests stop right after checking something.
@@ -148,4 +161,9 @@ impl Running {
         self.signal_stop();
         self.join().await.unwrap();
     }
+}
+
+/// A listener on `127.0.0.1:0`.
+async fn loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
 }

@@ -1,12 +1,17 @@
 //! The behaviour suite of `tests::conformance`, one test per (backend, scenario): the test
 //! `etcd::outage_and_recovery` runs that scenario against a real etcd, and so on.
 //!
-//! Memory runs every scenario that applies to it: it cannot hold foreign (unreadable) bytes and
-//! has no server to take away, so `unreadable_data_is_left_out`, `outage_and_recovery` and
-//! `deregistration_during_outage_stays_gone` run on etcd, ZooKeeper and Nacos only, and so does
-//! `refused_update_keeps_the_last_accepted_value` (memory has no request size limit).
+//! Memory runs every scenario that applies to it: it cannot hold foreign (unreadable) bytes, has
+//! no server to take away and no process to kill, so `unreadable_data_is_left_out`,
+//! `outage_and_recovery`, `deregistration_during_outage_stays_gone`,
+//! `a_service_started_during_an_outage_registers_soon_after_the_server_answers`,
+//! `shutdown_while_the_server_is_down_is_quick` and `sigkilled_process_disappears` run on etcd,
+//! ZooKeeper and Nacos only, and so does `refused_update_keeps_the_last_accepted_value` (memory
+//! has no request size limit). `wrong_password_is_a_clear_error_and_the_service_keeps_serving`
+//! runs on each backend's configuration with credentials (`etcd_auth`, `zookeeper_auth`,
+//! `nacos_auth`).
 
-use tests::conformance::{self, Backend};
+use tests::conformance::{self, Harness};
 
 macro_rules! conformance {
     ($backend:ident = $start:expr; $($scenario:ident),+ $(,)?) => {
@@ -25,17 +30,18 @@ macro_rules! conformance {
 }
 
 conformance! {
-    memory = conformance::MemoryBackend::new();
+    memory = Harness::memory();
     register_then_resolve,
     watch_snapshot_then_changes,
     deregister_removes_at_once,
     register_and_deregister_are_idempotent,
     registrar_address_change_leaves_no_old_address,
+    register_resolve_watch_and_graceful_stop,
 }
 
 #[cfg(feature = "etcd")]
 conformance! {
-    etcd = conformance::EtcdBackend::start().await;
+    etcd = Harness::etcd().await;
     register_then_resolve,
     watch_snapshot_then_changes,
     deregister_removes_at_once,
@@ -45,11 +51,21 @@ conformance! {
     deregistration_during_outage_stays_gone,
     registrar_address_change_leaves_no_old_address,
     refused_update_keeps_the_last_accepted_value,
+    register_resolve_watch_and_graceful_stop,
+    sigkilled_process_disappears,
+    a_service_started_during_an_outage_registers_soon_after_the_server_answers,
+    shutdown_while_the_server_is_down_is_quick,
+}
+
+#[cfg(feature = "etcd")]
+conformance! {
+    etcd_auth = Harness::etcd_with_auth().await;
+    wrong_password_is_a_clear_error_and_the_service_keeps_serving,
 }
 
 #[cfg(feature = "zookeeper")]
 conformance! {
-    zookeeper = conformance::ZookeeperBackend::start().await;
+    zookeeper = Harness::zookeeper().await;
     register_then_resolve,
     watch_snapshot_then_changes,
     deregister_removes_at_once,
@@ -59,11 +75,21 @@ conformance! {
     deregistration_during_outage_stays_gone,
     registrar_address_change_leaves_no_old_address,
     refused_update_keeps_the_last_accepted_value,
+    register_resolve_watch_and_graceful_stop,
+    sigkilled_process_disappears,
+    a_service_started_during_an_outage_registers_soon_after_the_server_answers,
+    shutdown_while_the_server_is_down_is_quick,
+}
+
+#[cfg(feature = "zookeeper")]
+conformance! {
+    zookeeper_auth = Harness::zookeeper_with_user().await;
+    wrong_password_is_a_clear_error_and_the_service_keeps_serving,
 }
 
 #[cfg(feature = "nacos")]
 conformance! {
-    nacos = conformance::NacosBackend::start().await;
+    nacos = Harness::nacos().await;
     register_then_resolve,
     watch_snapshot_then_changes,
     deregister_removes_at_once,
@@ -73,4 +99,14 @@ conformance! {
     deregistration_during_outage_stays_gone,
     registrar_address_change_leaves_no_old_address,
     refused_update_keeps_the_last_accepted_value,
+    register_resolve_watch_and_graceful_stop,
+    sigkilled_process_disappears,
+    a_service_started_during_an_outage_registers_soon_after_the_server_answers,
+    shutdown_while_the_server_is_down_is_quick,
+}
+
+#[cfg(feature = "nacos")]
+conformance! {
+    nacos_auth = Harness::nacos_with_auth().await;
+    wrong_password_is_a_clear_error_and_the_service_keeps_serving,
 }

@@ -58,51 +58,6 @@ fn key(service: &str, addr: SocketAddr) -> String {
 }
 
 #[tokio::test]
-async fn register_resolve_watch_and_graceful_stop() {
-    let etcd = Etcd::start().await;
-    let discovery = EtcdDiscovery::new(config(&etcd));
-    let mut watch = discovery.watch("etcd.echo").await.unwrap();
-    assert!(watch.next().await.unwrap().all.is_empty());
-
-    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
-    let running = Running::start(registry.clone(), &OURS).await;
-    running.registered(Duration::from_secs(10)).await;
-
-    // With a watch on the service live in this discovery, resolve answers from the watch: as
-    // fresh as the watch, so read the watch's change first.
-    let added = tokio::time::timeout(Duration::from_secs(5), watch.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(added.added.len(), 1);
-    let found = discovery.resolve("etcd.echo").await.unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].addr, running.addr);
-    assert_eq!(found[0].weight, 30);
-    assert_eq!(found[0].tags["idc"], "hz");
-    let other = discovery.resolve("etcd.other").await.unwrap();
-    assert_eq!(other[0].warmup, Duration::from_secs(2));
-    assert!(other[0].start_time.is_some());
-
-    assert_eq!(
-        echo::call(added.added[0].addr, "via etcd").await.unwrap(),
-        "via etcd"
-    );
-
-    running.stop().await;
-    // Graceful stop deletes at once: no waiting for the lease.
-    let left = stored(&etcd, PREFIX).await;
-    assert!(left.is_empty(), "keys left after graceful stop: {left:?}");
-    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(removed.removed.len(), 1);
-    assert!(removed.all.is_empty());
-    registry.close().await;
-}
-
-#[tokio::test]
 async fn writes_exactly_what_kitex_writes_and_reads_what_kitex_writes() {
     let etcd = Etcd::start().await;
     let registry = EtcdRegistry::new(config(&etcd)).unwrap();
@@ -292,30 +247,6 @@ async fn restart_with_same_and_wiped_data_restores_every_registration() {
 }
 
 #[tokio::test]
-async fn registration_waits_out_an_etcd_that_is_down_at_startup() {
-    let mut etcd = Etcd::start().await;
-    etcd.stop();
-    let registry = EtcdRegistry::new(config(&etcd)).unwrap();
-    let running = Running::start(registry.clone(), &OURS).await;
-    running
-        .status
-        .wait_for(|s| {
-            s.values()
-                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        echo::call(running.addr, "serving").await.unwrap(),
-        "serving"
-    );
-    etcd.restart().await;
-    running.registered(Duration::from_secs(5)).await;
-    running.stop().await;
-    registry.close().await;
-}
-
-#[tokio::test]
 async fn cluster_leader_loss_keeps_registrations() {
     let mut etcd = Etcd::start_cluster().await;
     let registry = EtcdRegistry::new(config(&etcd)).unwrap();
@@ -343,52 +274,6 @@ async fn cluster_leader_loss_keeps_registrations() {
     running.stop().await;
     assert!(stored(&etcd, PREFIX).await.is_empty());
     registry.close().await;
-}
-
-#[tokio::test]
-async fn wrong_password_is_a_clear_error_and_the_service_keeps_serving() {
-    let etcd = Etcd::start().await;
-    etcd.enable_auth("right-password").await;
-
-    let bad = EtcdRegistry::new(config(&etcd).user("root", "wrong-password")).unwrap();
-    let running = Running::start(bad.clone(), &OURS).await;
-    let status = running
-        .status
-        .wait_for(|s| {
-            s.values()
-                .all(|s| matches!(s, ServiceStatus::Retrying { .. }))
-        })
-        .await
-        .unwrap();
-    let ServiceStatus::Retrying { last_error, .. } = &status["etcd.echo"] else {
-        unreachable!()
-    };
-    assert!(
-        last_error.contains("rejected the credentials of user `root`"),
-        "{last_error}"
-    );
-    assert!(
-        last_error.contains(&etcd.endpoint()),
-        "the error must name the endpoint: {last_error}"
-    );
-    assert_eq!(echo::call(running.addr, "still").await.unwrap(), "still");
-
-    let direct = bad
-        .register(&Info::new("x", "127.0.0.1:1".parse().unwrap()))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(direct, RegistryError::Unauthenticated { ref user, .. } if user == "root"),
-        "{direct}"
-    );
-    running.stop().await;
-    bad.close().await;
-
-    let good = EtcdRegistry::new(config(&etcd).user("root", "right-password")).unwrap();
-    let running = Running::start(good.clone(), &OURS).await;
-    running.registered(Duration::from_secs(10)).await;
-    running.stop().await;
-    good.close().await;
 }
 
 #[tokio::test]
@@ -420,49 +305,6 @@ async fn tls_with_client_certificates() {
     assert!(err.is_err(), "a client without certificate must be refused");
     running.stop().await;
     registry.close().await;
-}
-
-#[tokio::test]
-async fn sigkilled_process_disappears_within_ttl_plus_one_second() {
-    let etcd = Etcd::start().await;
-    let ttl = 3;
-    let (mut child, registered) = spawn_example(
-        "etcd",
-        &[
-            ("ETCD_ENDPOINTS", etcd.endpoint()),
-            ("REGISTRY_LEASE_TTL", ttl.to_string()),
-        ],
-    )
-    .await;
-    let registered: Vec<String> = registered
-        .iter()
-        .map(|(service, addr)| key(service, *addr))
-        .collect();
-    let keys = stored(&etcd, PREFIX).await;
-    assert!(
-        registered.iter().all(|k| keys.contains_key(k)),
-        "{registered:?} vs {keys:?}"
-    );
-
-    child.start_kill().unwrap();
-    let killed = Instant::now();
-    child.wait().await.unwrap();
-    let gone = poll::until(
-        Duration::from_secs(ttl + 1),
-        "keys of the killed process to expire",
-        || async {
-            stored(&etcd, PREFIX)
-                .await
-                .is_empty()
-                .then(|| killed.elapsed())
-        },
-    )
-    .await;
-    println!("SIGKILLed registrations gone after {gone:?} (TTL {ttl} s)");
-    assert!(
-        gone <= Duration::from_secs(ttl + 1),
-        "gone after {gone:?}, later than TTL + 1 s"
-    );
 }
 
 #[tokio::test]

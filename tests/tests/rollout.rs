@@ -4,7 +4,7 @@
 
 // The scenarios register `linked.alpha`, defined in this library.
 use linked_services as _;
-use tests::conformance::{self, Backend};
+use tests::conformance::Harness;
 use tests::rollout;
 
 macro_rules! rollout {
@@ -24,7 +24,7 @@ macro_rules! rollout {
 }
 
 rollout! {
-    memory = conformance::MemoryBackend::new();
+    memory = Harness::memory();
     readiness_gates_registration,
     health_check_withdraws_and_restores,
     http_health_check_follows_the_answer,
@@ -34,7 +34,7 @@ rollout! {
 
 #[cfg(feature = "etcd")]
 rollout! {
-    etcd = conformance::EtcdBackend::start().await;
+    etcd = Harness::etcd().await;
     readiness_gates_registration,
     health_check_withdraws_and_restores,
     http_health_check_follows_the_answer,
@@ -45,7 +45,7 @@ rollout! {
 
 #[cfg(feature = "zookeeper")]
 rollout! {
-    zookeeper = conformance::ZookeeperBackend::start().await;
+    zookeeper = Harness::zookeeper().await;
     readiness_gates_registration,
     health_check_withdraws_and_restores,
     http_health_check_follows_the_answer,
@@ -56,7 +56,7 @@ rollout! {
 
 #[cfg(feature = "nacos")]
 rollout! {
-    nacos = conformance::NacosBackend::start().await;
+    nacos = Harness::nacos().await;
     readiness_gates_registration,
     health_check_withdraws_and_restores,
     http_health_check_follows_the_answer,

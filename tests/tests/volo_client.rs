@@ -9,7 +9,7 @@ mod volo_support;
 
 use std::time::{Duration, Instant};
 
-use tests::conformance::{self, Backend};
+use tests::conformance::Harness;
 use volo_support::{client, hello, holds, start_greeter, SERVICE};
 
 const DRAIN: Duration = Duration::from_secs(2);
@@ -47,7 +47,7 @@ async fn call_until(
     calls
 }
 
-async fn calls_follow_the_registry(backend: &dyn Backend) {
+async fn calls_follow_the_registry(backend: &Harness) {
     let name = backend.name();
     let a = start_greeter(backend.registry().await, DRAIN).await;
     let (client, balance) = client(backend.discovery().await, SERVICE);
@@ -118,13 +118,13 @@ async fn calls_follow_the_registry(backend: &dyn Backend) {
 
 #[tokio::test]
 async fn memory_calls_follow_the_registry() {
-    calls_follow_the_registry(&conformance::MemoryBackend::new()).await;
+    calls_follow_the_registry(&Harness::memory()).await;
 }
 
 #[cfg(feature = "etcd")]
 #[tokio::test]
 async fn etcd_calls_follow_the_registry() {
-    let mut backend = conformance::EtcdBackend::start().await;
+    let mut backend = Harness::etcd().await;
     calls_follow_the_registry(&backend).await;
     backend.finish().await;
 }
@@ -132,7 +132,7 @@ async fn etcd_calls_follow_the_registry() {
 #[cfg(feature = "zookeeper")]
 #[tokio::test]
 async fn zookeeper_calls_follow_the_registry() {
-    let mut backend = conformance::ZookeeperBackend::start().await;
+    let mut backend = Harness::zookeeper().await;
     calls_follow_the_registry(&backend).await;
     backend.finish().await;
 }
@@ -140,7 +140,7 @@ async fn zookeeper_calls_follow_the_registry() {
 #[cfg(feature = "nacos")]
 #[tokio::test]
 async fn nacos_calls_follow_the_registry() {
-    let mut backend = conformance::NacosBackend::start().await;
+    let mut backend = Harness::nacos().await;
     calls_follow_the_registry(&backend).await;
     backend.finish().await;
 }

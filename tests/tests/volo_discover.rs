@@ -18,7 +18,7 @@ use service_registry::volo::VoloDiscover;
 use service_registry::{
     Discovery, DiscoveryError, Info, Instances, MemoryRegistry, Registry, WatchStream,
 };
-use tests::conformance::{self, Backend};
+use tests::conformance::Harness;
 use tests::poll;
 use volo::context::Endpoint;
 use volo::discovery::{Change, Discover};
@@ -126,7 +126,7 @@ async fn change_where(
 /// The scenario every backend runs: the first `discover` starts one watch; a new instance is
 /// `added`, a weight change `updated`, a deregistration `removed`; a thousand more `discover`s
 /// make no call to the registry; dropping the discover ends the watch.
-async fn follows_a_service(backend: &dyn Backend) {
+async fn follows_a_service(backend: &Harness) {
     let name = backend.name();
     let service = format!("volo.follow.{name}");
     let registry = backend.registry().await;
@@ -209,13 +209,13 @@ async fn follows_a_service(backend: &dyn Backend) {
 
 #[tokio::test]
 async fn memory_follows_a_service() {
-    follows_a_service(&conformance::MemoryBackend::new()).await;
+    follows_a_service(&Harness::memory()).await;
 }
 
 #[cfg(feature = "etcd")]
 #[tokio::test]
 async fn etcd_follows_a_service() {
-    let mut backend = conformance::EtcdBackend::start().await;
+    let mut backend = Harness::etcd().await;
     follows_a_service(&backend).await;
     backend.finish().await;
 }
@@ -223,7 +223,7 @@ async fn etcd_follows_a_service() {
 #[cfg(feature = "zookeeper")]
 #[tokio::test]
 async fn zookeeper_follows_a_service() {
-    let mut backend = conformance::ZookeeperBackend::start().await;
+    let mut backend = Harness::zookeeper().await;
     follows_a_service(&backend).await;
     backend.finish().await;
 }
@@ -231,7 +231,7 @@ async fn zookeeper_follows_a_service() {
 #[cfg(feature = "nacos")]
 #[tokio::test]
 async fn nacos_follows_a_service() {
-    let mut backend = conformance::NacosBackend::start().await;
+    let mut backend = Harness::nacos().await;
     follows_a_service(&backend).await;
     backend.finish().await;
 }

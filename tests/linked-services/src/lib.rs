@@ -13,3 +13,7 @@ pub enum Beta {
     /// The only variant.
     Only,
 }
+
+/// A service that warms up: its instances carry a two-second warm-up.
+#[service(name = "linked.warm", warmup = "2s")]
+pub struct Warm;

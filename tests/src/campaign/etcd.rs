@@ -17,9 +17,10 @@ use super::presence::{observe, Present};
 use super::report::Section;
 use super::util::{
     fmt_duration, loopback, random_duration, register_all, register_until_ok, tally, Dist,
-    EchoCaller, EchoServer,
+    EchoCaller,
 };
 use super::{Ctx, Scenario};
+use crate::echo;
 use crate::fixtures::etcd::Etcd;
 
 /// The lease TTL of the restart scenario: short, so that a freeze past it stays short.
@@ -302,7 +303,7 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
     let mut processes = Vec::new();
     for _ in 0..PROCESSES {
         let registry = EtcdRegistry::new(config.clone()).expect("an etcd registry");
-        processes.push((registry, EchoServer::start().await));
+        processes.push((registry, echo::Server::start().await));
     }
     let mut live: BTreeMap<String, (usize, Info)> = BTreeMap::new();
     for (i, (registry, echo)) in processes.iter().enumerate() {

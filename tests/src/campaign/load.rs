@@ -14,10 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::report::Section;
-use super::util::{fmt_duration, fmt_mib, loopback, peak_rss, rss, CountingRelay, Dist};
+use super::util::{fmt_duration, fmt_mib, loopback, peak_rss, rss, Dist};
 use super::{Ctx, Scenario};
 use crate::fixtures::etcd::Etcd;
 use crate::fixtures::zookeeper::ZooKeeper;
+use crate::proxy::FaultProxy;
 
 fn per_minute(count: f64, window: Duration) -> f64 {
     count * 60.0 / window.as_secs_f64()
@@ -64,7 +65,7 @@ pub(crate) async fn etcd(ctx: Ctx) -> Section {
     let n = ctx.options.load_services;
     let window = ctx.options.traffic_window;
     let etcd = Etcd::start().await;
-    let relay = CountingRelay::start(etcd.members[0].client_addr()).await;
+    let relay = FaultProxy::start(etcd.members[0].client_addr()).await;
     section.setup(format!(
         "1 etcd member; one EtcdRegistry (default settings: lease TTL 15 s, 128 operations per \
          transaction) registering {n} services (`load.svcNNNNN`) with one concurrent register \
@@ -167,7 +168,7 @@ pub(crate) async fn etcd(ctx: Ctx) -> Section {
         "close (delete all, revoke the lease) took {}; keys left after it: {left}; connections \
          through the relay over the whole scenario: {}",
         fmt_duration(close_took),
-        relay.connections()
+        relay.accepted()
     ));
     section.zero("failed register calls", failed);
     section.zero(
@@ -200,7 +201,7 @@ pub(crate) async fn zookeeper(ctx: Ctx) -> Section {
     let n = ctx.options.load_services;
     let window = ctx.options.traffic_window;
     let zk = ZooKeeper::start().await;
-    let relay = CountingRelay::start(zk.addr()).await;
+    let relay = FaultProxy::start(zk.addr()).await;
     section.setup(format!(
         "standalone ZooKeeper; one ZookeeperRegistry (default settings: session timeout 10 s, \
          up to 1000 creates per multi-op; root `/load`) registering {n} services \
@@ -297,7 +298,7 @@ pub(crate) async fn zookeeper(ctx: Ctx) -> Section {
     section.figure(format!(
         "close took {}; connections through the relay over the whole scenario: {}",
         fmt_duration(close_took),
-        relay.connections()
+        relay.accepted()
     ));
     section.zero("failed register calls", failed);
     section.zero(

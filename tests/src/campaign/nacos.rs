@@ -19,9 +19,10 @@ use super::presence::{observe, Present};
 use super::report::Section;
 use super::util::{
     fmt_duration, fmt_mib, loopback, peak_rss, random_duration, register_all, register_until_ok,
-    rss, tally, Dist, EchoCaller, EchoServer,
+    rss, tally, Dist, EchoCaller,
 };
 use super::{Ctx, Scenario};
+use crate::echo;
 use crate::fixtures::nacos::{http, Nacos};
 
 /// Registry instances ("processes") and services per instance in the restart scenario.
@@ -183,7 +184,7 @@ pub(crate) async fn restarts(ctx: Ctx) -> Section {
     let mut processes = Vec::new();
     for _ in 0..PROCESSES {
         let registry = NacosRegistry::new(settings.clone()).expect("a Nacos registry");
-        processes.push((registry, EchoServer::start().await));
+        processes.push((registry, echo::Server::start().await));
     }
     let mut live: BTreeMap<String, (usize, Info)> = BTreeMap::new();
     for (i, (registry, echo)) in processes.iter().enumerate() {

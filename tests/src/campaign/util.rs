@@ -1,5 +1,6 @@
-//! Small pieces the scenarios share: statistics, RSS, echo servers and callers, a registration
-//! loop that behaves like the registrar's, a byte-counting relay, and the example binaries.
+//! Small pieces the scenarios share: statistics, RSS, an echo caller, a registration loop that
+//! behaves like the registrar's, and the example binaries. The echo server, the byte-counting
+//! proxy and child spawning are the test library's own (`echo`, `proxy`, `child`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,12 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use service_registry::{Health, Info, Registry};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::child::spawn_registered;
 use crate::echo;
 
 /// `127.0.0.1:port`.
@@ -147,39 +146,6 @@ pub(crate) fn random_duration(rng: &mut fastrand::Rng, low: Duration, high: Dura
     low + Duration::from_millis(if span == 0 { 0 } else { rng.u64(0..span) })
 }
 
-/// The echo server on a loopback port, until dropped.
-pub(crate) struct EchoServer {
-    pub(crate) addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    _task: JoinHandle<std::io::Result<()>>,
-}
-
-impl EchoServer {
-    pub(crate) async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind an echo server on loopback");
-        let addr = listener.local_addr().expect("echo server address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(echo::serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            stop: Some(stop),
-            _task: task,
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 /// Calls each address with the echo client every `period`, counting calls and failures.
 pub(crate) struct EchoCaller {
     calls: Arc<AtomicU64>,
@@ -281,109 +247,6 @@ pub(crate) async fn register_all<R: Registry + Clone>(
     total - done
 }
 
-/// A loopback TCP relay that counts the bytes it forwards each way.
-pub(crate) struct CountingRelay {
-    addr: SocketAddr,
-    to_server: Arc<AtomicU64>,
-    to_client: Arc<AtomicU64>,
-    connections: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
-}
-
-impl CountingRelay {
-    pub(crate) async fn start(upstream: SocketAddr) -> Self {
-        assert!(
-            upstream.ip().is_loopback(),
-            "the relay only forwards to loopback"
-        );
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the relay on loopback");
-        let addr = listener.local_addr().expect("relay address");
-        let to_server = Arc::new(AtomicU64::new(0));
-        let to_client = Arc::new(AtomicU64::new(0));
-        let connections = Arc::new(AtomicU64::new(0));
-        let accept = tokio::spawn({
-            let (to_server, to_client) = (to_server.clone(), to_client.clone());
-            let accepted_count = connections.clone();
-            async move {
-                let mut connections = JoinSet::new();
-                loop {
-                    tokio::select! {
-                        accepted = listener.accept() => {
-                            let Ok((client, _)) = accepted else { continue };
-                            accepted_count.fetch_add(1, Ordering::Relaxed);
-                            let (to_server, to_client) = (to_server.clone(), to_client.clone());
-                            connections.spawn(async move {
-                                let Ok(server) = TcpStream::connect(upstream).await else { return };
-                                let _ = client.set_nodelay(true);
-                                let _ = server.set_nodelay(true);
-                                let (client_read, client_write) = client.into_split();
-                                let (server_read, server_write) = server.into_split();
-                                tokio::join!(
-                                    pump(client_read, server_write, to_server),
-                                    pump(server_read, client_write, to_client),
-                                );
-                            });
-                        }
-                        Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                    }
-                }
-            }
-        });
-        Self {
-            addr,
-            to_server,
-            to_client,
-            connections,
-            accept,
-        }
-    }
-
-    /// Connections accepted so far.
-    pub(crate) fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn endpoint(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// (bytes client → server, bytes server → client) so far.
-    pub(crate) fn bytes(&self) -> (u64, u64) {
-        (
-            self.to_server.load(Ordering::Relaxed),
-            self.to_client.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for CountingRelay {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    counter: Arc<AtomicU64>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                counter.fetch_add(n as u64, Ordering::Relaxed);
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 /// Where the `etcd` and `zookeeper` example binaries are: `dir` if given, else
 /// `$CAMPAIGN_EXAMPLES_DIR`, else `examples/` next to this executable or one level up (a test
 /// binary runs from `target/<profile>/deps`).
@@ -421,40 +284,15 @@ pub(crate) async fn spawn_example(
 ) -> Result<(Child, Vec<(String, SocketAddr)>), String> {
     let mut command = Command::new(binary);
     command
-        .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut registered = Vec::new();
-    while registered.len() < 2 {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .map_err(|_| format!("{} printed nothing for 20 s", binary.display()))?
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{} exited before registering", binary.display()))?;
-        let Some(rest) = line.strip_prefix("registered ") else {
-            continue;
-        };
-        let (service, addr) = rest
-            .split_once(" at ")
-            .ok_or_else(|| format!("unexpected line {line}"))?;
-        let addr = addr
-            .parse()
-            .map_err(|_| format!("unexpected address in {line}"))?;
-        registered.push((service.to_string(), addr));
-    }
-    // Keep reading so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, registered))
+    spawn_registered(&mut command)
+        .await
+        .map_err(|err| format!("{}: {err}", binary.display()))
 }
 
 /// Counts how often each value occurs.

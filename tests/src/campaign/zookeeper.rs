@@ -12,8 +12,9 @@ use zookeeper_client::Client;
 use super::gaps::GapWatcher;
 use super::presence::{observe, Present};
 use super::report::Section;
-use super::util::{fmt_duration, loopback, random_duration, register_all, tally, Dist, EchoServer};
+use super::util::{fmt_duration, loopback, random_duration, register_all, tally, Dist};
 use super::{Ctx, Scenario};
+use crate::echo;
 use crate::fixtures::zookeeper::{ZkEnsemble, ZooKeeper};
 
 /// The session timeout of the expiry and restart scenarios (as in the fault tests).
@@ -120,7 +121,7 @@ async fn three_registries(
     session: Duration,
 ) -> (
     Vec<ZookeeperRegistry>,
-    Vec<EchoServer>,
+    Vec<echo::Server>,
     BTreeMap<String, usize>,
 ) {
     let config = ZookeeperConfig::new(servers).session_timeout(session);
@@ -129,7 +130,7 @@ async fn three_registries(
     let mut owners = BTreeMap::new();
     for i in 0..PROCESSES {
         let registry = ZookeeperRegistry::new(config.clone()).expect("a ZooKeeper registry");
-        let echo = EchoServer::start().await;
+        let echo = echo::Server::start().await;
         let infos: Vec<Info> = (0..SERVICES)
             .map(|s| Info::new(format!("campaign.svc{s:02}"), echo.addr))
             .collect();

@@ -1,0 +1,229 @@
+//! One behaviour suite for every backend, as opendal runs its behaviour tests against each
+//! service: a scenario is written once against a [`Harness`] and `tests/tests/conformance.rs`
+//! runs it on memory, etcd, ZooKeeper and Nacos, one test per (backend, scenario).
+//!
+//! A backend's adapter ([`memory`], [`etcd`], [`zookeeper`], [`nacos`]) implements [`Backend`]:
+//! how to make its clients, write foreign data into its store, read back what it stores, and take
+//! its server away and back. The [`Harness`] around it is the same for all four: it keeps every
+//! registry a scenario opens and closes them at the end.
+//!
+//! Scenarios panic with the backend's name and what was observed. They wait on conditions with
+//! deadlines; the only sleeps hold an outage open past the lease TTL / session timeout (or past
+//! the point where the registrar's own backoff has grown).
+
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use service_registry::{Discovery, Registry, RegistryError};
+
+// The scenarios that run a registrar register `linked.alpha` and `linked.warm`, `#[service]`s
+// defined in that library: link it.
+use linked_services as _;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod lifecycle;
+pub mod memory;
+#[cfg(feature = "nacos")]
+pub mod nacos;
+mod observe;
+mod refuses;
+mod scenarios;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
+
+pub use self::lifecycle::*;
+pub(crate) use self::observe::{eventually, next_change, observe, watch};
+pub use self::observe::{expected, info, seen, Seen};
+pub use self::refuses::RefusesNext;
+pub use self::scenarios::*;
+
+/// How long a change may take to show in a watch or a resolve.
+const CHANGE: Duration = Duration::from_secs(5);
+/// How long an instance may take to be back once the server answers again.
+const RECOVERY: Duration = Duration::from_secs(5);
+/// The lease TTL / session timeout the real backends are configured with.
+pub const EXPIRY: Duration = Duration::from_secs(3);
+
+/// A registry backend under test, as its adapter describes it. Scenarios reach it through a
+/// [`Harness`].
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// `memory`, `etcd`, `zookeeper`, `nacos`.
+    fn name(&self) -> &'static str;
+    /// A new registry client (each call: a new lease / session), with the backend's own
+    /// credentials, or with `password` instead of its password (see [`Backend::user`]).
+    /// [`Harness::registry`] calls this and keeps the client, to close it at the end.
+    fn connect(&self, password: Option<&str>) -> Arc<dyn Registry>;
+    /// A new discovery client (with the backend's credentials, if it has any).
+    async fn discovery(&self) -> Arc<dyn Discovery>;
+    /// Writes `bytes` where an instance `node` of `service` would be, the way a foreign writer
+    /// would (etcd key `{prefix}/{service}/{node}`, ZooKeeper node `/{service}/{node}`).
+    /// Memory cannot hold foreign bytes: a no-op there, and the scenarios that need it are not
+    /// run on memory.
+    async fn put_raw(&self, service: &str, node: &str, bytes: &[u8]);
+    /// The addresses the server holds for `service`, read around our discovery client (the
+    /// etcd keys under the service's prefix, ZooKeeper's children of `/{service}`, what Nacos'
+    /// open API lists), sorted.
+    async fn stored(&self, service: &str) -> Vec<SocketAddr>;
+    /// Stops the server, keeping its data. Not applicable to memory.
+    async fn outage(&mut self);
+    /// Starts the server again on the same address and data, and waits until it answers.
+    async fn recover(&mut self);
+    /// A tag value larger than one registration request to this backend may carry (etcd's
+    /// 1.5 MiB `--max-request-bytes`, ZooKeeper's 1 MiB `jute.maxbuffer`, Nacos' 10 MiB
+    /// inbound message limit).
+    fn oversized_value(&self) -> usize {
+        5 << 20
+    }
+    /// Whether the server applies a changed tag of a registered instance. r-nacos 0.8.8 does
+    /// not: it keeps the metadata an instance was first registered with ahead of later SDK
+    /// updates (`naming/service.rs` `update_instance`, its "priority metadata") until the
+    /// instance has been gone for a while; weights do change.
+    fn updates_tags(&self) -> bool {
+        true
+    }
+    /// Whether what the backend stores carries an instance's warm-up (Kitex's ZooKeeper data
+    /// holds only weight and tags).
+    fn stores_warmup(&self) -> bool {
+        true
+    }
+    /// This backend's example binary pointed at this server, and how soon the registrations of
+    /// a SIGKILLed one must be gone. `None` on memory, which lives in the test process.
+    fn example(&self) -> Option<Example> {
+        None
+    }
+    /// How soon after the server answers again a service started during the outage must be
+    /// registered (its registrar's backoff has grown to seconds by then).
+    fn registers_after_outage_within(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    /// What the error of a call to this backend's stopped server says.
+    fn unreachable_says(&self) -> &'static str {
+        "is unreachable"
+    }
+    /// The user of a backend started with credentials; `None` when it has none.
+    fn user(&self) -> Option<&'static str> {
+        None
+    }
+    /// Checks the error of a registry whose password is wrong: `text` as the registrar reports
+    /// it, `error` when a direct call returned it. Panics with what differs.
+    fn check_wrong_password(&self, text: &str, error: Option<&RegistryError>) {
+        let _ = (text, error);
+        panic!(
+            "[{}] has no credentials: the wrong-password scenario does not apply",
+            self.name()
+        );
+    }
+}
+
+/// A backend's example binary with the environment that points it at the test's server.
+#[derive(Clone, Debug)]
+pub struct Example {
+    /// The binary's name under `target/<profile>/examples`.
+    pub binary: &'static str,
+    /// Its environment.
+    pub env: Vec<(&'static str, String)>,
+    /// How soon after a SIGKILL its registrations must be gone (the lease TTL or session
+    /// timeout plus a second; Nacos: when its connection closes).
+    pub gone_within: Duration,
+}
+
+/// What every scenario runs against: one backend's adapter, and the registries opened on it.
+pub struct Harness {
+    backend: Box<dyn Backend>,
+    opened: Mutex<Vec<Arc<dyn Registry>>>,
+}
+
+impl Harness {
+    /// A harness around `backend`.
+    pub fn new(backend: impl Backend + 'static) -> Self {
+        Self {
+            backend: Box::new(backend),
+            opened: Mutex::default(),
+        }
+    }
+
+    /// A new registry client with the backend's own credentials, closed by [`Harness::finish`].
+    pub async fn registry(&self) -> Arc<dyn Registry> {
+        self.keep(self.backend.connect(None))
+    }
+
+    /// A new registry client whose password is `password`, closed by [`Harness::finish`].
+    pub async fn registry_with_password(&self, password: &str) -> Arc<dyn Registry> {
+        self.keep(self.backend.connect(Some(password)))
+    }
+
+    fn keep(&self, registry: Arc<dyn Registry>) -> Arc<dyn Registry> {
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(registry.clone());
+        registry
+    }
+
+    /// Closes every registry this harness made (each bounded to 5 s), before the server goes.
+    pub async fn finish(&mut self) {
+        let opened = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|p| p.into_inner()));
+        for registry in opened {
+            let _ = tokio::time::timeout(Duration::from_secs(5), registry.close()).await;
+        }
+    }
+}
+
+impl Deref for Harness {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.backend
+    }
+}
+
+/// `names` (each `ip:port`, as a backend stores it) as sorted addresses; panics on a name that is
+/// none, naming `place` (where the name was found).
+fn sorted_addrs(names: impl IntoIterator<Item = String>, place: &str) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = names
+        .into_iter()
+        .map(|name| {
+            name.parse()
+                .unwrap_or_else(|_| panic!("not an address of ours in {place}: {name}"))
+        })
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// [`Backend::check_wrong_password`] of a backend that checks passwords: `text` says `says` and
+/// names `server`; `error` is [`RegistryError::Unauthenticated`] for `user`.
+fn check_unauthenticated(
+    name: &str,
+    (text, error): (&str, Option<&RegistryError>),
+    says: &str,
+    user: &str,
+    server: &str,
+) {
+    assert!(text.contains(says), "[{name}] {text}");
+    assert!(
+        text.contains(server),
+        "[{name}] the error must name the server: {text}"
+    );
+    if let Some(error) = error {
+        assert!(
+            matches!(error, RegistryError::Unauthenticated { user: u, .. } if u == user),
+            "[{name}] {error}"
+        );
+    }
+}
+
+/// The configuration's backoff in every adapter: quick, so that scenarios do not wait on it.
+fn quick_backoff() -> service_registry::Backoff {
+    service_registry::Backoff::new(Duration::from_millis(50), Duration::from_millis(500))
+}
