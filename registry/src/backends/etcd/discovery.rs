@@ -12,7 +12,7 @@ use super::error::bounded;
 use super::wire;
 use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
-use crate::backends::kit::watch::{self, by_addr, Entries, Source, Step};
+use crate::backends::kit::watch::{self, Entries, Source, Step};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, Instances, WatchStream};
 use crate::registry::shared;
@@ -419,6 +419,17 @@ impl Source for EtcdDiscovery {
         self.config.backoff.clone()
     }
 
+    async fn read(&self, service: &str) -> Result<Entries, DiscoveryError> {
+        self.list(service)
+            .await
+            .map(|(entries, _)| entries)
+            .map_err(|err| discovery_error(service, err))
+    }
+
+    fn resolve_from_watch(&self) -> bool {
+        self.config.resolve_from_watch
+    }
+
     fn cache(&self) -> &WatchCache {
         &self.cache
     }
@@ -427,15 +438,7 @@ impl Source for EtcdDiscovery {
 #[async_trait]
 impl Discovery for EtcdDiscovery {
     async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
-        if self.config.resolve_from_watch {
-            if let Some(instances) = self.cache.resolve(service) {
-                return Ok(instances);
-            }
-        }
-        self.list(service)
-            .await
-            .map(|(entries, _)| by_addr(&entries))
-            .map_err(|err| discovery_error(service, err))
+        watch::resolve(self, service).await
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {

@@ -68,6 +68,7 @@ impl Entries {
 
     /// Makes these entries what `listed` holds (a listing of the whole service), touching only
     /// the keys that differ, so what is published after it shares the rest.
+    #[cfg_attr(not(any(feature = "zookeeper", feature = "nacos")), allow(dead_code))]
     pub(crate) fn assign(&mut self, listed: Entries) {
         let gone: Vec<String> = self
             .by_key
@@ -172,6 +173,12 @@ pub(crate) trait Source: Clone + Send + Sync + 'static {
         entries: &mut Entries,
     ) -> Result<Step, String>;
 
+    /// Lists `service` once, without a watch (a resolve with no live watch to answer it).
+    async fn read(&self, service: &str) -> Result<Entries, DiscoveryError>;
+
+    /// Whether a resolve may answer from a live watch (`resolve_from_watch` of the config).
+    fn resolve_from_watch(&self) -> bool;
+
     /// The discovery's resolve cache, which the watches of this source keep current.
     fn cache(&self) -> &WatchCache;
 
@@ -180,6 +187,21 @@ pub(crate) trait Source: Clone + Send + Sync + 'static {
 
     /// `etcd`, `zookeeper`: the `backend` label of the watch metrics.
     const BACKEND: &'static str;
+}
+
+/// [`Discovery::resolve`](crate::Discovery::resolve) of every network backend: from a live
+/// watch of the service in sync, when there is one and the config allows it; a listing
+/// otherwise.
+pub(crate) async fn resolve<S: Source>(
+    source: &S,
+    service: &str,
+) -> Result<Instances, DiscoveryError> {
+    if source.resolve_from_watch() {
+        if let Some(instances) = source.cache().resolve(service) {
+            return Ok(instances);
+        }
+    }
+    source.read(service).await.map(|entries| by_addr(&entries))
 }
 
 /// Opens a watch through `source` (errors are the caller's), then follows it in a task that

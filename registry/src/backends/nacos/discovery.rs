@@ -13,7 +13,7 @@ use super::server::NacosServer;
 use super::wire::{self, QueryRequest, ServiceInfo, SubscribeRequest};
 use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
-use crate::backends::kit::watch::{by_addr, watch, Entries, Source, Step};
+use crate::backends::kit::watch::{resolve, watch, Entries, Source, Step};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instances, WatchStream};
 
@@ -164,18 +164,7 @@ fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries 
 #[async_trait]
 impl Discovery for NacosDiscovery {
     async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
-        if self.config.resolve_from_watch {
-            if let Some(instances) = self.cache.resolve(service) {
-                return Ok(instances);
-            }
-        }
-        let (connection, epoch) = self.connection(service).await?;
-        let info = self
-            .query(&connection, service)
-            .await
-            .map_err(|err| self.failed(service, epoch, err))?;
-        let found = entries(service, &self.config.cluster, info.as_ref());
-        Ok(by_addr(&found))
+        resolve(self, service).await
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
@@ -323,6 +312,19 @@ impl Source for NacosDiscovery {
 
     fn backoff(&self) -> Backoff {
         self.config.backoff.clone()
+    }
+
+    async fn read(&self, service: &str) -> Result<Entries, DiscoveryError> {
+        let (connection, epoch) = self.connection(service).await?;
+        let info = self
+            .query(&connection, service)
+            .await
+            .map_err(|err| self.failed(service, epoch, err))?;
+        Ok(entries(service, &self.config.cluster, info.as_ref()))
+    }
+
+    fn resolve_from_watch(&self) -> bool {
+        self.config.resolve_from_watch
     }
 
     fn cache(&self) -> &WatchCache {

@@ -12,7 +12,7 @@ use super::error::bounded;
 use super::wire;
 use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
-use crate::backends::kit::watch::{self, by_addr, Entries, Source, Step};
+use crate::backends::kit::watch::{self, Entries, Source, Step};
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryError, Instance, Instances, WatchStream};
 use crate::registry::RegistryError;
@@ -301,6 +301,20 @@ impl Source for ZookeeperDiscovery {
         self.config.backoff.clone()
     }
 
+    async fn read(&self, service: &str) -> Result<Entries, DiscoveryError> {
+        let client = self
+            .client()
+            .await
+            .map_err(|err| discovery_error(service, err))?;
+        self.list(&client, service)
+            .await
+            .map_err(|err| discovery_error(service, err))
+    }
+
+    fn resolve_from_watch(&self) -> bool {
+        self.config.resolve_from_watch
+    }
+
     fn cache(&self) -> &WatchCache {
         &self.cache
     }
@@ -309,19 +323,7 @@ impl Source for ZookeeperDiscovery {
 #[async_trait]
 impl Discovery for ZookeeperDiscovery {
     async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
-        if self.config.resolve_from_watch {
-            if let Some(instances) = self.cache.resolve(service) {
-                return Ok(instances);
-            }
-        }
-        let client = self
-            .client()
-            .await
-            .map_err(|err| discovery_error(service, err))?;
-        self.list(&client, service)
-            .await
-            .map(|entries| by_addr(&entries))
-            .map_err(|err| discovery_error(service, err))
+        watch::resolve(self, service).await
     }
 
     async fn watch(&self, service: &str) -> Result<WatchStream, DiscoveryError> {
