@@ -120,6 +120,43 @@ async fn volo_lane_fallbacks_all_and_fail() {
         .contains(&hello_in(&strict, None).await.unwrap()));
 }
 
+/// A lane carried in `metainfo` (as Kitex's `metainfo.WithPersistentValue` carries it): the
+/// balance reads it when the callee has no `Lane` tag; the tag wins when both are there.
+#[tokio::test]
+async fn volo_calls_carrying_a_lane_in_metainfo_reach_it() {
+    use metainfo::{Forward, MetaInfo, METAINFO};
+    let fleet = fleet().await;
+    let discovery: Arc<dyn Discovery> = Arc::new(fleet.registry.clone());
+    let balance =
+        VoloBalance::new(Balancer::builder(Strategy::WeightedRandom).lanes(Lanes::new("lane")))
+            .lane_from_metainfo("lane");
+    let (client, _) = client_over(VoloDiscover::new(discovery), SERVICE, balance);
+    let (base, canary) = (fleet.base_addrs(), fleet.canary.addr.to_string());
+    let in_scope = |persistent: bool, lane: Option<&'static str>| {
+        let client = client.clone();
+        let mut info = MetaInfo::default();
+        if persistent {
+            info.set_persistent("lane", "canary");
+        } else {
+            info.set_transient("lane", "canary");
+        }
+        METAINFO.scope(std::cell::RefCell::new(info), async move {
+            hello_in(&client, lane).await
+        })
+    };
+    for _ in 0..50 {
+        assert_eq!(in_scope(true, None).await.unwrap(), canary, "persistent");
+        assert_eq!(in_scope(false, None).await.unwrap(), canary, "transient");
+        // The callee tag names the lane first: `blue` has nobody, and falls back to the base.
+        let blue = in_scope(true, Some("blue")).await.unwrap();
+        assert!(base.contains(&blue), "a blue call reached {blue}");
+        // Outside a metainfo scope: the base lane.
+        let plain = hello_in(&client, None).await.unwrap();
+        assert!(base.contains(&plain), "a plain call reached {plain}");
+    }
+    assert_eq!(fleet.canary.served(), 100);
+}
+
 /// A canary that leaves: once the client has seen it go, canary calls fall back to the base
 /// lane, and no call fails on the way (the registrar deregisters it before it stops serving).
 #[tokio::test]

@@ -10,6 +10,8 @@ use volo::loadbalance::error::LoadBalanceError;
 use volo::loadbalance::LoadBalance;
 use volo::FastStr;
 
+use metainfo::Forward;
+
 use super::keyed::Keyed;
 use super::keys::Keys;
 use super::lane::Lane;
@@ -43,7 +45,9 @@ pub const DEFAULT_WAIT_FOR_INSTANCE: Duration = Duration::from_secs(1);
 /// [`Lanes`](crate::balance::Lanes), a call whose callee endpoint carries a
 /// [`Lane`](super::Lane) tag (set per call through `with_callopt`, or by a client layer) goes
 /// to the instances of that lane, and by the lanes' fallback when it has none that can take
-/// it; a call without one goes to the base lane (see [`Lane`](super::Lane) for an example). A
+/// it; a call without one goes to the base lane (see [`Lane`](super::Lane) for an example).
+/// With [`lane_from_metainfo`](Self::lane_from_metainfo) a call without the tag takes its lane
+/// from Volo's `metainfo` (a persistent value follows the whole call chain, as in Kitex). A
 /// call that finds nothing to pick in its lane (fallback
 /// [`Fail`](crate::balance::LaneFallback::Fail)) waits as any call that finds nothing does,
 /// then fails.
@@ -79,6 +83,8 @@ pub const DEFAULT_WAIT_FOR_INSTANCE: Duration = Duration::from_secs(1);
 pub struct VoloBalance<K> {
     inner: Arc<Inner<K>>,
     wait: Duration,
+    /// The metainfo key a call's lane is read from when its callee carries no [`Lane`].
+    metainfo_lane: Option<FastStr>,
 }
 
 struct Inner<K> {
@@ -92,6 +98,7 @@ impl<K> Clone for VoloBalance<K> {
         Self {
             inner: self.inner.clone(),
             wait: self.wait,
+            metainfo_lane: self.metainfo_lane.clone(),
         }
     }
 }
@@ -129,7 +136,70 @@ where
                 balancers: Keys::default(),
             }),
             wait: DEFAULT_WAIT_FOR_INSTANCE,
+            metainfo_lane: None,
         }
+    }
+
+    /// Reads a call's lane from Volo's `metainfo` under `key` when its callee carries no
+    /// [`Lane`] tag: the persistent value first (`RPC_PERSIST_<key>` on the wire, which Kitex
+    /// and Volo servers pass on to their own outgoing calls, so a lane set at the edge follows
+    /// the whole call chain), then the transient one. Kitex's `metainfo.WithPersistentValue`
+    /// sets the same values on the Go side. Applies to this value and the clones made from it
+    /// afterwards.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use metainfo::{Forward, MetaInfo, METAINFO};
+    /// use service_registry::balance::{Balancer, Lanes, Strategy};
+    /// use service_registry::volo::{VoloBalance, VoloDiscover};
+    /// use service_registry::{Info, MemoryRegistry, Registry};
+    /// use volo::loadbalance::LoadBalance;
+    /// use volo::net::Address;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let registry = MemoryRegistry::new();
+    /// let mut canary = Info::new("echo", "127.0.0.1:7001".parse().unwrap());
+    /// canary.tags.insert("lane".into(), "canary".into());
+    /// registry.register(&Info::new("echo", "127.0.0.1:7000".parse().unwrap())).await.unwrap();
+    /// registry.register(&canary).await.unwrap();
+    /// let discover = VoloDiscover::new(registry.clone());
+    /// let balance = VoloBalance::new(Balancer::builder(Strategy::WeightedRandom).lanes(Lanes::new("lane")))
+    ///     .lane_from_metainfo("lane");
+    ///
+    /// let mut info = MetaInfo::default();
+    /// info.set_persistent("lane", "canary");
+    /// let endpoint = volo::context::Endpoint::new("echo".into());
+    /// let picked = METAINFO
+    ///     .scope(RefCell::new(info), async {
+    ///         balance.get_picker(&endpoint, &discover).await.unwrap().next()
+    ///     })
+    ///     .await;
+    /// assert_eq!(picked, Some(Address::Ip(canary.addr)));
+    /// # }
+    /// ```
+    pub fn lane_from_metainfo(mut self, key: impl Into<FastStr>) -> Self {
+        self.metainfo_lane = Some(key.into());
+        self
+    }
+
+    /// The call's lane: its callee's [`Lane`] tag, else the metainfo value under the
+    /// configured key (a call that carries neither costs an emptiness check and, when a key is
+    /// configured, one task-local read).
+    #[inline]
+    fn lane_of(&self, endpoint: &Endpoint) -> Option<FastStr> {
+        if !endpoint.faststr_tags.is_empty() {
+            if let Some(lane) = endpoint.get_faststr::<Lane>() {
+                return Some(lane.clone());
+            }
+        }
+        let key = self.metainfo_lane.as_ref()?;
+        metainfo::METAINFO
+            .try_with(|info| {
+                let info = info.borrow();
+                info.get_persistent(key).or_else(|| info.get_transient(key))
+            })
+            .ok()
+            .flatten()
     }
 
     /// How long a call that finds no instance to pick waits for one (default
@@ -229,7 +299,7 @@ where
         discover: &'future D,
     ) -> Result<Picker, LoadBalanceError> {
         let key = discover.key(endpoint);
-        let mut lane = lane_of(endpoint);
+        let mut lane = self.lane_of(endpoint);
         // The path of nearly every call: the key is known and has an instance to pick. It
         // awaits nothing; the rare paths are boxed, so this call's future stays small (a
         // larger one costs its copies on every call).
@@ -259,14 +329,4 @@ where
         };
         keyed.apply(&change.all);
     }
-}
-
-/// The call's [`Lane`], from the callee's tags (a call that carries none costs an emptiness
-/// check).
-#[inline]
-fn lane_of(endpoint: &Endpoint) -> Option<FastStr> {
-    if endpoint.faststr_tags.is_empty() {
-        return None;
-    }
-    endpoint.get_faststr::<Lane>().cloned()
 }
