@@ -68,6 +68,7 @@ impl Entries {
 
     /// Makes these entries what `listed` holds (a listing of the whole service), touching only
     /// the keys that differ, so what is published after it shares the rest.
+    #[cfg_attr(not(any(feature = "zookeeper", feature = "nacos")), allow(dead_code))]
     pub(crate) fn assign(&mut self, listed: Entries) {
         let gone: Vec<String> = self
             .by_key
