@@ -57,7 +57,8 @@ pub(crate) enum Step {
 
 /// How soon to establish a session again after one was lost.
 pub(crate) enum Recover {
-    /// The session was a real one: start the backoff over and establish again at once.
+    /// Start the backoff over and establish again at once (etcd: the lease lived a full TTL;
+    /// ZooKeeper: every lost session).
     #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     Now,
     /// Wait out the next delay of the backoff first, answering commands with `cause`; `reset`

@@ -587,6 +587,9 @@ impl Session {
             .iter()
             .map(|path| while_connected(client, config, limit, move || client.delete(path, None)));
         let results = futures_util::future::join_all(deletes).await;
+        // The connection went while the deletes were out (before the client noticed): as when
+        // it was known gone, they are accepted for now and made once reconnected.
+        let mut lost = None;
         for (path, result) in paths.iter().zip(results) {
             match result {
                 Ok(Ok(())) | Ok(Err(ZkError::NoNode)) => self.live.deleted(path),
@@ -596,14 +599,22 @@ impl Session {
                         ZkError::NoAuth | ZkError::NotEmpty | ZkError::BadArguments(_)
                     );
                     let err = registry_error(&self.config, err);
+                    if is_connection_error(&err) {
+                        lost = Some(err);
+                        continue;
+                    }
                     self.live.delete_failed(path, &err);
                     if refused {
                         tracing::warn!(path, error = %err, "ZooKeeper refuses to delete this node; giving up on it");
                         self.live.deleted(path);
                     }
                 }
+                Err(err) if is_connection_error(&err) => lost = Some(err),
                 Err(err) => self.live.delete_failed(path, &err),
             }
+        }
+        if let Some(err) = lost {
+            self.live.deletes_failed(&err);
         }
     }
 
