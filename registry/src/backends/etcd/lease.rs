@@ -66,7 +66,7 @@ impl KeepAlive {
 }
 
 /// A lease being kept alive.
-pub(super) struct Lease {
+pub(crate) struct Lease {
     pub(super) client: Client,
     pub(super) id: i64,
     pub(super) keep_alive: KeepAlive,

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use super::config::{EtcdConfig, EtcdConfigError};
 use super::session::Session;
 use super::wire;
+use crate::backends::kit::driver::drive;
 use crate::backends::kit::handle::SessionHandle;
 use crate::backends::kit::names::check_service_name;
 use crate::info::Info;
@@ -88,7 +89,7 @@ impl EtcdRegistry {
         let task_config = config.clone();
         let session =
             SessionHandle::spawn("etcd", config.close_timeout, move |health, commands| {
-                Session::new(task_config, ttl, health, commands).run()
+                drive(Session::new(task_config, ttl, health, commands))
             })
             .ok_or(EtcdConfigError::NoRuntime)?;
         Ok(Self {

@@ -15,7 +15,8 @@
 //!
 //! A put etcd refuses for now (`ResourceExhausted`: a full database or too many requests;
 //! `PermissionDenied` on one key) stays in the live set, is held, and is retried on the same
-//! timer as pending deletes, from [`RETRY_FIRST`] backing off to [`RETRY_MAX`]. Only a refusal
+//! timer as pending deletes, from [`RETRY_FIRST`](crate::backends::kit::driver::RETRY_FIRST)
+//! backing off to [`RETRY_MAX`]. Only a refusal
 //! on the value's own merits (too large, ...) drops a key. A key found on another process's
 //! lease is left to it (see [`Session::tampered`]); its delete is not sent.
 
@@ -35,7 +36,8 @@ use super::error::{bounded, txn_failure, TxnFailure};
 use super::guard::{Guard, Scope, Seen};
 use super::lease::{KeepAlive, Lease};
 use super::probe::{answering_endpoints, back_after_outage};
-use crate::backends::kit::handle::{finish, Command, Reply, Step};
+use crate::backends::kit::driver::{retry_backoff, Drive, Established, Recover, Step, RETRY_MAX};
+use crate::backends::kit::handle::{Command, Reply};
 use crate::backends::kit::live::{absorb_queued, wait_offline, LiveSet};
 use crate::backoff::Backoff;
 use crate::registry::shared;
@@ -61,11 +63,6 @@ struct Held {
     /// or a restore) is reported through the health instead.
     told: bool,
 }
-
-/// The first retry of a missing guard watch or a pending delete while a lease is held; retries
-/// that keep failing back off from here up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub(crate) struct Session {
     config: EtcdConfig,
@@ -110,12 +107,6 @@ pub(crate) struct Session {
     guard_scope: Scope,
     /// The service prefixes the guard may not watch, logged once each.
     unguarded_logged: BTreeSet<String>,
-}
-
-/// What a new connection came to.
-enum Established {
-    Lease(Box<Lease>),
-    Closed(Option<oneshot::Sender<()>>),
 }
 
 impl Session {
@@ -204,120 +195,6 @@ impl Session {
             endpoint: self.config.endpoint_list(),
             source: shared(cause.to_string()),
         }
-    }
-
-    pub(crate) async fn run(mut self) {
-        let mut backoff = self.config.backoff.clone();
-        let mut failures = 0u32;
-        loop {
-            let (cause, delay) = match self.establish().await {
-                Ok(Established::Closed(done)) => return finish(done),
-                Ok(Established::Lease(lease)) => {
-                    let mut lease = *lease;
-                    failures = 0;
-                    self.outage = false;
-                    self.report_health();
-                    tracing::info!(
-                        lease = lease.id,
-                        keys = self.live.len(),
-                        "etcd lease granted; registrations live"
-                    );
-                    match self.serve(&mut lease).await {
-                        Step::Stop(done) => return finish(done),
-                        Step::Lost(cause) => {
-                            tracing::warn!(lease = lease.id, %cause, "etcd lease lost; recovering");
-                            self.stale_lease = Some(lease.id);
-                            let since = lease.since;
-                            self.stale_keep_alive = Some(lease.keep_alive);
-                            let _ = self.health.send(Health::Recovering {
-                                attempt: 0,
-                                last_error: cause.clone(),
-                            });
-                            // A lease that lived a full TTL was a real session: recover at once.
-                            // One lost at once (something revokes it, a proxy cuts the stream)
-                            // waits its turn, so keys are not rewritten in a tight loop.
-                            if since.elapsed() >= self.ttl() {
-                                backoff.reset();
-                                continue;
-                            }
-                            (self.unavailable(&cause), backoff.next_delay())
-                        }
-                    }
-                }
-                Err(err) => {
-                    failures += 1;
-                    let delay = backoff.next_delay();
-                    tracing::warn!(attempt = failures, error = %err, retry_in = ?delay, "cannot establish an etcd lease");
-                    let _ = self.health.send(Health::Recovering {
-                        attempt: failures,
-                        last_error: err.to_string(),
-                    });
-                    (err, delay)
-                }
-            };
-            // Commands are answered throughout the wait; it ends early when etcd answers
-            // again after an outage (`wait_offline` only awaits a cancel-safe `recv`, so
-            // ending it early loses no command).
-            let closed = tokio::select! {
-                closed = wait_offline(&mut self.commands, &mut self.live, delay, &cause) => closed,
-                answering = back_after_outage(&self.config, &mut self.outage) => {
-                    tracing::info!(endpoints = ?answering, "etcd answers again; reconnecting now instead of after the backoff");
-                    self.answering = Some(answering);
-                    None
-                }
-            };
-            if let Some(done) = closed {
-                // Closed while etcd is away: nothing to reach; the lease expires on its own.
-                self.live.clear();
-                return finish(done);
-            }
-        }
-    }
-
-    /// Connects and resumes the stale lease or grants a new one; then writes the live set on
-    /// it, with every command queued meanwhile applied first.
-    async fn establish(&mut self) -> Result<Established, RegistryError> {
-        let limit = self.limit() + self.config.connect_timeout;
-        let config = self.config.clone();
-        let endpoints = match self.answering.take() {
-            Some(answering) => answering,
-            None => answering_endpoints(&config).await,
-        };
-        let client = bounded(
-            &config,
-            limit,
-            Client::connect(&endpoints, Some(config.connect_options())),
-        )
-        .await?;
-        let result = self.take_lease(client.clone()).await;
-        if result.is_ok() {
-            self.stale_keep_alive = None;
-        }
-        let outcome = result.as_ref().map(|_| ()).map_err(RegistryError::clone);
-        for (key, waiter) in std::mem::take(&mut self.pending_puts) {
-            let result = match (&outcome, self.refusals.get(&key)) {
-                (Err(err), _) | (Ok(()), Some(err)) => Err(err.clone()),
-                (Ok(()), None) => Ok(()),
-            };
-            if result.is_err() {
-                if let Some(held) = self.held.get_mut(&key) {
-                    held.told = true;
-                }
-            }
-            let _ = waiter.send(result);
-        }
-        self.refusals.clear();
-        if let Err(err) = &outcome {
-            self.live.deletes_failed(err);
-        }
-        if let Some(done) = self.closing.take() {
-            match result {
-                Ok(mut lease) => self.close(&mut lease).await,
-                Err(_) => self.close_without_lease(client).await,
-            }
-            return Ok(Established::Closed(Some(done)));
-        }
-        result.map(|lease| Established::Lease(Box::new(lease)))
     }
 
     /// Applies the queued commands to the live set: called right before the live set is
@@ -637,14 +514,14 @@ impl Session {
 
     /// Serves commands until the lease is lost or the registry closes; retries pending deletes
     /// and held registrations, and restores keys of ours that someone else deleted or overwrote.
-    async fn serve(&mut self, lease: &mut Lease) -> Step {
+    async fn serve_lease(&mut self, lease: &mut Lease) -> Step {
         // The guard is best effort: without it nothing is restored, but nothing is lost either;
         // it is started again on the retry timer, as pending deletes and held registrations are
         // retried. The timer starts when there is something to retry, and backs off while
         // retries keep failing; a guard that ends soon after it started keeps the backoff
         // where it is, so a guard etcd keeps cancelling is not restarted (and every key put
         // again) in a loop.
-        let mut retry_backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+        let mut retry_backoff = retry_backoff();
         let retry = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(retry);
         let mut retrying = false;
@@ -882,5 +759,123 @@ impl Session {
             let _ = bounded(&self.config, limit, client.lease_revoke(stale)).await;
         }
         self.live.clear();
+    }
+}
+
+impl Drive for Session {
+    type Key = String;
+    type Value = Vec<u8>;
+    type Conn = Lease;
+    type Error = RegistryError;
+
+    const ESTABLISH: &'static str = "establish an etcd lease";
+
+    fn backoff(&self) -> Backoff {
+        self.config.backoff.clone()
+    }
+
+    fn health(&self) -> &watch::Sender<Health> {
+        &self.health
+    }
+
+    fn queue(&mut self) -> (&mut mpsc::UnboundedReceiver<Command>, &mut LiveSet) {
+        (&mut self.commands, &mut self.live)
+    }
+
+    /// Connects and resumes the stale lease or grants a new one; then writes the live set on
+    /// it, with every command queued meanwhile applied first.
+    async fn establish(&mut self) -> Result<Established<Lease>, RegistryError> {
+        let limit = self.limit() + self.config.connect_timeout;
+        let config = self.config.clone();
+        let endpoints = match self.answering.take() {
+            Some(answering) => answering,
+            None => answering_endpoints(&config).await,
+        };
+        let client = bounded(
+            &config,
+            limit,
+            Client::connect(&endpoints, Some(config.connect_options())),
+        )
+        .await?;
+        let result = self.take_lease(client.clone()).await;
+        if result.is_ok() {
+            self.stale_keep_alive = None;
+        }
+        let outcome = result.as_ref().map(|_| ()).map_err(RegistryError::clone);
+        for (key, waiter) in std::mem::take(&mut self.pending_puts) {
+            let result = match (&outcome, self.refusals.get(&key)) {
+                (Err(err), _) | (Ok(()), Some(err)) => Err(err.clone()),
+                (Ok(()), None) => Ok(()),
+            };
+            if result.is_err() {
+                if let Some(held) = self.held.get_mut(&key) {
+                    held.told = true;
+                }
+            }
+            let _ = waiter.send(result);
+        }
+        self.refusals.clear();
+        if let Err(err) = &outcome {
+            self.live.deletes_failed(err);
+        }
+        if let Some(done) = self.closing.take() {
+            match result {
+                Ok(mut lease) => self.close(&mut lease).await,
+                Err(_) => self.close_without_lease(client).await,
+            }
+            return Ok(Established::Closed(Some(done)));
+        }
+        result.map(Established::Up)
+    }
+
+    fn up(&mut self, lease: &Lease) {
+        self.outage = false;
+        self.report_health();
+        tracing::info!(
+            lease = lease.id,
+            keys = self.live.len(),
+            "etcd lease granted; registrations live"
+        );
+    }
+
+    async fn serve(&mut self, lease: &mut Lease) -> Step {
+        self.serve_lease(lease).await
+    }
+
+    fn lost(&mut self, lease: Lease, cause: &str, _lived: Duration) -> Recover {
+        tracing::warn!(lease = lease.id, %cause, "etcd lease lost; recovering");
+        self.stale_lease = Some(lease.id);
+        let since = lease.since;
+        self.stale_keep_alive = Some(lease.keep_alive);
+        // A lease that lived a full TTL was a real session: recover at once. One lost at once
+        // (something revokes it, a proxy cuts the stream) waits its turn, so keys are not
+        // rewritten in a tight loop.
+        if since.elapsed() >= self.ttl() {
+            Recover::Now
+        } else {
+            Recover::Wait {
+                cause: self.unavailable(cause),
+                reset: false,
+            }
+        }
+    }
+
+    async fn wait_offline(
+        &mut self,
+        delay: Duration,
+        cause: &RegistryError,
+        _failed: bool,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        // Commands are answered throughout the wait; it ends early when etcd answers again
+        // after an outage (`wait_offline` only awaits a cancel-safe `recv`, so ending it early
+        // loses no command).
+        tokio::select! {
+            closed = wait_offline(&mut self.commands, &mut self.live, delay, cause) => closed,
+            answering = back_after_outage(&self.config, &mut self.outage) => {
+                tracing::info!(endpoints = ?answering, "etcd answers again; reconnecting now instead of after the backoff");
+                self.answering = Some(answering);
+                None
+            }
+        }
     }
 }

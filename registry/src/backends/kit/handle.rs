@@ -25,15 +25,6 @@ pub(crate) enum Command<K = String, V = Vec<u8>> {
     Close { done: oneshot::Sender<()> },
 }
 
-/// How serving one connection ended (etcd lease, Nacos connection).
-#[cfg_attr(not(any(feature = "etcd", feature = "nacos")), allow(dead_code))]
-pub(crate) enum Step {
-    /// The connection was lost, for this reason: connect again and restore the live set.
-    Lost(String),
-    /// A close: stop, and answer whoever waits for it.
-    Stop(Option<oneshot::Sender<()>>),
-}
-
 /// Tells whoever waits for a close that it is done.
 pub(crate) fn finish(done: Option<oneshot::Sender<()>>) {
     if let Some(done) = done {

@@ -1,6 +1,6 @@
 //! The kit the network backends (etcd, ZooKeeper, Nacos) are built from; each file one piece.
 //!
-//! Registry side: a session task owns a [`live`] set that [`handle`] commands apply to, and
+//! Registry side: a session task, run by the [`driver`], owns a [`live`] set that [`handle`] commands apply to, and
 //! every call it makes is bounded ([`call`]); [`names`] refuses names a path cannot hold.
 //! Discovery side: a [`watch`] task follows one service through a backend's `Source` and
 //! publishes to the [latest-state channel](crate::discovery::latest), the resolve [`cache`]
@@ -13,6 +13,7 @@ pub(crate) mod cache;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) mod call;
 pub(crate) mod client;
+pub(crate) mod driver;
 pub(crate) mod handle;
 pub(crate) mod live;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]

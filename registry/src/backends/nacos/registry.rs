@@ -10,6 +10,7 @@ use super::server::NacosServer;
 use super::session::{InstanceKey, Session};
 use super::wire;
 use super::wire::NacosInstance;
+use crate::backends::kit::driver::drive;
 use crate::backends::kit::handle::SessionHandle;
 use crate::info::Info;
 use crate::registry::{Health, Registry, RegistryError};
@@ -77,7 +78,7 @@ impl NacosRegistry {
         let task_config = config.clone();
         let session =
             SessionHandle::spawn("nacos", config.close_timeout, move |health, commands| {
-                Session::new(task_config, health, commands).run()
+                drive(Session::new(task_config, health, commands))
             })
             .ok_or(NacosConfigError::NoRuntime)?;
         Ok(Self {

@@ -28,15 +28,12 @@ use super::config::NacosConfig;
 use super::connection::{probe, Connection};
 use super::error::NacosError;
 use super::wire::{InstanceRequest, NacosInstance};
-use crate::backends::kit::handle::{finish, Command, Reply, Step};
+use crate::backends::kit::driver::{retry_backoff, Drive, Established, Recover, Step};
+use crate::backends::kit::handle::{Command, Reply};
 use crate::backends::kit::live::{absorb_queued, LiveSet};
 use crate::backoff::Backoff;
 use crate::info::Info;
 use crate::registry::{Health, RegistryError};
-
-/// The first retry of a pending deregistration; retries back off up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The most connections kept for the instances they may hold (see `Session::stale`).
 const MAX_STALE: usize = 4;
@@ -107,11 +104,6 @@ pub(crate) struct Session {
     outage: bool,
 }
 
-enum Established {
-    Live(Arc<Connection>),
-    Closed(Option<oneshot::Sender<()>>),
-}
-
 impl Session {
     pub(crate) fn new(
         config: NacosConfig,
@@ -139,156 +131,6 @@ impl Session {
             reason: cause.to_string(),
         }
         .into_registry()
-    }
-
-    pub(crate) async fn run(mut self) {
-        let mut backoff = self.config.backoff.clone();
-        let mut failures = 0u32;
-        loop {
-            let (cause, delay, probing) = match self.establish().await {
-                Ok(Established::Closed(done)) => return finish(done),
-                Ok(Established::Live(connection)) => {
-                    failures = 0;
-                    self.outage = false;
-                    let since = Instant::now();
-                    self.report(0);
-                    tracing::info!(
-                        server = connection.server(),
-                        instances = self.live.len(),
-                        "Nacos connection up; registrations live"
-                    );
-                    match self.serve(&connection).await {
-                        Step::Stop(done) => return finish(done),
-                        Step::Lost(cause) => {
-                            tracing::warn!(%cause, "Nacos connection lost; registering everything again on a new one");
-                            let _ = self.health.send(Health::Recovering {
-                                attempt: 0,
-                                last_error: cause.clone(),
-                            });
-                            self.keep_stale(connection);
-                            // A connection that lived through a health check was a real
-                            // session: start the backoff over. One lost at once (a server or a
-                            // proxy that drops connections as soon as they are up) waits its
-                            // turn, so the live set is not rewritten in a tight loop.
-                            if since.elapsed() >= self.config.heartbeat {
-                                backoff.reset();
-                            }
-                            (self.unavailable(&cause), backoff.next_delay(), false)
-                        }
-                    }
-                }
-                Err(err) => {
-                    failures += 1;
-                    let delay = backoff.next_delay();
-                    tracing::warn!(attempt = failures, error = %err, retry_in = ?delay, "cannot connect to Nacos");
-                    let _ = self.health.send(Health::Recovering {
-                        attempt: failures,
-                        last_error: err.to_string(),
-                    });
-                    (err.into_registry(), delay, true)
-                }
-            };
-            // After a failed connect the wait ends early once the server answers again
-            // (`wait_offline` only awaits a cancel-safe `recv`: ending it early loses nothing).
-            let config = self.config.clone();
-            let mut outage = self.outage;
-            let closed = tokio::select! {
-                closed = self.wait_offline(delay, &cause) => closed,
-                () = back_after_outage(&config, &mut outage), if probing => {
-                    tracing::info!(
-                        server = %config.grpc_addr(),
-                        "Nacos answers again; connecting now instead of after the backoff"
-                    );
-                    None
-                }
-            };
-            self.outage = outage;
-            if let Some(done) = closed {
-                // Closed while Nacos is away: the old connection is gone, and its instances
-                // with it.
-                self.live.clear();
-                return finish(done);
-            }
-        }
-    }
-
-    /// Connects, then writes the live set (pending deregistrations first), with every command
-    /// queued meanwhile applied first. A close that arrives meanwhile ends it at once: nothing
-    /// is written, and the connections close (taking their instances along).
-    async fn establish(&mut self) -> Result<Established, NacosError> {
-        let connection = match self.connect().await {
-            Ok(connection) => connection,
-            Err(err) => {
-                // As while offline: puts are written once Nacos is back, deletes go then or
-                // with the old connection.
-                for (_, waiter) in std::mem::take(&mut self.pending_puts) {
-                    let _ = waiter.send(Err(err.clone().into_registry()));
-                }
-                self.live.owner_pending();
-                return Err(err);
-            }
-        };
-        let Some(connection) = connection else {
-            return Ok(self.closed());
-        };
-        self.absorb();
-        if self.closing.is_some() {
-            return Ok(self.closed());
-        }
-        let writes = self.live.writes();
-        let results = write(&self.config, &connection, &writes).await;
-        let mut failure: Option<NacosError> = None;
-        let mut refusals = BTreeMap::new();
-        let waiting: BTreeSet<InstanceKey> =
-            self.pending_puts.iter().map(|(k, _)| k.clone()).collect();
-        let mut accepted = 0usize;
-        for ((key, value), result) in writes.iter().zip(results) {
-            match (value, result) {
-                (_, Err(err)) if err.is_fatal() => failure = Some(err),
-                (None, Ok(())) => self.live.deleted(key),
-                (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
-                (Some(_), Ok(())) => {
-                    accepted += 1;
-                    self.unwritten.remove(key);
-                }
-                (Some(value), Err(err)) => {
-                    if let Some(err) = self.put_failed(key, value, err, waiting.contains(key)) {
-                        refusals.insert(key.clone(), err);
-                    }
-                }
-            }
-        }
-        let fatal = failure;
-        let failure = fatal.clone().map(NacosError::into_registry);
-        for (key, waiter) in std::mem::take(&mut self.pending_puts) {
-            let result = match (&failure, refusals.get(&key)) {
-                (Some(err), _) | (None, Some(err)) => Err(err.clone()),
-                (None, None) => Ok(()),
-            };
-            let _ = waiter.send(result);
-        }
-        if let Some(err) = &failure {
-            self.live.deletes_failed(err);
-        }
-        match fatal {
-            Some(err) => {
-                // The instances it took are on it now: closing it would take them away until
-                // the next attempt. Kept while its stream is open.
-                if worth_keeping(accepted, connection.stream_open()) {
-                    self.keep_stale(connection);
-                }
-                Err(err)
-            }
-            None => {
-                // Every instance is on the new connection: the old one may go (and with it
-                // whatever only it held, such as instances deregistered meanwhile). While some
-                // are not, it keeps them listed.
-                if self.unwritten.is_empty() {
-                    self.stale.clear();
-                }
-                Ok(Established::Live(connection))
-            }
-        }
     }
 
     /// Connects, applying commands as they arrive meanwhile; `Ok(None)` once a close arrives
@@ -323,7 +165,7 @@ impl Session {
     /// once (see [`delete_on_stale`](Self::delete_on_stale)) and on the next one, and goes
     /// with the stale connection in any case. Returns the close request's reply once the
     /// registry is closed (or every handle is gone: `Some(None)`).
-    async fn wait_offline(
+    async fn answer_offline(
         &mut self,
         delay: Duration,
         cause: &RegistryError,
@@ -384,7 +226,7 @@ impl Session {
 
     /// Closed while (re)connecting: nothing is written; what the connections hold goes with
     /// them.
-    fn closed(&mut self) -> Established {
+    fn closed(&mut self) -> Established<Arc<Connection>> {
         let closed = || RegistryError::Backend {
             backend: "nacos",
             source: crate::registry::shared("the nacos registry was closed"),
@@ -461,8 +303,8 @@ impl Session {
 
     /// Serves commands until the connection is lost or the registry closes; retries pending
     /// deregistrations.
-    async fn serve(&mut self, connection: &Arc<Connection>) -> Step {
-        let mut retry_backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+    async fn serve_connection(&mut self, connection: &Arc<Connection>) -> Step {
+        let mut retry_backoff = retry_backoff();
         let retry = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(retry);
         let mut retrying = false;
@@ -639,6 +481,161 @@ impl Session {
             ),
         }
         self.live.clear();
+    }
+}
+
+impl Drive for Session {
+    type Key = InstanceKey;
+    type Value = NacosInstance;
+    type Conn = Arc<Connection>;
+    type Error = NacosError;
+
+    const ESTABLISH: &'static str = "connect to Nacos";
+
+    fn backoff(&self) -> Backoff {
+        self.config.backoff.clone()
+    }
+
+    fn health(&self) -> &watch::Sender<Health> {
+        &self.health
+    }
+
+    fn queue(
+        &mut self,
+    ) -> (
+        &mut mpsc::UnboundedReceiver<NacosCommand>,
+        &mut LiveSet<InstanceKey, NacosInstance>,
+    ) {
+        (&mut self.commands, &mut self.live)
+    }
+
+    /// Connects, then writes the live set (pending deregistrations first), with every command
+    /// queued meanwhile applied first. A close that arrives meanwhile ends it at once: nothing
+    /// is written, and the connections close (taking their instances along).
+    async fn establish(&mut self) -> Result<Established<Arc<Connection>>, NacosError> {
+        let connection = match self.connect().await {
+            Ok(connection) => connection,
+            Err(err) => {
+                // As while offline: puts are written once Nacos is back, deletes go then or
+                // with the old connection.
+                for (_, waiter) in std::mem::take(&mut self.pending_puts) {
+                    let _ = waiter.send(Err(err.clone().into_registry()));
+                }
+                self.live.owner_pending();
+                return Err(err);
+            }
+        };
+        let Some(connection) = connection else {
+            return Ok(self.closed());
+        };
+        self.absorb();
+        if self.closing.is_some() {
+            return Ok(self.closed());
+        }
+        let writes = self.live.writes();
+        let results = write(&self.config, &connection, &writes).await;
+        let mut failure: Option<NacosError> = None;
+        let mut refusals = BTreeMap::new();
+        let waiting: BTreeSet<InstanceKey> =
+            self.pending_puts.iter().map(|(k, _)| k.clone()).collect();
+        let mut accepted = 0usize;
+        for ((key, value), result) in writes.iter().zip(results) {
+            match (value, result) {
+                (_, Err(err)) if err.is_fatal() => failure = Some(err),
+                (None, Ok(())) => self.live.deleted(key),
+                (None, Err(err)) => self.live.delete_failed(key, &err.into_registry()),
+                (Some(_), Ok(())) => {
+                    accepted += 1;
+                    self.unwritten.remove(key);
+                }
+                (Some(value), Err(err)) => {
+                    if let Some(err) = self.put_failed(key, value, err, waiting.contains(key)) {
+                        refusals.insert(key.clone(), err);
+                    }
+                }
+            }
+        }
+        let fatal = failure;
+        let failure = fatal.clone().map(NacosError::into_registry);
+        for (key, waiter) in std::mem::take(&mut self.pending_puts) {
+            let result = match (&failure, refusals.get(&key)) {
+                (Some(err), _) | (None, Some(err)) => Err(err.clone()),
+                (None, None) => Ok(()),
+            };
+            let _ = waiter.send(result);
+        }
+        if let Some(err) = &failure {
+            self.live.deletes_failed(err);
+        }
+        match fatal {
+            Some(err) => {
+                // The instances it took are on it now: closing it would take them away until
+                // the next attempt. Kept while its stream is open.
+                if worth_keeping(accepted, connection.stream_open()) {
+                    self.keep_stale(connection);
+                }
+                Err(err)
+            }
+            None => {
+                // Every instance is on the new connection: the old one may go (and with it
+                // whatever only it held, such as instances deregistered meanwhile). While some
+                // are not, it keeps them listed.
+                if self.unwritten.is_empty() {
+                    self.stale.clear();
+                }
+                Ok(Established::Up(connection))
+            }
+        }
+    }
+
+    fn up(&mut self, connection: &Arc<Connection>) {
+        self.outage = false;
+        self.report(0);
+        tracing::info!(
+            server = connection.server(),
+            instances = self.live.len(),
+            "Nacos connection up; registrations live"
+        );
+    }
+
+    async fn serve(&mut self, connection: &mut Arc<Connection>) -> Step {
+        self.serve_connection(connection).await
+    }
+
+    fn lost(&mut self, connection: Arc<Connection>, cause: &str, lived: Duration) -> Recover {
+        tracing::warn!(%cause, "Nacos connection lost; registering everything again on a new one");
+        self.keep_stale(connection);
+        // A connection that lived through a health check was a real session: start the backoff
+        // over. One lost at once (a server or a proxy that drops connections as soon as they
+        // are up) waits its turn, so the live set is not rewritten in a tight loop.
+        Recover::Wait {
+            cause: self.unavailable(cause),
+            reset: lived >= self.config.heartbeat,
+        }
+    }
+
+    async fn wait_offline(
+        &mut self,
+        delay: Duration,
+        cause: &RegistryError,
+        failed: bool,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        // After a failed connect the wait ends early once the server answers again
+        // (`answer_offline` only awaits a cancel-safe `recv`: ending it early loses nothing).
+        let config = self.config.clone();
+        let mut outage = self.outage;
+        let closed = tokio::select! {
+            closed = self.answer_offline(delay, cause) => closed,
+            () = back_after_outage(&config, &mut outage), if failed => {
+                tracing::info!(
+                    server = %config.grpc_addr(),
+                    "Nacos answers again; connecting now instead of after the backoff"
+                );
+                None
+            }
+        };
+        self.outage = outage;
+        closed
     }
 }
 

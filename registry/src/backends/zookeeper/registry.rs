@@ -9,6 +9,7 @@ use zookeeper_client::SessionInfo;
 use super::config::{ZookeeperConfig, ZookeeperConfigError};
 use super::session::Session;
 use super::wire;
+use crate::backends::kit::driver::drive;
 use crate::backends::kit::handle::SessionHandle;
 use crate::backends::kit::names::check_service_name;
 use crate::info::Info;
@@ -81,7 +82,9 @@ impl ZookeeperRegistry {
         let session = SessionHandle::spawn(
             "zookeeper",
             config.close_timeout,
-            move |health, commands| Session::new(task_config, health, commands, task_current).run(),
+            move |health, commands| {
+                drive(Session::new(task_config, health, commands, task_current))
+            },
         )
         .ok_or(ZookeeperConfigError::NoRuntime)?;
         Ok(Self {

@@ -30,8 +30,10 @@ use super::config::ZookeeperConfig;
 use super::error::{registry_error, request, while_connected};
 use super::guard::{Guard, Seen};
 use super::sentinel::{Sentinel, Verdict};
-use crate::backends::kit::handle::{finish, Command, Reply};
-use crate::backends::kit::live::{absorb_queued, wait_offline, LiveSet};
+use crate::backends::kit::driver::{self, Drive, Established, Recover, RETRY_FIRST};
+use crate::backends::kit::handle::{Command, Reply};
+use crate::backends::kit::live::{absorb_queued, LiveSet};
+use crate::backoff::Backoff;
 use crate::registry::shared;
 use crate::registry::{Health, RegistryError};
 
@@ -133,8 +135,22 @@ pub(crate) struct Session {
     /// The sessions this process held before the current one: a node one of them left is ours
     /// to replace.
     earlier: BTreeSet<i64>,
+    /// How the next session starts.
+    next: Next,
 }
 
+/// A session being served: its client, the client's states, and whether it was resumed (our
+/// session on a new client) rather than new.
+pub(crate) struct Live {
+    client: Client,
+    states: StateWatcher,
+    resumed: bool,
+    /// Set by a close: the session is ended by then.
+    close_by: Option<Instant>,
+}
+
+/// How serving one session ended, as the session sees it (the driver hears a
+/// [`driver::Step`](crate::backends::kit::driver::Step)).
 enum Step {
     Lost(String),
     /// The server answers, but no longer knows our session: start over with this new one.
@@ -172,6 +188,7 @@ impl Session {
             fresh_parents: Vec::new(),
             held: BTreeMap::new(),
             earlier: BTreeSet::new(),
+            next: Next::Connect,
         }
     }
 
@@ -188,76 +205,8 @@ impl Session {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = info;
     }
 
-    pub(crate) async fn run(mut self) {
-        let mut backoff = self.config.backoff.clone();
-        let mut failures = 0u32;
-        let mut next = Next::Connect;
-        loop {
-            let (established, resumed) = match std::mem::replace(&mut next, Next::Connect) {
-                Next::Fresh(client) => (self.establish_on(client).await, false),
-                Next::Resume(client) => (Ok(Some(self.resume(client))), true),
-                Next::Connect => (self.establish().await, false),
-            };
-            let err = match established {
-                Ok(Some((client, states))) => {
-                    backoff.reset();
-                    failures = 0;
-                    self.set_current(Some(client.session().clone()));
-                    if resumed {
-                        tracing::info!(session = %client.session_id(), nodes = self.live.len(), "ZooKeeper still holds our session; attached to it again");
-                    } else {
-                        let _ = self.health.send(Health::Healthy);
-                        tracing::info!(session = %client.session_id(), nodes = self.live.len(), "ZooKeeper session established; registrations live");
-                    }
-                    match self.serve(&client, states, resumed).await {
-                        Step::Stop(done, deadline) => {
-                            self.end(client, deadline).await;
-                            return finish(done);
-                        }
-                        Step::Replaced(new) => {
-                            self.left(&client);
-                            tracing::warn!(session = %client.session_id(), "ZooKeeper answers but no longer holds our session (restarted without its data?); starting a new one now");
-                            next = Next::Fresh(new);
-                            self.set_current(None);
-                            continue;
-                        }
-                        Step::Reattached(new) => {
-                            next = Next::Resume(new);
-                            continue;
-                        }
-                        Step::Lost(cause) => {
-                            self.left(&client);
-                            tracing::warn!(session = %client.session_id(), %cause, "ZooKeeper session lost; starting a new one");
-                            self.set_current(None);
-                            let _ = self.health.send(Health::Recovering {
-                                attempt: 0,
-                                last_error: cause,
-                            });
-                            continue;
-                        }
-                    }
-                }
-                Ok(None) => return finish(None),
-                Err((err, None)) => err,
-                Err((_, Some(done))) => return finish(Some(done)),
-            };
-            failures += 1;
-            let delay = backoff.next_delay();
-            tracing::warn!(attempt = failures, error = %err, retry_in = ?delay, "cannot establish a ZooKeeper session");
-            let _ = self.health.send(Health::Recovering {
-                attempt: failures,
-                last_error: err.to_string(),
-            });
-            if let Some(done) = wait_offline(&mut self.commands, &mut self.live, delay, &err).await
-            {
-                // Closed while ZooKeeper is away: nothing to reach; the session expires alone.
-                self.live.clear();
-                return finish(done);
-            }
-        }
-    }
-
-    async fn establish(
+    /// Connects and starts a new session: every live node is created in it.
+    async fn connect(
         &mut self,
     ) -> Result<Option<(Client, StateWatcher)>, (RegistryError, Option<oneshot::Sender<()>>)> {
         let client = attach(&self.config, None)
@@ -638,6 +587,9 @@ impl Session {
             .iter()
             .map(|path| while_connected(client, config, limit, move || client.delete(path, None)));
         let results = futures_util::future::join_all(deletes).await;
+        // The connection went while the deletes were out (before the client noticed): as when
+        // it was known gone, they are accepted for now and made once reconnected.
+        let mut lost = None;
         for (path, result) in paths.iter().zip(results) {
             match result {
                 Ok(Ok(())) | Ok(Err(ZkError::NoNode)) => self.live.deleted(path),
@@ -647,22 +599,36 @@ impl Session {
                         ZkError::NoAuth | ZkError::NotEmpty | ZkError::BadArguments(_)
                     );
                     let err = registry_error(&self.config, err);
+                    if is_connection_error(&err) {
+                        lost = Some(err);
+                        continue;
+                    }
                     self.live.delete_failed(path, &err);
                     if refused {
                         tracing::warn!(path, error = %err, "ZooKeeper refuses to delete this node; giving up on it");
                         self.live.deleted(path);
                     }
                 }
+                Err(err) if is_connection_error(&err) => lost = Some(err),
                 Err(err) => self.live.delete_failed(path, &err),
             }
+        }
+        if let Some(err) = lost {
+            self.live.deletes_failed(&err);
         }
     }
 
     /// Serves commands and watches the session until it is lost or the registry closes.
     /// `resumed`: attached again to our session after a disconnection; what waited for the
     /// connection is written first.
-    async fn serve(&mut self, client: &Client, mut states: StateWatcher, resumed: bool) -> Step {
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
+    async fn serve_session(
+        &mut self,
+        client: &Client,
+        states: &mut StateWatcher,
+        resumed: bool,
+    ) -> Step {
+        // A steady pace, not the backoff: the session's own retries are cheap and few.
+        let mut retry = tokio::time::interval(RETRY_FIRST);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut disconnected = resumed;
         let mut guard = Guard::new(client, &self.config);
@@ -961,6 +927,96 @@ impl Session {
         tracing::info!(session = %client.session_id(), "ZooKeeper registry closed");
         // Closing the session next removes any ephemeral node left.
         deadline
+    }
+}
+
+impl Drive for Session {
+    type Key = String;
+    type Value = Vec<u8>;
+    type Conn = Live;
+    type Error = RegistryError;
+
+    const ESTABLISH: &'static str = "establish a ZooKeeper session";
+    const RESET_ON_ESTABLISH: bool = true;
+
+    fn backoff(&self) -> Backoff {
+        self.config.backoff.clone()
+    }
+
+    fn health(&self) -> &watch::Sender<Health> {
+        &self.health
+    }
+
+    fn queue(&mut self) -> (&mut mpsc::UnboundedReceiver<Command>, &mut LiveSet) {
+        (&mut self.commands, &mut self.live)
+    }
+
+    async fn establish(&mut self) -> Result<Established<Live>, RegistryError> {
+        let (established, resumed) = match std::mem::replace(&mut self.next, Next::Connect) {
+            Next::Fresh(client) => (self.establish_on(client).await, false),
+            Next::Resume(client) => (Ok(Some(self.resume(client))), true),
+            Next::Connect => (self.connect().await, false),
+        };
+        match established {
+            Ok(Some((client, states))) => Ok(Established::Up(Live {
+                client,
+                states,
+                resumed,
+                close_by: None,
+            })),
+            Ok(None) => Ok(Established::Closed(None)),
+            Err((err, None)) => Err(err),
+            Err((_, Some(done))) => Ok(Established::Closed(Some(done))),
+        }
+    }
+
+    fn up(&mut self, live: &Live) {
+        let client = &live.client;
+        self.set_current(Some(client.session().clone()));
+        if live.resumed {
+            tracing::info!(session = %client.session_id(), nodes = self.live.len(), "ZooKeeper still holds our session; attached to it again");
+        } else {
+            let _ = self.health.send(Health::Healthy);
+            tracing::info!(session = %client.session_id(), nodes = self.live.len(), "ZooKeeper session established; registrations live");
+        }
+    }
+
+    async fn serve(&mut self, live: &mut Live) -> driver::Step {
+        match self
+            .serve_session(&live.client, &mut live.states, live.resumed)
+            .await
+        {
+            Step::Stop(done, deadline) => {
+                live.close_by = Some(deadline);
+                driver::Step::Stop(done)
+            }
+            Step::Replaced(new) => {
+                self.left(&live.client);
+                tracing::warn!(session = %live.client.session_id(), "ZooKeeper answers but no longer holds our session (restarted without its data?); starting a new one now");
+                self.next = Next::Fresh(new);
+                self.set_current(None);
+                driver::Step::Again
+            }
+            Step::Reattached(new) => {
+                self.next = Next::Resume(new);
+                driver::Step::Again
+            }
+            Step::Lost(cause) => driver::Step::Lost(cause),
+        }
+    }
+
+    fn lost(&mut self, live: Live, cause: &str, _lived: Duration) -> Recover {
+        self.left(&live.client);
+        tracing::warn!(session = %live.client.session_id(), %cause, "ZooKeeper session lost; starting a new one");
+        self.set_current(None);
+        Recover::Now
+    }
+
+    async fn stopped(&mut self, live: Live) {
+        let deadline = live
+            .close_by
+            .unwrap_or_else(|| Instant::now() + self.config.close_timeout);
+        self.end(live.client, deadline).await;
     }
 }
 
