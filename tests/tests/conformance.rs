@@ -7,7 +7,10 @@
 //! `a_service_started_during_an_outage_registers_soon_after_the_server_answers`,
 //! `shutdown_while_the_server_is_down_is_quick` and `sigkilled_process_disappears` run on etcd,
 //! ZooKeeper and Nacos only, and so does `refused_update_keeps_the_last_accepted_value` (memory
-//! has no request size limit). `wrong_password_is_a_clear_error_and_the_service_keeps_serving`
+//! has no request size limit). `records_deleted_or_overwritten_by_others_are_restored` and
+//! `two_registries_advertising_one_address_do_not_fight` read the server's own records (a key's
+//! lease, a node's owner), which only etcd and ZooKeeper have: Nacos lists instances, not
+//! records of ours with a holder, so they run on etcd and ZooKeeper. `wrong_password_is_a_clear_error_and_the_service_keeps_serving`
 //! runs on each backend's configuration with credentials (`etcd_auth`, `zookeeper_auth`,
 //! `nacos_auth`).
 
@@ -55,6 +58,8 @@ conformance! {
     sigkilled_process_disappears,
     a_service_started_during_an_outage_registers_soon_after_the_server_answers,
     shutdown_while_the_server_is_down_is_quick,
+    records_deleted_or_overwritten_by_others_are_restored,
+    two_registries_advertising_one_address_do_not_fight,
 }
 
 #[cfg(feature = "etcd")]
@@ -79,6 +84,8 @@ conformance! {
     sigkilled_process_disappears,
     a_service_started_during_an_outage_registers_soon_after_the_server_answers,
     shutdown_while_the_server_is_down_is_quick,
+    records_deleted_or_overwritten_by_others_are_restored,
+    two_registries_advertising_one_address_do_not_fight,
 }
 
 #[cfg(feature = "zookeeper")]

@@ -25,6 +25,7 @@ use linked_services as _;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod foreign;
 pub mod lifecycle;
 pub mod memory;
 #[cfg(feature = "nacos")]
@@ -35,6 +36,7 @@ mod scenarios;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
+pub use self::foreign::*;
 pub use self::lifecycle::*;
 pub(crate) use self::observe::{eventually, next_change, observe, watch};
 pub use self::observe::{expected, info, seen, Seen};
@@ -58,6 +60,13 @@ pub trait Backend: Send + Sync {
     /// credentials, or with `password` instead of its password (see [`Backend::user`]).
     /// [`Harness::registry`] calls this and keeps the client, to close it at the end.
     fn connect(&self, password: Option<&str>) -> Arc<dyn Registry>;
+    /// A new registry client whose lease TTL / session timeout is `expiry` instead of
+    /// [`EXPIRY`]; `None` where the backend has no such thing (memory; Nacos, whose instances
+    /// live as long as their connection). [`Harness::registry_with_expiry`] calls this.
+    fn connect_with_expiry(&self, expiry: Duration) -> Option<Arc<dyn Registry>> {
+        let _ = expiry;
+        None
+    }
     /// A new discovery client (with the backend's credentials, if it has any).
     async fn discovery(&self) -> Arc<dyn Discovery>;
     /// Writes `bytes` where an instance `node` of `service` would be, the way a foreign writer
@@ -65,6 +74,19 @@ pub trait Backend: Send + Sync {
     /// Memory cannot hold foreign bytes: a no-op there, and the scenarios that need it are not
     /// run on memory.
     async fn put_raw(&self, service: &str, node: &str, bytes: &[u8]);
+    /// What the server holds at instance `node` of `service` (etcd's key, ZooKeeper's node),
+    /// read around our clients; `None` when there is nothing. Only etcd and ZooKeeper store
+    /// records of their own to read: the scenarios that need it run there only.
+    async fn record(&self, service: &str, node: &str) -> Option<Record> {
+        let _ = (service, node);
+        panic!("[{}] stores no record to read", self.name());
+    }
+    /// Deletes instance `node` of `service` the way a foreign writer would (see
+    /// [`Backend::record`] for where it applies).
+    async fn delete_raw(&self, service: &str, node: &str) {
+        let _ = (service, node);
+        panic!("[{}] stores no record to delete", self.name());
+    }
     /// The addresses the server holds for `service`, read around our discovery client (the
     /// etcd keys under the service's prefix, ZooKeeper's children of `/{service}`, what Nacos'
     /// open API lists), sorted.
@@ -120,6 +142,26 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// One instance's record as the server holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The stored bytes.
+    pub bytes: Vec<u8>,
+    /// What keeps it alive: etcd's lease, ZooKeeper's ephemeral owner (0: nothing).
+    pub holder: i64,
+    /// The store's version of this record (etcd's `mod_revision`, ZooKeeper's `mzxid`): it
+    /// changes with every write of the record, a delete and create included.
+    pub version: i64,
+}
+
+impl Record {
+    /// What an instance's restored record has again: its bytes and its holder (its version
+    /// moves on).
+    pub fn content(&self) -> (&[u8], i64) {
+        (&self.bytes, self.holder)
+    }
+}
+
 /// A backend's example binary with the environment that points it at the test's server.
 #[derive(Clone, Debug)]
 pub struct Example {
@@ -155,6 +197,13 @@ impl Harness {
     /// A new registry client whose password is `password`, closed by [`Harness::finish`].
     pub async fn registry_with_password(&self, password: &str) -> Arc<dyn Registry> {
         self.keep(self.backend.connect(Some(password)))
+    }
+
+    /// A new registry client whose lease TTL / session timeout is `expiry`, closed by
+    /// [`Harness::finish`]; `None` where [`Backend::connect_with_expiry`] has none.
+    pub async fn registry_with_expiry(&self, expiry: Duration) -> Option<Arc<dyn Registry>> {
+        let registry = self.backend.connect_with_expiry(expiry)?;
+        Some(self.keep(registry))
     }
 
     fn keep(&self, registry: Arc<dyn Registry>) -> Arc<dyn Registry> {
