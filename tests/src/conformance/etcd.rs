@@ -110,6 +110,24 @@ impl Backend for EtcdBackend {
         });
         sorted_addrs(nodes, &prefix)
     }
+    fn server_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.etcd.members[0].client_port))
+    }
+    fn connect_through(&self, addr: SocketAddr) -> Arc<dyn Registry> {
+        let config = EtcdConfig::new([format!("http://{addr}")]).lease_ttl(EXPIRY);
+        Arc::new(EtcdRegistry::new(config).expect("etcd registry"))
+    }
+    fn reconnections_at_most(&self) -> (Duration, usize) {
+        (Duration::from_secs(4), 8)
+    }
+    async fn writes(&self) -> Option<i64> {
+        let mut client = self.etcd.client().await;
+        let response = client.get("probe", None).await.expect("raw read from etcd");
+        Some(response.header().expect("a response header").revision())
+    }
+    fn wipe(&mut self) {
+        self.etcd.wipe();
+    }
     async fn outage(&mut self) {
         self.etcd.stop();
     }
