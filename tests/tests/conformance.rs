@@ -7,7 +7,14 @@
 //! `a_service_started_during_an_outage_registers_soon_after_the_server_answers`,
 //! `shutdown_while_the_server_is_down_is_quick` and `sigkilled_process_disappears` run on etcd,
 //! ZooKeeper and Nacos only, and so does `refused_update_keeps_the_last_accepted_value` (memory
-//! has no request size limit). `wrong_password_is_a_clear_error_and_the_service_keeps_serving`
+//! has no request size limit). `records_deleted_or_overwritten_by_others_are_restored` and
+//! `two_registries_advertising_one_address_do_not_fight` read the server's own records (a key's
+//! lease, a node's owner), which only etcd and ZooKeeper have: Nacos lists instances, not
+//! records of ours with a holder, so they run on etcd and ZooKeeper.
+//! `a_connection_lost_at_once_backs_off` and
+//! `everything_is_back_within_a_second_of_a_wiped_server_answering` put the fault proxy between
+//! registry and server and count failed attempts in the registry's health: etcd and Nacos. (On
+//! ZooKeeper, a wiped server refuses the old session; `zookeeper_faults` has that case.) `wrong_password_is_a_clear_error_and_the_service_keeps_serving`
 //! runs on each backend's configuration with credentials (`etcd_auth`, `zookeeper_auth`,
 //! `nacos_auth`).
 
@@ -55,6 +62,10 @@ conformance! {
     sigkilled_process_disappears,
     a_service_started_during_an_outage_registers_soon_after_the_server_answers,
     shutdown_while_the_server_is_down_is_quick,
+    a_connection_lost_at_once_backs_off,
+    everything_is_back_within_a_second_of_a_wiped_server_answering,
+    records_deleted_or_overwritten_by_others_are_restored,
+    two_registries_advertising_one_address_do_not_fight,
 }
 
 #[cfg(feature = "etcd")]
@@ -79,6 +90,8 @@ conformance! {
     sigkilled_process_disappears,
     a_service_started_during_an_outage_registers_soon_after_the_server_answers,
     shutdown_while_the_server_is_down_is_quick,
+    records_deleted_or_overwritten_by_others_are_restored,
+    two_registries_advertising_one_address_do_not_fight,
 }
 
 #[cfg(feature = "zookeeper")]
@@ -103,6 +116,8 @@ conformance! {
     sigkilled_process_disappears,
     a_service_started_during_an_outage_registers_soon_after_the_server_answers,
     shutdown_while_the_server_is_down_is_quick,
+    a_connection_lost_at_once_backs_off,
+    everything_is_back_within_a_second_of_a_wiped_server_answering,
 }
 
 #[cfg(feature = "nacos")]

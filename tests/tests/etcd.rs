@@ -446,45 +446,6 @@ async fn balancer_drops_a_deregistered_instance_long_before_its_lease_would_expi
     registry.close().await;
 }
 
-#[tokio::test]
-async fn deregistered_while_etcd_was_down_stays_gone_after_it_returns() {
-    let mut etcd = Etcd::start().await;
-    let registry = EtcdRegistry::new(config(&etcd).lease_ttl(Duration::from_secs(30))).unwrap();
-    let keep = Info::new("offline.svc", "127.0.0.1:7301".parse().unwrap());
-    let drop_me = Info::new("offline.svc", "127.0.0.1:7302".parse().unwrap());
-    registry.register(&keep).await.unwrap();
-    registry.register(&drop_me).await.unwrap();
-    etcd.stop();
-    // The session notices the outage; a deregistration meanwhile succeeds locally.
-    poll::until(
-        Duration::from_secs(10),
-        "the outage to be noticed",
-        || async {
-            let health = registry.health().unwrap();
-            let recovering = matches!(
-                *health.borrow(),
-                service_registry::Health::Recovering { .. }
-            );
-            recovering.then_some(())
-        },
-    )
-    .await;
-    registry.deregister(&drop_me).await.unwrap();
-    etcd.restart().await;
-    // The lease (30 s) survived the restart: the key of the deregistered instance hangs on it
-    // and must be deleted, the other must stay.
-    poll::until(
-        Duration::from_secs(5),
-        "only the kept instance to remain",
-        || async {
-            let keys = stored(&etcd, "kitex/registry-etcd/offline.svc/").await;
-            (keys.len() == 1 && keys.contains_key(&key("offline.svc", keep.addr))).then_some(())
-        },
-    )
-    .await;
-    registry.close().await;
-}
-
 /// The granted TTL of the lease that holds `key`.
 async fn lease_ttl_of(etcd: &Etcd, key: &str) -> i64 {
     let mut client = etcd.client().await;

@@ -211,54 +211,6 @@ async fn restart_without_data_recreates_nodes_within_a_second() {
     );
 }
 
-/// Defect 20: a node of ours deleted or overwritten by someone else while our session lives is
-/// restored within a second; a deregistered node stays gone.
-#[tokio::test]
-async fn nodes_deleted_or_overwritten_by_others_are_restored() {
-    let zk = ZooKeeper::start().await;
-    let registry = ZookeeperRegistry::new(config(zk.connect_string())).unwrap();
-    let ours = info("zkf.entropy", 7951);
-    let gone = info("zkf.entropy", 7952);
-    registry.register(&ours).await.unwrap();
-    registry.register(&gone).await.unwrap();
-    registry.deregister(&gone).await.unwrap();
-    let path = format!("/zkf.entropy/{}", ours.addr);
-    let raw = zk.client(None).await;
-    let (original, _) = raw.get_data(&path).await.unwrap();
-    let session = registry.session().unwrap().id().0;
-
-    raw.delete(&path, None).await.unwrap();
-    let deleted = Instant::now();
-    poll::until(
-        Duration::from_secs(1),
-        "the deleted node restored within 1 s",
-        || async {
-            let (_, stat) = raw.get_data(&path).await.ok()?;
-            (stat.ephemeral_owner == session).then_some(())
-        },
-    )
-    .await;
-    println!("deleted node restored after {:?}", deleted.elapsed());
-
-    raw.set_data(&path, b"garbage", None).await.unwrap();
-    let overwritten = Instant::now();
-    poll::until(
-        Duration::from_secs(1),
-        "the overwritten node restored within 1 s",
-        || async {
-            let (data, _) = raw.get_data(&path).await.ok()?;
-            (data == original).then_some(())
-        },
-    )
-    .await;
-    println!(
-        "overwritten node restored after {:?}",
-        overwritten.elapsed()
-    );
-    assert!(!exists(&zk, &format!("/zkf.entropy/{}", gone.addr)).await);
-    registry.close().await;
-}
-
 /// RELIABILITY.md finding 3: watching the directories of many new services for anti-entropy
 /// must not hold up the session task: one more registration right after thousands answers at
 /// once, not after one `AddWatch` round trip per directory.
@@ -579,91 +531,13 @@ async fn a_kept_data_restart_after_most_of_the_session_timeout_keeps_the_session
     );
 }
 
-/// Issue 18, defect 6: two processes advertising the same address (a VIP in
-/// `SERVICE_REGISTRY_ADVERTISE_ADDR`) must not fight over the node, and neither may silently
-/// drop the registration: the second leaves the first one's node alone (logged once) and says
-/// registered; the address stays registered as long as one of them lives, and the survivor's own
-/// node replaces the other's when it goes.
-#[tokio::test]
-async fn two_registries_advertising_the_same_address_do_not_fight() {
-    let zk = ZooKeeper::start().await;
-    let first = ZookeeperRegistry::new(config(zk.connect_string())).unwrap();
-    let second = ZookeeperRegistry::new(config(zk.connect_string())).unwrap();
-    let shared = info("zkf.vip", 7971);
-    let path = format!("/zkf.vip/{}", shared.addr);
-    first.register(&shared).await.unwrap();
-    let raw = zk.client(None).await;
-    let stat = raw.check_stat(&path).await.unwrap().expect("the node");
-    let first_session = first.session().unwrap().id().0;
-    assert_eq!(stat.ephemeral_owner, first_session);
-    second
-        .register(&shared)
-        .await
-        .expect("the second registration of the same address is accepted");
-    let second_session = second.session().unwrap().id().0;
-
-    // A fight deletes and creates the node over and over; a watch sees none of it.
-    let observed = Instant::now();
-    let mut rewrites = 0;
-    while observed.elapsed() < Duration::from_secs(2) {
-        match raw.check_stat(&path).await.unwrap() {
-            Some(now) if now.czxid == stat.czxid && now.mzxid == stat.mzxid => {}
-            other => {
-                rewrites += 1;
-                if rewrites <= 3 {
-                    println!("node changed: {other:?}");
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        rewrites, 0,
-        "the node was rewritten while both registries live"
-    );
-    for (name, registry) in [("first", &first), ("second", &second)] {
-        assert_eq!(
-            *registry.health().unwrap().borrow(),
-            Health::Healthy,
-            "{name}"
-        );
-    }
-
-    // The second deregisters: the first's node is not its to delete.
-    second.deregister(&shared).await.unwrap();
-    let now = raw.check_stat(&path).await.unwrap();
-    assert_eq!(
-        now.map(|s| (s.czxid, s.ephemeral_owner)),
-        Some((stat.czxid, first_session)),
-        "the first registry's node after the second deregistered"
-    );
-    second.register(&shared).await.unwrap();
-
-    // The first goes: the address stays registered, now by the second.
-    first.close().await;
-    let closed = Instant::now();
-    let taken = poll::until(
-        Duration::from_secs(2),
-        "the second registry's own node in place of the first's",
-        || async {
-            let stat = raw.check_stat(&path).await.ok()??;
-            (stat.ephemeral_owner == second_session).then(|| closed.elapsed())
-        },
-    )
-    .await;
-    println!("the second registry's node in place {taken:?} after the first closed");
-    assert!(taken <= Duration::from_secs(1), "took {taken:?}");
-    second.deregister(&shared).await.unwrap();
-    assert!(!exists(&zk, &path).await, "deregistered");
-    second.close().await;
-    assert_ne!(first_session, second_session);
-}
-
 /// Issue 18, defect 7: a live update the server cannot take (a tag that makes the node larger
 /// than ZooKeeper's `jute.maxbuffer`, 1 MiB by default: the server drops the connection of a
 /// client that sends it) is refused with an error naming the size; the value registered before
 /// stays registered (and is still restored if someone deletes it), and the session is not
-/// disturbed.
+/// disturbed. What every backend does with a refused update (the old value served, written
+/// again after an outage, later updates applied) is the conformance suite's
+/// `refused_update_keeps_the_last_accepted_value`; this test keeps what only ZooKeeper shows.
 #[tokio::test]
 async fn an_update_too_large_for_zookeeper_keeps_the_value_registered_before() {
     let zk = ZooKeeper::start().await;
@@ -704,11 +578,5 @@ async fn an_update_too_large_for_zookeeper_keeps_the_value_registered_before() {
     )
     .await;
     assert_eq!(back, accepted);
-    // Later updates that fit still apply.
-    let mut fits = ours.clone();
-    fits.tags.insert("idc".into(), "sh".into());
-    registry.register(&fits).await.unwrap();
-    let (now, _) = raw.get_data(&path).await.unwrap();
-    assert_ne!(now, accepted);
     registry.close().await;
 }

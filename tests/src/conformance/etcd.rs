@@ -10,7 +10,7 @@ use service_registry::etcd::{EtcdConfig, EtcdDiscovery, EtcdRegistry, DEFAULT_PR
 use service_registry::{Discovery, Registry, RegistryError};
 
 use super::{
-    check_unauthenticated, quick_backoff, sorted_addrs, Backend, Example, Harness, EXPIRY,
+    check_unauthenticated, quick_backoff, sorted_addrs, Backend, Example, Harness, Record, EXPIRY,
 };
 use crate::fixtures::etcd::Etcd;
 use crate::poll;
@@ -62,6 +62,10 @@ impl Backend for EtcdBackend {
     fn connect(&self, password: Option<&str>) -> Arc<dyn Registry> {
         Arc::new(EtcdRegistry::new(self.config(password)).expect("etcd registry"))
     }
+    fn connect_with_expiry(&self, expiry: Duration) -> Option<Arc<dyn Registry>> {
+        let config = self.config(None).lease_ttl(expiry);
+        Some(Arc::new(EtcdRegistry::new(config).expect("etcd registry")))
+    }
     async fn discovery(&self) -> Arc<dyn Discovery> {
         Arc::new(EtcdDiscovery::new(self.config(None)))
     }
@@ -71,6 +75,25 @@ impl Backend for EtcdBackend {
             .put(format!("{DEFAULT_PREFIX}/{service}/{node}"), bytes, None)
             .await
             .expect("raw put into etcd");
+    }
+    async fn record(&self, service: &str, node: &str) -> Option<Record> {
+        let mut client = self.etcd.client().await;
+        let response = client
+            .get(format!("{DEFAULT_PREFIX}/{service}/{node}"), None)
+            .await
+            .expect("raw read from etcd");
+        response.kvs().first().map(|kv| Record {
+            bytes: kv.value().to_vec(),
+            holder: kv.lease(),
+            version: kv.mod_revision(),
+        })
+    }
+    async fn delete_raw(&self, service: &str, node: &str) {
+        let mut client = self.etcd.client().await;
+        client
+            .delete(format!("{DEFAULT_PREFIX}/{service}/{node}"), None)
+            .await
+            .expect("raw delete from etcd");
     }
     async fn stored(&self, service: &str) -> Vec<SocketAddr> {
         let prefix = format!("{DEFAULT_PREFIX}/{service}/");
@@ -86,6 +109,24 @@ impl Backend for EtcdBackend {
             key[prefix.len()..].to_string()
         });
         sorted_addrs(nodes, &prefix)
+    }
+    fn server_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.etcd.members[0].client_port))
+    }
+    fn connect_through(&self, addr: SocketAddr) -> Arc<dyn Registry> {
+        let config = EtcdConfig::new([format!("http://{addr}")]).lease_ttl(EXPIRY);
+        Arc::new(EtcdRegistry::new(config).expect("etcd registry"))
+    }
+    fn reconnections_at_most(&self) -> (Duration, usize) {
+        (Duration::from_secs(4), 8)
+    }
+    async fn writes(&self) -> Option<i64> {
+        let mut client = self.etcd.client().await;
+        let response = client.get("probe", None).await.expect("raw read from etcd");
+        Some(response.header().expect("a response header").revision())
+    }
+    fn wipe(&mut self) {
+        self.etcd.wipe();
     }
     async fn outage(&mut self) {
         self.etcd.stop();

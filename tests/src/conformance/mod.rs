@@ -25,19 +25,23 @@ use linked_services as _;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod foreign;
 pub mod lifecycle;
 pub mod memory;
 #[cfg(feature = "nacos")]
 pub mod nacos;
 mod observe;
+mod reconnect;
 mod refuses;
 mod scenarios;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
+pub use self::foreign::*;
 pub use self::lifecycle::*;
 pub(crate) use self::observe::{eventually, next_change, observe, watch};
 pub use self::observe::{expected, info, seen, Seen};
+pub use self::reconnect::*;
 pub use self::refuses::RefusesNext;
 pub use self::scenarios::*;
 
@@ -58,6 +62,13 @@ pub trait Backend: Send + Sync {
     /// credentials, or with `password` instead of its password (see [`Backend::user`]).
     /// [`Harness::registry`] calls this and keeps the client, to close it at the end.
     fn connect(&self, password: Option<&str>) -> Arc<dyn Registry>;
+    /// A new registry client whose lease TTL / session timeout is `expiry` instead of
+    /// [`EXPIRY`]; `None` where the backend has no such thing (memory; Nacos, whose instances
+    /// live as long as their connection). [`Harness::registry_with_expiry`] calls this.
+    fn connect_with_expiry(&self, expiry: Duration) -> Option<Arc<dyn Registry>> {
+        let _ = expiry;
+        None
+    }
     /// A new discovery client (with the backend's credentials, if it has any).
     async fn discovery(&self) -> Arc<dyn Discovery>;
     /// Writes `bytes` where an instance `node` of `service` would be, the way a foreign writer
@@ -65,10 +76,52 @@ pub trait Backend: Send + Sync {
     /// Memory cannot hold foreign bytes: a no-op there, and the scenarios that need it are not
     /// run on memory.
     async fn put_raw(&self, service: &str, node: &str, bytes: &[u8]);
+    /// What the server holds at instance `node` of `service` (etcd's key, ZooKeeper's node),
+    /// read around our clients; `None` when there is nothing. Only etcd and ZooKeeper store
+    /// records of their own to read: the scenarios that need it run there only.
+    async fn record(&self, service: &str, node: &str) -> Option<Record> {
+        let _ = (service, node);
+        panic!("[{}] stores no record to read", self.name());
+    }
+    /// Deletes instance `node` of `service` the way a foreign writer would (see
+    /// [`Backend::record`] for where it applies).
+    async fn delete_raw(&self, service: &str, node: &str) {
+        let _ = (service, node);
+        panic!("[{}] stores no record to delete", self.name());
+    }
     /// The addresses the server holds for `service`, read around our discovery client (the
     /// etcd keys under the service's prefix, ZooKeeper's children of `/{service}`, what Nacos'
     /// open API lists), sorted.
     async fn stored(&self, service: &str) -> Vec<SocketAddr>;
+    /// The address registries reach the server at (etcd's client port, Nacos' gRPC port), for
+    /// a [`FaultProxy`](crate::proxy::FaultProxy) to stand in front of. Only etcd and Nacos
+    /// run the proxied scenarios.
+    fn server_addr(&self) -> SocketAddr {
+        panic!("[{}] runs no proxied scenario", self.name());
+    }
+    /// A registry that reaches the server at `addr` (a proxy in front of
+    /// [`Backend::server_addr`]) with the backend's default backoff (100 ms doubling to 2 s);
+    /// etcd's lease TTL is [`EXPIRY`], Nacos checks its connection every second. Closed by
+    /// [`Harness::finish`] when made by [`Harness::registry_through`].
+    fn connect_through(&self, addr: SocketAddr) -> Arc<dyn Registry> {
+        let _ = addr;
+        panic!("[{}] runs no proxied scenario", self.name());
+    }
+    /// How a registry whose connection is cut 300 ms after it opens may rebuild it at the most:
+    /// over how long, how many times (etcd: 8 in 4 s; Nacos, which opens a connection in two
+    /// steps: 10 in 8 s). Backing off from 100 ms doubling allows about half of that.
+    fn reconnections_at_most(&self) -> (Duration, usize) {
+        panic!("[{}] runs no proxied scenario", self.name());
+    }
+    /// How many writes the store has taken so far (etcd's revision), where it counts them.
+    async fn writes(&self) -> Option<i64> {
+        None
+    }
+    /// Deletes the stopped server's data (r-nacos keeps ephemeral instances in memory only: a
+    /// restart loses them anyway). Between [`Backend::outage`] and [`Backend::recover`].
+    fn wipe(&mut self) {
+        panic!("[{}] has no data to wipe", self.name());
+    }
     /// Stops the server, keeping its data. Not applicable to memory.
     async fn outage(&mut self);
     /// Starts the server again on the same address and data, and waits until it answers.
@@ -120,6 +173,26 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// One instance's record as the server holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The stored bytes.
+    pub bytes: Vec<u8>,
+    /// What keeps it alive: etcd's lease, ZooKeeper's ephemeral owner (0: nothing).
+    pub holder: i64,
+    /// The store's version of this record (etcd's `mod_revision`, ZooKeeper's `mzxid`): it
+    /// changes with every write of the record, a delete and create included.
+    pub version: i64,
+}
+
+impl Record {
+    /// What an instance's restored record has again: its bytes and its holder (its version
+    /// moves on).
+    pub fn content(&self) -> (&[u8], i64) {
+        (&self.bytes, self.holder)
+    }
+}
+
 /// A backend's example binary with the environment that points it at the test's server.
 #[derive(Clone, Debug)]
 pub struct Example {
@@ -155,6 +228,19 @@ impl Harness {
     /// A new registry client whose password is `password`, closed by [`Harness::finish`].
     pub async fn registry_with_password(&self, password: &str) -> Arc<dyn Registry> {
         self.keep(self.backend.connect(Some(password)))
+    }
+
+    /// A new registry client whose lease TTL / session timeout is `expiry`, closed by
+    /// [`Harness::finish`]; `None` where [`Backend::connect_with_expiry`] has none.
+    pub async fn registry_with_expiry(&self, expiry: Duration) -> Option<Arc<dyn Registry>> {
+        let registry = self.backend.connect_with_expiry(expiry)?;
+        Some(self.keep(registry))
+    }
+
+    /// A registry reaching the server at `addr` (see [`Backend::connect_through`]), closed by
+    /// [`Harness::finish`].
+    pub async fn registry_through(&self, addr: SocketAddr) -> Arc<dyn Registry> {
+        self.keep(self.backend.connect_through(addr))
     }
 
     fn keep(&self, registry: Arc<dyn Registry>) -> Arc<dyn Registry> {

@@ -103,6 +103,21 @@ impl Backend for NacosBackend {
         });
         sorted_addrs(nodes, &format!("the open API's list of {service}"))
     }
+    fn server_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.nacos.grpc_port))
+    }
+    fn connect_through(&self, addr: SocketAddr) -> Arc<dyn Registry> {
+        let config = NacosConfig::new("127.0.0.1", self.nacos.http_port)
+            .grpc_port(addr.port())
+            .heartbeat(Duration::from_secs(1));
+        Arc::new(NacosRegistry::new(config).expect("nacos registry"))
+    }
+    fn reconnections_at_most(&self) -> (Duration, usize) {
+        (Duration::from_secs(8), 10)
+    }
+    fn wipe(&mut self) {
+        self.nacos.wipe();
+    }
     async fn outage(&mut self) {
         self.nacos.stop();
     }

@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use service_registry::{Backoff, Change, Info, InfoOverride, Registrar, ServiceStatus};
+use service_registry::{Backoff, Change, Health, Info, InfoOverride, Registrar, ServiceStatus};
 
 use super::observe::{
     addrs, deregister, expected, info, lists, register, resolve, seen, stays, watch_until,
 };
 use super::{eventually, next_change, watch, Harness, RefusesNext, CHANGE, EXPIRY, RECOVERY};
+
+/// The lease TTL / session timeout of a registry that outlives an outage.
+const LASTING: Duration = Duration::from_secs(30);
 
 /// Register → resolve shows exactly it: address, weight and tags; other services stay empty.
 pub async fn register_then_resolve(backend: &mut Harness) {
@@ -282,22 +285,31 @@ pub async fn outage_and_recovery(backend: &mut Harness) {
 }
 
 /// A deregistration made while the server is down stays gone once it is back (the instance
-/// registered beside it stays). Not run on memory.
+/// registered beside it stays): `a`, whose lease / session expires during the outage, and, where
+/// the backend has leases or sessions to configure (etcd, ZooKeeper), `c` of a registry whose
+/// 30 s lease / session outlives the outage, deregistered once that registry has noticed it:
+/// the server still holds `c` on a live lease / session, so the backend itself must delete it.
+/// Not run on memory.
 pub async fn deregistration_during_outage_stays_gone(backend: &mut Harness) {
     let name = backend.name();
     let service = "conf.outage-deregister";
     let registry = backend.registry().await;
+    let lasting = backend.registry_with_expiry(LASTING).await;
     let discovery = backend.discovery().await;
     let a = info(service, 7001, 10, &[]);
     let b = info(service, 7002, 10, &[]);
+    let c = info(service, 7003, 10, &[]);
     register(name, &*registry, &a).await;
     register(name, &*registry, &b).await;
-    assert_eq!(
-        resolve(name, &*discovery, service).await,
-        expected(&[&a, &b])
-    );
+    let mut before = vec![&a, &b];
+    if let Some(lasting) = &lasting {
+        register(name, &**lasting, &c).await;
+        before.push(&c);
+    }
+    assert_eq!(resolve(name, &*discovery, service).await, expected(&before));
 
     backend.outage().await;
+    let held = Instant::now() + EXPIRY + Duration::from_secs(2); // past the TTL
     let deregistration = tokio::spawn({
         let (registry, a) = (registry.clone(), a.clone());
         async move {
@@ -306,7 +318,24 @@ pub async fn deregistration_during_outage_stays_gone(backend: &mut Harness) {
             (result.map_err(|err| err.to_string()), started.elapsed())
         }
     });
-    tokio::time::sleep(EXPIRY + Duration::from_secs(2)).await; // hold the outage past the TTL
+    if let Some(lasting) = &lasting {
+        let mut health = lasting
+            .health()
+            .unwrap_or_else(|| panic!("[{name}] reports no health"));
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            health.wait_for(|h| matches!(h, Health::Recovering { .. })),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("[{name}] the {LASTING:?} registry did not notice the outage"))
+        .expect("health");
+        // Accepted while the server is down, as `a`'s is.
+        tokio::time::timeout(Duration::from_secs(5), lasting.deregister(&c))
+            .await
+            .unwrap_or_else(|_| panic!("[{name}] deregistering c waited for the server"))
+            .unwrap_or_else(|err| panic!("[{name}] deregister c during the outage: {err}"));
+    }
+    tokio::time::sleep_until(held.into()).await; // hold the outage past the TTL
     backend.recover().await;
     let answered = Instant::now();
 
@@ -355,7 +384,7 @@ pub async fn deregistration_during_outage_stays_gone(backend: &mut Harness) {
         [&*discovery, &*fresh],
         service,
         &want,
-        &[a.addr],
+        &[a.addr, c.addr],
         answered,
         answered + EXPIRY + Duration::from_secs(2),
         false,

@@ -10,7 +10,7 @@ use service_registry::zookeeper::{ZookeeperConfig, ZookeeperDiscovery, Zookeeper
 use service_registry::{Discovery, Registry, RegistryError};
 use zookeeper_client::{Acls, CreateMode};
 
-use super::{quick_backoff, sorted_addrs, Backend, Example, Harness, EXPIRY};
+use super::{quick_backoff, sorted_addrs, Backend, Example, Harness, Record, EXPIRY};
 use crate::fixtures::zookeeper::ZooKeeper;
 
 /// The user and password of [`Harness::zookeeper_with_user`].
@@ -20,6 +20,9 @@ const CREDENTIALS: (&str, &str) = ("alice", "right");
 pub struct ZookeeperBackend {
     pub zk: ZooKeeper,
     user: bool,
+    /// One raw session for [`Backend::record`] and [`Backend::delete_raw`], which scenarios
+    /// poll (a session per poll would pile up sessions); dropped at an outage.
+    raw: tokio::sync::Mutex<Option<zookeeper_client::Client>>,
 }
 
 impl Harness {
@@ -28,6 +31,7 @@ impl Harness {
         Self::new(ZookeeperBackend {
             zk: ZooKeeper::start().await,
             user: false,
+            raw: Default::default(),
         })
     }
 
@@ -37,11 +41,32 @@ impl Harness {
         Self::new(ZookeeperBackend {
             zk: ZooKeeper::start().await,
             user: true,
+            raw: Default::default(),
         })
     }
 }
 
 impl ZookeeperBackend {
+    /// The raw session of [`ZookeeperBackend::raw`], opened on first use.
+    async fn raw(&self) -> zookeeper_client::Client {
+        let mut raw = self.raw.lock().await;
+        if raw.is_none() {
+            *raw = Some(self.zk.client(None).await);
+        }
+        raw.clone().expect("opened above")
+    }
+
+    /// A registry's configuration: [`ZookeeperBackend::config`], as `alice` (with `password`
+    /// instead of hers) when the backend has a user.
+    fn registry_config(&self, password: Option<&str>) -> ZookeeperConfig {
+        match self.user {
+            true => self
+                .config()
+                .user(CREDENTIALS.0, password.unwrap_or(CREDENTIALS.1)),
+            false => self.config(),
+        }
+    }
+
     /// The configuration every client here uses.
     pub fn config(&self) -> ZookeeperConfig {
         ZookeeperConfig::new(self.zk.connect_string())
@@ -56,13 +81,15 @@ impl Backend for ZookeeperBackend {
         "zookeeper"
     }
     fn connect(&self, password: Option<&str>) -> Arc<dyn Registry> {
-        let config = match self.user {
-            true => self
-                .config()
-                .user(CREDENTIALS.0, password.unwrap_or(CREDENTIALS.1)),
-            false => self.config(),
-        };
-        Arc::new(ZookeeperRegistry::new(config).expect("zookeeper registry"))
+        Arc::new(
+            ZookeeperRegistry::new(self.registry_config(password)).expect("zookeeper registry"),
+        )
+    }
+    fn connect_with_expiry(&self, expiry: Duration) -> Option<Arc<dyn Registry>> {
+        let config = self.registry_config(None).session_timeout(expiry);
+        Some(Arc::new(
+            ZookeeperRegistry::new(config).expect("zookeeper registry"),
+        ))
     }
     async fn discovery(&self) -> Arc<dyn Discovery> {
         Arc::new(ZookeeperDiscovery::new(self.config()))
@@ -86,6 +113,25 @@ impl Backend for ZookeeperBackend {
             Err(err) => panic!("create {path}: {err}"),
         }
     }
+    async fn record(&self, service: &str, node: &str) -> Option<Record> {
+        let client = self.raw().await;
+        match client.get_data(&format!("/{service}/{node}")).await {
+            Ok((bytes, stat)) => Some(Record {
+                bytes,
+                holder: stat.ephemeral_owner,
+                version: stat.mzxid,
+            }),
+            Err(zookeeper_client::Error::NoNode) => None,
+            Err(err) => panic!("read /{service}/{node}: {err}"),
+        }
+    }
+    async fn delete_raw(&self, service: &str, node: &str) {
+        let client = self.raw().await;
+        client
+            .delete(&format!("/{service}/{node}"), None)
+            .await
+            .unwrap_or_else(|err| panic!("delete /{service}/{node}: {err}"));
+    }
     async fn stored(&self, service: &str) -> Vec<SocketAddr> {
         let client = self.zk.client(None).await;
         let children = match client.list_children(&format!("/{service}")).await {
@@ -96,6 +142,7 @@ impl Backend for ZookeeperBackend {
         sorted_addrs(children, &format!("/{service}"))
     }
     async fn outage(&mut self) {
+        *self.raw.get_mut() = None;
         self.zk.stop();
     }
     async fn recover(&mut self) {
