@@ -11,10 +11,12 @@
 //! `two_registries_advertising_one_address_do_not_fight` read the server's own records (a key's
 //! lease, a node's owner), which only etcd and ZooKeeper have: Nacos lists instances, not
 //! records of ours with a holder, so they run on etcd and ZooKeeper.
-//! `a_connection_lost_at_once_backs_off` and
-//! `everything_is_back_within_a_second_of_a_wiped_server_answering` put the fault proxy between
-//! registry and server and count failed attempts in the registry's health: etcd and Nacos. (On
-//! ZooKeeper, a wiped server refuses the old session; `zookeeper_faults` has that case.) `wrong_password_is_a_clear_error_and_the_service_keeps_serving`
+//! `a_connection_lost_at_once_backs_off` puts the fault proxy between registry and server and
+//! counts the registry's new connections: etcd and Nacos (a ZooKeeper session outlives its
+//! connections). `everything_is_back_within_a_second_of_a_wiped_server_answering` restarts the
+//! server without its data behind the fault proxy: etcd, ZooKeeper and Nacos (memory has no
+//! server to restart; its adapter's `Backend::wipe` says so).
+//! `wrong_password_is_a_clear_error_and_the_service_keeps_serving`
 //! runs on each backend's configuration with credentials (`etcd_auth`, `zookeeper_auth`,
 //! `nacos_auth`).
 
@@ -90,6 +92,7 @@ conformance! {
     sigkilled_process_disappears,
     a_service_started_during_an_outage_registers_soon_after_the_server_answers,
     shutdown_while_the_server_is_down_is_quick,
+    everything_is_back_within_a_second_of_a_wiped_server_answering,
     records_deleted_or_overwritten_by_others_are_restored,
     two_registries_advertising_one_address_do_not_fight,
 }

@@ -42,6 +42,9 @@ impl Backend for MemoryBackend {
         addrs.sort();
         addrs
     }
+    fn wipe(&mut self) {
+        panic!("memory has no server to restart without its data: wiped-restart scenarios do not apply to it");
+    }
     async fn outage(&mut self) {
         panic!("memory has no server to take away: outage scenarios do not apply to it");
     }

@@ -94,8 +94,8 @@ pub trait Backend: Send + Sync {
     /// open API lists), sorted.
     async fn stored(&self, service: &str) -> Vec<SocketAddr>;
     /// The address registries reach the server at (etcd's client port, Nacos' gRPC port), for
-    /// a [`FaultProxy`](crate::proxy::FaultProxy) to stand in front of. Only etcd and Nacos
-    /// run the proxied scenarios.
+    /// a [`FaultProxy`](crate::proxy::FaultProxy) to stand in front of. etcd, ZooKeeper and
+    /// Nacos run the proxied scenarios.
     fn server_addr(&self) -> SocketAddr {
         panic!("[{}] runs no proxied scenario", self.name());
     }
@@ -113,12 +113,31 @@ pub trait Backend: Send + Sync {
     fn reconnections_at_most(&self) -> (Duration, usize) {
         panic!("[{}] runs no proxied scenario", self.name());
     }
+    /// Whether the registry's health counts its failed attempts to reach the server while it
+    /// is away (etcd, Nacos: each attempt backs off further). ZooKeeper's does not: its client
+    /// reconnects within the session and a sentinel probes every 200 ms.
+    fn counts_failed_attempts(&self) -> bool {
+        true
+    }
+    /// How many times [`everything_is_back_within_a_second_of_a_wiped_server_answering`] wipes
+    /// and restarts the server (each round a new registry).
+    fn wiped_restarts(&self) -> usize {
+        1
+    }
+    /// How soon after a wiped server answers every instance of that scenario (5, and a batch
+    /// of 100 services registered just before the outage) must be back; the first one must be
+    /// back within 1 s everywhere.
+    fn back_after_wipe_within(&self) -> Duration {
+        Duration::from_secs(1)
+    }
     /// How many writes the store has taken so far (etcd's revision), where it counts them.
     async fn writes(&self) -> Option<i64> {
         None
     }
     /// Deletes the stopped server's data (r-nacos keeps ephemeral instances in memory only: a
-    /// restart loses them anyway). Between [`Backend::outage`] and [`Backend::recover`].
+    /// restart loses them anyway). Between [`Backend::outage`] and [`Backend::recover`]. Memory
+    /// has no server and no data apart from its registries: it overrides this with a panic, and
+    /// the scenarios that wipe are not run on it.
     fn wipe(&mut self) {
         panic!("[{}] has no data to wipe", self.name());
     }
