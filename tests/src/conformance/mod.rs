@@ -294,6 +294,10 @@ impl DerefMut for Harness {
 
 /// `names` (each `ip:port`, as a backend stores it) as sorted addresses; panics on a name that is
 /// none, naming `place` (where the name was found).
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "zookeeper", feature = "nacos")),
+    allow(dead_code)
+)]
 fn sorted_addrs(names: impl IntoIterator<Item = String>, place: &str) -> Vec<SocketAddr> {
     let mut addrs: Vec<SocketAddr> = names
         .into_iter()
@@ -308,6 +312,7 @@ fn sorted_addrs(names: impl IntoIterator<Item = String>, place: &str) -> Vec<Soc
 
 /// [`Backend::check_wrong_password`] of a backend that checks passwords: `text` says `says` and
 /// names `server`; `error` is [`RegistryError::Unauthenticated`] for `user`.
+#[cfg_attr(not(any(feature = "etcd", feature = "nacos")), allow(dead_code))]
 fn check_unauthenticated(
     name: &str,
     (text, error): (&str, Option<&RegistryError>),
@@ -329,6 +334,10 @@ fn check_unauthenticated(
 }
 
 /// The configuration's backoff in every adapter: quick, so that scenarios do not wait on it.
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "zookeeper", feature = "nacos")),
+    allow(dead_code)
+)]
 fn quick_backoff() -> service_registry::Backoff {
     service_registry::Backoff::new(Duration::from_millis(50), Duration::from_millis(500))
 }
