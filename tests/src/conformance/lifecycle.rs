@@ -9,7 +9,9 @@ use futures_util::StreamExt;
 use service_registry::{Backoff, Health, ServiceStatus};
 use tokio::net::TcpListener;
 
-use super::observe::{addrs, deregister, expected, info, lists, register, resolve, seen};
+use super::observe::{
+    addrs, deregister, expected, health_until, info, lists, register, resolve, seen,
+};
 use super::{next_change, watch, Harness, CHANGE};
 use crate::child::spawn_example;
 use crate::running::Running;
@@ -274,13 +276,11 @@ pub async fn shutdown_while_the_server_is_down_is_quick(backend: &mut Harness) {
     let mut health = registry
         .health()
         .unwrap_or_else(|| panic!("[{name}] reports no health"));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        health.wait_for(|h| *h != Health::Healthy),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("[{name}] the outage is not noticed within 10 s"))
-    .expect("health");
+    let what = format!("[{name}] the outage is not noticed");
+    health_until(&mut health, Duration::from_secs(10), &what, |h| {
+        *h != Health::Healthy
+    })
+    .await;
     let started = Instant::now();
     running.stop().await;
     registry.close().await;

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use service_registry::{Change, Discovery, Info, Instances, Registry, WatchStream};
+use service_registry::{Change, Discovery, Health, Info, Instances, Registry, WatchStream};
+use tokio::sync::watch;
 
 use super::CHANGE;
 
@@ -239,4 +240,19 @@ pub(super) async fn stays(
     } else if !errors.is_empty() {
         println!("[{name}] resolve errors after the outage: {errors:?}");
     }
+}
+
+/// Waits until a registry's health passes `pred` (its value then), or panics with `what`
+/// after `within`.
+pub(super) async fn health_until(
+    health: &mut watch::Receiver<Health>,
+    within: Duration,
+    what: &str,
+    pred: impl FnMut(&Health) -> bool,
+) -> Health {
+    tokio::time::timeout(within, health.wait_for(pred))
+        .await
+        .unwrap_or_else(|_| panic!("{what} within {within:?}"))
+        .expect("health")
+        .clone()
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use service_registry::{Health, Info};
 
-use super::observe::{info, register};
+use super::observe::{health_until, info, register};
 use super::Harness;
 use crate::poll;
 use crate::proxy::{Fault, FaultProxy};
@@ -169,21 +169,17 @@ async fn wiped_restart(
     let counts = backend.counts_failed_attempts();
     if counts {
         // Six failed attempts: by now the backoff is at its 2 s cap (every wait 1-2 s).
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            health.wait_for(|h| attempt(h) >= 6),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("[{name}] not six failed attempts within 20 s"))
-        .expect("health");
+        let what = format!("[{name}] not six failed attempts");
+        health_until(&mut health, Duration::from_secs(20), &what, |h| {
+            attempt(h) >= 6
+        })
+        .await;
     } else {
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            health.wait_for(|h| *h != Health::Healthy),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("[{name}] the outage not reported within 20 s"))
-        .expect("health");
+        let what = format!("[{name}] the outage not reported");
+        health_until(&mut health, Duration::from_secs(20), &what, |h| {
+            *h != Health::Healthy
+        })
+        .await;
     }
     backend.recover().await;
     assert_eq!(
@@ -195,14 +191,13 @@ async fn wiped_restart(
     if counts {
         // Right after a failed attempt the backoff alone would wait 1-2 s before the next one.
         let seen = attempt(&health.borrow_and_update());
-        failed = tokio::time::timeout(
-            Duration::from_secs(10),
-            health.wait_for(|h| attempt(h) > seen),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("[{name}] no other failed attempt within 10 s"))
-        .map(|h| attempt(&h))
-        .expect("health");
+        let what = format!("[{name}] no other failed attempt");
+        failed = attempt(
+            &health_until(&mut health, Duration::from_secs(10), &what, |h| {
+                attempt(h) > seen
+            })
+            .await,
+        );
     }
     let outage = stopped.elapsed();
     proxy.set(Fault::Pass);
@@ -240,13 +235,11 @@ async fn wiped_restart(
         )
         .await;
     }
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        health.wait_for(|h| *h == Health::Healthy),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("[{name}] not healthy within 10 s of everything being back"))
-    .expect("health");
+    let what = format!("[{name}] not healthy after everything was back");
+    health_until(&mut health, Duration::from_secs(10), &what, |h| {
+        *h == Health::Healthy
+    })
+    .await;
     registry.close().await;
     (first, all)
 }

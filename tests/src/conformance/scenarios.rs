@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use service_registry::{Backoff, Change, Health, Info, InfoOverride, Registrar, ServiceStatus};
 
 use super::observe::{
-    addrs, deregister, expected, info, lists, register, resolve, seen, stays, watch_until,
+    addrs, deregister, expected, health_until, info, lists, register, resolve, seen, stays,
+    watch_until,
 };
 use super::{eventually, next_change, watch, Harness, RefusesNext, CHANGE, EXPIRY, RECOVERY};
 
@@ -322,13 +323,11 @@ pub async fn deregistration_during_outage_stays_gone(backend: &mut Harness) {
         let mut health = lasting
             .health()
             .unwrap_or_else(|| panic!("[{name}] reports no health"));
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            health.wait_for(|h| matches!(h, Health::Recovering { .. })),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("[{name}] the {LASTING:?} registry did not notice the outage"))
-        .expect("health");
+        let what = format!("[{name}] the {LASTING:?} registry did not notice the outage");
+        health_until(&mut health, Duration::from_secs(10), &what, |h| {
+            matches!(h, Health::Recovering { .. })
+        })
+        .await;
         // Accepted while the server is down, as `a`'s is.
         tokio::time::timeout(Duration::from_secs(5), lasting.deregister(&c))
             .await
