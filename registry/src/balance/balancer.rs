@@ -159,8 +159,8 @@ impl Inner {
     /// Rebuilds the snapshot when its `refresh_at` has passed.
     #[inline]
     fn refresh_if_due(&self, snapshot: &Arc<Snapshot>) {
-        if let Some(at) = snapshot.refresh_at {
-            if Instant::now() >= at {
+        if let Some(due) = snapshot.refresh_at {
+            if due.passed() {
                 self.refresh(snapshot);
             }
         }
@@ -174,7 +174,7 @@ impl Inner {
         let _rebuilding = self.lock();
         let now = Instant::now();
         let mut current = self.snapshot.load_full();
-        if current.refresh_at.is_some_and(|at| now >= at) {
+        if current.refresh_at.is_some_and(|due| now >= due.at()) {
             // Ejections that are over must not count against the cap.
             let settled = self
                 .config
@@ -848,7 +848,7 @@ impl Balancer {
             if due {
                 // Capped: skip the lock until an ejection ends.
                 let capped = snapshot.ejected >= outliers.cap(snapshot.instances.len())
-                    && snapshot.refresh_at.is_none_or(|at| Instant::now() < at);
+                    && snapshot.refresh_at.is_none_or(|due| !due.passed());
                 if !capped {
                     self.inner.eject(addr);
                 }

@@ -11,6 +11,7 @@
 
 mod balancer;
 mod consistent_hash;
+mod due;
 mod filter;
 mod lane;
 mod least_request;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::due::Due;
 use super::filter::TagFilter;
 use super::lane::{LaneFallback, Lanes};
 use super::locality::Locality;
@@ -58,7 +59,7 @@ pub(crate) struct Snapshot {
     pub(crate) ejected: usize,
     /// When this view stops being right: the next warm-up step or the end of the first
     /// ejection to end, whichever is sooner.
-    pub(crate) refresh_at: Option<Instant>,
+    pub(crate) refresh_at: Option<Due>,
     /// Set by the one pick that rebuilds it.
     pub(crate) refreshing: AtomicBool,
     /// Least request only (empty otherwise): the calls in flight to each instance (same
@@ -164,7 +165,8 @@ impl Config {
         let refresh_at = match (warmup.map(|after| now + after), ejection_ends) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
+        }
+        .map(|at| Due::new(at, now));
         Snapshot {
             in_flight,
             instances,
