@@ -230,13 +230,20 @@ pub(crate) fn spill(healths: &[f64], factor: f64) -> (Vec<f64>, bool) {
 /// The priority level of an instance with tag value `value` (none: 0; not a number: after
 /// every level).
 pub(crate) fn level(value: Option<&String>) -> u64 {
-    match value {
-        None => 0,
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .map_or(u64::from(u32::MAX) + 1, u64::from),
+    let Some(v) = value else {
+        return 0;
+    };
+    // Read once per instance per rebuild: a short run of ASCII digits (every real tag) is
+    // summed by hand, without the Unicode trim and the checked parse.
+    let bytes = v.as_bytes();
+    if (1..=9).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_digit) {
+        return bytes
+            .iter()
+            .fold(0, |level, digit| level * 10 + u64::from(digit - b'0'));
     }
+    v.trim()
+        .parse::<u32>()
+        .map_or(u64::from(u32::MAX) + 1, u64::from)
 }
 
 #[cfg(test)]
@@ -275,6 +282,16 @@ mod tests {
         assert_eq!(level(None), 0);
         assert_eq!(level(Some(&"2".to_string())), 2);
         assert_eq!(level(Some(&" 1 ".to_string())), 1);
+        // The digit fast path agrees with the parse at its edges.
+        assert_eq!(level(Some(&"007".to_string())), 7);
+        assert_eq!(level(Some(&"999999999".to_string())), 999_999_999);
+        assert_eq!(level(Some(&"4294967295".to_string())), u64::from(u32::MAX));
+        assert_eq!(
+            level(Some(&"4294967296".to_string())),
+            u64::from(u32::MAX) + 1
+        );
+        assert_eq!(level(Some(&"+3".to_string())), 3);
+        assert_eq!(level(Some(&String::new())), u64::from(u32::MAX) + 1);
         assert!(level(Some(&"standby".to_string())) > level(Some(&u32::MAX.to_string())));
     }
 

@@ -13,6 +13,7 @@ mod balancer;
 mod consistent_hash;
 mod due;
 mod filter;
+mod groups;
 mod lane;
 mod least_request;
 mod locality;

@@ -3,11 +3,11 @@
 //! by a small alias table before the group's own picker chooses the instance. Built with the
 //! snapshot it belongs to; never changed afterwards.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::consistent_hash::Ring;
+use super::groups::Groups;
 use super::least_request::LeastRequest;
 use super::locality::{level, spill, Locality};
 use super::round_robin::Schedule;
@@ -168,14 +168,13 @@ impl Inputs<'_> {
             let group = self.group(chosen, self.previous_ring);
             return Route::new(vec![(group, 1.0)], &[], self.instances.len());
         };
-        let mut levels: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        let mut by_level = Groups::new();
         for &i in members {
-            levels
-                .entry(self.places[i as usize].level)
-                .or_default()
-                .push(i);
+            by_level.add(self.places[i as usize].level, i);
         }
-        let levels: Vec<Vec<u32>> = levels.into_values().collect();
+        let mut by_level = by_level.into_vec();
+        by_level.sort_unstable_by_key(|(level, _)| *level);
+        let levels: Vec<Vec<u32>> = by_level.into_iter().map(|(_, m)| m).collect();
         let healths: Vec<f64> = levels.iter().map(|m| self.mean_health(m)).collect();
         let factor = locality.overprovisioning;
         let (mut loads, enough) = spill(&healths, factor);

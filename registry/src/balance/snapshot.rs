@@ -2,7 +2,6 @@
 //! picked (not ejected), and the picker built over those. Built whenever the set changes, an
 //! instance is ejected or comes back, or warm-up weights are due; never changed afterwards.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
@@ -10,6 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use super::due::Due;
 use super::filter::TagFilter;
+use super::groups::Groups;
 use super::lane::{LaneFallback, Lanes};
 use super::locality::Locality;
 use super::outlier::{Clock, Health, OutlierDetection};
@@ -134,15 +134,16 @@ impl Config {
         let (route, lanes) = match &self.lanes {
             None => (inputs.route(&all, locality), None),
             Some(lanes) => {
-                let mut base = Vec::new();
-                let mut by_lane: HashMap<&str, Vec<u32>> = HashMap::new();
+                let mut base = Vec::with_capacity(instances.len());
+                let mut by_lane = Groups::new();
                 for (i, instance) in instances.iter().enumerate() {
                     match instance.tags.get(&lanes.key) {
-                        Some(lane) => by_lane.entry(lane.as_str()).or_default().push(i as u32),
+                        Some(lane) => by_lane.add(lane.as_str(), i as u32),
                         None => base.push(i as u32),
                     }
                 }
                 let mut by_lane: Vec<(Box<str>, Route)> = by_lane
+                    .into_vec()
                     .into_iter()
                     // A lane none of whose instances can take a call falls back.
                     .filter(|(_, members)| inputs.any_healthy(members))
