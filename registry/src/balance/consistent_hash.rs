@@ -3,7 +3,7 @@
 //!
 //! A hash ring with a bucket index: the ring's points are sorted by a counting sort on their
 //! top bits (O(points) to build), and a key finds its point through the index of its bucket,
-//! two to four points per bucket, so a pick costs the same at 10 or 10 000 instances.
+//! about one point per bucket, so a pick costs the same at 10 or 10 000 instances.
 //!
 //! The ring's size is bounded whatever the registry holds: an instance's points follow its
 //! weight bounded to [`MIN_WEIGHT`](crate::MIN_WEIGHT)..=[`MAX_WEIGHT`](crate::MAX_WEIGHT)
@@ -146,14 +146,7 @@ impl Ring {
                 scale,
             };
         }
-        // Two to four points per bucket: the index is then a quarter to an eighth of the
-        // points' size (64 KiB at 2^16 points), small enough to stay in cache beside them, so a
-        // pick at 10 000 instances misses the cache once in the ring (the points), not twice.
-        let bits = total
-            .next_power_of_two()
-            .trailing_zeros()
-            .saturating_sub(2)
-            .max(1);
+        let bits = (total.next_power_of_two().trailing_zeros()).max(1);
         let shift = 64 - bits;
         // Each instance's address hash and point count; its points are computed twice (one
         // multiply-xorshift each) rather than stored between the two passes.
