@@ -145,7 +145,8 @@ fn ejecting(strategy: Strategy, set: &[Instance]) -> Balancer {
         .outlier_detection(
             OutlierDetection::new()
                 .consecutive_failures(1)
-                .base_ejection_time(Duration::from_secs(3600)),
+                .base_ejection_time(Duration::from_secs(3600))
+                .max_ejection_time(Duration::from_secs(3600)),
         )
         .build(set.to_vec());
     for instance in set.iter().step_by(10) {
@@ -362,7 +363,8 @@ fn routing(c: &mut Criterion) {
                 .outlier_detection(
                     OutlierDetection::new()
                         .consecutive_failures(1)
-                        .base_ejection_time(Duration::from_secs(3600)),
+                        .base_ejection_time(Duration::from_secs(3600))
+                        .max_ejection_time(Duration::from_secs(3600)),
                 )
                 .build(set.clone());
             for instance in set
