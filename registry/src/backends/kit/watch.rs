@@ -112,7 +112,7 @@ impl Entries {
 
     /// What changed since the last call (or the whole set, after a fresh listing), and forgets
     /// it: `Err(all)` after a fresh listing, `Ok(updates)` otherwise.
-    fn settle(&mut self) -> Result<Vec<Update>, Instances> {
+    pub(crate) fn settle(&mut self) -> Result<Vec<Update>, Instances> {
         let touched = std::mem::take(&mut self.touched);
         if std::mem::take(&mut self.fresh) {
             return Err(by_addr(self));

@@ -161,6 +161,16 @@ fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries 
     entries
 }
 
+/// Makes `entries_now` what the push `info` lists (what a watch does with each push).
+pub(crate) fn apply_push(
+    service: &str,
+    cluster: &str,
+    info: &ServiceInfo,
+    entries_now: &mut Entries,
+) {
+    entries_now.assign(entries(service, cluster, Some(info)));
+}
+
 #[async_trait]
 impl Discovery for NacosDiscovery {
     async fn resolve(&self, service: &str) -> Result<Instances, DiscoveryError> {
@@ -303,7 +313,7 @@ impl Source for NacosDiscovery {
                         return Ok(Step::Applied);
                     }
                     cursor.last_ref_time = info.last_ref_time;
-                    entries_now.assign(entries(service, &self.config.cluster, Some(&info)));
+                    apply_push(service, &self.config.cluster, &info, entries_now);
                     return Ok(Step::Applied);
                 }
             }
