@@ -47,7 +47,7 @@ impl Follower {
         let Some(info) = request.service_info else {
             return 0;
         };
-        discovery::apply_push(&self.service, &self.cluster, &info, &mut self.entries);
+        discovery::apply_push(&self.service, &self.cluster, Some(&info), &mut self.entries);
         match self.entries.settle() {
             Ok(updates) => self.publisher.apply(updates),
             Err(all) => self.publisher.publish(all),

@@ -15,7 +15,7 @@ use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
 use crate::backends::kit::watch::{resolve, watch, Entries, Source, Step};
 use crate::backoff::Backoff;
-use crate::discovery::{Discovery, DiscoveryError, Instances, WatchStream};
+use crate::discovery::{Discovery, DiscoveryError, Instance, Instances, WatchStream};
 
 const BACKEND: &str = "nacos";
 
@@ -140,15 +140,13 @@ impl NacosDiscovery {
     }
 }
 
-/// The instances of `info` Kitex's resolver would use, by address.
-fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries {
-    let mut entries = Entries::new();
-    let hosts = info.map(|i| i.instances(service)).unwrap_or_default();
-    for host in &hosts {
+/// The instances of `info` Kitex's resolver would use, in the order listed.
+fn instances(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Vec<Instance> {
+    let hosts = info.map_or(&[][..], |i| i.instances(service));
+    let mut instances = Vec::with_capacity(hosts.len());
+    for host in hosts {
         match wire::decode(host, cluster) {
-            Ok(instance) => {
-                entries.insert(instance.addr.to_string(), instance);
-            }
+            Ok(instance) => instances.push(instance),
             Err(why) => tracing::debug!(
                 service,
                 ip = host.ip,
@@ -158,17 +156,27 @@ fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries 
             ),
         }
     }
+    instances
+}
+
+/// The instances of `info` Kitex's resolver would use, by address (a fresh listing).
+fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries {
+    let mut entries = Entries::new();
+    for instance in instances(service, cluster, info) {
+        entries.insert(instance.addr.to_string(), instance);
+    }
     entries
 }
 
-/// Makes `entries_now` what the push `info` lists (what a watch does with each push).
+/// Makes `entries_now` what `info` (a push, or a query's answer) lists, touching only the
+/// addresses that changed: what a watch does with each push.
 pub(crate) fn apply_push(
     service: &str,
     cluster: &str,
-    info: &ServiceInfo,
+    info: Option<&ServiceInfo>,
     entries_now: &mut Entries,
 ) {
-    entries_now.assign(entries(service, cluster, Some(info)));
+    entries_now.assign_by_addr(instances(service, cluster, info));
 }
 
 #[async_trait]
@@ -309,11 +317,11 @@ impl Source for NacosDiscovery {
                             .await
                             .map_err(|err| format!("querying after an out-of-order push: {err}"))?;
                         cursor.last_ref_time = current.as_ref().map_or(0, |i| i.last_ref_time);
-                        entries_now.assign(entries(service, &self.config.cluster, current.as_ref()));
+                        apply_push(service, &self.config.cluster, current.as_ref(), entries_now);
                         return Ok(Step::Applied);
                     }
                     cursor.last_ref_time = info.last_ref_time;
-                    apply_push(service, &self.config.cluster, &info, entries_now);
+                    apply_push(service, &self.config.cluster, Some(&info), entries_now);
                     return Ok(Step::Applied);
                 }
             }

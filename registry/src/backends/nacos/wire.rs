@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::discovery::Instance;
 use crate::info::{Info, MAX_WEIGHT};
@@ -108,17 +110,18 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     };
     let ip: IpAddr = instance.ip.parse().map_err(|_| address())?;
     let port = u16::try_from(instance.port).map_err(|_| address())?;
-    let mut tags: BTreeMap<String, String> = instance
-        .metadata
-        .clone()
-        .unwrap_or_default()
+    let metadata = instance.metadata.as_ref();
+    let value = |key: &str| metadata.and_then(|m| m.get(key));
+    let tags: BTreeMap<String, String> = metadata
         .into_iter()
+        .flatten()
+        .filter(|(key, _)| ![START_TIME_KEY, WARMUP_KEY, PAYLOAD_CODEC_KEY].contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
-    let millis = |value: Option<String>| value.and_then(|v| v.trim().parse::<u64>().ok());
-    let start_time =
-        millis(tags.remove(START_TIME_KEY)).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-    let warmup = Duration::from_millis(millis(tags.remove(WARMUP_KEY)).unwrap_or(0));
-    let payload_codec = tags.remove(PAYLOAD_CODEC_KEY);
+    let millis = |key: &str| value(key).and_then(|v| v.trim().parse::<u64>().ok());
+    let start_time = millis(START_TIME_KEY).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let warmup = Duration::from_millis(millis(WARMUP_KEY).unwrap_or(0));
+    let payload_codec = value(PAYLOAD_CODEC_KEY).cloned();
     Ok(Instance {
         addr: SocketAddr::new(ip, port),
         weight: instance.weight.min(f64::from(MAX_WEIGHT)) as u32,
@@ -130,29 +133,77 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
 }
 
 /// A service's instances as a query or a push carries them. Each host is read on its own (see
-/// [`ServiceInfo::instances`]): one the server wrote oddly leaves out only itself.
+/// [`Hosts`]): one the server wrote oddly leaves out only itself.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct ServiceInfo {
-    pub hosts: Option<Vec<serde_json::Value>>,
+    pub hosts: Option<Hosts>,
     pub last_ref_time: i64,
 }
 
 impl ServiceInfo {
     /// Every host that reads as an instance; each one that does not is logged and left out.
-    pub(crate) fn instances(&self, service: &str) -> Vec<NacosInstance> {
-        self.hosts
-            .iter()
-            .flatten()
-            .filter_map(|host| match NacosInstance::deserialize(host) {
-                Ok(instance) => Some(instance),
-                Err(err) => {
-                    tracing::warn!(service, %host, error = %err, "unreadable instance left out");
-                    None
-                }
-            })
-            .collect()
+    pub(crate) fn instances(&self, service: &str) -> &[NacosInstance] {
+        let Some(hosts) = &self.hosts else {
+            return &[];
+        };
+        for (host, err) in &hosts.unreadable {
+            tracing::warn!(service, %host, error = %err, "unreadable instance left out");
+        }
+        &hosts.read
     }
+}
+
+/// The hosts of a query's answer or a push, read straight into [`NacosInstance`]s, each on its
+/// own: a host that does not read as one is kept aside with why, and the others are read.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Hosts {
+    /// The hosts that read as instances, in the order listed.
+    pub read: Vec<NacosInstance>,
+    /// Each host that did not: its JSON, and why.
+    pub unreadable: Vec<(Box<RawValue>, String)>,
+}
+
+impl<'de> Deserialize<'de> for Hosts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct List;
+
+        impl<'de> Visitor<'de> for List {
+            type Value = Hosts;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of instances")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Hosts, A::Error> {
+                let mut hosts = Hosts {
+                    read: Vec::with_capacity(seq.size_hint().unwrap_or(0)),
+                    unreadable: Vec::new(),
+                };
+                // Each host's JSON is only delimited here (a syntax error still fails the
+                // whole answer, as it must), then read on its own.
+                while let Some(host) = seq.next_element::<Box<RawValue>>()? {
+                    match read_host(&host) {
+                        Ok(instance) => hosts.read.push(instance),
+                        Err(err) => hosts.unreadable.push((host, err.to_string())),
+                    }
+                }
+                Ok(hosts)
+            }
+        }
+
+        deserializer.deserialize_seq(List)
+    }
+}
+
+/// One host: straight into the struct; when that fails, through a JSON value, which reads
+/// what the straight read refuses and the value accepts (an object with a field written
+/// twice, where the value keeps the last), so the leniency is that of the value.
+fn read_host(host: &RawValue) -> Result<NacosInstance, serde_json::Error> {
+    serde_json::from_str(host.get()).or_else(|_| {
+        let value: serde_json::Value = serde_json::from_str(host.get())?;
+        NacosInstance::deserialize(&value)
+    })
 }
 
 /// Every request body: `module`, `requestId` and `headers` besides its own fields.
@@ -375,6 +426,79 @@ mod tests {
         assert_eq!(read.len(), 1, "{read:?}");
         assert_eq!(read[0].ip, "10.0.0.8");
         assert_eq!(info.last_ref_time, 5);
+    }
+
+    #[test]
+    fn hosts_read_as_a_json_value_would() {
+        // A field written twice: a JSON value keeps the last, and so does the host's read.
+        let info: ServiceInfo = serde_json::from_str(
+            r#"{"hosts":[
+                {"ip":"10.0.0.7","ip":"10.0.0.8","port":2,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"DEFAULT"},
+                7,
+                {"ip":"10.0.0.9","port":3,"weight":2,"metadata":{"a":"1","a":"2"},"extra":[{"x":null}]}
+            ]}"#,
+        )
+        .unwrap();
+        let read = info.instances("echo");
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert_eq!(read[0].ip, "10.0.0.8");
+        assert_eq!(read[1].weight, 2.0);
+        assert_eq!(read[1].metadata.as_ref().unwrap()["a"], "2");
+        let unreadable = &info.hosts.as_ref().unwrap().unreadable;
+        assert_eq!(unreadable.len(), 1);
+        assert_eq!(unreadable[0].0.get(), "7");
+        // No hosts, or null: none. Hosts that are not a list, or not JSON: the answer fails.
+        for json in [r#"{}"#, r#"{"hosts":null}"#, r#"{"hosts":[]}"#] {
+            let info: ServiceInfo = serde_json::from_str(json).unwrap();
+            assert!(info.instances("echo").is_empty(), "{json}");
+        }
+        for json in [
+            r#"{"hosts":{}}"#,
+            r#"{"hosts":[{"ip":}]}"#,
+            r#"{"hosts":[{}"#,
+        ] {
+            assert!(serde_json::from_str::<ServiceInfo>(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn decode_takes_our_keys_out_of_the_tags() {
+        let host = kitex(
+            r#"{"ip":"10.0.0.7","port":1,"weight":3,"healthy":true,"enabled":true,"clusterName":"DEFAULT",
+                "metadata":{"idc":"hz","service-registry.start_time_ms":" 1700000000123 ",
+                "service-registry.warmup_ms":"2500","service-registry.payload_codec":"protobuf"}}"#,
+        );
+        let read = decode(&host, "DEFAULT").unwrap();
+        assert_eq!(
+            read.tags,
+            BTreeMap::from([("idc".to_string(), "hz".to_string())])
+        );
+        assert_eq!(
+            read.start_time,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(read.warmup, Duration::from_millis(2500));
+        assert_eq!(read.payload_codec.as_deref(), Some("protobuf"));
+        let unreadable = host.metadata.as_ref().map(|m| {
+            let mut m = m.clone();
+            m.insert(START_TIME_KEY.into(), "soon".into());
+            m.insert(WARMUP_KEY.into(), "-1".into());
+            m
+        });
+        let read = decode(
+            &NacosInstance {
+                metadata: unreadable,
+                ..host
+            },
+            "DEFAULT",
+        )
+        .unwrap();
+        assert_eq!((read.start_time, read.warmup), (None, Duration::ZERO));
+        assert_eq!(
+            read.tags.len(),
+            1,
+            "unreadable values of our keys are not tags either"
+        );
     }
 
     #[test]
