@@ -100,25 +100,21 @@ impl Entries {
         for instance in listed {
             listed_by_addr.insert(instance.addr, instance);
         }
-        let gone: Vec<String> = self
-            .by_key
-            .iter()
-            .filter(|(_, held)| !listed_by_addr.contains_key(&held.addr))
-            .map(|(key, _)| key.clone())
-            .collect();
+        // One walk over what is held: each key is its address, so each address is met once.
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        for (key, held) in &self.by_key {
+            debug_assert_eq!(*key, held.addr.to_string(), "a key that is not its address");
+            match listed_by_addr.remove(&held.addr) {
+                None => gone.push(key.clone()),
+                Some(instance) if **held != instance => changed.push(instance),
+                Some(_) => {}
+            }
+        }
         for key in gone {
             self.remove(&key);
         }
-        for (addr, instance) in listed_by_addr {
-            let held = self
-                .keys_by_addr
-                .get(&addr)
-                .and_then(BTreeSet::first)
-                .and_then(|key| self.by_key.get(key));
-            match held {
-                Some(held) if **held == instance => {}
-                _ => self.insert_shared(addr.to_string(), Arc::new(instance)),
-            }
+        for instance in changed.into_iter().chain(listed_by_addr.into_values()) {
+            self.insert_shared(instance.addr.to_string(), Arc::new(instance));
         }
     }
 
