@@ -44,6 +44,7 @@ impl Entries {
     }
 
     /// Puts `instance` under `key`.
+    #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     pub(crate) fn insert(&mut self, key: String, instance: Instance) {
         self.insert_shared(key, Arc::new(instance));
     }
@@ -94,8 +95,8 @@ impl Entries {
     /// instance equal to the one held keeps the one held, and only the addresses that differ
     /// are touched.
     #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
-    pub(crate) fn assign_by_addr(&mut self, listed: Vec<Instance>) {
-        let mut listed_by_addr: HashMap<SocketAddr, Instance, foldhash::fast::RandomState> =
+    pub(crate) fn assign_by_addr(&mut self, listed: Vec<Arc<Instance>>) {
+        let mut listed_by_addr: HashMap<SocketAddr, Arc<Instance>, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(listed.len(), Default::default());
         for instance in listed {
             listed_by_addr.insert(instance.addr, instance);
@@ -106,7 +107,9 @@ impl Entries {
             debug_assert_eq!(*key, held.addr.to_string(), "a key that is not its address");
             match listed_by_addr.remove(&held.addr) {
                 None => gone.push(key.clone()),
-                Some(instance) if **held != instance => changed.push(instance),
+                Some(instance) if !Arc::ptr_eq(held, &instance) && **held != *instance => {
+                    changed.push(instance)
+                }
                 Some(_) => {}
             }
         }
@@ -114,7 +117,7 @@ impl Entries {
             self.remove(&key);
         }
         for instance in changed.into_iter().chain(listed_by_addr.into_values()) {
-            self.insert_shared(instance.addr.to_string(), Arc::new(instance));
+            self.insert_shared(instance.addr.to_string(), instance);
         }
     }
 
@@ -407,7 +410,7 @@ mod tests {
                 listing.insert(instance.addr.to_string(), instance);
             }
             by_listing.assign(listing);
-            by_addr_entries.assign_by_addr(listed);
+            by_addr_entries.assign_by_addr(listed.into_iter().map(Arc::new).collect());
             let sorted = |entries: &mut Entries| {
                 let mut touched: Vec<Update> = entries.settle().expect("not fresh");
                 touched.sort_by_key(|(addr, _)| *addr);

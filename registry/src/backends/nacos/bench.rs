@@ -12,6 +12,7 @@ pub struct Follower {
     service: String,
     cluster: String,
     entries: Entries,
+    known: discovery::Known,
     publisher: Publisher,
     _stream: WatchStream,
 }
@@ -32,6 +33,7 @@ impl Follower {
             service: service.to_string(),
             cluster: cluster.to_string(),
             entries: Entries::new(),
+            known: discovery::Known::default(),
             publisher,
             _stream: stream,
         }
@@ -47,7 +49,13 @@ impl Follower {
         let Some(info) = request.service_info else {
             return 0;
         };
-        discovery::apply_push(&self.service, &self.cluster, Some(&info), &mut self.entries);
+        discovery::apply_push(
+            &self.service,
+            &self.cluster,
+            Some(&info),
+            &mut self.entries,
+            &mut self.known,
+        );
         match self.entries.settle() {
             Ok(updates) => self.publisher.apply(updates),
             Err(all) => self.publisher.publish(all),

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -132,78 +131,47 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     })
 }
 
-/// A service's instances as a query or a push carries them. Each host is read on its own (see
-/// [`Hosts`]): one the server wrote oddly leaves out only itself.
+/// A service's instances as a query or a push carries them: each host's JSON only delimited
+/// (a syntax error fails the whole answer, as it must), to be read on its own
+/// ([`read_host`]), so that one the server wrote oddly leaves out only itself, and a host the
+/// server writes again byte for byte need not be read again.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct ServiceInfo {
-    pub hosts: Option<Hosts>,
+    pub hosts: Option<Vec<Box<RawValue>>>,
     pub last_ref_time: i64,
 }
 
 impl ServiceInfo {
     /// Every host that reads as an instance; each one that does not is logged and left out.
-    pub(crate) fn instances(&self, service: &str) -> &[NacosInstance] {
-        let Some(hosts) = &self.hosts else {
-            return &[];
-        };
-        for (host, err) in &hosts.unreadable {
-            tracing::warn!(service, %host, error = %err, "unreadable instance left out");
-        }
-        &hosts.read
+    pub(crate) fn instances(&self, service: &str) -> Vec<NacosInstance> {
+        self.hosts
+            .iter()
+            .flatten()
+            .filter_map(|host| read_logged(service, host))
+            .collect()
     }
 }
 
-/// The hosts of a query's answer or a push, read straight into [`NacosInstance`]s, each on its
-/// own: a host that does not read as one is kept aside with why, and the others are read.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Hosts {
-    /// The hosts that read as instances, in the order listed.
-    pub read: Vec<NacosInstance>,
-    /// Each host that did not: its JSON, and why.
-    pub unreadable: Vec<(Box<RawValue>, String)>,
-}
-
-impl<'de> Deserialize<'de> for Hosts {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct List;
-
-        impl<'de> Visitor<'de> for List {
-            type Value = Hosts;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of instances")
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Hosts, A::Error> {
-                let mut hosts = Hosts {
-                    read: Vec::with_capacity(seq.size_hint().unwrap_or(0)),
-                    unreadable: Vec::new(),
-                };
-                // Each host's JSON is only delimited here (a syntax error still fails the
-                // whole answer, as it must), then read on its own.
-                while let Some(host) = seq.next_element::<Box<RawValue>>()? {
-                    match read_host(&host) {
-                        Ok(instance) => hosts.read.push(instance),
-                        Err(err) => hosts.unreadable.push((host, err.to_string())),
-                    }
-                }
-                Ok(hosts)
-            }
-        }
-
-        deserializer.deserialize_seq(List)
-    }
-}
-
-/// One host: straight into the struct; when that fails, through a JSON value, which reads
-/// what the straight read refuses and the value accepts (an object with a field written
-/// twice, where the value keeps the last), so the leniency is that of the value.
-fn read_host(host: &RawValue) -> Result<NacosInstance, serde_json::Error> {
+/// One host, read straight into the struct; when that fails, through a JSON value, so what
+/// is read is what the value reads (an object with a field written twice, which the straight
+/// read refuses, reads with the last).
+pub(crate) fn read_host(host: &RawValue) -> Result<NacosInstance, serde_json::Error> {
     serde_json::from_str(host.get()).or_else(|_| {
         let value: serde_json::Value = serde_json::from_str(host.get())?;
         NacosInstance::deserialize(&value)
     })
+}
+
+/// [`read_host`], logging a host that does not read as an instance.
+pub(crate) fn read_logged(service: &str, host: &RawValue) -> Option<NacosInstance> {
+    match read_host(host) {
+        Ok(instance) => Some(instance),
+        Err(err) => {
+            tracing::warn!(service, %host, error = %err, "unreadable instance left out");
+            None
+        }
+    }
 }
 
 /// Every request body: `module`, `requestId` and `headers` besides its own fields.
@@ -444,9 +412,9 @@ mod tests {
         assert_eq!(read[0].ip, "10.0.0.8");
         assert_eq!(read[1].weight, 2.0);
         assert_eq!(read[1].metadata.as_ref().unwrap()["a"], "2");
-        let unreadable = &info.hosts.as_ref().unwrap().unreadable;
-        assert_eq!(unreadable.len(), 1);
-        assert_eq!(unreadable[0].0.get(), "7");
+        let hosts = info.hosts.as_ref().unwrap();
+        assert_eq!(hosts.len(), 3);
+        assert!(read_host(&hosts[1]).is_err(), "7 is not an instance");
         // No hosts, or null: none. Hosts that are not a list, or not JSON: the answer fails.
         for json in [r#"{}"#, r#"{"hosts":null}"#, r#"{"hosts":[]}"#] {
             let info: ServiceInfo = serde_json::from_str(json).unwrap();
