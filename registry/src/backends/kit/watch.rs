@@ -44,6 +44,7 @@ impl Entries {
     }
 
     /// Puts `instance` under `key`.
+    #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     pub(crate) fn insert(&mut self, key: String, instance: Instance) {
         self.insert_shared(key, Arc::new(instance));
     }
@@ -68,7 +69,7 @@ impl Entries {
 
     /// Makes these entries what `listed` holds (a listing of the whole service), touching only
     /// the keys that differ, so what is published after it shares the rest.
-    #[cfg_attr(not(any(feature = "zookeeper", feature = "nacos")), allow(dead_code))]
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub(crate) fn assign(&mut self, listed: Entries) {
         let gone: Vec<String> = self
             .by_key
@@ -84,6 +85,39 @@ impl Entries {
                 Some(old) if **old == *instance => {}
                 _ => self.insert_shared(key, instance),
             }
+        }
+    }
+
+    /// Makes these entries what `listed` holds (a listing of the whole service), for a backend
+    /// whose every key is its instance's address as `addr.to_string()` spells it (Nacos): the
+    /// same as [`assign`](Entries::assign) of a listing that inserted each of `listed` under
+    /// its address in turn (the last of one address wins), without building that listing. An
+    /// instance equal to the one held keeps the one held, and only the addresses that differ
+    /// are touched.
+    #[cfg_attr(not(feature = "nacos"), allow(dead_code))]
+    pub(crate) fn assign_by_addr(&mut self, listed: Vec<Arc<Instance>>) {
+        let mut listed_by_addr: HashMap<SocketAddr, Arc<Instance>, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(listed.len(), Default::default());
+        for instance in listed {
+            listed_by_addr.insert(instance.addr, instance);
+        }
+        // One walk over what is held: each key is its address, so each address is met once.
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        for (key, held) in &self.by_key {
+            debug_assert_eq!(*key, held.addr.to_string(), "a key that is not its address");
+            match listed_by_addr.remove(&held.addr) {
+                None => gone.push(key.clone()),
+                Some(instance) if !Arc::ptr_eq(held, &instance) && **held != *instance => {
+                    changed.push(instance)
+                }
+                Some(_) => {}
+            }
+        }
+        for key in gone {
+            self.remove(&key);
+        }
+        for instance in changed.into_iter().chain(listed_by_addr.into_values()) {
+            self.insert_shared(instance.addr.to_string(), instance);
         }
     }
 
@@ -112,7 +146,7 @@ impl Entries {
 
     /// What changed since the last call (or the whole set, after a fresh listing), and forgets
     /// it: `Err(all)` after a fresh listing, `Ok(updates)` otherwise.
-    fn settle(&mut self) -> Result<Vec<Update>, Instances> {
+    pub(crate) fn settle(&mut self) -> Result<Vec<Update>, Instances> {
         let touched = std::mem::take(&mut self.touched);
         if std::mem::take(&mut self.fresh) {
             return Err(by_addr(self));
@@ -355,6 +389,41 @@ mod tests {
                 Err(_) => panic!("step {step}: not a fresh listing"),
             }
             assert_eq!(published, by_addr(&entries), "step {step}");
+        }
+    }
+
+    #[test]
+    fn assigning_by_address_is_assigning_a_listing_by_address() {
+        // Seeded random listings (with an address listed twice now and then): assigning the
+        // instances by address leaves the same entries, and touches the same addresses, as
+        // assigning the listing that inserts each under its address.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut by_listing, mut by_addr_entries) = (Entries::new(), Entries::new());
+        by_listing.settle_whole();
+        by_addr_entries.settle_whole();
+        for step in 0..500 {
+            let listed: Vec<Instance> = (0..rng.usize(0..12))
+                .map(|_| instance(rng.u16(1..10), rng.u32(1..3)))
+                .collect();
+            let mut listing = Entries::new();
+            for instance in listed.clone() {
+                listing.insert(instance.addr.to_string(), instance);
+            }
+            by_listing.assign(listing);
+            by_addr_entries.assign_by_addr(listed.into_iter().map(Arc::new).collect());
+            let sorted = |entries: &mut Entries| {
+                let mut touched: Vec<Update> = entries.settle().expect("not fresh");
+                touched.sort_by_key(|(addr, _)| *addr);
+                touched
+            };
+            let (a, b) = (sorted(&mut by_listing), sorted(&mut by_addr_entries));
+            assert_eq!(a, b, "step {step}");
+            assert_eq!(
+                by_addr(&by_listing),
+                by_addr(&by_addr_entries),
+                "step {step}"
+            );
+            assert_eq!(by_listing.by_key, by_addr_entries.by_key, "step {step}");
         }
     }
 

@@ -1,8 +1,10 @@
 //! [`NacosDiscovery`]: resolve by query, watch by Nacos' push.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use super::config::NacosConfig;
@@ -15,7 +17,7 @@ use crate::backends::kit::cache::WatchCache;
 use crate::backends::kit::client::SharedClient;
 use crate::backends::kit::watch::{resolve, watch, Entries, Source, Step};
 use crate::backoff::Backoff;
-use crate::discovery::{Discovery, DiscoveryError, Instances, WatchStream};
+use crate::discovery::{Discovery, DiscoveryError, Instance, Instances, WatchStream};
 
 const BACKEND: &str = "nacos";
 
@@ -140,25 +142,84 @@ impl NacosDiscovery {
     }
 }
 
-/// The instances of `info` Kitex's resolver would use, by address.
-fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>) -> Entries {
-    let mut entries = Entries::new();
-    let hosts = info.map(|i| i.instances(service)).unwrap_or_default();
-    for host in &hosts {
-        match wire::decode(host, cluster) {
-            Ok(instance) => {
-                entries.insert(instance.addr.to_string(), instance);
-            }
-            Err(why) => tracing::debug!(
+/// What a watch knows of the hosts it was listed last: each host's JSON, as the server wrote
+/// it, and the instance it read as. A host the server writes again byte for byte reads the
+/// same, so a push reads only the hosts whose JSON is new, and an unchanged host keeps the
+/// instance shown (the same `Arc`). Hosts left out are not kept: they are read (and logged)
+/// again at each push, as every host was before.
+#[derive(Debug, Default)]
+pub(crate) struct Known(HashMap<Box<str>, Arc<Instance>, foldhash::fast::RandomState>);
+
+impl Known {
+    /// The instances of `info` Kitex's resolver would use, in the order listed; remembers
+    /// them (and forgets the hosts `info` does not list).
+    pub(crate) fn read(
+        &mut self,
+        service: &str,
+        cluster: &str,
+        info: Option<&ServiceInfo>,
+    ) -> Vec<Arc<Instance>> {
+        let hosts = info.and_then(|i| i.hosts.as_deref()).unwrap_or_default();
+        let mut known = HashMap::with_capacity_and_hasher(hosts.len(), Default::default());
+        let mut instances = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let json = host.get();
+            let instance = match self.0.remove_entry(json) {
+                Some((json, instance)) => {
+                    known.insert(json, instance.clone());
+                    instance
+                }
+                None => {
+                    let Some(instance) = read(service, cluster, host) else {
+                        continue;
+                    };
+                    let instance = Arc::new(instance);
+                    known.insert(json.into(), instance.clone());
+                    instance
+                }
+            };
+            instances.push(instance);
+        }
+        self.0 = known;
+        instances
+    }
+}
+
+/// The instance Kitex's resolver would read `host` as; logged and left out otherwise.
+fn read(service: &str, cluster: &str, host: &RawValue) -> Option<Instance> {
+    let host = wire::read_logged(service, host)?;
+    match wire::decode(&host, cluster) {
+        Ok(instance) => Some(instance),
+        Err(why) => {
+            tracing::debug!(
                 service,
                 ip = host.ip,
                 port = host.port,
                 %why,
                 "instance left out"
-            ),
+            );
+            None
         }
     }
+}
+
+/// The instances of `info` Kitex's resolver would use, by address (a fresh listing).
+fn entries(service: &str, cluster: &str, info: Option<&ServiceInfo>, known: &mut Known) -> Entries {
+    let mut entries = Entries::new();
+    entries.assign_by_addr(known.read(service, cluster, info));
     entries
+}
+
+/// Makes `entries_now` what `info` (a push, or a query's answer) lists, touching only the
+/// addresses that changed: what a watch does with each push.
+pub(crate) fn apply_push(
+    service: &str,
+    cluster: &str,
+    info: Option<&ServiceInfo>,
+    entries_now: &mut Entries,
+    known: &mut Known,
+) {
+    entries_now.assign_by_addr(known.read(service, cluster, info));
 }
 
 #[async_trait]
@@ -182,6 +243,8 @@ pub(crate) struct Subscription {
     /// The `lastRefTime` of the state shown: a push older than it is out of order (or the
     /// server's clock went back), and the service is queried instead.
     last_ref_time: i64,
+    /// The hosts of the state shown.
+    known: Known,
 }
 
 impl Drop for Subscription {
@@ -239,6 +302,7 @@ impl Source for NacosDiscovery {
             pushes: Some(pushes),
             config: config.clone(),
             last_ref_time: 0,
+            known: Known::default(),
         };
         let request = SubscribeRequest {
             namespace: &config.namespace,
@@ -256,7 +320,12 @@ impl Source for NacosDiscovery {
         let mut subscription = subscription;
         let info = response.service_info;
         subscription.last_ref_time = info.as_ref().map_or(0, |i| i.last_ref_time);
-        let found = entries(service, &config.cluster, info.as_ref());
+        let found = entries(
+            service,
+            &config.cluster,
+            info.as_ref(),
+            &mut subscription.known,
+        );
         Ok((subscription, found))
     }
 
@@ -299,11 +368,11 @@ impl Source for NacosDiscovery {
                             .await
                             .map_err(|err| format!("querying after an out-of-order push: {err}"))?;
                         cursor.last_ref_time = current.as_ref().map_or(0, |i| i.last_ref_time);
-                        entries_now.assign(entries(service, &self.config.cluster, current.as_ref()));
+                        apply_push(service, &self.config.cluster, current.as_ref(), entries_now, &mut cursor.known);
                         return Ok(Step::Applied);
                     }
                     cursor.last_ref_time = info.last_ref_time;
-                    entries_now.assign(entries(service, &self.config.cluster, Some(&info)));
+                    apply_push(service, &self.config.cluster, Some(&info), entries_now, &mut cursor.known);
                     return Ok(Step::Applied);
                 }
             }
@@ -320,7 +389,12 @@ impl Source for NacosDiscovery {
             .query(&connection, service)
             .await
             .map_err(|err| self.failed(service, epoch, err))?;
-        Ok(entries(service, &self.config.cluster, info.as_ref()))
+        Ok(entries(
+            service,
+            &self.config.cluster,
+            info.as_ref(),
+            &mut Known::default(),
+        ))
     }
 
     fn resolve_from_watch(&self) -> bool {

@@ -5,6 +5,10 @@
 //! weight, `enabled` and `healthy` true, metadata = tags. Go services using Kitex (through
 //! nacos-sdk-go v1 or v2) and Rust services using this crate find each other.
 
+/// What a watch does per push, for `registry/benches/nacos_push.rs`; not a public API.
+#[doc(hidden)]
+#[path = "bench.rs"]
+pub mod __bench;
 mod auth;
 mod config;
 mod connection;

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::discovery::Instance;
 use crate::info::{Info, MAX_WEIGHT};
@@ -108,17 +109,18 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     };
     let ip: IpAddr = instance.ip.parse().map_err(|_| address())?;
     let port = u16::try_from(instance.port).map_err(|_| address())?;
-    let mut tags: BTreeMap<String, String> = instance
-        .metadata
-        .clone()
-        .unwrap_or_default()
+    let metadata = instance.metadata.as_ref();
+    let value = |key: &str| metadata.and_then(|m| m.get(key));
+    let tags: BTreeMap<String, String> = metadata
         .into_iter()
+        .flatten()
+        .filter(|(key, _)| ![START_TIME_KEY, WARMUP_KEY, PAYLOAD_CODEC_KEY].contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
-    let millis = |value: Option<String>| value.and_then(|v| v.trim().parse::<u64>().ok());
-    let start_time =
-        millis(tags.remove(START_TIME_KEY)).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-    let warmup = Duration::from_millis(millis(tags.remove(WARMUP_KEY)).unwrap_or(0));
-    let payload_codec = tags.remove(PAYLOAD_CODEC_KEY);
+    let millis = |key: &str| value(key).and_then(|v| v.trim().parse::<u64>().ok());
+    let start_time = millis(START_TIME_KEY).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let warmup = Duration::from_millis(millis(WARMUP_KEY).unwrap_or(0));
+    let payload_codec = value(PAYLOAD_CODEC_KEY).cloned();
     Ok(Instance {
         addr: SocketAddr::new(ip, port),
         weight: instance.weight.min(f64::from(MAX_WEIGHT)) as u32,
@@ -129,12 +131,14 @@ pub(crate) fn decode(instance: &NacosInstance, cluster: &str) -> Result<Instance
     })
 }
 
-/// A service's instances as a query or a push carries them. Each host is read on its own (see
-/// [`ServiceInfo::instances`]): one the server wrote oddly leaves out only itself.
+/// A service's instances as a query or a push carries them: each host's JSON only delimited
+/// (a syntax error fails the whole answer, as it must), to be read on its own
+/// ([`read_host`]), so that one the server wrote oddly leaves out only itself, and a host the
+/// server writes again byte for byte need not be read again.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct ServiceInfo {
-    pub hosts: Option<Vec<serde_json::Value>>,
+    pub hosts: Option<Vec<Box<RawValue>>>,
     pub last_ref_time: i64,
 }
 
@@ -144,14 +148,29 @@ impl ServiceInfo {
         self.hosts
             .iter()
             .flatten()
-            .filter_map(|host| match NacosInstance::deserialize(host) {
-                Ok(instance) => Some(instance),
-                Err(err) => {
-                    tracing::warn!(service, %host, error = %err, "unreadable instance left out");
-                    None
-                }
-            })
+            .filter_map(|host| read_logged(service, host))
             .collect()
+    }
+}
+
+/// One host, read straight into the struct; when that fails, through a JSON value, so what
+/// is read is what the value reads (an object with a field written twice, which the straight
+/// read refuses, reads with the last).
+pub(crate) fn read_host(host: &RawValue) -> Result<NacosInstance, serde_json::Error> {
+    serde_json::from_str(host.get()).or_else(|_| {
+        let value: serde_json::Value = serde_json::from_str(host.get())?;
+        NacosInstance::deserialize(&value)
+    })
+}
+
+/// [`read_host`], logging a host that does not read as an instance.
+pub(crate) fn read_logged(service: &str, host: &RawValue) -> Option<NacosInstance> {
+    match read_host(host) {
+        Ok(instance) => Some(instance),
+        Err(err) => {
+            tracing::warn!(service, %host, error = %err, "unreadable instance left out");
+            None
+        }
     }
 }
 
@@ -375,6 +394,79 @@ mod tests {
         assert_eq!(read.len(), 1, "{read:?}");
         assert_eq!(read[0].ip, "10.0.0.8");
         assert_eq!(info.last_ref_time, 5);
+    }
+
+    #[test]
+    fn hosts_read_as_a_json_value_would() {
+        // A field written twice: a JSON value keeps the last, and so does the host's read.
+        let info: ServiceInfo = serde_json::from_str(
+            r#"{"hosts":[
+                {"ip":"10.0.0.7","ip":"10.0.0.8","port":2,"weight":1.0,"healthy":true,"enabled":true,"clusterName":"DEFAULT"},
+                7,
+                {"ip":"10.0.0.9","port":3,"weight":2,"metadata":{"a":"1","a":"2"},"extra":[{"x":null}]}
+            ]}"#,
+        )
+        .unwrap();
+        let read = info.instances("echo");
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert_eq!(read[0].ip, "10.0.0.8");
+        assert_eq!(read[1].weight, 2.0);
+        assert_eq!(read[1].metadata.as_ref().unwrap()["a"], "2");
+        let hosts = info.hosts.as_ref().unwrap();
+        assert_eq!(hosts.len(), 3);
+        assert!(read_host(&hosts[1]).is_err(), "7 is not an instance");
+        // No hosts, or null: none. Hosts that are not a list, or not JSON: the answer fails.
+        for json in [r#"{}"#, r#"{"hosts":null}"#, r#"{"hosts":[]}"#] {
+            let info: ServiceInfo = serde_json::from_str(json).unwrap();
+            assert!(info.instances("echo").is_empty(), "{json}");
+        }
+        for json in [
+            r#"{"hosts":{}}"#,
+            r#"{"hosts":[{"ip":}]}"#,
+            r#"{"hosts":[{}"#,
+        ] {
+            assert!(serde_json::from_str::<ServiceInfo>(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn decode_takes_our_keys_out_of_the_tags() {
+        let host = kitex(
+            r#"{"ip":"10.0.0.7","port":1,"weight":3,"healthy":true,"enabled":true,"clusterName":"DEFAULT",
+                "metadata":{"idc":"hz","service-registry.start_time_ms":" 1700000000123 ",
+                "service-registry.warmup_ms":"2500","service-registry.payload_codec":"protobuf"}}"#,
+        );
+        let read = decode(&host, "DEFAULT").unwrap();
+        assert_eq!(
+            read.tags,
+            BTreeMap::from([("idc".to_string(), "hz".to_string())])
+        );
+        assert_eq!(
+            read.start_time,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(read.warmup, Duration::from_millis(2500));
+        assert_eq!(read.payload_codec.as_deref(), Some("protobuf"));
+        let unreadable = host.metadata.as_ref().map(|m| {
+            let mut m = m.clone();
+            m.insert(START_TIME_KEY.into(), "soon".into());
+            m.insert(WARMUP_KEY.into(), "-1".into());
+            m
+        });
+        let read = decode(
+            &NacosInstance {
+                metadata: unreadable,
+                ..host
+            },
+            "DEFAULT",
+        )
+        .unwrap();
+        assert_eq!((read.start_time, read.warmup), (None, Duration::ZERO));
+        assert_eq!(
+            read.tags.len(),
+            1,
+            "unreadable values of our keys are not tags either"
+        );
     }
 
     #[test]
