@@ -430,6 +430,23 @@ fn routing(c: &mut Criterion) {
                 )
             },
         );
+        // What a watched balancer rebuilds on a change: the instances come shared (an
+        // `Instances` from discovery), so the rebuild wraps none of them in a new `Arc`.
+        let shared: Vec<Arc<Instance>> = set.iter().cloned().map(Arc::new).collect();
+        group.bench_with_input(
+            BenchmarkId::new(format!("rebuild_shared/{name}"), n),
+            &n,
+            |b, _| {
+                b.iter_batched(
+                    || (shared.clone(), balancer.instances()),
+                    |(s, previous)| {
+                        balancer.update(s).unwrap();
+                        previous
+                    },
+                    BatchSize::LargeInput,
+                )
+            },
+        );
     }
     group.finish();
 }

@@ -563,14 +563,25 @@ impl Balancer {
     /// from [`BalancerBuilder::watch`] refuses ([`UpdateError::Watched`]): its watch's next
     /// change would replace the update.
     ///
+    /// Takes owned instances, or shared ones (`Arc<Instance>`, or the
+    /// [`Instances`](crate::Instances) a [`Discovery::resolve`](crate::Discovery::resolve)
+    /// returns), which it keeps without copying them.
+    ///
     /// ```
     /// use service_registry::balance::{Balancer, Strategy, UpdateError};
-    /// use service_registry::{Info, Instance, MemoryRegistry};
+    /// use service_registry::{Discovery, Info, Instance, MemoryRegistry, Registry};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let one = || [Instance::from(&Info::new("s", "127.0.0.1:1".parse().unwrap()))];
     /// let b = Balancer::builder(Strategy::WeightedRandom).build([]);
     /// b.update(one()).unwrap();
     /// assert_eq!(b.instances().len(), 1);
+    ///
+    /// // What a resolve returns goes in as it is: shared, not copied.
+    /// let registry = MemoryRegistry::new();
+    /// registry.register(&Info::new("s", "127.0.0.1:2".parse().unwrap())).await.unwrap();
+    /// let resolved = registry.resolve("s").await.unwrap();
+    /// b.update(resolved.clone()).unwrap();
+    /// assert!(std::sync::Arc::ptr_eq(&b.instances()[0], resolved.shared().next().unwrap()));
     ///
     /// let watched = Balancer::builder(Strategy::WeightedRandom)
     ///     .watch(&MemoryRegistry::new(), "s")
@@ -579,13 +590,17 @@ impl Balancer {
     /// assert!(matches!(watched.update(one()), Err(UpdateError::Watched { .. })));
     /// # }
     /// ```
-    pub fn update(&self, instances: impl IntoIterator<Item = Instance>) -> Result<(), UpdateError> {
+    pub fn update<I>(&self, instances: I) -> Result<(), UpdateError>
+    where
+        I: IntoIterator,
+        I::Item: Into<Arc<Instance>>,
+    {
         if let Some(service) = &self.inner.watched {
             return Err(UpdateError::Watched {
                 service: service.clone(),
             });
         }
-        self.inner.replace(instances.into_iter().map(Arc::new));
+        self.inner.replace(instances.into_iter().map(Into::into));
         Ok(())
     }
 
