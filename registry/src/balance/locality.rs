@@ -229,7 +229,7 @@ pub(crate) fn spill(healths: &[f64], factor: f64) -> (Vec<f64>, bool) {
 
 /// The priority level of an instance with tag value `value` (none: 0; not a number: after
 /// every level).
-pub(crate) fn level(value: Option<&String>) -> u64 {
+pub(crate) fn level(value: Option<&str>) -> u64 {
     let Some(v) = value else {
         return 0;
     };
@@ -280,19 +280,16 @@ mod tests {
     #[test]
     fn priority_values_parse_and_bad_ones_rank_last() {
         assert_eq!(level(None), 0);
-        assert_eq!(level(Some(&"2".to_string())), 2);
-        assert_eq!(level(Some(&" 1 ".to_string())), 1);
+        assert_eq!(level(Some("2")), 2);
+        assert_eq!(level(Some(" 1 ")), 1);
         // The digit fast path agrees with the parse at its edges.
-        assert_eq!(level(Some(&"007".to_string())), 7);
-        assert_eq!(level(Some(&"999999999".to_string())), 999_999_999);
-        assert_eq!(level(Some(&"4294967295".to_string())), u64::from(u32::MAX));
-        assert_eq!(
-            level(Some(&"4294967296".to_string())),
-            u64::from(u32::MAX) + 1
-        );
-        assert_eq!(level(Some(&"+3".to_string())), 3);
-        assert_eq!(level(Some(&String::new())), u64::from(u32::MAX) + 1);
-        assert!(level(Some(&"standby".to_string())) > level(Some(&u32::MAX.to_string())));
+        assert_eq!(level(Some("007")), 7);
+        assert_eq!(level(Some("999999999")), 999_999_999);
+        assert_eq!(level(Some("4294967295")), u64::from(u32::MAX));
+        assert_eq!(level(Some("4294967296")), u64::from(u32::MAX) + 1);
+        assert_eq!(level(Some("+3")), 3);
+        assert_eq!(level(Some("")), u64::from(u32::MAX) + 1);
+        assert!(level(Some("standby")) > level(Some(&u32::MAX.to_string())));
     }
 
     #[test]

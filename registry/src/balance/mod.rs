@@ -23,6 +23,7 @@ mod round_robin;
 mod route;
 mod snapshot;
 mod subset;
+mod tags;
 #[cfg(feature = "tonic")]
 mod tonic;
 #[cfg(feature = "tower")]

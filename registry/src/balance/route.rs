@@ -9,8 +9,9 @@ use std::sync::Arc;
 use super::consistent_hash::Ring;
 use super::groups::Groups;
 use super::least_request::LeastRequest;
-use super::locality::{level, spill, Locality};
+use super::locality::{spill, Locality};
 use super::round_robin::Schedule;
+use super::tags::Read;
 use super::weighted_random::AliasTable;
 use super::Strategy;
 use crate::discovery::Instance;
@@ -59,36 +60,9 @@ pub(crate) struct Inputs<'a> {
     pub(crate) warming: bool,
     /// The ring of the route before, to keep its resolution.
     pub(crate) previous_ring: Option<&'a Ring>,
-    /// Where each instance is for the snapshot's [`Locality`] (empty without one): read from
-    /// its tags once per rebuild, not once per route that considers it.
-    pub(crate) places: Vec<Place>,
-}
-
-/// An instance's priority level and whether it is in the caller's zone.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Place {
-    level: u64,
-    local: bool,
-}
-
-/// The [`Place`] of every one of `instances` under `locality`.
-pub(crate) fn places(instances: &[Arc<Instance>], locality: Option<&Locality>) -> Vec<Place> {
-    let Some(locality) = locality else {
-        return Vec::new();
-    };
-    instances
-        .iter()
-        .map(|instance| Place {
-            level: locality
-                .priority_key
-                .as_ref()
-                .map_or(0, |key| level(instance.tags.get(key))),
-            local: locality
-                .zone
-                .as_ref()
-                .is_some_and(|(key, own)| instance.tags.get(key) == Some(own)),
-        })
-        .collect()
+    /// What each instance is routed by (empty when nothing is routed by a tag): read from its
+    /// tags once, not once per route that considers it.
+    pub(crate) reads: &'a [Read],
 }
 
 impl Inputs<'_> {
@@ -105,6 +79,15 @@ impl Inputs<'_> {
             .map(|i| self.health[*i as usize])
             .sum::<f64>()
             / members.len() as f64
+    }
+
+    /// `members` without the ejected ones, reusing `members` when none is.
+    fn healthy_of(&self, members: Vec<u32>) -> Vec<u32> {
+        if members.iter().any(|i| self.ejected(*i)) {
+            self.healthy(&members)
+        } else {
+            members
+        }
     }
 
     fn healthy(&self, members: &[u32]) -> Vec<u32> {
@@ -170,7 +153,7 @@ impl Inputs<'_> {
         };
         let mut by_level = Groups::new();
         for &i in members {
-            by_level.add(self.places[i as usize].level, i);
+            by_level.add(self.reads[i as usize].level, i);
         }
         let mut by_level = by_level.into_vec();
         by_level.sort_unstable_by_key(|(level, _)| *level);
@@ -186,7 +169,7 @@ impl Inputs<'_> {
             }
         }
         let mut groups = Vec::new();
-        for (k, (level, load)) in levels.iter().zip(loads).enumerate() {
+        for (k, (level, load)) in levels.into_iter().zip(loads).enumerate() {
             if load <= 0.0 {
                 continue;
             }
@@ -197,22 +180,31 @@ impl Inputs<'_> {
                     health = healths[k],
                     "priority level in panic: picking among all of its instances"
                 );
-                groups.push((self.group(level.clone(), None), load));
+                groups.push((self.group(level, None), load));
                 continue;
             }
             if locality.zone.is_none() {
-                groups.push((self.group(self.healthy(level), None), load));
+                groups.push((self.group(self.healthy_of(level), None), load));
                 continue;
             }
-            let (local, remote): (Vec<u32>, Vec<u32>) =
-                level.iter().partition(|i| self.places[**i as usize].local);
+            let (mut local, mut remote) = (
+                Vec::with_capacity(level.len()),
+                Vec::with_capacity(level.len()),
+            );
+            for &i in &level {
+                if self.reads[i as usize].local {
+                    local.push(i);
+                } else {
+                    remote.push(i);
+                }
+            }
             let (split, _) = spill(
                 &[self.mean_health(&local), self.mean_health(&remote)],
                 factor,
             );
             for (part, share) in [(local, split[0]), (remote, split[1])] {
                 if share > 0.0 {
-                    groups.push((self.group(self.healthy(&part), None), load * share));
+                    groups.push((self.group(self.healthy_of(part), None), load * share));
                 }
             }
         }

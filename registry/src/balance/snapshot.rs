@@ -13,8 +13,9 @@ use super::groups::Groups;
 use super::lane::{LaneFallback, Lanes};
 use super::locality::Locality;
 use super::outlier::{Clock, Health, OutlierDetection};
-use super::route::{places, Inputs, Route};
+use super::route::{Inputs, Route};
 use super::subset::Subset;
+use super::tags::{read_all, Keys, Read};
 use super::warmup::{bounded_weight, effective_weight, next_refresh};
 use super::Strategy;
 use crate::discovery::Instance;
@@ -65,6 +66,9 @@ pub(crate) struct Snapshot {
     /// Least request only (empty otherwise): the calls in flight to each instance (same
     /// order), shared with the snapshot before for as long as the address stays in the set.
     pub(crate) in_flight: Vec<Arc<AtomicUsize>>,
+    /// What each instance is routed by (same order; empty when nothing is routed by a tag),
+    /// carried into the next snapshot for the instances it shares.
+    reads: Vec<Read>,
     hashes: bool,
 }
 
@@ -119,6 +123,11 @@ impl Config {
             Strategy::LeastRequest => carry_in_flight(&instances, previous),
             _ => Vec::new(),
         };
+        let reads = read_all(
+            &instances,
+            &Keys::new(self.locality.as_ref(), self.lanes.as_ref()),
+            previous.map(|p| (&p.instances[..], &p.reads[..])),
+        );
         let inputs = Inputs {
             strategy: self.strategy,
             instances: &instances,
@@ -127,7 +136,7 @@ impl Config {
             in_flight: &in_flight,
             warming: warmup.is_some(),
             previous_ring: previous.and_then(|p| p.route.ring()),
-            places: places(&instances, self.locality.as_ref()),
+            reads: &reads,
         };
         let locality = self.locality.as_ref();
         let all: Vec<u32> = (0..instances.len() as u32).collect();
@@ -136,9 +145,9 @@ impl Config {
             Some(lanes) => {
                 let mut base = Vec::with_capacity(instances.len());
                 let mut by_lane = Groups::new();
-                for (i, instance) in instances.iter().enumerate() {
-                    match instance.tags.get(&lanes.key) {
-                        Some(lane) => by_lane.add(lane.as_str(), i as u32),
+                for (i, read) in reads.iter().enumerate() {
+                    match read.lane.as_deref() {
+                        Some(lane) => by_lane.add(lane, i as u32),
                         None => base.push(i as u32),
                     }
                 }
@@ -177,6 +186,7 @@ impl Config {
             ejected: ejected.len(),
             refresh_at,
             refreshing: AtomicBool::new(false),
+            reads,
             hashes,
         }
     }
