@@ -60,7 +60,7 @@ pub(crate) struct Inputs<'a> {
     pub(crate) warming: bool,
     /// The ring of the route before, to keep its resolution.
     pub(crate) previous_ring: Option<&'a Ring>,
-    /// What each instance is routed by (empty when nothing is routed by a tag): read from its
+    /// What each instance is routed by (empty without a locality and lanes): read from its
     /// tags once, not once per route that considers it.
     pub(crate) reads: &'a [Read],
 }

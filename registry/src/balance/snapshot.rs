@@ -66,7 +66,7 @@ pub(crate) struct Snapshot {
     /// Least request only (empty otherwise): the calls in flight to each instance (same
     /// order), shared with the snapshot before for as long as the address stays in the set.
     pub(crate) in_flight: Vec<Arc<AtomicUsize>>,
-    /// What each instance is routed by (same order; empty when nothing is routed by a tag),
+    /// What each instance is routed by (same order; empty without a locality and lanes),
     /// carried into the next snapshot for the instances it shares.
     reads: Vec<Read>,
     hashes: bool,

@@ -17,6 +17,9 @@ pub(crate) struct Keys<'a> {
     /// The zone tag's key and the caller's own value.
     zone: Option<(&'a str, &'a str)>,
     lane: Option<&'a str>,
+    /// A locality or lanes are set (a locality may route by no tag, and still needs a read of
+    /// every instance).
+    routed: bool,
 }
 
 impl<'a> Keys<'a> {
@@ -27,12 +30,13 @@ impl<'a> Keys<'a> {
                 .and_then(|l| l.zone.as_ref())
                 .map(|(key, own)| (key.as_str(), own.as_str())),
             lane: lanes.map(|l| l.key.as_str()),
+            routed: locality.is_some() || lanes.is_some(),
         }
     }
 
-    /// True when nothing is routed by a tag (no reads are kept).
+    /// True without a locality and without lanes (no reads are kept).
     pub(crate) fn none(&self) -> bool {
-        self.priority.is_none() && self.zone.is_none() && self.lane.is_none()
+        !self.routed
     }
 
     /// `lanes`: the lane names read so far in this rebuild, so that each is allocated once.
@@ -69,8 +73,8 @@ pub(crate) struct Read {
     pub(crate) lane: Option<Arc<str>>,
 }
 
-/// The [`Read`] of every one of `instances` (sorted by address; empty when `keys` routes by
-/// nothing): `previous`'s read of the same `Arc` (previous instances and their reads, sorted
+/// The [`Read`] of every one of `instances` (sorted by address; empty without a locality and
+/// lanes): `previous`'s read of the same `Arc` (previous instances and their reads, sorted
 /// by address), or a walk of its tags.
 pub(crate) fn read_all(
     instances: &[Arc<Instance>],
@@ -152,6 +156,19 @@ mod tests {
         );
         assert_eq!(values(&tags, &[Some("la")]), [None]);
         assert_eq!(values(&BTreeMap::new(), &[Some("idc")]), [None]);
+    }
+
+    #[test]
+    fn a_locality_without_tags_still_routes() {
+        // Only the panic threshold and the overprovisioning set: every instance is read as
+        // level 0, not local, and picks go on.
+        let balancer = crate::balance::Balancer::builder(crate::balance::Strategy::WeightedRandom)
+            .locality(Locality::new().panic_threshold(0.3))
+            .build([
+                (*tagged(1, &[])).clone(),
+                (*tagged(2, &[("idc", "hz")])).clone(),
+            ]);
+        assert!(balancer.pick().is_some());
     }
 
     #[test]
