@@ -17,7 +17,9 @@
 //! 2. Two watchers follow the service: ours (`EtcdDiscovery` / `ZookeeperDiscovery` /
 //!    `NacosDiscovery::watch`) and a raw one: an etcd-client prefix watch; a zookeeper-client
 //!    persistent recursive watch on the service node (its event, no read: ours must read the
-//!    node's data as well); a raw Nacos 2.x gRPC client written here (server check, connection
+//!    node's data as well), or with the backend `zookeeper_read` (reported as `zk+read`) the
+//!    same watch reading each created or changed node's data before it counts, as any client
+//!    must to learn the new weight; a raw Nacos 2.x gRPC client written here (server check, connection
 //!    setup, `SubscribeServiceRequest`; a `NotifySubscriberRequest` push counts when its JSON
 //!    body has been parsed, which any client must do to learn what changed, and is acked).
 //! 3. Writes, one at a time, each touching ONE instance, in groups of three: set its weight,
@@ -262,7 +264,11 @@ async fn raw_etcd(etcd: &Etcd, service: &str) -> UnboundedReceiver<Instant> {
     rx
 }
 
-async fn raw_zookeeper(zk: &ZooKeeper, service: &str) -> UnboundedReceiver<Instant> {
+/// A raw ZooKeeper watch: a persistent recursive watch on the service node whose events count
+/// as they come, or with `read` only after a created or changed node's data has been read
+/// (`getData`), as any client must to learn an instance's new weight or tags (a deletion counts
+/// at once).
+async fn raw_zookeeper(zk: &ZooKeeper, service: &str, read: bool) -> UnboundedReceiver<Instant> {
     let client = zk.client(None).await;
     let mut watcher = client
         .watch(&format!("/{service}"), AddWatchMode::PersistentRecursive)
@@ -270,14 +276,18 @@ async fn raw_zookeeper(zk: &ZooKeeper, service: &str) -> UnboundedReceiver<Insta
         .unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let _keep = client;
         loop {
             let event = watcher.changed().await;
-            let at = Instant::now();
-            let counted = matches!(
+            let changed = matches!(
                 event.event_type,
-                EventType::NodeCreated | EventType::NodeDeleted | EventType::NodeDataChanged
+                EventType::NodeCreated | EventType::NodeDataChanged
             );
+            if read && changed {
+                // A node deleted before the read is still an answer: what was asked is known.
+                let _ = client.get_data(&event.path).await;
+            }
+            let at = Instant::now();
+            let counted = changed || matches!(event.event_type, EventType::NodeDeleted);
             let ended = matches!(event.event_type, EventType::Session);
             if ended || (counted && tx.send(at).is_err()) {
                 return;
@@ -624,7 +634,8 @@ async fn run_etcd(n: usize, plan: &Plan) -> Summary {
     measure("etcd", n, &service, &mut writer, &mut watchers, plan).await
 }
 
-async fn run_zookeeper(n: usize, plan: &Plan) -> Summary {
+/// `read`: the raw watcher reads each created or changed node (see [`raw_zookeeper`]).
+async fn run_zookeeper(n: usize, plan: &Plan, read: bool) -> Summary {
     let zk = ZooKeeper::start().await;
     let service = format!("scale{n}.svc");
     let mut writer = Writer::ZooKeeper(zk.client(None).await);
@@ -633,9 +644,10 @@ async fn run_zookeeper(n: usize, plan: &Plan) -> Summary {
     println!("zookeeper N={n}: preloaded in {:.1?}", started.elapsed());
     let discovery = ZookeeperDiscovery::new(ZookeeperConfig::new(zk.connect_string()));
     let ours = follow_ours(discovery.watch(&service).await.unwrap(), n).await;
-    let raw = raw_zookeeper(&zk, &service).await;
+    let raw = raw_zookeeper(&zk, &service, read).await;
+    let backend = if read { "zk+read" } else { "zookeeper" };
     let mut watchers = Watchers { ours, raw };
-    measure("zookeeper", n, &service, &mut writer, &mut watchers, plan).await
+    measure(backend, n, &service, &mut writer, &mut watchers, plan).await
 }
 
 async fn run_nacos(n: usize, plan: &Plan) -> Summary {
@@ -686,7 +698,8 @@ async fn main() {
         for &n in &sizes {
             let summary = match backend.as_str() {
                 "etcd" => run_etcd(n, &plan).await,
-                "zookeeper" => run_zookeeper(n, &plan).await,
+                "zookeeper" => run_zookeeper(n, &plan, false).await,
+                "zookeeper_read" => run_zookeeper(n, &plan, true).await,
                 "nacos" => run_nacos(n, &nacos_plan).await,
                 other => panic!("WATCH_SCALE_BACKENDS: unknown backend {other:?}"),
             };
