@@ -10,6 +10,7 @@
 //! `Channel::balance_channel` (feature `tonic`).
 
 mod balancer;
+mod carry;
 mod consistent_hash;
 mod due;
 mod filter;

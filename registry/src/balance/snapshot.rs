@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::carry::same_address;
 use super::due::Due;
 use super::filter::TagFilter;
 use super::groups::Groups;
@@ -125,7 +126,7 @@ impl Config {
         };
         let reads = read_all(
             &instances,
-            &Keys::new(self.locality.as_ref(), self.lanes.as_ref()),
+            Keys::new(self.locality.as_ref(), self.lanes.as_ref()),
             previous.map(|p| (&p.instances[..], &p.reads[..])),
         );
         let inputs = Inputs {
@@ -239,18 +240,8 @@ fn carry_in_flight(
         Some(p) if p.in_flight.len() == p.instances.len() => (&p.instances[..], &p.in_flight[..]),
         _ => (&[][..], &[][..]),
     };
-    let mut j = 0;
-    instances
-        .iter()
-        .map(|instance| {
-            while j < old.len() && old[j].addr < instance.addr {
-                j += 1;
-            }
-            match old.get(j) {
-                Some(o) if o.addr == instance.addr => counters[j].clone(),
-                _ => Arc::default(),
-            }
-        })
+    same_address(instances, old)
+        .map(|j| j.map_or_else(Arc::default, |j| counters[j].clone()))
         .collect()
 }
 
@@ -284,21 +275,11 @@ impl Snapshot {
     /// record of the same address, or a new one; `None` when this snapshot has none.
     pub(crate) fn carry_health(&self, instances: &[Arc<Instance>]) -> Option<Vec<Health>> {
         let health = self.health.as_ref()?;
-        let old = &self.instances;
-        let mut j = 0;
-        let carried = instances
-            .iter()
-            .map(|instance| {
-                while j < old.len() && old[j].addr < instance.addr {
-                    j += 1;
-                }
-                match old.get(j) {
-                    Some(o) if o.addr == instance.addr => health[j].copy(),
-                    _ => Health::default(),
-                }
-            })
-            .collect();
-        Some(carried)
+        Some(
+            same_address(instances, &self.instances)
+                .map(|j| j.map_or_else(Health::default, |j| health[j].copy()))
+                .collect(),
+        )
     }
 
     /// The health record of the `i`-th instance, if records are kept.

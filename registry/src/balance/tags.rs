@@ -6,37 +6,34 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::carry::same_address;
 use super::lane::Lanes;
 use super::locality::{level, Locality};
 use crate::discovery::Instance;
 
-/// The tags a balancer routes by: fixed for its life.
-#[derive(Clone, Copy, Debug, Default)]
+/// The tags a balancer with a locality or lanes routes by: fixed for its life.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Keys<'a> {
     priority: Option<&'a str>,
     /// The zone tag's key and the caller's own value.
     zone: Option<(&'a str, &'a str)>,
     lane: Option<&'a str>,
-    /// A locality or lanes are set (a locality may route by no tag, and still needs a read of
-    /// every instance).
-    routed: bool,
 }
 
 impl<'a> Keys<'a> {
-    pub(crate) fn new(locality: Option<&'a Locality>, lanes: Option<&'a Lanes>) -> Self {
-        Self {
+    /// `None` without a locality and without lanes: nothing is read then. (A locality may
+    /// route by no tag and still needs every instance read, as level 0 and not local.)
+    pub(crate) fn new(locality: Option<&'a Locality>, lanes: Option<&'a Lanes>) -> Option<Self> {
+        if locality.is_none() && lanes.is_none() {
+            return None;
+        }
+        Some(Self {
             priority: locality.and_then(|l| l.priority_key.as_deref()),
             zone: locality
                 .and_then(|l| l.zone.as_ref())
                 .map(|(key, own)| (key.as_str(), own.as_str())),
             lane: lanes.map(|l| l.key.as_str()),
-            routed: locality.is_some() || lanes.is_some(),
-        }
-    }
-
-    /// True without a locality and without lanes (no reads are kept).
-    pub(crate) fn none(&self) -> bool {
-        !self.routed
+        })
     }
 
     /// `lanes`: the lane names read so far in this rebuild, so that each is allocated once.
@@ -73,41 +70,29 @@ pub(crate) struct Read {
     pub(crate) lane: Option<Arc<str>>,
 }
 
-/// The [`Read`] of every one of `instances` (sorted by address; empty without a locality and
-/// lanes): `previous`'s read of the same `Arc` (previous instances and their reads, sorted
-/// by address), or a walk of its tags.
+/// The [`Read`] of every one of `instances` (sorted by address; empty without `keys`):
+/// `previous`'s read of the same `Arc` (previous instances and their reads, sorted by
+/// address), or a walk of its tags.
 pub(crate) fn read_all(
     instances: &[Arc<Instance>],
-    keys: &Keys<'_>,
+    keys: Option<Keys<'_>>,
     previous: Option<(&[Arc<Instance>], &[Read])>,
 ) -> Vec<Read> {
-    if keys.none() {
+    let Some(keys) = keys else {
         return Vec::new();
-    }
+    };
     let (old, reads) = match previous {
         Some((old, reads)) if old.len() == reads.len() => (old, reads),
         _ => (&[][..], &[][..]),
     };
-    let mut j = 0;
     // A fleet has a few lanes: a list, searched from the start.
     let mut lanes: Vec<Arc<str>> = Vec::new();
     instances
         .iter()
-        .map(|instance| {
-            // Most of a changed set is the set before, in the same order: its next instance
-            // is tried before any address is compared.
-            if !old.get(j).is_some_and(|o| Arc::ptr_eq(o, instance)) {
-                while j < old.len() && old[j].addr < instance.addr {
-                    j += 1;
-                }
-            }
-            match old.get(j) {
-                Some(o) if Arc::ptr_eq(o, instance) => {
-                    j += 1;
-                    reads[j - 1].clone()
-                }
-                _ => keys.read(instance, &mut lanes),
-            }
+        .zip(same_address(instances, old))
+        .map(|(instance, j)| match j {
+            Some(j) if Arc::ptr_eq(&old[j], instance) => reads[j].clone(),
+            _ => keys.read(instance, &mut lanes),
         })
         .collect()
 }
@@ -179,7 +164,7 @@ mod tests {
         let a = tagged(1, &[("idc", "hz"), ("priority", "1"), ("lane", "canary")]);
         let b = tagged(2, &[("idc", "sh")]);
         let before = vec![a.clone(), b.clone()];
-        let reads = read_all(&before, &keys, None);
+        let reads = read_all(&before, keys, None);
         assert_eq!((reads[0].level, reads[0].local), (1, true));
         assert_eq!(reads[0].lane.as_deref(), Some("canary"));
         assert_eq!(
@@ -191,12 +176,12 @@ mod tests {
         // `a` is the same Arc: its read (and its lane's allocation) carried over.
         let b2 = tagged(2, &[("idc", "hz")]);
         let after = vec![a, b2];
-        let next = read_all(&after, &keys, Some((&before, &reads)));
+        let next = read_all(&after, keys, Some((&before, &reads)));
         assert!(next[1].local);
         assert!(Arc::ptr_eq(
             next[0].lane.as_ref().unwrap(),
             reads[0].lane.as_ref().unwrap()
         ));
-        assert!(read_all(&after, &Keys::new(None, None), None).is_empty());
+        assert!(read_all(&after, Keys::new(None, None), None).is_empty());
     }
 }
